@@ -1,0 +1,313 @@
+"""One frozen configuration for every setting of PFN.
+
+Every number that comes from the paper is the default of a field here; every ablation of the
+paper's tables is one field away. A config is read in one place (:func:`load_config`), from a
+YAML file plus ``section.field=value`` overrides, and every checkpoint stores the resolved
+config (:func:`config_to_dict`) so a run can be reproduced from its checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import PFNError
+
+#: The order of the location channels of every encoding (see ``targets.ENCODINGS``).
+#: All coordinates are normalised: x by the image width, y by the image height (0..1).
+ENCODING_CHANNELS: dict[str, tuple[str, ...]] = {
+    "offsets2": ("dx", "dy"),  # instance center minus the pixel's own position
+    "centers2": ("cx", "cy"),
+    "center_wh4": ("cx", "cy", "w", "h"),
+    "center_tl4": ("cx", "cy", "lx", "ly"),
+    "box6": ("cx", "cy", "lx", "ly", "rx", "ry"),  # the paper's default
+    "box10": ("cx", "cy", "lx", "ly", "rx", "ry", "trx", "try", "blx", "bly"),
+}
+
+BACKBONES = ("vgg16", "alexnet", "efficientnet_lite0")
+STREAMS = ("input", "pool1", "pool2", "pool3", "fc7")
+
+#: The 20 PASCAL VOC classes, index 1..20 (0 is background).
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+VOID = 255  # label of void / ignore pixels in class and instance maps
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are augmented (before targets are built)."""
+
+    train: str = "synthetic:200"  # dataset spec, see data.open_dataset
+    val: str = "synthetic:40@1"  # '@SEED' picks another synthetic seed; 'voc:ROOT' etc.
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: tuple[str, ...] = VOC_CLASSES  # names of classes 1..C
+    crop_size: int = 321  # square crop, 8k+1 so the stride-8 grid aligns with pixel 8i
+    scale_min: float = 0.5
+    scale_max: float = 1.5
+    flip: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: backbone, location encoding and every structural ablation."""
+
+    backbone: str = "vgg16"  # one of BACKBONES
+    num_classes: int = 20  # C, object classes without background
+    encoding: str = "box6"  # a key of ENCODING_CHANNELS
+    streams: tuple[str, ...] = STREAMS  # ('fc7',) is "PFN w/o multi-scale"
+    coord_maps: bool = True  # False is "PFN w/o coordinate maps"
+    fusion: str = "concat"  # 'concat' (paper) or 'sum'
+    count_features: str = "both"  # 'both', 'category' (w/o instance-level), 'instance'
+    stream_channels: int = 128
+    count_channels: int = 128
+    count_hidden: int = 1024
+    count_pool: int = 4  # adaptive pool grid before the count fc (any image size)
+    ceil_mode: bool = True  # DeepLab pools with ceil mode
+    pool5_avg: bool = False  # extra 3x3/1 average pool after pool5, as some ports add
+    dropout: float = 0.5
+    init_std: float = 0.01  # Gaussian init of new layers
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    loc_weight: float = 10.0  # lambda in L = lambda * Lo + Ln
+    count_weight: float = 1.0
+    seg_weight: float = 1.0  # used by the category stage and the unified network
+    smooth_l1_beta: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str = "category"  # 'category' | 'instance' | 'unified'
+    epochs: int = 60
+    batch_size: int = 8
+    lr: float = 1e-3  # pre-trained layers
+    lr_new: float = 1e-2  # new layers
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_step_epochs: int = 20
+    lr_gamma: float = 0.1
+    max_steps: int = 0  # >0 stops after that many optimiser steps (CPU recipes, tests)
+    count_finetune: str = "joint"  # 'joint' or 'separate' (freeze, then train the count head)
+    amp: bool = False
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 0  # epochs between validations (0: only at the end)
+    checkpoint_every: int = 0  # steps between checkpoints (0: each epoch)
+    out_dir: str = "runs/pfn"
+    init: str = ""  # stage-1 checkpoint for the instance stage
+    backbone_weights: str = ""  # user's ImageNet file (torchvision VGG-16, AlexNet, lite0)
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class GroupingConfig:
+    """Test-time refinement and clustering (the paper's section 3.4)."""
+
+    method: str = "spectral"  # 'spectral' (faithful), or a fast method (see grouping)
+    sigma: float = 0.5
+    tau: float = 0.5
+    min_size_frac: float = 0.001  # clusters under 0.1% of the class mask are dropped
+    use_coords: bool = True  # False is "PFN w/o coordinates"
+    refine: bool = True  # refinement of the class map by the counts
+    size_filter: bool = True
+    n_init: int = 20  # k-means seedings
+    scoring: str = "mean_prob"  # 'mean_prob' | 'prob_x_similarity' | 'ones'
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CRFConfig:
+    """Fully-connected CRF on the category map (DeepLab's usual values)."""
+
+    enabled: bool = False
+    iterations: int = 10
+    bi_w: float = 4.0
+    bi_xy: float = 121.0
+    bi_rgb: float = 5.0
+    pos_w: float = 3.0
+    pos_xy: float = 3.0
+
+
+@dataclass(frozen=True)
+class PFNConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grouping: GroupingConfig = field(default_factory=GroupingConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+
+
+class ConfigError(PFNError, ValueError):
+    """A config file or override names an unknown field or a value of the wrong type."""
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Convert a YAML/override value to the type of the field's default."""
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "yes", "1", "on"):
+                return True
+            if low in ("false", "no", "0", "off"):
+                return False
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return bool(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        kind = type(default[0]) if default else str
+        try:
+            return tuple(kind(v.strip() if isinstance(v, str) else v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a list of {kind.__name__}, got {value!r}") from None
+    if isinstance(default, (int, float)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a {type(default).__name__}, got {value!r}") from None
+        if isinstance(default, int):
+            if not number.is_integer():
+                raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+            return int(number)
+        return number
+    if isinstance(default, str):
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    base = cls()
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown field {key!r} (known: {', '.join(known)})")
+        default = getattr(base, key)
+        if is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping")
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, default, f"{where}.{key}")
+    return replace(base, **kwargs)
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> PFNConfig:
+    """Build a :class:`PFNConfig` from a nested dict; unknown keys are an error."""
+    return _build(PFNConfig, values or {}, where)
+
+
+def config_to_dict(cfg: PFNConfig) -> dict[str, Any]:
+    """Nested plain dict (YAML/JSON-safe) of a config."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` strings to a nested dict (values parsed as YAML)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (values or {}).items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override {item!r}: expected section.field=value, e.g. train.epochs=5")
+        section, name = parts
+        parsed = yaml.safe_load(raw) if raw.strip() else ""
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise ConfigError(f"override {item!r}: {section!r} is not a section")
+        out[section][name] = parsed
+    return out
+
+
+#: Configs shipped with the package, by short name (``pfn train --config paper-vgg16``).
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A file path, or the name of a shipped config (with or without ``.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {name_or_path!r}: no such file, and not a shipped config "
+                      f"(shipped: {', '.join(names) or 'none'})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PFNConfig:
+    """Read a YAML config (file path or shipped name) and apply overrides.
+
+    >>> cfg = load_config(None, ["grouping.sigma=0.1"])
+    >>> cfg.grouping.sigma
+    0.1
+    """
+    values: dict[str, Any] = {}
+    where = "config"
+    if path:
+        file = resolve_config_path(str(path))
+        where = str(file)
+        try:
+            values = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML ({exc})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+    values = apply_overrides(values, overrides or [])
+    cfg = config_from_dict(values, where)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PFNConfig) -> None:
+    """Check the values that have a fixed set of choices."""
+    m, g, t = cfg.model, cfg.grouping, cfg.train
+    checks = [
+        (m.backbone in BACKBONES, f"model.backbone={m.backbone!r}: choose one of {BACKBONES}"),
+        (m.encoding in ENCODING_CHANNELS,
+         f"model.encoding={m.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
+        (bool(m.streams) and set(m.streams) <= set(STREAMS),
+         f"model.streams={m.streams!r}: a non-empty subset of {STREAMS}"),
+        (m.fusion in ("concat", "sum"), f"model.fusion={m.fusion!r}: 'concat' or 'sum'"),
+        (m.count_features in ("both", "category", "instance"),
+         f"model.count_features={m.count_features!r}: 'both', 'category' or 'instance'"),
+        (t.stage in ("category", "instance", "unified"),
+         f"train.stage={t.stage!r}: 'category', 'instance' or 'unified'"),
+        (t.count_finetune in ("joint", "separate"),
+         f"train.count_finetune={t.count_finetune!r}: 'joint' or 'separate'"),
+        (g.scoring in ("mean_prob", "prob_x_similarity", "ones"),
+         f"grouping.scoring={g.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
+        (g.sigma > 0, f"grouping.sigma={g.sigma}: must be > 0"),
+        (0 <= g.min_size_frac < 1, f"grouping.min_size_frac={g.min_size_frac}: in [0, 1)"),
+        (cfg.data.crop_size >= 9, f"data.crop_size={cfg.data.crop_size}: at least 9"),
+        (len(cfg.data.classes) == m.num_classes,
+         f"data.classes has {len(cfg.data.classes)} names but model.num_classes={m.num_classes}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
