@@ -1,0 +1,213 @@
+"""Image -> network outputs -> instances: the one path the CLI, the demo and napari share.
+
+``run_network`` pads the image to the 8k+1 grid, runs the category and instance networks, and
+returns a :class:`~pfn_napari.structures.NetworkOutput` (numpy, stride-8 grid) that holds
+everything test-time grouping needs; ``predict`` adds the grouping. Keeping the two apart is
+what lets napari re-cluster without re-running the networks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import GroupingConfig, PFNConfig
+from .errors import CheckpointError, PFNError
+from .structures import Instances, NetworkOutput, grid_size, padded_size
+
+#: Longest image side the networks see; larger images are resized down (aspect kept) and the
+#: masks resized back to the original size. Override with PFN_MAX_SIDE.
+MAX_SIDE = int(os.environ.get("PFN_MAX_SIDE", "1024"))
+#: Shortest side accepted: below this an image holds too little for a stride-8 network.
+MIN_SIDE = 16
+#: Padding colour (0..255 RGB): about the ImageNet mean, so padding looks like "nothing".
+PAD_RGB = (124.0, 116.0, 104.0)
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_WEIGHTS_NAME = "pfn-lite0-voc.pt"
+
+
+def default_weights_path() -> Path:
+    """The shipped default model: ``$PFN_WEIGHTS`` or ``weights/pfn-lite0-voc.pt``."""
+    env = os.environ.get("PFN_WEIGHTS")
+    return Path(env) if env else WEIGHTS_DIR / DEFAULT_WEIGHTS_NAME
+
+
+@dataclass
+class PFNModel:
+    """A loaded PFN (category + instance networks) with the config it was trained with."""
+
+    system: torch.nn.Module
+    config: PFNConfig
+    device: torch.device
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.config.data.classes)
+
+    @property
+    def encoding(self) -> str:
+        return self.config.model.encoding
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' is CUDA when there is a GPU, else the CPU."""
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PFNError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)
+
+
+def load_model(path: str | Path | None = None, device: str = "auto") -> PFNModel:
+    """Load a checkpoint or weights file (default: the shipped weights) for inference.
+
+    Raises :class:`CheckpointError` with one line naming the file when it is missing,
+    truncated, not a PFN file, or of another format version.
+    """
+    from .checkpoint import load_checkpoint
+
+    file = Path(path) if path else default_weights_path()
+    if not file.is_file():
+        hint = ("train one with `pfn demo --train` or `pfn train`, or pass a file"
+                if path is None else "check the path")
+        raise CheckpointError(f"{file}: weights file not found ({hint})")
+    system, cfg, meta = load_checkpoint(file, map_location="cpu")
+    dev = pick_device(device)
+    system = system.to(dev).eval()
+    return PFNModel(system=system, config=cfg, device=dev, path=file, meta=dict(meta or {}))
+
+
+def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Bring an array to ``(H, W, 3)`` uint8 RGB: grayscale is repeated, alpha dropped, 16-bit
+    and float images rescaled. Anything else raises :class:`PFNError` naming ``name``."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise PFNError(f"{name}: expected an RGB image (H, W, 3), got an array of shape {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(arr.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.nan_to_num(arr.astype(np.float64))
+        scale = 255.0 if finite.max(initial=0) <= 1.0 else 1.0
+        return np.clip(finite * scale, 0, 255).astype(np.uint8)
+    raise PFNError(f"{name}: unsupported pixel type {arr.dtype}")
+
+
+def fit_image(image: np.ndarray, max_side: int = MAX_SIDE, name: str = "image") -> tuple[np.ndarray, float]:
+    """Validate the size and resize so the longest side is at most ``max_side``.
+
+    Returns the (possibly resized) image and the scale applied (1.0 when unchanged).
+    """
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise PFNError(f"{name}: {w}x{h} pixels is too small; PFN needs at least "
+                       f"{MIN_SIDE} pixels on each side")
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return image, 1.0
+    nh, nw = max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale))
+    t = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    out = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return out, scale
+
+
+def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(1, 3, Hp, Wp)`` float 0..255, padded to 8k+1 with PAD_RGB."""
+    h, w = image.shape[:2]
+    hp, wp = padded_size(h), padded_size(w)
+    x = torch.empty((1, 3, hp, wp), dtype=torch.float32)
+    x[:] = torch.tensor(PAD_RGB).view(1, 3, 1, 1)
+    x[0, :, :h, :w] = torch.from_numpy(image).permute(2, 0, 1).float()  # (3, H, W)
+    return x.to(device)
+
+
+@torch.no_grad()
+def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
+                name: str = "image") -> NetworkOutput:
+    """Run the networks on one image.
+
+    ``image`` is ``(H, W, 3)`` (uint8 RGB preferred; grayscale/RGBA/16-bit are converted).
+    Images with a side over :data:`MAX_SIDE` are resized first: the returned
+    ``NetworkOutput.image_size`` is the size the networks saw.
+    """
+    rgb, _ = fit_image(as_rgb_uint8(image, name), name=name)
+    h, w = rgb.shape[:2]
+    gh, gw = grid_size(h), grid_size(w)
+    out = model.system(image_tensor(rgb, model.device))
+    if out.seg_logits is None or out.locations is None or out.counts is None:
+        raise CheckpointError(f"{model.path}: this checkpoint holds only the category network "
+                              "(stage 1); instances need a stage-2 (instance) or unified checkpoint")
+    logits = out.seg_logits.float()  # (1, C+1, hp, wp)
+    probs = torch.softmax(logits, dim=1)[0, :, :gh, :gw]  # (C+1, gh, gw)
+    # cell i sits on pixel 8i: align_corners upsampling of the padded grid is exact
+    hp, wp = padded_size(h), padded_size(w)
+    full = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=True)
+    full_probs = torch.softmax(full, dim=1)[0, :, :h, :w].cpu().numpy()  # (C+1, H, W)
+    use_crf = model.config.crf.enabled if crf is None else crf
+    if use_crf:
+        from .model.crf import dense_crf
+
+        full_probs = dense_crf(rgb, full_probs, model.config.crf)
+    streams = {k: v[0, :, :gh, :gw].float().cpu().numpy() for k, v in out.stream_locations.items()}
+    return NetworkOutput(
+        class_probs=probs.cpu().numpy().astype(np.float32),
+        locations=out.locations[0, :, :gh, :gw].float().cpu().numpy(),  # (L, gh, gw)
+        counts=out.counts[0].float().cpu().numpy(),  # (C,)
+        image_size=(h, w),
+        encoding=model.encoding,
+        stream_locations=streams,
+        full_class_probs=full_probs.astype(np.float32),
+    )
+
+
+def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:
+    """Nearest-neighbour resize of instance masks to ``size = (H, W)``."""
+    if instances.image_size == tuple(size) or len(instances) == 0:
+        if len(instances) == 0:
+            return Instances.empty(*size, image_id=instances.image_id)
+        return instances
+    m = torch.from_numpy(instances.masks[None].astype(np.uint8)).float()  # (1, N, h, w)
+    m = F.interpolate(m, size=tuple(size), mode="nearest")[0] > 0.5  # (N, H, W)
+    return Instances(m.numpy(), instances.classes, instances.scores, instances.image_id)
+
+
+def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None = None,
+            crf: bool | None = None, image_id: str | int = "",
+            count_override: dict[int, int] | None = None) -> Instances:
+    """One image in, its instances out (full resolution of the given image).
+
+    >>> model = load_model()                      # doctest: +SKIP
+    >>> inst = predict(model, image)              # doctest: +SKIP
+    >>> inst.masks.shape, inst.classes, inst.scores  # doctest: +SKIP
+    """
+    from .grouping import group
+
+    rgb = as_rgb_uint8(image)
+    net = run_network(model, rgb, crf=crf)
+    inst = group(net, grouping or model.config.grouping, count_override=count_override)
+    inst = resize_instances(inst, rgb.shape[:2])
+    inst.image_id = image_id
+    return inst
