@@ -1,0 +1,111 @@
+"""Joint transforms on hand-built samples: shapes, void padding, flips, determinism, renumbering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pfn_napari.data.transforms import (PAD_COLOUR, EvalTransform, TrainTransform, crop, hflip,
+                                        pad_to, resize_sample)
+from pfn_napari.structures import Sample
+
+
+def make_sample(h: int = 20, w: int = 30) -> Sample:
+    """Three instances: id 1 (class 2) top-left, id 2 (class 1) right, id 3 (class 3) bottom."""
+    image = np.zeros((h, w, 3), np.uint8)
+    image[..., 0] = np.arange(w, dtype=np.uint8)[None, :] * 8  # red grows with x
+    image[..., 1] = np.arange(h, dtype=np.uint8)[:, None] * 8  # green grows with y
+    inst = np.zeros((h, w), np.int32)
+    inst[2:6, 2:6] = 1
+    inst[2:8, 20:28] = 2
+    inst[14:18, 10:16] = 3
+    inst[0, 0] = 255
+    classes = np.array([2, 1, 3], np.int64)
+    lut = np.array([0, 2, 1, 3], np.uint8)
+    cls = np.where(inst == 255, 255, lut[np.minimum(inst, 3)]).astype(np.uint8)
+    return Sample(image, cls, inst, classes, "toy", "toy.png")
+
+
+def test_pad_to_pads_bottom_right_with_void() -> None:
+    s = pad_to(make_sample(), 25, 33)
+    assert s.image.shape == (25, 33, 3) and s.class_map.shape == s.instance_map.shape == (25, 33)
+    assert (s.class_map[20:] == 255).all() and (s.instance_map[:, 30:] == 255).all()
+    assert (s.image[24, 32] == PAD_COLOUR).all()
+    assert np.array_equal(s.instance_map[:20, :30], make_sample().instance_map)
+    assert pad_to(make_sample(), 10, 10).image.shape == (20, 30, 3)  # never crops
+
+
+def test_crop_drops_and_renumbers_instances() -> None:
+    s = crop(make_sample(), 0, 15, 10, 15)  # only instance 2 (class 1) is inside
+    assert s.instance_classes.tolist() == [1]
+    assert set(np.unique(s.instance_map).tolist()) == {0, 1}
+    assert (s.instance_map[2:8, 5:13] == 1).all()
+    s = crop(make_sample(), 4, 4, 14, 8)  # corner of id 1 and part of id 3
+    assert s.instance_classes.tolist() == [2, 3]
+    assert (s.instance_map[0:2, 0:2] == 1).all() and (s.instance_map[10:14, 6:8] == 2).all()
+
+
+def test_hflip_mirrors_all_maps_together() -> None:
+    s0 = make_sample()
+    s = hflip(s0)
+    assert np.array_equal(s.image[:, 0], s0.image[:, -1])
+    assert (s.instance_map[2:8, 2:10] == 2).all() and s.instance_map[0, 29] == 255
+    assert np.array_equal(s.instance_classes, s0.instance_classes)
+
+
+def test_resize_nearest_labels_bilinear_image() -> None:
+    s = resize_sample(make_sample(), 2.0)
+    assert s.image.shape == (40, 60, 3)
+    assert (s.instance_map[4:12, 4:12] == 1).all() and (s.instance_map[4:16, 40:56] == 2).all()
+    assert set(np.unique(s.class_map).tolist()) == {0, 1, 2, 3, 255}  # no blended label values
+    small = resize_sample(make_sample(), (5, 6))  # 4x4 of id 1 at stride 4-5 keeps one pixel
+    assert small.class_map.shape == (5, 6)
+    assert small.instance_classes.tolist() == [small.class_map[small.instance_map == k][0]
+                                               for k in range(1, small.num_instances + 1)]
+    # 2x2: sources are rows 5, 15 and cols 7, 22; only (5, 22) hits an instance (id 2, class 1)
+    tiny = resize_sample(make_sample(), (2, 2))
+    assert tiny.instance_map.tolist() == [[0, 1], [0, 0]] and tiny.instance_classes.tolist() == [1]
+
+
+def test_train_transform_shapes_determinism_and_consistency() -> None:
+    t = TrainTransform(crop_size=17, scale_min=0.5, scale_max=1.5, flip=True)
+    a = t(make_sample(), np.random.default_rng(5))
+    b = t(make_sample(), np.random.default_rng(5))
+    assert a.image.shape == (17, 17, 3) and a.instance_map.shape == (17, 17)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.instance_map, b.instance_map)
+    for seed in range(20):
+        s = t(make_sample(), np.random.default_rng(seed))
+        k = s.num_instances
+        present = set(np.unique(s.instance_map).tolist()) - {0, 255}
+        assert present == set(range(1, k + 1))
+        for i, c in enumerate(s.instance_classes, start=1):
+            assert (s.class_map[s.instance_map == i] == c).all()
+        assert ((s.class_map == 255) == (s.instance_map == 255)).all()
+
+
+def test_train_transform_pads_small_images_with_void() -> None:
+    t = TrainTransform(crop_size=65, scale_min=1.0, scale_max=1.0, flip=False)
+    s = t(make_sample(), np.random.default_rng(0))
+    assert s.image.shape == (65, 65, 3)
+    assert (s.class_map[20:] == 255).all() and (s.instance_map[:, 30:] == 255).all()
+    assert s.num_instances == 3 and np.array_equal(s.image[:20, :30], make_sample().image)
+
+
+def test_flip_happens_about_half_the_time() -> None:
+    t = TrainTransform(crop_size=17, scale_min=1.0, scale_max=1.0, flip=True)
+    s0 = make_sample(17, 17)
+    flips = sum(np.array_equal(t(s0, np.random.default_rng(i)).image, s0.image[:, ::-1])
+                for i in range(40))
+    assert 8 <= flips <= 32
+
+
+def test_eval_transform_pads_to_8k_plus_1() -> None:
+    s = EvalTransform()(make_sample())
+    assert s.image.shape == (25, 33, 3)
+    s = EvalTransform(max_size=60)(make_sample())
+    assert s.class_map.shape == (41, 65)
+
+
+def test_bad_crop_size() -> None:
+    with pytest.raises(ValueError, match="8k\\+1"):
+        TrainTransform(crop_size=320)
