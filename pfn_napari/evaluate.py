@@ -1,0 +1,664 @@
+"""AP^r, AP^r_vol and mean IoU, per class and averaged, plus COCO results JSON in and out.
+
+The default protocol (``ap_style="voc"``) is SDS's released MATLAB evaluation
+(``bharath272/sds_eccv2014``: ``evaluation/run_benchmark.m``, ``evaluation/generalized_det_eval.m``,
+``get_ap.m``, ``get_gt_overlaps.m``), the one the PFN paper reports with:
+
+* per class, every predicted instance of the whole set is ranked by score (a *stable* sort:
+  equal scores keep dataset order, then the instance order within an image, as MATLAB's
+  ``sort(..., 'descend')`` does);
+* in that order each prediction takes the highest mask IoU among the not yet matched
+  ground-truth instances of its class in its image (the first one on equal IoUs); it is a true
+  positive if that IoU is **strictly greater** than the threshold (and the instance is then
+  used), else a false positive (also when every instance is already used);
+* every ground-truth instance counts as a positive (there is no "difficult");
+* AP is the all-points area under the precision/recall curve made monotone (VOC 2010+
+  ``VOCap``); AP^r_vol is the mean of the APs at IoU 0.1, 0.2, ..., 0.9.
+
+Void (255) pixels of the ground truth are left out of both areas and of the intersection
+(SDS ran on SBD masks, which have no void). A class without any ground-truth instance has no
+AP (``NaN`` here, ``null`` in JSON) and is left out of the means; SDS averages over all 20
+classes, which is the same on VOC 2012 val where every class has instances.
+
+``ap_style="coco"`` is pycocotools' ``COCOeval`` with one IoU threshold, one area range and no
+crowd (matching IoU ``>=`` threshold, best IoU among unmatched instances, 101-point
+interpolated precision); ``ap_style="mnc"`` is the rule of MNC's and FCIS's Python ports
+(best IoU over *all* instances of the class, ``>=``, a second hit on a used instance is a false
+positive, 11-point VOC 2007 AP). All three share the IoUs (pycocotools RLE) and void handling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .config import VOID
+from .errors import DatasetError
+from .structures import Instances, Sample
+
+AP_STYLES: tuple[str, ...] = ("voc", "coco", "mnc")
+#: The thresholds of the paper's tables.
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+#: AP^r_vol averages AP^r over these (SDS: ``0.1 * t`` for t = 1..9).
+VOL_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: pycocotools' recall points of the 101-point interpolated AP.
+COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def threshold_key(threshold: float) -> str:
+    """``0.5 -> "0.5"``: the key of a threshold in dicts and JSON."""
+    return f"{threshold:g}"
+
+
+# ----------------------------------------------------------------------------- masks and IoU
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """``(N, H, W)`` bool -> N pycocotools RLEs (``counts`` as bytes)."""
+    masks = np.asarray(masks, dtype=bool)
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+
+
+def mask_ious(pred_masks: np.ndarray, gt_masks: np.ndarray,
+              void: np.ndarray | None = None) -> np.ndarray:
+    """Mask IoUs with void pixels left out of both areas and the intersection.
+
+    Args:
+        pred_masks: ``(N, H, W)`` bool.
+        gt_masks: ``(G, H, W)`` bool.
+        void: optional ``(H, W)`` bool; these pixels are removed from every mask first.
+
+    Returns:
+        ``(N, G)`` float64 IoU (0 where a union is empty), computed by ``pycocotools.mask.iou``.
+    """
+    pred_masks = np.asarray(pred_masks, dtype=bool)
+    gt_masks = np.asarray(gt_masks, dtype=bool)
+    if void is not None and void.any():
+        pred_masks = pred_masks & ~void[None]
+        gt_masks = gt_masks & ~void[None]
+    if len(pred_masks) == 0 or len(gt_masks) == 0:
+        return np.zeros((len(pred_masks), len(gt_masks)), dtype=np.float64)
+    ious = mask_utils.iou(encode_masks(pred_masks), encode_masks(gt_masks), [0] * len(gt_masks))
+    return np.asarray(ious, dtype=np.float64).reshape(len(pred_masks), len(gt_masks))
+
+
+# ----------------------------------------------------------------------------- matching
+
+def _stable_descending(scores: np.ndarray) -> np.ndarray:
+    """Indices sorting ``scores`` high to low; equal scores keep their order."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
+def match_image(scores: np.ndarray, ious: np.ndarray, threshold: float,
+                style: str = "voc") -> np.ndarray:
+    """True positives of one image and one class.
+
+    Args:
+        scores: ``(N,)`` scores of the class's predictions in the image.
+        ious: ``(N, G)`` IoUs with the class's ground-truth instances in the image.
+        threshold: the IoU threshold.
+        style: ``"voc"`` (SDS), ``"coco"`` (COCOeval) or ``"mnc"`` (MNC/FCIS), see the module
+            docstring.
+
+    Returns:
+        ``(N,)`` bool, in the order of ``scores`` (not sorted).
+    """
+    n, g = ious.shape
+    tp = np.zeros(n, dtype=bool)
+    if n == 0 or g == 0:
+        return tp
+    used = np.zeros(g, dtype=bool)
+    for d in _stable_descending(scores):
+        row = ious[d]
+        if style == "voc":  # SDS overlaps_to_labels: best unmatched, strictly greater
+            if used.all():
+                break
+            free = np.flatnonzero(~used)
+            best = free[int(np.argmax(row[free]))]
+            if row[best] > threshold:
+                tp[d] = True
+                used[best] = True
+        elif style == "coco":  # COCOeval.evaluateImg: best unmatched >= thr (last on ties)
+            best_iou, best = min(threshold, 1 - 1e-10), -1
+            for j in range(g):
+                if used[j] or row[j] < best_iou:
+                    continue
+                best_iou, best = row[j], j
+            if best >= 0:
+                tp[d] = True
+                used[best] = True
+        elif style == "mnc":  # MNC voc_eval_sds: best over all, >=, duplicates are FP
+            best = int(np.argmax(row))
+            if row[best] >= threshold and not used[best]:
+                tp[d] = True
+                used[best] = True
+        else:
+            raise ValueError(f"ap_style {style!r}: choose one of {AP_STYLES}")
+    return tp
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """All-points AP (VOC 2010+ ``VOCap``): area under the monotone precision envelope."""
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # envelope, right to left
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """11-point AP (VOC 2007; MNC/FCIS ``voc_ap(..., use_07_metric=True)``)."""
+    ap = 0.0
+    for t in np.arange(0.0, 1.1, 0.1):
+        above = recall >= t
+        ap += (float(np.max(precision[above])) if above.any() else 0.0) / 11.0
+    return ap
+
+
+def coco_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """101-point interpolated AP as ``COCOeval.accumulate`` computes it."""
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    where = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
+    q = np.zeros(len(COCO_RECALL_POINTS))
+    valid = where < len(envelope)
+    q[valid] = envelope[where[valid]]
+    return float(np.mean(q))
+
+
+def average_precision(scores: np.ndarray, tp: np.ndarray, num_gt: int, style: str = "voc"
+                      ) -> tuple[float, np.ndarray, np.ndarray]:
+    """AP of one class from all its predictions over the set.
+
+    Args:
+        scores: ``(D,)`` scores, in dataset order (image by image).
+        tp: ``(D,)`` bool true positives from :func:`match_image`.
+        num_gt: ground-truth instances of the class (the positives).
+        style: ``"voc"``, ``"coco"`` or ``"mnc"``.
+
+    Returns:
+        ``(ap, recall, precision)``: AP in [0, 1] (NaN when ``num_gt == 0``) and the ``(D,)``
+        curves in rank order (stable sort by score, high to low).
+    """
+    order = _stable_descending(scores)
+    hits = np.asarray(tp, dtype=np.float64)[order]
+    tps = np.cumsum(hits)
+    fps = np.cumsum(1.0 - hits)
+    if num_gt == 0:
+        return math.nan, np.zeros(len(tps)), np.zeros(len(tps))
+    recall = tps / num_gt
+    if style == "coco":
+        precision = tps / (tps + fps + np.spacing(1))
+        return coco_ap(recall, precision), recall, precision
+    precision = tps / np.maximum(tps + fps, np.finfo(np.float64).eps)
+    if style == "mnc":
+        return voc07_ap(recall, precision), recall, precision
+    return voc_ap(recall, precision), recall, precision
+
+
+# ----------------------------------------------------------------------------- metrics
+
+@dataclass
+class Metrics:
+    """Everything an evaluation measured. APs are fractions here and percent in :meth:`to_dict`.
+
+    Attributes:
+        class_names: names of classes 1..C.
+        thresholds: the thresholds reported as AP^r (AP^r_vol always uses ``VOL_THRESHOLDS``).
+        ap_style: ``"voc"``, ``"coco"`` or ``"mnc"``.
+        ap: threshold -> ``(C,)`` AP in [0, 1] per class, NaN for a class without ground truth;
+            holds every threshold of ``thresholds`` and ``VOL_THRESHOLDS``.
+        curves: threshold (of ``thresholds``) -> C pairs ``(recall, precision)`` in rank order.
+        confusion: ``(C + 1, C + 1)`` int64 pixel counts, rows ground truth, columns
+            prediction, classes 0..C (void left out).
+        num_images: images evaluated.
+        num_gt: ``(C,)`` ground-truth instances per class (those with a non-void pixel).
+        num_pred: ``(C,)`` predicted instances per class.
+    """
+
+    class_names: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    ap_style: str
+    ap: dict[float, np.ndarray]
+    curves: dict[float, list[tuple[np.ndarray, np.ndarray]]]
+    confusion: np.ndarray
+    num_images: int
+    num_gt: np.ndarray
+    num_pred: np.ndarray
+
+    @property
+    def has_gt(self) -> np.ndarray:
+        """``(C,)`` bool: classes with at least one ground-truth instance (they are averaged)."""
+        return self.num_gt > 0
+
+    def class_ap_vol(self) -> np.ndarray:
+        """``(C,)`` AP^r_vol per class, fraction (NaN without ground truth)."""
+        return np.mean(np.stack([self.ap[t] for t in VOL_THRESHOLDS]), axis=0)
+
+    def mean_ap(self, threshold: float) -> float:
+        """AP^r at ``threshold`` averaged over the classes with ground truth (fraction)."""
+        values = self.ap[threshold][self.has_gt]
+        return float(np.mean(values)) if values.size else math.nan
+
+    @property
+    def ap_r(self) -> dict[str, float]:
+        """``{"0.5": 58.7, ...}``: mean AP^r per threshold, percent."""
+        return {threshold_key(t): 100 * self.mean_ap(t) for t in self.thresholds}
+
+    @property
+    def ap_r_vol(self) -> float:
+        """Mean AP^r over IoU 0.1..0.9 and the classes with ground truth, percent."""
+        values = self.class_ap_vol()[self.has_gt]
+        return 100 * float(np.mean(values)) if values.size else math.nan
+
+    def class_iou(self) -> np.ndarray:
+        """``(C + 1,)`` IoU of classes 0..C (background first); NaN where a class is in
+        neither the ground truth nor the prediction."""
+        inter = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+    @property
+    def miou(self) -> float:
+        """Mean IoU over classes 0..C that occur (VOC's semantic metric), percent."""
+        iou = self.class_iou()
+        return 100 * float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan
+
+    def pr_curves(self, threshold: float = 0.5) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``class name -> (recall, precision)`` at ``threshold`` (for ``visualize.plot_pr_curves``)."""
+        if threshold not in self.curves:
+            raise KeyError(f"no curves at IoU {threshold}; have {sorted(self.curves)}")
+        return {name: pair for name, pair, ok in
+                zip(self.class_names, self.curves[threshold], self.has_gt) if ok}
+
+    def to_dict(self, curves: bool = True) -> dict[str, Any]:
+        """JSON-ready dict, APs and IoUs in percent, ``None`` where undefined."""
+        def pct(x: float) -> float | None:
+            return None if not math.isfinite(x) else 100 * float(x)
+
+        vol = self.class_ap_vol()
+        per_class = {}
+        for c, name in enumerate(self.class_names):
+            per_class[name] = {
+                "ap_r": {threshold_key(t): pct(self.ap[t][c]) for t in self.thresholds},
+                "ap_r_vol": pct(vol[c]),
+                "num_gt": int(self.num_gt[c]),
+                "num_pred": int(self.num_pred[c]),
+            }
+        iou = self.class_iou()
+        out: dict[str, Any] = {
+            "ap_style": self.ap_style,
+            "ap_r": {k: _finite(v) for k, v in self.ap_r.items()},
+            "ap_r_vol": _finite(self.ap_r_vol),
+            "ap_r_by_threshold": {threshold_key(t): pct(self.mean_ap(t))
+                                  for t in sorted(self.ap)},
+            "miou": _finite(self.miou),
+            "class_iou": {name: pct(v) for name, v in
+                          zip(("background", *self.class_names), iou)},
+            "per_class": per_class,
+            "num_images": int(self.num_images),
+            "num_gt": int(self.num_gt.sum()),
+            "num_pred": int(self.num_pred.sum()),
+            "classes_averaged": [n for n, ok in zip(self.class_names, self.has_gt) if ok],
+        }
+        if curves:
+            out["pr_curves"] = {
+                threshold_key(t): {
+                    name: {"recall": np.round(rec, 6).tolist(), "precision": np.round(prec, 6).tolist()}
+                    for name, (rec, prec) in zip(self.class_names, self.curves[t])}
+                for t in self.thresholds}
+        return out
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _check_thresholds(thresholds: Iterable[float]) -> tuple[float, ...]:
+    out = tuple(float(t) for t in thresholds)
+    if not out or any(not 0.0 <= t < 1.0 for t in out):
+        raise ValueError(f"IoU thresholds must be in [0, 1), got {list(out)}")
+    return out
+
+
+class Evaluator:
+    """Streams (ground truth, prediction) pairs image by image; :meth:`result` gives
+    :class:`Metrics`. Keeps only scores and IoU tables, never the masks.
+
+    >>> ev = Evaluator(("cat",))
+    >>> # for sample, instances in ...: ev.add(sample, instances)
+    """
+
+    def __init__(self, class_names: Sequence[str], thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                 ap_style: str = "voc") -> None:
+        if ap_style not in AP_STYLES:
+            raise ValueError(f"ap_style {ap_style!r}: choose one of {AP_STYLES}")
+        self.class_names = tuple(class_names)
+        self.thresholds = _check_thresholds(thresholds)
+        self.ap_style = ap_style
+        c = len(self.class_names)
+        # per class: one (scores (n,), ious (n, g)) entry per image that has either
+        self._tables: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(c)]
+        self.confusion = np.zeros((c + 1, c + 1), dtype=np.int64)
+        self.num_gt = np.zeros(c, dtype=np.int64)
+        self.num_pred = np.zeros(c, dtype=np.int64)
+        self.num_images = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def add(self, gt: Sample, pred: Instances, semantic: np.ndarray | None = None) -> None:
+        """Add one image.
+
+        Args:
+            gt: the ground truth (class map, instance map with 255 void, instance classes).
+            pred: predicted instances at the same ``(H, W)``, classes 1..C.
+            semantic: optional ``(H, W)`` predicted class map (0..C) for the mean IoU; by
+                default the predicted instances' class map.
+        """
+        where = gt.source or f"image {gt.image_id!r}"
+        size = tuple(gt.class_map.shape)
+        if pred.image_size != size:
+            raise DatasetError(f"{where}: prediction is {pred.image_size[1]}x{pred.image_size[0]} "
+                               f"pixels but the ground truth is {size[1]}x{size[0]}")
+        c = self.num_classes
+        if len(pred) and (pred.classes.min() < 1 or pred.classes.max() > c):
+            raise DatasetError(f"{where}: predicted classes {sorted(set(pred.classes.tolist()))} "
+                               f"outside 1..{c}")
+        if not np.all(np.isfinite(pred.scores)):
+            raise DatasetError(f"{where}: predicted scores must be finite numbers")
+        void = (gt.instance_map == VOID) | (gt.class_map == VOID)  # (H, W)
+        gt_masks = gt.instance_masks() & ~void[None]  # (K, H, W)
+        visible = gt_masks.reshape(len(gt_masks), -1).any(1)  # (K,)
+        gt_masks = gt_masks[visible]
+        gt_classes = np.asarray(gt.instance_classes, dtype=np.int64)[visible]
+        ious = mask_ious(pred.masks, gt_masks, void)  # (N, G)
+        for k in np.union1d(np.unique(gt_classes), np.unique(pred.classes)):
+            p = pred.classes == k
+            g = gt_classes == k
+            self._tables[k - 1].append((pred.scores[p].astype(np.float64), ious[np.ix_(p, g)]))
+            self.num_gt[k - 1] += int(g.sum())
+            self.num_pred[k - 1] += int(p.sum())
+
+        sem = pred.class_map() if semantic is None else np.asarray(semantic)
+        if sem.shape != size:
+            raise DatasetError(f"{where}: semantic map {sem.shape} differs from the image {size}")
+        if sem.size and (sem.min() < 0 or sem.max() > c):
+            raise DatasetError(f"{where}: semantic map holds classes outside 0..{c}")
+        keep = gt.class_map != VOID
+        truth = gt.class_map[keep].astype(np.int64)
+        if truth.size and truth.max() > c:
+            raise DatasetError(f"{where}: ground-truth classes outside 0..{c}")
+        index = truth * (c + 1) + sem[keep].astype(np.int64)
+        self.confusion += np.bincount(index, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+        self.num_images += 1
+
+    def result(self) -> Metrics:
+        """Match and compute the APs at every threshold (``thresholds`` and 0.1..0.9)."""
+        every = tuple(sorted(set(self.thresholds) | set(VOL_THRESHOLDS)))
+        ap = {t: np.full(self.num_classes, np.nan) for t in every}
+        curves: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {t: [] for t in self.thresholds}
+        for c, tables in enumerate(self._tables):
+            scores = np.concatenate([s for s, _ in tables]) if tables else np.zeros(0)
+            for t in every:
+                tp = np.concatenate([match_image(s, i, t, self.ap_style) for s, i in tables]) \
+                    if tables else np.zeros(0, bool)
+                value, rec, prec = average_precision(scores, tp, int(self.num_gt[c]), self.ap_style)
+                ap[t][c] = value
+                if t in curves:
+                    curves[t].append((rec, prec))
+        return Metrics(self.class_names, self.thresholds, self.ap_style, ap, curves,
+                       self.confusion.copy(), self.num_images, self.num_gt.copy(),
+                       self.num_pred.copy())
+
+
+def evaluate(gts: Sequence[Sample], preds: Sequence[Instances], class_names: Sequence[str],
+             thresholds: Sequence[float] = DEFAULT_THRESHOLDS, ap_style: str = "voc",
+             semantic: Sequence[np.ndarray] | None = None) -> Metrics:
+    """AP^r at ``thresholds``, AP^r_vol and mean IoU of ``preds`` against ``gts``.
+
+    Args:
+        gts: ground-truth samples (a dataset works: it is read once, in order).
+        preds: one :class:`Instances` per sample, same order and size.
+        class_names: names of classes 1..C.
+        thresholds: IoU thresholds reported as AP^r.
+        ap_style: ``"voc"`` (SDS, default), ``"coco"`` or ``"mnc"`` (see the module docstring).
+        semantic: optional ``(H, W)`` predicted class maps for the mean IoU; by default the
+            predicted instances' class maps.
+
+    Returns:
+        :class:`Metrics` (``.to_dict()`` for JSON, percent).
+    """
+    if len(gts) != len(preds):
+        raise DatasetError(f"{len(preds)} predictions for {len(gts)} ground-truth images")
+    if semantic is not None and len(semantic) != len(gts):
+        raise DatasetError(f"{len(semantic)} semantic maps for {len(gts)} images")
+    evaluator = Evaluator(class_names, thresholds, ap_style)
+    for i, (gt, pred) in enumerate(zip(gts, preds)):
+        evaluator.add(gt, pred, None if semantic is None else semantic[i])
+    return evaluator.result()
+
+
+# ----------------------------------------------------------------------------- reports
+
+def format_table(metrics: Metrics, class_names: Sequence[str] | None = None) -> str:
+    """The paper's Table 1 shape as a Markdown table: rows AP^r@t and AP^r_vol, one column per
+    class and the mean (percent, one decimal; ``-`` for a class without ground truth)."""
+    names = tuple(class_names) if class_names is not None else metrics.class_names
+    vol = metrics.class_ap_vol()
+
+    def cell(x: float) -> str:
+        return f"{100 * x:.1f}" if math.isfinite(x) else "-"
+
+    rows = [[f"AP^r@{threshold_key(t)}", *(cell(v) for v in metrics.ap[t]), cell(metrics.mean_ap(t))]
+            for t in metrics.thresholds]
+    rows.append(["AP^r_vol", *(cell(v) for v in vol), cell(metrics.ap_r_vol / 100)])
+    header = [f"{metrics.ap_style} ({metrics.num_images} img)", *names, "mean"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2)
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(metrics: Metrics, out_dir: str | Path, class_names: Sequence[str] | None = None
+                  ) -> tuple[Path, Path]:
+    """Write ``out_dir/metrics.json`` (``Metrics.to_dict()``) and ``out_dir/metrics.md`` (the
+    table, mean IoU and counts), each atomically (temporary file + ``os.replace``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = metrics.to_dict()
+    json_path, md_path = out / "metrics.json", out / "metrics.md"
+    _write_atomic(json_path, json.dumps(data, indent=1) + "\n")
+    miou = data["miou"]
+    md = [
+        f"# Instance segmentation ({metrics.ap_style} AP^r, percent)",
+        "",
+        format_table(metrics, class_names),
+        "",
+        f"- images: {metrics.num_images}; ground-truth instances: {data['num_gt']}; "
+        f"predicted instances: {data['num_pred']}",
+        f"- AP^r_vol: mean over IoU 0.1..0.9; means over the {len(data['classes_averaged'])} "
+        "classes with ground truth",
+        f"- semantic mean IoU (classes 0..C, void excluded): "
+        f"{'-' if miou is None else f'{miou:.1f}'}",
+        "",
+    ]
+    _write_atomic(md_path, "\n".join(md))
+    return json_path, md_path
+
+
+# ----------------------------------------------------------------------------- COCO results JSON
+
+def instances_to_coco_results(instances_list: Iterable[Instances], category_ids: Sequence[int]
+                              ) -> list[dict[str, Any]]:
+    """COCO results entries: one per instance.
+
+    Args:
+        instances_list: predictions, each with its ``image_id``.
+        category_ids: ``category_ids[c - 1]`` is the dataset's category id of class ``c``.
+
+    Returns:
+        ``[{"image_id", "category_id", "segmentation": {"size": [H, W], "counts": str},
+        "score"}]``: compressed RLE with ``counts`` decoded to str (JSON-ready).
+    """
+    results: list[dict[str, Any]] = []
+    for inst in instances_list:
+        for rle, c, score in zip(encode_masks(inst.masks), inst.classes, inst.scores):
+            if not 1 <= c <= len(category_ids):
+                raise ValueError(f"class {c} has no category id ({len(category_ids)} given)")
+            image_id = inst.image_id.item() if isinstance(inst.image_id, np.generic) else inst.image_id
+            results.append({
+                "image_id": image_id,
+                "category_id": int(category_ids[c - 1]),
+                "segmentation": {"size": [int(s) for s in rle["size"]],
+                                 "counts": rle["counts"].decode("ascii")},
+                "score": float(score),
+            })
+    return results
+
+
+@dataclass
+class _Entry:
+    index: int  # position in the file, for error messages
+    segmentation: Any
+    class_index: int  # 1..C
+    score: float
+
+
+@dataclass
+class CocoResults:
+    """A parsed COCO results file, grouped by the dataset's images (masks decoded on demand)."""
+
+    path: str
+    image_ids: list[str | int]
+    entries: list[list[_Entry]] = field(default_factory=list)
+
+    @property
+    def num_entries(self) -> int:
+        return sum(len(e) for e in self.entries)
+
+    def instances(self, index: int, image_size: tuple[int, int]) -> Instances:
+        """The predictions of image ``index`` (of the dataset) as :class:`Instances` of
+        ``image_size`` ``(H, W)``; a mask of another size is a :class:`DatasetError`."""
+        height, width = image_size
+        image_id = self.image_ids[index]
+        entries = self.entries[index]
+        if not entries:
+            return Instances.empty(height, width, image_id)
+        masks = np.zeros((len(entries), height, width), dtype=bool)
+        for n, entry in enumerate(entries):
+            masks[n] = self._decode(entry, height, width, image_id)
+        return Instances(masks, np.array([e.class_index for e in entries]),
+                         np.array([e.score for e in entries], dtype=np.float32), image_id)
+
+    def _decode(self, entry: _Entry, height: int, width: int, image_id: str | int) -> np.ndarray:
+        where = f"{self.path}: entry {entry.index} (image_id {image_id!r})"
+        seg = entry.segmentation
+        try:
+            if isinstance(seg, dict):
+                size = [int(s) for s in seg.get("size", [])]
+                if size != [height, width]:
+                    raise DatasetError(f"{where}: mask size {seg.get('size')} but the image is "
+                                       f"[{height}, {width}] (height, width)")
+                counts = seg.get("counts")
+                if isinstance(counts, list):
+                    rle = mask_utils.frPyObjects(seg, height, width)
+                elif isinstance(counts, str):
+                    rle = {"size": size, "counts": counts.encode("ascii")}
+                else:
+                    raise DatasetError(f"{where}: segmentation 'counts' must be a string or a list")
+            elif isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+            else:
+                raise DatasetError(f"{where}: segmentation must be an RLE dict or a list of "
+                                   "polygons")
+            mask = mask_utils.decode(rle)
+        except DatasetError:
+            raise
+        except Exception as exc:  # pycocotools raises bare TypeError/ValueError on garbage
+            raise DatasetError(f"{where}: unreadable segmentation ({exc})") from None
+        if mask.shape[:2] != (height, width):
+            raise DatasetError(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
+                               f"is {width}x{height}")
+        return mask.astype(bool)
+
+
+def load_coco_results(path: str | Path, dataset: Sequence[Sample]) -> CocoResults:
+    """Parse and check a COCO results file against ``dataset`` (a ``PFNDataset``: uses its
+    ``image_ids``, ``category_ids`` and ``classes``); masks are decoded later, per image.
+
+    Image ids match the dataset's (file stem for VOC/SBD/folder/synthetic, COCO id for COCO;
+    ``"12"`` and ``12`` are the same id). Raises :class:`DatasetError` naming the file and the
+    entry for malformed JSON, unknown image or category ids, bad scores or segmentations.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: predictions file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        data = data["annotations"]
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a list of COCO results entries "
+                           "(image_id, category_id, segmentation, score)")
+    image_ids = list(getattr(dataset, "image_ids", None) or [s.image_id for s in dataset])
+    by_id = {str(i): n for n, i in enumerate(image_ids)}
+    classes = getattr(dataset, "classes", ())
+    category_ids = getattr(dataset, "category_ids", None) or range(1, len(classes) + 1)
+    class_of = {int(cid): c for c, cid in enumerate(category_ids, start=1)}
+    results = CocoResults(str(path), image_ids, [[] for _ in image_ids])
+    for n, entry in enumerate(data):
+        where = f"{path}: entry {n}"
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+        missing = [k for k in ("image_id", "category_id", "segmentation", "score") if k not in entry]
+        if missing:
+            raise DatasetError(f"{where}: missing {', '.join(missing)}")
+        image_id = entry["image_id"]
+        if str(image_id) not in by_id:
+            raise DatasetError(f"{where}: image_id {image_id!r} is not an image of the dataset "
+                               f"({len(image_ids)} images, e.g. {image_ids[:3]})")
+        try:
+            category = int(entry["category_id"])
+            score = float(entry["score"])
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: category_id and score must be numbers, got "
+                               f"{entry['category_id']!r}, {entry['score']!r}") from None
+        if category not in class_of:
+            raise DatasetError(f"{where}: category_id {category} unknown to the dataset "
+                               f"(known: {sorted(class_of)})")
+        if not math.isfinite(score):
+            raise DatasetError(f"{where}: score {entry['score']!r} is not a finite number")
+        results.entries[by_id[str(image_id)]].append(
+            _Entry(n, entry["segmentation"], class_of[category], score))
+    return results
+
+
+def read_coco_results(path: str | Path, dataset: Sequence[Sample]) -> list[Instances]:
+    """A COCO results file as one :class:`Instances` per image of ``dataset``, in its order
+    (images without entries get empty Instances). Reads every sample once for its size."""
+    results = load_coco_results(path, dataset)
+    return [results.instances(i, tuple(dataset[i].class_map.shape)) for i in range(len(results.image_ids))]
