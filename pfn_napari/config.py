@@ -124,6 +124,7 @@ class GroupingConfig:
     n_init: int = 20  # k-means seedings
     scoring: str = "mean_prob"  # 'mean_prob' | 'prob_x_similarity' | 'ones'
     seed: int = 0
+    assign: str = "auto"  # full-res pixels: 'cell' (nearest grid cell), 'location', or the method's
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,372 @@
+"""Network outputs -> instances: refinement, per-class clustering, full-resolution masks.
+
+:func:`group` is the pure entry point; :class:`Grouper` is the same computation with caches
+for one :class:`~pfn_napari.structures.NetworkOutput`, for the napari widget: a changed count
+re-runs only k-means, a changed sigma only the affinity and embedding, and the full-resolution
+maps (upsampled class probabilities, nearest cells, upsampled locations) are computed once.
+
+Steps of :meth:`Grouper.run`:
+
+1. Class maps: the grid map is ``argmax(class_probs)``; the full-resolution map is
+   ``argmax(full_class_probs)`` when given, else the argmax of the bilinearly upsampled
+   ``class_probs``. Both are refined by the counts (:func:`refine_class_map`,
+   ``cfg.refine``).
+2. For each class ``c`` of the refined grid map: k = max(1, floor(g_c + 0.5)) (or the
+   override), cluster its cells with ``GROUPING_METHODS[cfg.method]``; clusters with fewer
+   cells than ``cfg.min_size_frac`` of the class's cells are dropped (``cfg.size_filter``).
+3. Full resolution: every pixel of class ``c`` in the refined full map takes a cluster of
+   class ``c``: ``assign="cell"``: the cluster of the nearest class-``c`` grid cell (exact
+   Euclidean distance transform); ``assign="location"``: the cluster whose mean box is nearest
+   to the pixel's own box, decoded from the class-``c`` locations interpolated bilinearly
+   *among class-``c`` cells only* (normalised convolution, so background cells' zeros do not
+   leak in). Pixels of dropped clusters, and of classes without grid cells, are background.
+4. Scores (``cfg.scoring``): ``mean_prob``: mean probability of the class over the instance's
+   full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
+   similarity; ``ones``: 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import VOID, ConfigError, GroupingConfig
+from ..errors import PFNError
+from ..structures import Instances, NetworkOutput
+from ..targets import decode_locations
+from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
+from .methods import DEFAULT_ASSIGN, GROUPING_METHODS, ClassData, Clustering
+from .refine import refine_class_map
+from .spectral import normalise_by_max
+
+SCORINGS = ("mean_prob", "prob_x_similarity", "ones")
+ASSIGNS = ("auto", "cell", "location")
+#: Per-class entries kept by a Grouper before the oldest are forgotten.
+MAX_CACHED_CLASSES = 64
+
+
+@dataclass
+class GroupingResult:
+    """Everything one grouping run produced, for evaluation and for napari layers.
+
+    Instance ``n`` (1-based in the label maps) is ``instances.masks[n - 1]``; instances are
+    ordered by class, then by cluster (first cell in row-major order first).
+    """
+
+    instances: Instances  # (N, H, W) masks at full resolution, classes, scores
+    refined_class_map: np.ndarray  # (h, w) uint8 grid class map after refinement
+    full_class_map: np.ndarray  # (H, W) uint8 full-resolution class map after refinement
+    grid_labels: np.ndarray  # (h, w) int32 instance 1..N of each grid cell, 0 none/dropped
+    centers: np.ndarray  # (N, 2) float32 (x, y) in pixels of each instance's mean decoded center
+    boxes: np.ndarray  # (N, 4) float32 (x1, y1, x2, y2) in pixels, mean decoded box (nan if none)
+    counts: np.ndarray  # (C,) float32 counts used (network's, with the overrides applied)
+    cluster_counts: dict[int, int]  # class -> clusters asked for (k)
+    stride: int  # grid stride of the input
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
+
+    @property
+    def label_map(self) -> np.ndarray:
+        """``(H, W)`` int32 instance 1..N of each pixel, 0 background."""
+        return self.instances.label_map()
+
+
+def _key(*arrays: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+        digest.update(str(a.shape).encode())
+    return digest.hexdigest()
+
+
+def _descriptors(locations: np.ndarray, encoding: str, xy: np.ndarray) -> np.ndarray:
+    """``(n, L)`` locations of pixels at normalised ``xy`` ``(n, 2)`` -> ``(n, D)`` decoded
+    boxes ``(cx, cy, x1, y1, x2, y2)``, or ``(cx, cy)`` for the center-only encodings."""
+    dec = decode_locations(locations.T[:, :, None], encoding, pixel_xy=xy.T[:, :, None])
+    names = ("cx", "cy", "x1", "y1", "x2", "y2") if "x1" in dec else ("cx", "cy")
+    return np.stack([dec[name][:, 0] for name in names], axis=1)  # (n, D)
+
+
+def check_config(cfg: GroupingConfig) -> None:
+    """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist."""
+    if cfg.method not in GROUPING_METHODS:
+        raise ConfigError(f"grouping.method={cfg.method!r}: choose one of "
+                          f"{tuple(GROUPING_METHODS)}")
+    if cfg.scoring not in SCORINGS:
+        raise ConfigError(f"grouping.scoring={cfg.scoring!r}: choose one of {SCORINGS}")
+    if cfg.assign not in ASSIGNS:
+        raise ConfigError(f"grouping.assign={cfg.assign!r}: choose one of {ASSIGNS}")
+    if not cfg.sigma > 0:
+        raise ConfigError(f"grouping.sigma={cfg.sigma}: must be > 0")
+    if cfg.n_init < 1:
+        raise ConfigError(f"grouping.n_init={cfg.n_init}: at least 1")
+
+
+class Grouper:
+    """Grouping of one :class:`NetworkOutput`, with caches for repeated runs.
+
+    >>> grouper = Grouper(net)                                   # doctest: +SKIP
+    >>> result = grouper.run(cfg)                                # doctest: +SKIP
+    >>> result = grouper.run(cfg, count_override={15: 3})        # only k-means re-runs
+    """
+
+    def __init__(self, net: NetworkOutput) -> None:
+        probs = np.asarray(net.class_probs)
+        locs = np.asarray(net.locations)
+        if probs.ndim != 3 or locs.ndim != 3 or probs.shape[1:] != locs.shape[1:]:
+            raise PFNError(f"NetworkOutput: class_probs {probs.shape} and locations {locs.shape} "
+                           "must be (C+1, h, w) and (L, h, w) on the same grid")
+        self.net = net
+        self.num_classes = probs.shape[0] - 1
+        counts = np.asarray(net.counts, dtype=np.float32).reshape(-1)
+        if len(counts) != self.num_classes:
+            raise PFNError(f"NetworkOutput: {len(counts)} counts for {self.num_classes} classes")
+        self.image_size = (int(net.image_size[0]), int(net.image_size[1]))
+        try:
+            self.stride = infer_stride(probs.shape[1:], self.image_size)
+        except ValueError as exc:
+            raise PFNError(f"NetworkOutput: {exc}") from None
+        if net.full_class_probs is not None and \
+                tuple(np.shape(net.full_class_probs)) != (probs.shape[0], *self.image_size):
+            raise PFNError(f"NetworkOutput: full_class_probs {np.shape(net.full_class_probs)} is "
+                           f"not (C+1, H, W) = ({probs.shape[0]}, {self.image_size})")
+        self.grid_shape = probs.shape[1:]
+        self.grid_class = probs.argmax(0).astype(np.uint8)  # (h, w)
+        self._full_probs: np.ndarray | None = None
+        self._full_class: np.ndarray | None = None
+        self._class_data: dict[str, ClassData] = {}
+        self._full_data: dict[str, dict[str, Any]] = {}
+        self._clusterings: dict[tuple, Clustering] = {}
+
+    # ------------------------------------------------------------------ cached maps
+    @property
+    def full_probs(self) -> np.ndarray:
+        """``(C+1, H, W)`` float32: ``full_class_probs``, or bilinearly upsampled
+        ``class_probs``."""
+        if self._full_probs is None:
+            if self.net.full_class_probs is not None:
+                self._full_probs = np.asarray(self.net.full_class_probs, dtype=np.float32)
+            else:
+                self._full_probs = upsample_bilinear(self.net.class_probs, self.image_size,
+                                                     self.stride)
+        return self._full_probs
+
+    @property
+    def full_class(self) -> np.ndarray:
+        """``(H, W)`` uint8 unrefined full-resolution class map."""
+        if self._full_class is None:
+            self._full_class = self.full_probs.argmax(0).astype(np.uint8)
+        return self._full_class
+
+    def _remember(self, store: dict, key: Any, value: Any) -> Any:
+        if len(store) >= MAX_CACHED_CLASSES:
+            store.pop(next(iter(store)))
+        store[key] = value
+        return value
+
+    def class_data(self, cls: int, cell_mask: np.ndarray) -> ClassData:
+        """Cached :class:`ClassData` of class ``cls`` on the cells ``cell_mask`` ``(h, w)``."""
+        key = _key(np.array([cls]), cell_mask)
+        data = self._class_data.get(key)
+        if data is not None:
+            return data
+        rows, cols = np.nonzero(cell_mask)
+        locs = np.asarray(self.net.locations, dtype=np.float64)[:, rows, cols].T  # (n, L)
+        xy = pixel_xy(self.image_size, rows * self.stride, cols * self.stride)  # (n, 2)
+        data = ClassData(cls=cls, rows=rows, cols=cols, locations=locs,
+                         descriptors=_descriptors(locs, self.net.encoding, xy),
+                         t=normalise_by_max(locs), q=normalise_by_max(xy), key=key)
+        return self._remember(self._class_data, key, data)
+
+    def _full(self, data: ClassData, cell_mask: np.ndarray, pixel_mask: np.ndarray
+              ) -> dict[str, Any]:
+        """Cached full-resolution data of one class: its pixels, their class probability, and
+        (lazily) the nearest cell and the interpolated box of each pixel."""
+        key = _key(np.array([data.cls]), cell_mask, pixel_mask)
+        entry = self._full_data.get(key)
+        if entry is None:
+            py, px = np.nonzero(pixel_mask)
+            entry = {"py": py, "px": px, "prob": self.full_probs[data.cls, py, px],
+                     "cell_mask": cell_mask, "pixel_mask": pixel_mask}
+            self._remember(self._full_data, key, entry)
+        return entry
+
+    def _nearest(self, data: ClassData, entry: dict[str, Any]) -> np.ndarray:
+        """``(n_full,)`` index into ``data``'s cells of each pixel's nearest class cell."""
+        if "nearest" not in entry:
+            flat = nearest_cell_index(entry["cell_mask"], entry["pixel_mask"], self.stride)
+            lookup = np.full(self.grid_shape[0] * self.grid_shape[1], -1, dtype=np.int64)
+            lookup[data.rows * self.grid_shape[1] + data.cols] = np.arange(len(data))
+            entry["nearest"] = lookup[flat]
+        return entry["nearest"]
+
+    def _pixel_boxes(self, data: ClassData, entry: dict[str, Any]) -> np.ndarray:
+        """``(n_full, D)`` decoded boxes of the class's full-resolution pixels, from locations
+        interpolated bilinearly among the class's own cells (normalised convolution); pixels
+        with no class cell among their 4 grid neighbours take the nearest cell's location."""
+        if "boxes" in entry:
+            return entry["boxes"]
+        h, w = self.grid_shape
+        s = self.stride
+        py, px = entry["py"], entry["px"]
+        gy, gx = np.minimum(py / s, h - 1), np.minimum(px / s, w - 1)
+        y0, x0 = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
+        y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+        fy, fx = gy - y0, gx - x0
+        mask = entry["cell_mask"]
+        locs = np.asarray(self.net.locations, dtype=np.float64)  # (L, h, w)
+        num = np.zeros((len(py), locs.shape[0]))
+        den = np.zeros(len(py))
+        for yy, xx, wt in ((y0, x0, (1 - fy) * (1 - fx)), (y0, x1, (1 - fy) * fx),
+                           (y1, x0, fy * (1 - fx)), (y1, x1, fy * fx)):
+            wt = wt * mask[yy, xx]
+            num += wt[:, None] * locs[:, yy, xx].T
+            den += wt
+        ok = den > 1e-9
+        out = np.empty_like(num)
+        out[ok] = num[ok] / den[ok, None]
+        if not ok.all():
+            near = self._nearest(data, entry)[~ok]
+            out[~ok] = data.locations[near]
+        xy = pixel_xy(self.image_size, py, px)
+        entry["boxes"] = _descriptors(out, self.net.encoding, xy)
+        return entry["boxes"]
+
+    # ------------------------------------------------------------------ the run
+    def counts_used(self, count_override: dict[int, int] | None) -> np.ndarray:
+        """The network's counts with ``count_override`` ``{class: number}`` applied."""
+        counts = np.asarray(self.net.counts, dtype=np.float32).reshape(-1).copy()
+        for cls, num in (count_override or {}).items():
+            if not 1 <= int(cls) <= self.num_classes:
+                raise PFNError(f"count override for class {cls}: classes are 1..{self.num_classes}")
+            if num < 0:
+                raise PFNError(f"count override for class {cls}: {num} instances is negative")
+            counts[int(cls) - 1] = float(num)
+        return counts
+
+    def cluster(self, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
+        """Cached clustering of one class's cells into (up to) ``k`` clusters."""
+        key = (data.key, cfg.method, k, cfg.sigma, cfg.use_coords, cfg.n_init, cfg.seed)
+        result = self._clusterings.get(key)
+        if result is None:
+            result = GROUPING_METHODS[cfg.method](data, k, cfg)
+            self._remember(self._clusterings, key, result)
+        return result
+
+    def run(self, cfg: GroupingConfig, count_override: dict[int, int] | None = None
+            ) -> GroupingResult:
+        """Group the cached network output with ``cfg`` (see the module docstring)."""
+        check_config(cfg)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        counts = self.counts_used(count_override)
+        grid_map = self.grid_class
+        full_map = self.full_class
+        if cfg.refine:
+            grid_map = refine_class_map(grid_map, counts, cfg.tau)
+            full_map = refine_class_map(full_map, counts, cfg.tau)
+        timings["class_maps"] = time.perf_counter() - start
+        assign = DEFAULT_ASSIGN[cfg.method] if cfg.assign == "auto" else cfg.assign
+        big_h, big_w = self.image_size
+        grid_labels = np.zeros(self.grid_shape, dtype=np.int32)
+        masks, classes, scores, centers, boxes = [], [], [], [], []
+        cluster_counts: dict[int, int] = {}
+        t_cluster = t_full = 0.0
+        for cls in np.unique(grid_map):
+            cls = int(cls)
+            if cls == 0 or cls == VOID or cls > self.num_classes:
+                continue
+            cell_mask = grid_map == cls
+            k = max(1, int(np.floor(counts[cls - 1] + 0.5)))
+            cluster_counts[cls] = k
+            t0 = time.perf_counter()
+            data = self.class_data(cls, cell_mask)
+            clustering = self.cluster(data, k, cfg)
+            t1 = time.perf_counter()
+            labels = clustering.labels
+            m = int(labels.max()) + 1
+            sizes = np.bincount(labels, minlength=m)
+            keep = np.ones(m, dtype=bool)
+            if cfg.size_filter:
+                keep = sizes >= cfg.min_size_frac * len(data)
+            # full resolution
+            entry = self._full(data, cell_mask, full_map == cls)
+            if len(entry["py"]) == 0:
+                t_full += time.perf_counter() - t1
+                t_cluster += t1 - t0
+                continue
+            desc = data.descriptors
+            mean_box = np.stack([np.bincount(labels, weights=desc[:, i], minlength=m)
+                                 for i in range(desc.shape[1])], 1) / sizes[:, None]  # (m, D)
+            if assign == "cell":
+                pix_label = labels[self._nearest(data, entry)]
+            else:
+                pix_boxes = self._pixel_boxes(data, entry)  # (n_full, D)
+                d2 = ((pix_boxes[:, None, :] - mean_box[None]) ** 2).sum(-1)  # (n_full, m)
+                pix_label = d2.argmin(1)
+            pix_label = np.where(keep[pix_label], pix_label, -1)
+            valid = pix_label >= 0
+            pix_count = np.bincount(pix_label[valid], minlength=m)
+            prob_sum = np.bincount(pix_label[valid], weights=entry["prob"][valid], minlength=m)
+            for j in range(m):
+                if not keep[j] or pix_count[j] == 0:
+                    continue
+                mask = np.zeros((big_h, big_w), dtype=bool)
+                sel = pix_label == j
+                mask[entry["py"][sel], entry["px"][sel]] = True
+                if cfg.scoring == "ones":
+                    score = 1.0
+                else:
+                    score = prob_sum[j] / pix_count[j]
+                    if cfg.scoring == "prob_x_similarity":
+                        score *= float(clustering.similarity[j])
+                masks.append(mask)
+                classes.append(cls)
+                scores.append(score)
+                grid_labels[data.rows[labels == j], data.cols[labels == j]] = len(masks)
+                b = mean_box[j]
+                centers.append((b[0] * big_w, b[1] * big_h))
+                boxes.append((b[2] * big_w, b[3] * big_h, b[4] * big_w, b[5] * big_h)
+                             if len(b) >= 6 else (np.nan,) * 4)
+            t_cluster += t1 - t0
+            t_full += time.perf_counter() - t1
+        timings["cluster"] = t_cluster
+        timings["full_resolution"] = t_full
+        if masks:
+            instances = Instances(np.stack(masks), np.array(classes), np.array(scores),
+                                  image_id="")
+        else:
+            instances = Instances.empty(big_h, big_w)
+        timings["total"] = time.perf_counter() - start
+        return GroupingResult(
+            instances=instances,
+            refined_class_map=grid_map.astype(np.uint8),
+            full_class_map=full_map.astype(np.uint8),
+            grid_labels=grid_labels,
+            centers=np.asarray(centers, dtype=np.float32).reshape(-1, 2),
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            counts=counts,
+            cluster_counts=cluster_counts,
+            stride=self.stride,
+            timings=timings,
+        )
+
+
+def group(net: NetworkOutput, cfg: GroupingConfig | None = None,
+          count_override: dict[int, int] | None = None) -> Instances:
+    """Instances at full resolution ``(H, W) = net.image_size`` from one network output.
+
+    Args:
+        net: the networks' output (class probabilities and locations on a stride-s grid).
+        cfg: grouping settings (default :class:`GroupingConfig`: the paper's spectral
+            clustering, sigma 0.5, refinement and size filter on).
+        count_override: ``{class: number}`` replacing the predicted count of those classes
+            (used for the refinement too).
+
+    Returns:
+        :class:`Instances`: ``(N, H, W)`` disjoint masks, classes 1..C, scores.
+    """
+    return Grouper(net).run(cfg or GroupingConfig(), count_override).instances

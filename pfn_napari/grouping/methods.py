@@ -1,0 +1,183 @@
+"""Grouping methods: one class's grid cells -> clusters. A plain dict registry.
+
+Every method is ``fn(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering``. ``data``
+holds one class's cells on the grid (their raw locations, decoded box descriptors, normalised
+features) and a ``cache`` dict the method may fill (affinities, embeddings) so that
+:class:`~pfn_napari.grouping.Grouper` re-runs only what a changed setting invalidates.
+
+=================  ==========================================================================
+``spectral``       the paper: dense similarity graph over all pairs, NJW spectral embedding,
+                   k-means x ``n_init`` kept by mean within-cluster similarity. O(N^2) memory,
+                   O(N^3) time. Full-resolution pixels take the nearest cell's cluster.
+``vote``           every cell votes for its instance's box (decoded ``cx, cy, x1, y1, x2, y2``);
+                   k-means (k = count, ``n_init`` seedings, least inertia) finds the k boxes;
+                   every full-resolution pixel goes to the nearest box in location space
+                   (masked-bilinear upsampled locations). O(N k) time and memory.
+``knn-spectral``   the paper's similarity on a sparse k-nearest-neighbour graph (10
+                   neighbours), ARPACK embedding, same k-means selection as ``spectral``.
+``kmeans``         k-means directly on the normalised ``[t, q]`` features (SPEC's baseline row).
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import ConfigError, GroupingConfig
+from .kmeans import distinct_rows, kmeans_runs
+from .spectral import (MAX_DENSE_CELLS, cluster_similarity, dense_affinity, knn_affinity,
+                       njw_eigenvectors, sparse_embedding, spectral_partition)
+
+#: Extra eigenvectors computed beyond k, so moving the count slider up reuses the cache.
+EXTRA_EIGENVECTORS = 8
+#: Neighbours per pixel of the ``knn-spectral`` graph.
+KNN_NEIGHBORS = 10
+
+
+@dataclass
+class ClassData:
+    """One class's cells on the grid (``n`` cells, row-major order)."""
+
+    cls: int  # class 1..C
+    rows: np.ndarray  # (n,) grid row of each cell
+    cols: np.ndarray  # (n,) grid column
+    locations: np.ndarray  # (n, L) float64 predicted locations (the encoding's channels)
+    descriptors: np.ndarray  # (n, D) float64 decoded box (cx, cy, x1, y1, x2, y2) or (cx, cy)
+    t: np.ndarray  # (n, L) locations divided by their per-dimension maximum over the class
+    q: np.ndarray  # (n, 2) normalised (x, y) of the cell's pixel, divided by the maximum
+    cache: dict[Any, Any] = field(default_factory=dict)
+    key: str = ""  # identifies (class, cells) for the Grouper's caches
+
+    def __len__(self) -> int:
+        return int(len(self.rows))
+
+
+@dataclass
+class Clustering:
+    """One class's clusters on the grid."""
+
+    labels: np.ndarray  # (n,) int64 cluster 0..m-1 of each cell (every cluster non-empty)
+    similarity: np.ndarray  # (m,) mean within-cluster similarity in [0, 1]
+
+
+def _rng(cfg: GroupingConfig, data: ClassData) -> np.random.Generator:
+    """Deterministic per (seed, class): the result does not depend on the order of classes."""
+    return np.random.default_rng([cfg.seed, data.cls])
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels to 0..m-1 by first appearance (drops empty clusters)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inverse.reshape(-1)].astype(np.int64)
+
+
+def _kernel_similarity(x: np.ndarray, labels: np.ndarray, sigma: float) -> np.ndarray:
+    """Linear-time stand-in for the mean within-cluster similarity of the k-means methods:
+    mean over members of ``exp(-||x_i - mean||^2 / (D sigma^2))``."""
+    m = int(labels.max()) + 1
+    sizes = np.bincount(labels, minlength=m)
+    means = np.stack([np.bincount(labels, weights=x[:, i], minlength=m) for i in
+                      range(x.shape[1])], axis=1) / np.maximum(sizes, 1)[:, None]
+    d2 = ((x - means[labels]) ** 2).sum(1)
+    kern = np.exp(-d2 / (x.shape[1] * sigma ** 2))
+    return np.bincount(labels, weights=kern, minlength=m) / np.maximum(sizes, 1)
+
+
+def _features(data: ClassData, cfg: GroupingConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    return data.t, (data.q if cfg.use_coords else None)
+
+
+def spectral(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
+    """The paper's dense normalised spectral clustering (see :mod:`.spectral`)."""
+    n = len(data)
+    if n > MAX_DENSE_CELLS:
+        raise ConfigError(f"grouping.method='spectral': class {data.cls} has {n:,} cells, over "
+                          f"the dense limit of {MAX_DENSE_CELLS:,} (an N x N matrix); use "
+                          f"grouping.method=vote or knn-spectral")
+    t, q = _features(data, cfg)
+    key = ("dense", cfg.sigma, cfg.use_coords)
+    w = data.cache.get(("W",) + key)
+    if w is None:
+        for old in [c for c in data.cache if c[0] in ("W", "eig")]:
+            del data.cache[old]  # one sigma at a time: W is the big item
+        w = dense_affinity(t, q, cfg.sigma)
+        data.cache[("W",) + key] = w
+    feats = t if q is None else np.concatenate([t, q], axis=1)
+    k = min(k, distinct_rows(feats))
+    terms = 1 if q is None else 2
+    if k <= 1 or n <= 2:
+        labels = np.zeros(n, dtype=np.int64) if k <= 1 else np.arange(n, dtype=np.int64)
+        return Clustering(labels, cluster_similarity(w, labels, terms))
+    vecs = data.cache.get(("eig",) + key)
+    if vecs is None or vecs.shape[1] < k:
+        vecs = njw_eigenvectors(w, k + EXTRA_EIGENVECTORS)[1]
+        data.cache[("eig",) + key] = vecs
+    labels = _compact(spectral_partition(w, vecs, k, cfg.n_init, _rng(cfg, data)))
+    return Clustering(labels, cluster_similarity(w, labels, terms))
+
+
+def knn_spectral(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
+    """The paper's similarity on a sparse kNN graph, ARPACK embedding, NJW k-means selection."""
+    n = len(data)
+    t, q = _features(data, cfg)
+    key = ("knnW", cfg.sigma, cfg.use_coords)
+    w = data.cache.get(key)
+    if w is None:
+        w = knn_affinity(t, q, cfg.sigma, KNN_NEIGHBORS)
+        data.cache[key] = w
+    feats = t if q is None else np.concatenate([t, q], axis=1)
+    k = min(k, distinct_rows(feats))
+    terms = 1 if q is None else 2
+    if k <= 1 or n <= 2:
+        labels = np.zeros(n, dtype=np.int64) if k <= 1 else np.arange(n, dtype=np.int64)
+        return Clustering(labels, cluster_similarity(w, labels, terms))
+    ekey = ("knnE", cfg.sigma, cfg.use_coords, k)
+    emb = data.cache.get(ekey)
+    if emb is None:
+        emb = sparse_embedding(w, k, cfg.seed)
+        data.cache[ekey] = emb
+    labels = _compact(spectral_partition(w, emb, k, cfg.n_init, _rng(cfg, data)))
+    return Clustering(labels, cluster_similarity(w, labels, terms))
+
+
+def _kmeans_on(x: np.ndarray, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
+    k = min(k, distinct_rows(x))
+    runs = kmeans_runs(x, k, n_init=cfg.n_init, seed=_rng(cfg, data))
+    best = int(np.argmin(runs.inertia))
+    labels = _compact(runs.labels[best])
+    return Clustering(labels, _kernel_similarity(x, labels, cfg.sigma))
+
+
+def vote(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
+    """k-means on the decoded boxes the cells vote for (least inertia of ``n_init`` seedings)."""
+    return _kmeans_on(data.descriptors, data, k, cfg)
+
+
+def kmeans_tq(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
+    """k-means on the normalised features ``[t, q]`` (``[t]`` without coordinates)."""
+    t, q = _features(data, cfg)
+    return _kmeans_on(t if q is None else np.concatenate([t, q], axis=1), data, k, cfg)
+
+
+Method = Callable[[ClassData, int, GroupingConfig], Clustering]
+
+#: name -> method. ``spectral`` is the paper's (the config default).
+GROUPING_METHODS: dict[str, Method] = {
+    "spectral": spectral,
+    "vote": vote,
+    "knn-spectral": knn_spectral,
+    "kmeans": kmeans_tq,
+}
+
+#: How each method's clusters reach full resolution when ``cfg.assign == "auto"``:
+#: ``"cell"`` (nearest grid cell of the class) or ``"location"`` (nearest cluster box).
+DEFAULT_ASSIGN: dict[str, str] = {
+    "spectral": "cell",
+    "vote": "location",
+    "knn-spectral": "cell",
+    "kmeans": "cell",
+}
