@@ -379,7 +379,7 @@ class Evaluator:
             raise DatasetError(f"{where}: predicted scores must be finite numbers")
         void = (gt.instance_map == VOID) | (gt.class_map == VOID)  # (H, W)
         gt_masks = gt.instance_masks() & ~void[None]  # (K, H, W)
-        visible = gt_masks.reshape(len(gt_masks), -1).any(1)  # (K,)
+        visible = gt_masks.any(axis=(1, 2))  # (K,)
         gt_masks = gt_masks[visible]
         gt_classes = np.asarray(gt.instance_classes, dtype=np.int64)[visible]
         ious = mask_ious(pred.masks, gt_masks, void)  # (N, G)
