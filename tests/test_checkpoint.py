@@ -1,0 +1,165 @@
+"""checkpoint.py: atomic save, checked load, weights files, RNG states."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pfn_napari import __version__
+from pfn_napari.checkpoint import (FORMAT_TAG, FORMAT_VERSION, atomic_save, capture_rng_state,
+                                   load_checkpoint, networks_of, read_checkpoint,
+                                   restore_rng_state, save_checkpoint, save_weights)
+from pfn_napari.config import load_config
+from pfn_napari.errors import CheckpointError
+
+TINY = ["model.backbone=efficientnet_lite0", "model.num_classes=3",
+        "data.classes=[disc,square,triangle]", "model.stream_channels=8",
+        "model.count_channels=8", "model.count_hidden=16"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(None, TINY)
+
+
+@pytest.fixture(scope="module")
+def system(cfg):
+    from pfn_napari.model import build_network, PFNSystem
+
+    torch.manual_seed(0)
+    return PFNSystem(build_network(cfg.model, "category"), build_network(cfg.model, "instance"))
+
+
+def _save(path: Path, system, cfg, **kw) -> Path:
+    return save_checkpoint(path, system_state=system.state_dict(), config=cfg,
+                           networks=networks_of(system), step=kw.pop("step", 7),
+                           epoch=kw.pop("epoch", 2), **kw)
+
+
+def test_round_trip_rebuilds_the_system_from_the_file_alone(tmp_path, cfg, system):
+    opt = torch.optim.SGD(system.instance.parameters(), lr=0.1, momentum=0.9)
+    path = _save(tmp_path / "last.pt", system, cfg, optimizer=opt.state_dict(),
+                 extra={"note": "hello"})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+    loaded, cfg2, meta = load_checkpoint(path)
+    assert cfg2 == cfg
+    assert meta["kind"] == "training" and meta["step"] == 7 and meta["epoch"] == 2
+    assert meta["pfn_napari_version"] == __version__ and meta["format_version"] == FORMAT_VERSION
+    assert meta["networks"] == {"category": "category", "instance": "instance"}
+    assert meta["extra"] == {"note": "hello"}
+    assert meta["optimizer"]["param_groups"][0]["lr"] == 0.1
+    assert not loaded.training
+    ref = system.state_dict()
+    got = loaded.state_dict()
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_category_only_and_unified_systems(tmp_path, cfg):
+    from pfn_napari.model import build_network, PFNSystem
+
+    for sys_ in (PFNSystem(build_network(cfg.model, "category"), None),
+                 PFNSystem(None, build_network(cfg.model, "unified"))):
+        path = _save(tmp_path / "c.pt", sys_, cfg)
+        loaded, _, meta = load_checkpoint(path)
+        assert meta["networks"] == networks_of(sys_)
+        assert (loaded.category is None) == (sys_.category is None)
+        assert (loaded.instance is None) == (sys_.instance is None)
+
+
+def test_weights_file_half_precision(tmp_path, cfg, system):
+    full = save_weights(tmp_path / "w32.pt", system, cfg, meta={"trained_on": "synthetic"})
+    half = save_weights(tmp_path / "w16.pt", system, cfg, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded, cfg2, meta = load_checkpoint(half)
+    assert cfg2 == cfg and meta["kind"] == "weights" and meta["dtype"] == "float16"
+    assert "optimizer" not in meta
+    for k, v in system.state_dict().items():
+        w = loaded.state_dict()[k]
+        assert w.dtype == v.dtype
+        if v.is_floating_point():
+            torch.testing.assert_close(w, v, rtol=1e-3, atol=1e-4)
+        else:
+            assert torch.equal(w, v)
+    _, _, meta32 = load_checkpoint(full)
+    assert meta32["trained_on"] == "synthetic" and meta32["dtype"] == "float32"
+
+
+def test_missing_truncated_foreign_and_other_version_files(tmp_path, cfg, system):
+    with pytest.raises(CheckpointError, match="nope.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+    good = _save(tmp_path / "good.pt", system, cfg)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pt: cannot read .* truncated") as info:
+        load_checkpoint(cut)
+    assert "\n" not in str(info.value)
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        load_checkpoint(text)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(CheckpointError, match=f"foreign.pt: not a pfn-napari checkpoint"):
+        load_checkpoint(foreign)
+
+    obj = torch.load(good, weights_only=True)
+    obj["format_version"] = FORMAT_VERSION + 1
+    other = tmp_path / "future.pt"
+    torch.save(obj, other)
+    with pytest.raises(CheckpointError, match=f"future.pt: checkpoint format version {FORMAT_VERSION + 1}"):
+        load_checkpoint(other)
+
+
+def test_weights_that_do_not_fit_the_stored_config(tmp_path, cfg, system):
+    obj = torch.load(_save(tmp_path / "a.pt", system, cfg), weights_only=True)
+    obj["config"]["model"]["num_classes"] = 5
+    obj["config"]["data"]["classes"] = ["a", "b", "c", "d", "e"]
+    bad = tmp_path / "bad.pt"
+    torch.save(obj, bad)
+    with pytest.raises(CheckpointError, match="bad.pt: stored weights do not fit"):
+        load_checkpoint(bad)
+    obj["config"]["model"]["backbone"] = "resnet"
+    torch.save(obj, bad)
+    with pytest.raises(CheckpointError, match="bad.pt: stored config"):
+        load_checkpoint(bad)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = atomic_save({"format": FORMAT_TAG, "v": torch.arange(3)}, tmp_path / "last.pt")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"v": Unpicklable()}, path)
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.arange(3))
+
+
+def test_rng_state_round_trip_through_a_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = capture_rng_state()
+    atomic_save({"rng": state}, tmp_path / "r.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn())
+    restore_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
+    again = (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn())
+    assert first == again
+
+
+def test_read_checkpoint_header(tmp_path, cfg, system):
+    obj = read_checkpoint(_save(tmp_path / "h.pt", system, cfg))
+    assert obj["format"] == FORMAT_TAG and obj["kind"] == "training"
+    assert obj["config"]["model"]["backbone"] == "efficientnet_lite0"
