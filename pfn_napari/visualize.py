@@ -102,12 +102,11 @@ def save_overlay(path: str | Path, image: np.ndarray, instances: Instances,
 
 def predicted_centers(net: NetworkOutput) -> np.ndarray:
     """``(2, h, w)`` predicted instance center (x, y) in PIXELS of the image, per grid cell."""
-    from .targets import decode_locations
+    from .targets import decode_locations, grid_pixel_positions
 
     h, w = net.image_size
-    dec = decode_locations(net.locations, net.encoding, image_size=(h, w))
-    center = np.asarray(dec["center"], dtype=np.float32)  # (2, gh, gw), normalised
-    return np.stack([center[0] * w, center[1] * h])
+    dec = decode_locations(net.locations, net.encoding, grid_pixel_positions((h, w)))
+    return np.stack([dec["cx"] * w, dec["cy"] * h]).astype(np.float32)  # (2, gh, gw)
 
 
 def grid_pixel_xy(grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
