@@ -101,12 +101,13 @@ def save_overlay(path: str | Path, image: np.ndarray, instances: Instances,
 
 
 def predicted_centers(net: NetworkOutput) -> np.ndarray:
-    """``(2, h, w)`` predicted instance center (x, y) in PIXELS of the image, per grid cell."""
+    """``(2, h, w)`` predicted instance center (x, y) per grid cell, in pixel-index units
+    (pixel j's center is j, as matplotlib and napari draw them)."""
     from .targets import decode_locations, grid_pixel_positions
 
     h, w = net.image_size
     dec = decode_locations(net.locations, net.encoding, grid_pixel_positions((h, w)))
-    return np.stack([dec["cx"] * w, dec["cy"] * h]).astype(np.float32)  # (2, gh, gw)
+    return np.stack([dec["cx"] * w - 0.5, dec["cy"] * h - 0.5]).astype(np.float32)  # (2, gh, gw)
 
 
 def grid_pixel_xy(grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
