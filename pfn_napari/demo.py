@@ -1,0 +1,268 @@
+"""``pfn demo``: the shipped model on the shipped images and the embedded data, as a report.
+
+What it does, in order (a progress bar for each step):
+
+1. with ``train=True``, retrain the CPU recipe (``cpu-demo`` config) through both stages on the
+   embedded synthetic data, plus the real data in ``../shared/data`` when present; otherwise load
+   the shipped weights (``weights/pfn-lite0-voc.pt``);
+2. segment the shipped sample images (overlay and Fig.-1 arrow pictures);
+3. evaluate on the validation split of every embedded data set whose classes the model knows
+   (synthetic shapes always; the COCO-derived VOC images and Penn-Fudan when present);
+4. write ``OUT/metrics.json`` (all data sets together, the format of ``pfn evaluate``), one
+   folder per data set, precision/recall and loss curves, and ``OUT/report.md`` / ``index.html``.
+
+Every number in the report comes from this run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import VOC_CLASSES, load_config
+from .errors import PFNError
+
+SAMPLE_DIR = Path(__file__).parent / "sample_data"
+SHAPE_CLASSES = ("disc", "square", "triangle")
+#: Classes of the shipped model: the 20 VOC classes and the embedded shapes.
+DEMO_CLASSES = VOC_CLASSES + SHAPE_CLASSES
+
+
+def find_shared_data() -> Path | None:
+    """``$PFN_SHARED_DATA`` or ``shared/data`` beside the repository / working folder."""
+    env = os.environ.get("PFN_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data",
+                   Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
+    for c in candidates:
+        if (c / "coco128-train").is_dir() or (c / "pennfudan").is_dir():
+            return c
+    return None
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    spec: str
+    split: str
+    classes: tuple[str, ...] | None  # the data's own class names when it needs them given
+
+
+def real_specs(shared: Path | None) -> list[EvalSet]:
+    """The real data sets under ``shared`` (COCO-derived VOC layout, Penn-Fudan)."""
+    if shared is None:
+        return []
+    out = []
+    voc = shared / "coco128-train" / "voc" / "VOC2012"
+    if voc.is_dir():
+        out.append(EvalSet("coco-voc", f"voc:{voc}", "val", None))
+    pf = shared / "pennfudan"
+    if (pf / "PNGImages").is_dir():
+        out.append(EvalSet("pennfudan", f"folder:{pf / 'PNGImages'}:{pf / 'PedMasks'}", "val",
+                           ("person",)))
+    return out
+
+
+def open_set(es: EvalSet, split: str, classes: tuple[str, ...], limit: int | None = None):
+    """Open an eval set mapped onto the model's ``classes`` (``limit`` first images)."""
+    from .data import ConcatDataset, SubsetDataset, open_dataset
+
+    ds = open_dataset(es.spec, split, es.classes)
+    ds = ConcatDataset([ds], classes)  # map the data's class names onto the model's
+    if limit is not None and len(ds) > limit:
+        ds = SubsetDataset(ds, list(range(limit)))
+    return ds
+
+
+def train_demo_model(out: Path, quick: bool, shared: Path | None, device: str,
+                     progress: bool = True) -> tuple[Path, dict[str, Path]]:
+    """Both stages of the CPU recipe on the embedded data (+ real data when present)."""
+    from .data import ConcatDataset  # noqa: F401  (fail early if data is broken)
+    from .train import train
+
+    parts = ["synthetic:300" if not quick else "synthetic:40"]
+    for es in real_specs(shared):
+        parts.append(es.spec if es.classes is None else f"{es.spec}:{','.join(es.classes)}")
+    steps = "30" if quick else None
+    logs: dict[str, Path] = {}
+    ckpt: Path | None = None
+    for stage in ("category", "instance"):
+        overrides = [f"train.stage={stage}", f"data.train={'+'.join(parts)}",
+                     f"train.out_dir={out / 'train' / stage}", f"train.device={device}"]
+        if steps:
+            overrides.append(f"train.max_steps={steps}")
+        if stage == "instance" and ckpt is not None:
+            overrides.append(f"train.init={ckpt}")
+        cfg = load_config("cpu-demo", overrides)
+        ckpt = train(cfg, progress=progress)
+        logs[stage] = out / "train" / stage / "log.csv"
+    assert ckpt is not None
+    return ckpt, logs
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bool = False,
+             weights: str | Path | None = None, device: str = "auto", grouping: str | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the demo and write the report folder; returns the combined metrics dict."""
+    from tqdm import tqdm
+
+    from .cli.predict import read_image
+    from .evaluate import Evaluator, write_metrics
+    from .grouping import group
+    from .inference import fit_image, load_model, resize_instances, run_network
+    from .visualize import plot_loss_curves, plot_pr_curves, save_arrows, save_overlay
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shared = find_shared_data()
+    logs: dict[str, Path] = {}
+    if train:
+        weights, logs = train_demo_model(out, quick, shared, device, progress)
+    model = load_model(weights, device)
+    gcfg = model.config.grouping if grouping is None else replace(model.config.grouping,
+                                                                  method=grouping)
+    classes = model.class_names
+    timings: dict[str, float] = {"network_s": 0.0, "grouping_s": 0.0, "images": 0}
+
+    def segment(image: np.ndarray, name: str):
+        t = time.perf_counter()
+        net = run_network(model, image, name=name)
+        t1 = time.perf_counter()
+        inst = resize_instances(group(net, gcfg), image.shape[:2])
+        timings["network_s"] += t1 - t
+        timings["grouping_s"] += time.perf_counter() - t1
+        timings["images"] += 1
+        return net, inst
+
+    # 2. the shipped sample images
+    samples_dir = out / "samples"
+    sample_files = sorted(SAMPLE_DIR.glob("*.jpg"))[: 1 if quick else None]
+    pictures: list[tuple[str, str]] = []
+    for path in tqdm(sample_files, desc="sample images", unit="img", disable=not progress):
+        image = read_image(path)
+        net, inst = segment(image, str(path))
+        small, _ = fit_image(image)
+        pictures.append((f"samples/{path.stem}_overlay.png", f"{path.name}: {len(inst)} instances"))
+        save_overlay(samples_dir / f"{path.stem}_overlay.png", image, inst, classes,
+                     title=f"{path.name}: {len(inst)} instances")
+        save_arrows(samples_dir / f"{path.stem}_arrows.png", small, net,
+                    resize_instances(inst, net.image_size))
+        pictures.append((f"samples/{path.stem}_arrows.png", f"{path.name}: location arrows"))
+
+    # 3. evaluation on every data set the model knows the classes of
+    synth = EvalSet("synthetic", "synthetic:8" if quick else "synthetic:40", "val", None)
+    sets = [synth] + real_specs(shared)
+    combined = Evaluator(classes)
+    per_set: dict[str, Any] = {}
+    for es in sets:
+        try:
+            ds = open_set(es, es.split, classes, limit=6 if quick else None)
+        except PFNError as exc:
+            print(f"pfn demo: skipping {es.name}: {exc}")
+            continue
+        if not set(ds.classes) & set(classes) or all(
+                n not in classes for n in (es.classes or ())) and es.classes:
+            continue
+        ev = Evaluator(classes)
+        for i in tqdm(range(len(ds)), desc=f"evaluate {es.name}", unit="img", disable=not progress):
+            sample = ds[i]
+            net, inst = segment(sample.image, sample.source or str(sample.image_id))
+            ev.add(sample, inst)
+            combined.add(sample, inst)
+            if i < (1 if quick else 3):
+                name = f"{es.name}/{sample.image_id}"
+                save_overlay(out / es.name / f"{sample.image_id}_overlay.png", sample.image, inst,
+                             classes, title=f"{name}: {len(inst)} predicted, "
+                                            f"{sample.num_instances} true")
+                pictures.append((f"{es.name}/{sample.image_id}_overlay.png", name))
+                small, _ = fit_image(sample.image)
+                save_arrows(out / es.name / f"{sample.image_id}_arrows.png", small, net,
+                            resize_instances(inst, net.image_size))
+                pictures.append((f"{es.name}/{sample.image_id}_arrows.png", f"{name} arrows"))
+        if ev.num_images == 0:
+            continue
+        m = ev.result()
+        write_metrics(m, out / es.name, classes)
+        per_set[es.name] = {"images": m.num_images, **{k: v for k, v in m.to_dict(False).items()
+                                                       if k in ("ap_r", "ap_r_vol", "miou")}}
+    if combined.num_images == 0:
+        raise PFNError("the demo found no data set whose classes the model knows")
+    metrics = combined.result()
+    write_metrics(metrics, out, classes)
+    plot_pr_curves(metrics.pr_curves(0.5), out / "pr_curves.png",
+                   title="precision / recall at IoU 0.5 (all demo data)")
+    if not logs:
+        logs = {k: Path(v) for k, v in (model.meta.get("logs") or {}).items() if Path(v).is_file()}
+    if logs:
+        plot_loss_curves(logs, out / "loss_curves.png")
+
+    data = json.loads((out / "metrics.json").read_text())
+    data["datasets"] = per_set
+    data["model"] = {"weights": str(model.path), "backbone": model.config.model.backbone,
+                     "grouping": gcfg.method, "device": str(model.device)}
+    n = max(1, timings["images"])
+    data["timing"] = {"images": timings["images"], "network_s_per_image": timings["network_s"] / n,
+                      "grouping_s_per_image": timings["grouping_s"] / n,
+                      "total_s": time.perf_counter() - t0}
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, out / "metrics.json")
+    write_report(out, data, per_set, pictures, bool(logs))
+    return data
+
+
+def write_report(out: Path, data: dict[str, Any], per_set: dict[str, Any],
+                 pictures: list[tuple[str, str]], has_loss: bool) -> None:
+    """``report.md`` and ``index.html``: the tables, then the pictures."""
+    thresholds = list(data["ap_r"])
+    head = "| data | images | " + " | ".join(f"AP^r@{t}" for t in thresholds) + " | AP^r_vol | mIoU |"
+    rule = "|---|---:|" + "---:|" * (len(thresholds) + 2)
+    rows = [f"| {name} | {d['images']} | " + " | ".join(_fmt(d["ap_r"].get(t)) for t in thresholds)
+            + f" | {_fmt(d['ap_r_vol'])} | {_fmt(d['miou'])} |" for name, d in per_set.items()]
+    rows.append(f"| **all** | {data['num_images']} | " + " | ".join(
+        _fmt(data["ap_r"].get(t)) for t in thresholds)
+        + f" | {_fmt(data['ap_r_vol'])} | {_fmt(data['miou'])} |")
+    tm = data["timing"]
+    md = ["# PFN demo report", "",
+          f"Model: `{data['model']['weights']}` ({data['model']['backbone']}, grouping "
+          f"`{data['model']['grouping']}`, {data['model']['device']}).", "",
+          "## Instance segmentation (AP^r, percent; SDS/VOC protocol)", "", head, rule, *rows, "",
+          f"Per-class tables: `metrics.md` (all data) and `<data>/metrics.md`. Time per image: "
+          f"network {tm['network_s_per_image']:.3f} s, grouping {tm['grouping_s_per_image']:.3f} s "
+          f"({tm['images']} images, {tm['total_s']:.0f} s in all).", "",
+          "## Curves", "", "![precision/recall](pr_curves.png)", ""]
+    if has_loss:
+        md += ["![loss](loss_curves.png)", ""]
+    md += ["## Pictures", ""] + [f"**{cap}**\n\n![{cap}]({src})\n" for src, cap in pictures]
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(md))
+    os.replace(tmp, out / "report.md")
+    body = [f"<h1>PFN demo report</h1><p>Model: <code>{html.escape(data['model']['weights'])}"
+            f"</code></p><h2>AP<sup>r</sup> (percent)</h2><table border=1 cellpadding=4>",
+            "<tr><th>data</th><th>images</th>" + "".join(f"<th>AP^r@{t}</th>" for t in thresholds)
+            + "<th>AP^r_vol</th><th>mIoU</th></tr>"]
+    for name, d in [*per_set.items(), ("all", {**data, "images": data["num_images"]})]:
+        body.append(f"<tr><td>{html.escape(name)}</td><td>{d['images']}</td>" + "".join(
+            f"<td>{_fmt(d['ap_r'].get(t))}</td>" for t in thresholds)
+            + f"<td>{_fmt(d['ap_r_vol'])}</td><td>{_fmt(d['miou'])}</td></tr>")
+    body.append("</table><h2>Curves</h2><img src='pr_curves.png'>")
+    if has_loss:
+        body.append("<img src='loss_curves.png'>")
+    body.append("<h2>Pictures</h2>")
+    body += [f"<figure><img src='{src}' style='max-width:640px'><figcaption>{html.escape(cap)}"
+             f"</figcaption></figure>" for src, cap in pictures]
+    tmp = out / ".index.html.tmp"
+    tmp.write_text("<!doctype html><meta charset=utf-8><title>PFN demo</title>\n" + "\n".join(body))
+    os.replace(tmp, out / "index.html")
