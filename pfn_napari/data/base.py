@@ -258,8 +258,9 @@ class PFNDataset(Sequence[Sample]):
             yield self[i]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.name!r}, {len(self)} images, "
-                f"{len(self.classes)} classes)")
+        return (f"{type(self).__name__}({getattr(self, 'name', '?')!r}, "
+                f"{len(getattr(self, 'image_ids', ()))} images, "
+                f"{len(getattr(self, 'classes', ()))} classes)")
 
     # -- subsets and bad samples
     def subset(self, indices: Sequence[int]) -> "PFNDataset":

@@ -1,0 +1,202 @@
+"""A folder of images with one instance-id PNG each: ``folder:IMAGE_DIR:MASK_DIR``.
+
+The Penn-Fudan layout (``PNGImages/FudanPed00001.png`` + ``PedMasks/FudanPed00001_mask.png``)
+is the model: image files (.png .jpg .jpeg .bmp .tif .tiff) in ``IMAGE_DIR``, for each one a
+mask PNG in ``MASK_DIR`` named by the image's stem, with or without a ``_mask`` suffix. Mask
+values: 0 background, 255 void, any other value one instance (ids are renumbered 1..K in
+increasing order; 16-bit masks may use values above 255, at most 254 instances).
+
+Classes:
+
+* without a ``classes.json`` in ``MASK_DIR`` every instance is of class 1, named by the one
+  entry of ``classes`` (the CLI's ``--classes person``; ``"object"`` when ``classes`` is None);
+  more than one class needs the JSON;
+* ``MASK_DIR/classes.json`` gives several::
+
+      {"classes": ["person", "bicycle"],
+       "instances": {"img001": ["person", "bicycle"],        # by increasing mask value
+                     "img002": {"1": "bicycle", "7": 1}}}     # by mask value; 1-based indices ok
+
+  an image missing from ``"instances"`` is an error when there is more than one class, else
+  all its instances take the single class. With ``classes`` given, the JSON's names are mapped
+  onto it by name (names not in the list become background).
+
+Splits: ``{split}.txt`` (one stem per line) is looked for in ``MASK_DIR``, ``IMAGE_DIR`` and
+the parent of ``IMAGE_DIR``, in that order. Without one, ``all``/``trainval`` is every image,
+and ``train``/``val`` split the images sorted by stem: every 5th (positions 4, 9, 14, ...) is
+``val``, the rest ``train`` (Penn-Fudan: 136 train, 34 val).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import VOID
+from ..errors import DatasetError
+from ..structures import Sample
+from .base import MAX_INSTANCES, PFNDataset, class_lookup, read_image, read_label_png, \
+    read_split_file, remap_sample_classes, require_dir
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VAL_EVERY = 5  # every 5th image (sorted by stem) is held out as "val" without split files
+
+
+def split_folder_spec(rest: str) -> tuple[Path, Path]:
+    """``"IMAGE_DIR:MASK_DIR"`` -> (image folder, mask folder)."""
+    parts = rest.split(":")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise DatasetError(f"folder:{rest}: expected folder:IMAGE_DIR:MASK_DIR")
+    return Path(parts[0]).expanduser(), Path(parts[1]).expanduser()
+
+
+def builtin_split(stems: Sequence[str], split: str, where: Path) -> list[str]:
+    """The documented split of sorted stems: every ``VAL_EVERY``-th to "val"."""
+    ordered = sorted(stems)
+    if split in ("all", "trainval"):
+        return ordered
+    if split == "val":
+        return [s for i, s in enumerate(ordered) if i % VAL_EVERY == VAL_EVERY - 1]
+    if split == "train":
+        return [s for i, s in enumerate(ordered) if i % VAL_EVERY != VAL_EVERY - 1]
+    raise DatasetError(f"{where}: no {split}.txt split file, and {split!r} is not a built-in "
+                       "split (train, val, all, trainval)")
+
+
+class FolderDataset(PFNDataset):
+    """Images + instance-id masks (see the module docstring)."""
+
+    def __init__(self, image_dir: str | Path, mask_dir: str | Path, split: str = "train",
+                 classes: Sequence[str] | None = None, name: str | None = None) -> None:
+        self.image_dir = require_dir(Path(image_dir), "image")
+        self.mask_dir = require_dir(Path(mask_dir), "mask")
+        images = {p.stem: p for p in sorted(self.image_dir.iterdir())
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+        if not images:
+            raise DatasetError(f"{self.image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.images = images
+        self.instance_table: dict[str, Any] = {}
+        native = self._read_class_json()
+        if native is None:
+            if classes is not None and len(classes) != 1:
+                raise DatasetError(f"{self.mask_dir}: the masks carry no classes; give one class "
+                                   f"name (e.g. --classes person), not {len(classes)}, or write "
+                                   f"{self.mask_dir / 'classes.json'} (see docs/data.md)")
+            target = tuple(classes) if classes is not None else ("object",)
+            native = target
+        else:
+            target = tuple(classes) if classes is not None else native
+        self.native_classes = native
+        self.lut = class_lookup(native, target)
+        self._identity = tuple(target) == tuple(native)
+        stems = self._split_stems(split)
+        super().__init__(name or f"folder:{image_dir}:{mask_dir}", target, stems)
+
+    # -- set-up
+    def _read_class_json(self) -> tuple[str, ...] | None:
+        path = self.mask_dir / "classes.json"
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise DatasetError(f"{path}: malformed JSON ({exc})") from None
+        names = data.get("classes") if isinstance(data, dict) else None
+        table = data.get("instances", {}) if isinstance(data, dict) else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
+                or not isinstance(table, dict):
+            raise DatasetError(f"{path}: expected {{\"classes\": [names...], \"instances\": "
+                               "{stem: [class per instance] or {mask value: class}}}")
+        self.instance_table = table
+        return tuple(names)
+
+    def _split_stems(self, split: str) -> list[str]:
+        for folder in (self.mask_dir, self.image_dir, self.image_dir.parent):
+            split_file = folder / f"{split}.txt"
+            if split_file.is_file():
+                stems = read_split_file(split_file)
+                missing = [s for s in stems if s not in self.images]
+                if missing:
+                    raise DatasetError(f"{split_file}: {len(missing)} listed image(s) not in "
+                                       f"{self.image_dir}, e.g. {missing[0]}")
+                return stems
+        return builtin_split(list(self.images), split, self.mask_dir)
+
+    # -- reading
+    def mask_path(self, stem: str) -> Path | None:
+        for name in (f"{stem}_mask.png", f"{stem}.png"):
+            if (self.mask_dir / name).is_file():
+                return self.mask_dir / name
+        return None
+
+    def source_of(self, index: int) -> str:
+        return str(self.images[self.image_ids[index]])
+
+    def _classes_of(self, stem: str, values: np.ndarray, where: Path) -> np.ndarray:
+        """Native class (1-based) of each mask value in ``values`` (sorted)."""
+        native = self.native_classes
+        entry = self.instance_table.get(stem)
+        if entry is None:
+            if len(native) == 1:
+                return np.ones(len(values), dtype=np.int64)
+            raise DatasetError(f"{self.mask_dir / 'classes.json'}: no classes for image {stem} "
+                               f"({len(values)} instances in {where.name})")
+
+        def index_of(c: Any) -> int:
+            if isinstance(c, str) and c in native:
+                return native.index(c) + 1
+            if isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= len(native):
+                return c
+            raise DatasetError(f"{self.mask_dir / 'classes.json'}: image {stem}: class {c!r} "
+                               f"is not one of {list(native)}")
+
+        if isinstance(entry, list):
+            if len(entry) != len(values):
+                raise DatasetError(f"{self.mask_dir / 'classes.json'}: image {stem} lists "
+                                   f"{len(entry)} classes but {where.name} has {len(values)} "
+                                   "instances")
+            return np.asarray([index_of(c) for c in entry], dtype=np.int64)
+        if isinstance(entry, dict):
+            by_value = {str(k): v for k, v in entry.items()}
+            unknown = [int(v) for v in values if str(int(v)) not in by_value]
+            if unknown:
+                raise DatasetError(f"{where}: mask ids {unknown} have no class in "
+                                   f"{self.mask_dir / 'classes.json'}")
+            return np.asarray([index_of(by_value[str(int(v))]) for v in values], dtype=np.int64)
+        raise DatasetError(f"{self.mask_dir / 'classes.json'}: image {stem}: expected a list or "
+                           "a mapping of classes")
+
+    def load(self, index: int) -> Sample:
+        stem = self.image_ids[index]
+        image_path = self.images[stem]
+        mask_path = self.mask_path(stem)
+        if mask_path is None:
+            raise DatasetError(f"{image_path}: no mask for this image in {self.mask_dir} "
+                               f"(looked for {stem}_mask.png and {stem}.png)")
+        image = read_image(image_path)
+        mask = read_label_png(mask_path)
+        h, w = image.shape[:2]
+        if mask.shape != (h, w):
+            raise DatasetError(f"{mask_path}: {mask.shape[1]}x{mask.shape[0]} pixels but the "
+                               f"image {image_path.name} is {w}x{h}")
+        values = np.unique(mask[(mask > 0) & (mask != VOID)])
+        if values.size and values.min() < 0:
+            raise DatasetError(f"{mask_path}: negative mask values")
+        if len(values) > MAX_INSTANCES:
+            raise DatasetError(f"{mask_path}: {len(values)} instances, more than the "
+                               f"{MAX_INSTANCES} an instance map can hold")
+        classes = self._classes_of(stem, values, mask_path)
+        instance_map = np.zeros((h, w), dtype=np.int32)
+        instance_map[mask == VOID] = VOID
+        class_map = np.zeros((h, w), dtype=np.uint8)
+        class_map[mask == VOID] = VOID
+        for k, (value, cls) in enumerate(zip(values, classes), start=1):
+            pixels = mask == value
+            instance_map[pixels] = k
+            class_map[pixels] = cls
+        sample = Sample(image, class_map, instance_map, classes, stem, str(mask_path))
+        return sample if self._identity else remap_sample_classes(sample, self.lut)

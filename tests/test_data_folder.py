@@ -1,0 +1,138 @@
+"""Folder reader: Penn-Fudan-like images + instance-id PNGs, classes.json, splits, conversions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pfn_napari.data import open_dataset
+from pfn_napari.errors import DatasetError
+
+H, W = 6, 8
+
+
+def make_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """Images a..e in several modes; masks with/without '_mask'; e has no mask."""
+    images, masks = tmp_path / "PNGImages", tmp_path / "PedMasks"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(np.full((H, W, 3), 200, np.uint8)).save(images / "a.png")  # RGB
+    Image.fromarray(np.full((H, W), 77, np.uint8)).save(images / "b.jpg", quality=100)  # L
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 10, 0  # fully transparent: alpha is dropped, not composited
+    Image.fromarray(rgba, mode="RGBA").save(images / "c.png")
+    Image.fromarray(np.full((H, W), 257 * 100, np.uint16)).save(images / "d.png")  # 16-bit
+    pal = Image.fromarray(np.ones((H, W), np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 1, 2, 3] + [0] * 762)
+    pal.save(images / "e.png")  # palette image: colour (1, 2, 3)
+    m = np.zeros((H, W), np.uint8)
+    m[0:2, 0:2], m[3:5, 4:8] = 1, 2
+    Image.fromarray(m).save(masks / "a_mask.png")
+    Image.fromarray(m).save(masks / "b.png")  # stem without _mask
+    m_void = m.copy()
+    m_void[5, :] = 255
+    Image.fromarray(m_void).save(masks / "c_mask.png")
+    m16 = np.zeros((H, W), np.uint16)
+    m16[0:3, 0:3], m16[4:6, 4:6] = 1000, 300  # 16-bit ids, renumbered by value: 300 -> 1
+    Image.fromarray(m16).save(masks / "d_mask.png")
+    return images, masks
+
+
+def test_folder_reads_masks_and_converts_images(tmp_path: Path) -> None:
+    images, masks = make_folder(tmp_path)
+    ds = open_dataset(f"folder:{images}:{masks}", "all", classes=["person"])
+    assert ds.classes == ("person",) and ds.image_ids == ["a", "b", "c", "d", "e"]
+    a = ds[0]
+    assert a.instance_classes.tolist() == [1, 1] and (a.instance_map[3:5, 4:8] == 2).all()
+    assert (a.class_map == (a.instance_map > 0)).all()
+    assert ds[1].image.shape == (H, W, 3) and abs(int(ds[1].image[2, 2, 0]) - 77) <= 1
+    c = ds[2]
+    assert (c.image[0, 0] == [10, 0, 0]).all()
+    assert (c.instance_map[5] == 255).all() and (c.class_map[5] == 255).all()
+    d = ds[3]
+    assert (d.image == 100).all()  # 16-bit 25700 -> 100
+    assert (d.instance_map[4:6, 4:6] == 1).all() and (d.instance_map[0:3, 0:3] == 2).all()
+    with pytest.raises(DatasetError, match=r"e\.png: no mask for this image"):
+        ds[4]
+    with pytest.warns(UserWarning, match=r"skipped 1 bad sample.*e\.png"):
+        good = ds.drop_bad()
+    assert good.image_ids == ["a", "b", "c", "d"] and good[3].image_id == "d"
+
+
+def test_folder_builtin_and_file_splits(tmp_path: Path) -> None:
+    images, masks = make_folder(tmp_path)
+    spec = f"folder:{images}:{masks}"
+    assert open_dataset(spec, "val").image_ids == ["e"]  # position 4 of the sorted stems
+    assert open_dataset(spec, "train").image_ids == ["a", "b", "c", "d"]
+    with pytest.raises(DatasetError, match="not a built-in split"):
+        open_dataset(spec, "test")
+    (tmp_path / "test.txt").write_text("b\nc\n")  # in the parent of IMAGE_DIR
+    assert open_dataset(spec, "test").image_ids == ["b", "c"]
+    (masks / "test.txt").write_text("d\nzz\n")  # MASK_DIR comes first; zz is unknown
+    with pytest.raises(DatasetError, match=r"PedMasks/test\.txt: 1 listed image"):
+        open_dataset(spec, "test")
+
+
+def test_folder_class_json(tmp_path: Path) -> None:
+    images, masks = make_folder(tmp_path)
+    spec = f"folder:{images}:{masks}"
+    (masks / "classes.json").write_text(json.dumps({
+        "classes": ["person", "bicycle"],
+        "instances": {"a": ["bicycle", "person"], "b": {"1": 2, "2": "person"},
+                      "c": [1, 1], "d": {"300": "person", "1000": "bicycle"}}}))
+    ds = open_dataset(spec, "all")
+    assert ds.classes == ("person", "bicycle")
+    assert ds[0].instance_classes.tolist() == [2, 1] and ds[0].class_map[0, 0] == 2
+    assert ds[1].instance_classes.tolist() == [2, 1]
+    assert ds[3].instance_classes.tolist() == [1, 2]
+    only = open_dataset(spec, "all", classes=["bicycle"])
+    a = only[0]
+    assert a.instance_classes.tolist() == [1] and (a.instance_map[3:5, 4:8] == 0).all()
+    (masks / "classes.json").write_text(json.dumps({
+        "classes": ["person", "bicycle"], "instances": {"a": {"1": "person"}}}))
+    ds = open_dataset(spec, "all")
+    with pytest.raises(DatasetError, match=r"a_mask\.png: mask ids \[2\] have no class"):
+        ds[0]
+    with pytest.raises(DatasetError, match=r"classes\.json: no classes for image b"):
+        ds[1]
+    (masks / "classes.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"classes\.json: malformed JSON"):
+        open_dataset(spec, "all")
+
+
+def test_folder_bad_inputs(tmp_path: Path) -> None:
+    images, masks = make_folder(tmp_path)
+    with pytest.raises(DatasetError, match="mask folder not found"):
+        open_dataset(f"folder:{images}:{tmp_path / 'nope'}")
+    with pytest.raises(DatasetError, match=r"carry no classes; give one class name"):
+        open_dataset(f"folder:{images}:{masks}", classes=["person", "car"])
+    data = (images / "a.png").read_bytes()
+    (images / "a.png").write_bytes(data[: len(data) // 2])
+    ds = open_dataset(f"folder:{images}:{masks}", "all")
+    with pytest.raises(DatasetError, match=r"a\.png: corrupt or truncated image"):
+        ds[0]
+    big = np.arange(1, 257, dtype=np.uint16).reshape(16, 16)  # 255 ids besides the void 255
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "b.jpg")
+    Image.fromarray(big).save(masks / "b.png")
+    with pytest.raises(DatasetError, match=r"b\.png: 255 instances"):
+        ds[1]
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(masks / "c_mask.png")
+    with pytest.raises(DatasetError, match=r"c_mask\.png: label image of mode RGB"):
+        ds[2]
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(masks / "d_mask.png")
+    with pytest.raises(DatasetError, match=r"d_mask\.png: 3x3 pixels but the image d\.png is 8x6"):
+        ds[3]
+
+
+def test_pennfudan(shared_data: Path) -> None:
+    root = shared_data / "pennfudan"
+    spec = f"folder:{root / 'PNGImages'}:{root / 'PedMasks'}"
+    ds = open_dataset(spec, "all", classes=["person"])
+    assert len(ds) == 170 and ds.classes == ("person",)
+    assert sum(ds[i].num_instances for i in range(len(ds))) == 423
+    train, val = open_dataset(spec, "train", ["person"]), open_dataset(spec, "val", ["person"])
+    assert (len(train), len(val)) == (136, 34) and not set(train.image_ids) & set(val.image_ids)
