@@ -274,7 +274,8 @@ class Metrics:
         return 100 * float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan
 
     def pr_curves(self, threshold: float = 0.5) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``class name -> (recall, precision)`` at ``threshold`` (for ``visualize.plot_pr_curves``)."""
+        """``class name -> (recall, precision)`` at ``threshold``, classes with ground truth
+        only (what ``visualize.plot_pr_curves`` takes)."""
         if threshold not in self.curves:
             raise KeyError(f"no curves at IoU {threshold}; have {sorted(self.curves)}")
         return {name: pair for name, pair, ok in
@@ -313,7 +314,8 @@ class Metrics:
         if curves:
             out["pr_curves"] = {
                 threshold_key(t): {
-                    name: {"recall": np.round(rec, 6).tolist(), "precision": np.round(prec, 6).tolist()}
+                    name: {"recall": np.round(rec, 6).tolist(),
+                           "precision": np.round(prec, 6).tolist()}
                     for name, (rec, prec) in zip(self.class_names, self.curves[t])}
                 for t in self.thresholds}
         return out
@@ -460,7 +462,8 @@ def format_table(metrics: Metrics, class_names: Sequence[str] | None = None) -> 
     def cell(x: float) -> str:
         return f"{100 * x:.1f}" if math.isfinite(x) else "-"
 
-    rows = [[f"AP^r@{threshold_key(t)}", *(cell(v) for v in metrics.ap[t]), cell(metrics.mean_ap(t))]
+    rows = [[f"AP^r@{threshold_key(t)}", *(cell(v) for v in metrics.ap[t]),
+             cell(metrics.mean_ap(t))]
             for t in metrics.thresholds]
     rows.append(["AP^r_vol", *(cell(v) for v in vol), cell(metrics.ap_r_vol / 100)])
     header = [f"{metrics.ap_style} ({metrics.num_images} img)", *names, "mean"]
@@ -527,7 +530,9 @@ def instances_to_coco_results(instances_list: Iterable[Instances], category_ids:
         for rle, c, score in zip(encode_masks(inst.masks), inst.classes, inst.scores):
             if not 1 <= c <= len(category_ids):
                 raise ValueError(f"class {c} has no category id ({len(category_ids)} given)")
-            image_id = inst.image_id.item() if isinstance(inst.image_id, np.generic) else inst.image_id
+            image_id = inst.image_id
+            if isinstance(image_id, np.generic):
+                image_id = image_id.item()
             results.append({
                 "image_id": image_id,
                 "category_id": int(category_ids[c - 1]),
@@ -634,7 +639,8 @@ def load_coco_results(path: str | Path, dataset: Sequence[Sample]) -> CocoResult
         where = f"{path}: entry {n}"
         if not isinstance(entry, dict):
             raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
-        missing = [k for k in ("image_id", "category_id", "segmentation", "score") if k not in entry]
+        missing = [k for k in ("image_id", "category_id", "segmentation", "score")
+                   if k not in entry]
         if missing:
             raise DatasetError(f"{where}: missing {', '.join(missing)}")
         image_id = entry["image_id"]
@@ -661,4 +667,5 @@ def read_coco_results(path: str | Path, dataset: Sequence[Sample]) -> list[Insta
     """A COCO results file as one :class:`Instances` per image of ``dataset``, in its order
     (images without entries get empty Instances). Reads every sample once for its size."""
     results = load_coco_results(path, dataset)
-    return [results.instances(i, tuple(dataset[i].class_map.shape)) for i in range(len(results.image_ids))]
+    return [results.instances(i, tuple(dataset[i].class_map.shape))
+            for i in range(len(results.image_ids))]

@@ -40,7 +40,8 @@ def _check_encoding(encoding: str) -> tuple[str, ...]:
     try:
         return ENCODING_CHANNELS[encoding]
     except KeyError:
-        raise ValueError(f"unknown location encoding {encoding!r}; choose one of {ENCODINGS}") from None
+        raise ValueError(f"unknown location encoding {encoding!r}; "
+                         f"choose one of {ENCODINGS}") from None
 
 
 def _num_instances(instance_map: np.ndarray) -> int:
@@ -75,7 +76,8 @@ def instance_boxes(instance_map: np.ndarray, num_instances: int | None = None) -
         if slices is None:
             continue
         rows, cols = slices
-        boxes[index] = (cols.start / width, rows.start / height, cols.stop / width, rows.stop / height)
+        boxes[index] = (cols.start / width, rows.start / height,
+                        cols.stop / width, rows.stop / height)
     return boxes
 
 

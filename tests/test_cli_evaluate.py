@@ -1,4 +1,5 @@
-"""``pfn evaluate``: the oracle gives 100 on real and synthetic data; predictions.json round trip."""
+"""``pfn evaluate``: the oracle gives 100 on real and synthetic data; a predictions.json round
+trip; one-line errors."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def test_oracle_on_real_voc_layout_val(voc_coco_root, tmp_path, capsys):
 @pytest.mark.parametrize("style", ["voc", "coco", "mnc"])
 def test_oracle_on_synthetic(tmp_path, style):
     out = tmp_path / style
-    assert main(["evaluate", "--oracle", "--data", "synthetic:5@3", "--split", "val", "--out", str(out),
-                 "--ap-style", style, "--thresholds", "0.5,0.75,0.9"]) == 0
+    assert main(["evaluate", "--oracle", "--data", "synthetic:5@3", "--split", "val",
+                 "--out", str(out), "--ap-style", style, "--thresholds", "0.5,0.75,0.9"]) == 0
     data = json.loads((out / "metrics.json").read_text())
     assert data["ap_style"] == style and data["num_images"] == 5
     assert data["ap_r"] == pytest.approx({"0.5": 100.0, "0.75": 100.0, "0.9": 100.0})
@@ -57,8 +58,8 @@ def test_predictions_round_trip(tmp_path):
     path = tmp_path / "pred.json"
     path.write_text(json.dumps(instances_to_coco_results(preds, ds.category_ids)))
     out = tmp_path / "eval"
-    assert main(["evaluate", "--predictions", str(path), "--data", "synthetic:4@5", "--split", "val",
-                 "--out", str(out), "--thresholds", "0.5"]) == 0
+    assert main(["evaluate", "--predictions", str(path), "--data", "synthetic:4@5",
+                 "--split", "val", "--out", str(out), "--thresholds", "0.5"]) == 0
     data = json.loads((out / "metrics.json").read_text())
     missed = int(ds[0].instance_classes[0])
     gts = {name: entry["num_gt"] for name, entry in data["per_class"].items()}

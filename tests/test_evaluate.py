@@ -47,7 +47,8 @@ def box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return m
 
 
-def preds(masks: list[np.ndarray], classes: list[int], scores: list[float], image_id="img") -> Instances:
+def preds(masks: list[np.ndarray], classes: list[int], scores: list[float],
+          image_id: str | int = "img") -> Instances:
     return Instances(np.array(masks, bool).reshape(len(masks), *masks[0].shape) if masks
                      else np.zeros((0, 4, 4), bool), classes, scores, image_id)
 
@@ -119,7 +120,8 @@ def test_classes_without_gt_or_without_predictions():
     h = w = 8
     gt1 = make_sample([box(h, w, 0, 4, 0, 4), box(h, w, 4, 8, 4, 8)], [1, 2], image_id=1)
     gt2 = make_sample([box(h, w, 0, 8, 0, 2)], [1], image_id=2)
-    p1 = preds([box(h, w, 0, 4, 0, 4), box(h, w, 0, 2, 6, 8)], [1, 3], [0.9, 0.4], 1)  # class 3: no GT
+    # class 3 ("c") has a prediction but no ground truth
+    p1 = preds([box(h, w, 0, 4, 0, 4), box(h, w, 0, 2, 6, 8)], [1, 3], [0.9, 0.4], 1)
     p2 = preds([box(h, w, 0, 8, 0, 2)], [1], [0.8], 2)
     m = evaluate([gt1, gt2], [p1, p2], ["a", "b", "c"], thresholds=[0.5])
     np.testing.assert_allclose(m.ap[0.5][:2], [1.0, 0.0])  # b has GT but no prediction: 0
@@ -163,7 +165,8 @@ def test_semantic_mean_iou_by_hand():
     assert m.miou == pytest.approx(100 * 4 / 9)
     # without `semantic`, the instances' class map is used: all background here, so
     # background IoU 1/5 (1 hit, 5 pixels predicted), a and b 0
-    assert evaluate([gt], [Instances.empty(2, 3)], ["a", "b", "c"]).miou == pytest.approx(100 / 5 / 3)
+    m = evaluate([gt], [Instances.empty(2, 3)], ["a", "b", "c"])
+    assert m.miou == pytest.approx(100 / 5 / 3)
 
 
 def test_bad_inputs_raise_dataset_error():
@@ -211,7 +214,8 @@ def random_case(seed: int, n_images: int = 6, n_classes: int = 3, h: int = 24, w
     return gts, prs
 
 
-def cocoeval_ap(gts: list[Sample], prs: list[Instances], n_classes: int, threshold: float) -> np.ndarray:
+def cocoeval_ap(gts: list[Sample], prs: list[Instances], n_classes: int,
+                threshold: float) -> np.ndarray:
     """Per-class AP of pycocotools COCOeval (one IoU threshold, area 'all', many dets)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -265,7 +269,8 @@ def test_coco_style_agrees_with_pycocotools(seed):
 
 def test_styles_differ_on_the_random_case():
     gts, prs = random_case(0)
-    aps = {s: evaluate(gts, prs, ["a", "b", "c"], ap_style=s).ap_r_vol for s in ("voc", "coco", "mnc")}
+    aps = {s: evaluate(gts, prs, ["a", "b", "c"], ap_style=s).ap_r_vol
+           for s in ("voc", "coco", "mnc")}
     assert len({round(v, 6) for v in aps.values()}) == 3, aps
 
 
@@ -284,7 +289,8 @@ def test_format_table_and_write_metrics(tmp_path):
     data = json.loads(json_path.read_text())
     assert data["ap_r"] == {"0.5": 100.0, "0.6": 100.0, "0.7": 100.0, "0.8": 100.0, "0.9": 100.0}
     assert data["ap_r_vol"] == 100.0 and data["miou"] == 100.0 and data["ap_style"] == "voc"
-    assert data["per_class"]["cat"]["ap_r_vol"] == 100.0 and data["per_class"]["dog"]["ap_r_vol"] is None
+    assert data["per_class"]["cat"]["ap_r_vol"] == 100.0
+    assert data["per_class"]["dog"]["ap_r_vol"] is None
     assert data["pr_curves"]["0.5"]["cat"] == {"recall": [1.0], "precision": [1.0]}
     assert "| AP^r_vol" in md_path.read_text()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "metrics.md"]
@@ -350,7 +356,8 @@ def test_read_coco_results_wrong_mask_size(tmp_path):
     entries = instances_to_coco_results([preds([box(4, 4, 0, 1, 0, 1)], [1], [0.5], "a1")], [1])
     entries.append(instances_to_coco_results(
         [Instances(np.ones((1, 5, 4), bool), [1], [0.4], "a1")], [1])[0])
-    entries.append({"image_id": "a1", "category_id": 1, "score": 0.3, "segmentation": {"size": [4, 4], "counts": 5}})
+    entries.append({"image_id": "a1", "category_id": 1, "score": 0.3,
+                    "segmentation": {"size": [4, 4], "counts": 5}})
     path = tmp_path / "p.json"
     path.write_text(json.dumps(entries[:2]))
     with pytest.raises(DatasetError, match=r"entry 1 \(image_id 'a1'\): mask size \[5, 4\]"):
@@ -359,7 +366,8 @@ def test_read_coco_results_wrong_mask_size(tmp_path):
     with pytest.raises(DatasetError, match="entry 1.*'counts' must be"):
         read_coco_results(path, ds)
     # polygons and uncompressed RLE are read too
-    poly = {"image_id": "a1", "category_id": 1, "score": 0.2, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}
+    poly = {"image_id": "a1", "category_id": 1, "score": 0.2,
+            "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}
     unc = {"image_id": "a1", "category_id": 1, "score": 0.1,
            "segmentation": {"size": [4, 4], "counts": [0, 2, 14]}}
     path.write_text(json.dumps([entries[0], poly, unc]))

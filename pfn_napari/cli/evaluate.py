@@ -10,8 +10,8 @@ What is evaluated (one of):
 Examples::
 
   pfn evaluate --oracle --data voc:VOCdevkit/VOC2012 --split val --out runs/oracle
-  pfn evaluate --predictions runs/pred/predictions.json --data voc:VOC2012 --split val --out runs/eval
-  pfn evaluate --oracle --data synthetic:20@1 --split val --out /tmp/o --ap-style coco --thresholds 0.5,0.75
+  pfn evaluate --predictions runs/pred/predictions.json --data voc:VOC2012 --out runs/eval
+  pfn evaluate --oracle --data synthetic:20@1 --out /tmp/o --ap-style coco --thresholds 0.5,0.75
 
 Prints the paper's Table 1 shape and writes OUT/metrics.json and OUT/metrics.md. The AP rule
 (--ap-style): voc = SDS's (the paper's), coco = pycocotools COCOeval, mnc = MNC/FCIS ports;
@@ -50,9 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="dataset split (default: val)")
     p.add_argument("--classes", default=None, metavar="a,b,...",
                    help="class names 1..C to evaluate (default: the dataset's own)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json and metrics.md")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for metrics.json and metrics.md")
     p.add_argument("--ap-style", default="voc", choices=("voc", "coco", "mnc"),
-                   help="matching and AP rule: voc = SDS (default), coco = COCOeval, mnc = MNC/FCIS")
+                   help="matching and AP rule: voc = SDS (default), coco = COCOeval, "
+                        "mnc = MNC/FCIS")
     p.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9", metavar="T,T,...",
                    help="IoU thresholds reported as AP^r (AP^r_vol always uses 0.1..0.9)")
     p.add_argument("--limit", type=int, default=0, metavar="N",
@@ -68,7 +70,8 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(t) for t in str(text).split(",") if t.strip())
     except ValueError:
-        raise PFNError(f"--thresholds {text!r}: expected comma-separated numbers, e.g. 0.5,0.7") from None
+        raise PFNError(f"--thresholds {text!r}: expected comma-separated numbers, "
+                       "e.g. 0.5,0.7") from None
     if not values or any(not 0.0 <= t < 1.0 for t in values):
         raise PFNError(f"--thresholds {text!r}: each IoU threshold must be in [0, 1)")
     return values
