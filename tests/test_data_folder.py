@@ -136,3 +136,23 @@ def test_pennfudan(shared_data: Path) -> None:
     assert sum(ds[i].num_instances for i in range(len(ds))) == 423
     train, val = open_dataset(spec, "train", ["person"]), open_dataset(spec, "val", ["person"])
     assert (len(train), len(val)) == (136, 34) and not set(train.image_ids) & set(val.image_ids)
+
+
+def test_folder_class_names_in_spec(tmp_path: Path) -> None:
+    images, masks = make_folder(tmp_path)
+    ds = open_dataset(f"folder:{images}:{masks}:person", "train")
+    assert ds.classes == ("person",) and ds[0].instance_classes.tolist() == [1, 1]
+    # the spec's name is mapped onto a longer list by name, also inside a concatenation
+    both = open_dataset(f"synthetic:1@0+folder:{images}:{masks}:person", "train",
+                        classes=("disc", "square", "triangle", "person"))
+    assert len(both) == 5 and both[1].instance_classes.tolist() == [4, 4]
+    merged = open_dataset(f"synthetic:1@0+folder:{images}:{masks}:person", "train")
+    assert merged.classes == ("disc", "square", "triangle", "person")
+    # several names need classes.json's per-image table
+    with pytest.raises(DatasetError, match=r"classes\.json: not found; 2 class names"):
+        open_dataset(f"folder:{images}:{masks}:person,bicycle")
+    (masks / "classes.json").write_text(json.dumps({"instances": {"a": ["bicycle", "person"]}}))
+    ds = open_dataset(f"folder:{images}:{masks}:person,bicycle", "all")
+    assert ds.classes == ("person", "bicycle") and ds[0].instance_classes.tolist() == [2, 1]
+    with pytest.raises(DatasetError, match="expected folder:IMAGE_DIR:MASK_DIR"):
+        open_dataset(f"folder:{images}:{masks}:person:extra")

@@ -6,7 +6,7 @@ One entry point, :func:`open_dataset`, takes the spec strings of the CLI (``--da
     voc:ROOT                          PASCAL VOC 2012 segmentation layout
     sbd:ROOT                          SBD (img/, cls/, inst/ .mat files)
     coco:ANNOTATIONS.json:IMAGE_DIR   COCO instances JSON (polygons, RLE, crowd -> void)
-    folder:IMAGE_DIR:MASK_DIR         images + one instance-id PNG each (e.g. Penn-Fudan)
+    folder:IMAGE_DIR:MASK_DIR[:NAMES] images + one instance-id PNG each (e.g. Penn-Fudan)
     synthetic:N[@SEED][:SIZE]         the embedded shapes dataset (no files)
     SPEC+SPEC+...                     concatenation, classes merged by name
 
@@ -90,5 +90,5 @@ def _open_one(spec: str, split: str, classes: Sequence[str] | None) -> PFNDatase
         return COCODataset(annotations, image_dir, classes, name=spec)
     from .folder import FolderDataset, split_folder_spec
 
-    image_dir, mask_dir = split_folder_spec(rest)
-    return FolderDataset(image_dir, mask_dir, split, classes, name=spec)
+    image_dir, mask_dir, names = split_folder_spec(rest)
+    return FolderDataset(image_dir, mask_dir, split, classes, name=spec, names=names)

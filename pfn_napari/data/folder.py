@@ -1,4 +1,4 @@
-"""A folder of images with one instance-id PNG each: ``folder:IMAGE_DIR:MASK_DIR``.
+"""A folder of images with one instance-id PNG each: ``folder:IMAGE_DIR:MASK_DIR[:NAMES]``.
 
 The Penn-Fudan layout (``PNGImages/FudanPed00001.png`` + ``PedMasks/FudanPed00001_mask.png``)
 is the model: image files (.png .jpg .jpeg .bmp .tif .tiff) in ``IMAGE_DIR``, for each one a
@@ -8,7 +8,12 @@ increasing order; 16-bit masks may use values above 255, at most 254 instances).
 
 Classes:
 
-* without a ``classes.json`` in ``MASK_DIR`` every instance is of class 1, named by the one
+* ``:NAMES`` in the spec (``folder:PNGImages:PedMasks:person``) names the folder's classes,
+  comma-separated: one name makes every instance that class (``classes.json`` is not read);
+  several need the per-image ``"instances"`` table of ``classes.json`` below (its ``"classes"``,
+  if present, must list the same names). The names are then mapped onto ``classes`` by name,
+  which is how a class-less folder joins a multi-class ``+`` concatenation;
+* without NAMES and without a ``classes.json`` in ``MASK_DIR`` every instance is of class 1, named by the one
   entry of ``classes`` (the CLI's ``--classes person``; ``"object"`` when ``classes`` is None);
   more than one class needs the JSON;
 * ``MASK_DIR/classes.json`` gives several::
@@ -46,12 +51,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VAL_EVERY = 5  # every 5th image (sorted by stem) is held out as "val" without split files
 
 
-def split_folder_spec(rest: str) -> tuple[Path, Path]:
-    """``"IMAGE_DIR:MASK_DIR"`` -> (image folder, mask folder)."""
+def split_folder_spec(rest: str) -> tuple[Path, Path, tuple[str, ...] | None]:
+    """``"IMAGE_DIR:MASK_DIR[:NAME,NAME...]"`` -> (image folder, mask folder, names or None)."""
     parts = rest.split(":")
-    if len(parts) != 2 or not all(p.strip() for p in parts):
-        raise DatasetError(f"folder:{rest}: expected folder:IMAGE_DIR:MASK_DIR")
-    return Path(parts[0]).expanduser(), Path(parts[1]).expanduser()
+    if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
+        raise DatasetError(f"folder:{rest}: expected folder:IMAGE_DIR:MASK_DIR or "
+                           "folder:IMAGE_DIR:MASK_DIR:CLASS[,CLASS...]")
+    names = None
+    if len(parts) == 3:
+        names = tuple(n.strip() for n in parts[2].split(",") if n.strip())
+        if not names:
+            raise DatasetError(f"folder:{rest}: empty class name list")
+    return Path(parts[0]).expanduser(), Path(parts[1]).expanduser(), names
 
 
 def builtin_split(stems: Sequence[str], split: str, where: Path) -> list[str]:
@@ -71,7 +82,8 @@ class FolderDataset(PFNDataset):
     """Images + instance-id masks (see the module docstring)."""
 
     def __init__(self, image_dir: str | Path, mask_dir: str | Path, split: str = "train",
-                 classes: Sequence[str] | None = None, name: str | None = None) -> None:
+                 classes: Sequence[str] | None = None, name: str | None = None,
+                 names: Sequence[str] | None = None) -> None:
         self.image_dir = require_dir(Path(image_dir), "image")
         self.mask_dir = require_dir(Path(mask_dir), "mask")
         images = {p.stem: p for p in sorted(self.image_dir.iterdir())
@@ -80,7 +92,10 @@ class FolderDataset(PFNDataset):
             raise DatasetError(f"{self.image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
         self.images = images
         self.instance_table: dict[str, Any] = {}
-        native = self._read_class_json()
+        if names is not None and len(names) == 1:
+            native: tuple[str, ...] | None = tuple(names)  # every instance is this class
+        else:
+            native = self._read_class_json(names)
         if native is None:
             if classes is not None and len(classes) != 1:
                 raise DatasetError(f"{self.mask_dir}: the masks carry no classes; give one class "
@@ -97,22 +112,28 @@ class FolderDataset(PFNDataset):
         super().__init__(name or f"folder:{image_dir}:{mask_dir}", target, stems)
 
     # -- set-up
-    def _read_class_json(self) -> tuple[str, ...] | None:
+    def _read_class_json(self, names: Sequence[str] | None = None) -> tuple[str, ...] | None:
         path = self.mask_dir / "classes.json"
         if not path.is_file():
+            if names is not None:
+                raise DatasetError(f"{path}: not found; {len(names)} class names in the spec "
+                                   "need its per-image \"instances\" table (see docs/data.md)")
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
             raise DatasetError(f"{path}: malformed JSON ({exc})") from None
-        names = data.get("classes") if isinstance(data, dict) else None
+        listed = data.get("classes", names) if isinstance(data, dict) else None
         table = data.get("instances", {}) if isinstance(data, dict) else None
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
-                or not isinstance(table, dict):
+        if not isinstance(listed, (list, tuple)) or not listed \
+                or not all(isinstance(n, str) for n in listed) or not isinstance(table, dict):
             raise DatasetError(f"{path}: expected {{\"classes\": [names...], \"instances\": "
                                "{stem: [class per instance] or {mask value: class}}}")
+        if names is not None and tuple(listed) != tuple(names):
+            raise DatasetError(f"{path}: classes {list(listed)} differ from the spec's "
+                               f"{list(names)}")
         self.instance_table = table
-        return tuple(names)
+        return tuple(listed)
 
     def _split_stems(self, split: str) -> list[str]:
         for folder in (self.mask_dir, self.image_dir, self.image_dir.parent):
