@@ -6,12 +6,18 @@ What is evaluated (one of):
                            everywhere: proves the reader, the matching and the AP code)
   --predictions PRED.json  a COCO results file (as ``pfn predict`` writes; image_id = file stem,
                            or the COCO id for COCO data)
+  CHECKPOINT               a trained model: networks + test-time grouping, end to end
+                           (--oracle-counts: with the ground-truth instance numbers)
+  --oracle-locations       ground-truth classes and location vectors (optionally --noise S)
+                           grouped by --grouping: the upper bound of the grouping step
 
 Examples::
 
   pfn evaluate --oracle --data voc:VOCdevkit/VOC2012 --split val --out runs/oracle
   pfn evaluate --predictions runs/pred/predictions.json --data voc:VOC2012 --out runs/eval
   pfn evaluate --oracle --data synthetic:20@1 --out /tmp/o --ap-style coco --thresholds 0.5,0.75
+  pfn evaluate runs/inst/final.pt --data voc:VOC2012 --split val --out runs/eval --plot-pr
+  pfn evaluate --oracle-locations --noise 0.02 --grouping vote --data voc:VOC2012 --out runs/ol
 
 Prints the paper's Table 1 shape and writes OUT/metrics.json and OUT/metrics.md. The AP rule
 (--ap-style): voc = SDS's (the paper's), coco = pycocotools COCOeval, mnc = MNC/FCIS ports;
@@ -45,6 +51,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       help="evaluate the ground truth itself (score 1.0): AP^r must be 100")
     what.add_argument("--predictions", metavar="PRED.json",
                       help="COCO results file (image_id, category_id, RLE segmentation, score)")
+    what.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
+                      help="a trained PFN checkpoint or weights file ('default': the shipped one)")
+    what.add_argument("--oracle-locations", action="store_true",
+                      help="group ground-truth classes and locations (upper bound of grouping)")
+    oracle = p.add_argument_group("oracle and test-time options")
+    oracle.add_argument("--oracle-counts", action="store_true",
+                        help="with CHECKPOINT: use the ground-truth instance numbers")
+    oracle.add_argument("--noise", type=float, default=0.0, metavar="S",
+                        help="--oracle-locations: Gaussian noise (std, normalised units) on the locations")
+    oracle.add_argument("--stride", type=int, default=8,
+                        help="--oracle-locations: grid stride of the oracle maps (8 = the network's)")
+    oracle.add_argument("--encoding", default=None,
+                        help="--oracle-locations: location encoding (default: the config's, box6)")
+    oracle.add_argument("--grouping", default=None, metavar="NAME",
+                        help="grouping method: spectral (the paper's) or a fast one "
+                             "(see docs/grouping.md)")
+    oracle.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="grouping.KEY=VALUE", help="override a setting, e.g. grouping.sigma=0.1")
+    oracle.add_argument("--crf", action="store_true", help="with CHECKPOINT: dense CRF on the class map")
+    oracle.add_argument("--device", default="auto", help="with CHECKPOINT: cpu, cuda or auto")
+    oracle.add_argument("--seed", type=int, default=0, help="seed of the oracle noise")
+    p.add_argument("--plot-pr", action="store_true",
+                   help="also write OUT/pr_curves.png (precision/recall at IoU 0.5 per class)")
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="dataset spec, e.g. voc:ROOT, coco:ANN.json:IMAGES, synthetic:40@1")
     p.add_argument("--split", default="val", help="dataset split (default: val)")
@@ -129,23 +158,114 @@ def predictions_producer(path: str, dataset: "PFNDataset") -> Producer:
     return produce
 
 
-def make_producer(args: argparse.Namespace, dataset: "PFNDataset") -> tuple[str, Producer]:
-    """Pick the producer from the options: returns ``(description, producer)``.
+def _grouping_config(args: argparse.Namespace, base=None):
+    """The grouping settings: the model's (or the defaults), then --grouping and --set."""
+    from dataclasses import replace
 
-    The lead adds ``pfn evaluate CHECKPOINT``, ``--oracle-locations`` and ``--oracle-counts``
-    here, each as one more branch returning a :data:`Producer`.
-    """
+    from ..config import PFNConfig, apply_overrides, config_from_dict, config_to_dict, validate
+
+    cfg = base or PFNConfig()
+    overrides = list(getattr(args, "overrides", None) or [])
+    if overrides:
+        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
+        validate(cfg)
+    gcfg = cfg.grouping
+    if getattr(args, "grouping", None):
+        gcfg = replace(gcfg, method=args.grouping)
+    from ..grouping import check_config
+
+    check_config(gcfg)
+    return cfg, gcfg
+
+
+def model_producer(args: argparse.Namespace, dataset: "PFNDataset") -> Producer:
+    """A checkpoint's networks + grouping; ``--oracle-counts`` swaps in the true counts."""
+    import numpy as np
+
+    from ..errors import PFNError
+    from ..grouping import Grouper
+    from ..inference import load_model, resize_instances, run_network
+
+    model = load_model(None if args.checkpoint == "default" else args.checkpoint, args.device)
+    if tuple(model.class_names) != tuple(dataset.classes):
+        known = set(model.class_names)
+        if not known & set(dataset.classes):
+            raise PFNError(f"{args.checkpoint}: the model's classes ({', '.join(model.class_names)}) "
+                           f"share none with the data's ({', '.join(dataset.classes)})")
+    _, gcfg = _grouping_config(args, model.config)
+    lut = np.array([0] + [dataset.classes.index(n) + 1 if n in dataset.classes else 0
+                          for n in model.class_names])
+
+    def produce(index: int, sample: "Sample") -> "tuple[Instances, np.ndarray]":
+        from ..structures import Instances
+
+        net = run_network(model, sample.image, crf=args.crf or None, name=str(sample.image_id))
+        override = None
+        if args.oracle_counts:
+            override = {c: int(np.sum(sample.instance_classes == c))
+                        for c in range(1, model.num_classes + 1)}
+        inst = Grouper(net).run(gcfg, override).instances
+        inst = resize_instances(inst, sample.class_map.shape)
+        keep = lut[inst.classes] > 0  # classes of the model the data does not know are dropped
+        inst = Instances(inst.masks[keep], lut[inst.classes[keep]], inst.scores[keep], sample.image_id)
+        semantic = lut[np.asarray(net.full_class_probs.argmax(0))].astype(np.uint8)
+        if semantic.shape != sample.class_map.shape:
+            import torch
+            import torch.nn.functional as F
+
+            t = torch.from_numpy(semantic)[None, None].float()
+            semantic = F.interpolate(t, size=sample.class_map.shape, mode="nearest")[0, 0]
+            semantic = semantic.numpy().astype(np.uint8)
+        return inst, semantic
+
+    return produce
+
+
+def oracle_locations_producer(args: argparse.Namespace, dataset: "PFNDataset") -> Producer:
+    """Ground-truth classes and location vectors (+ noise) through the grouping."""
+    import numpy as np
+
+    from ..grouping import group, oracle_network_output
+
+    cfg, gcfg = _grouping_config(args)
+    encoding = args.encoding or cfg.model.encoding
+    rng = np.random.default_rng(args.seed)
+    num_classes = len(dataset.classes)
+
+    def produce(index: int, sample: "Sample") -> "tuple[Instances, None]":
+        net = oracle_network_output(sample, num_classes, encoding, noise=args.noise, rng=rng,
+                                    stride=args.stride)
+        inst = group(net, gcfg)
+        inst.image_id = sample.image_id
+        return inst, None
+
+    return produce
+
+
+def make_producer(args: argparse.Namespace, dataset: "PFNDataset") -> tuple[str, Producer]:
+    """Pick the producer from the options: returns ``(description, producer)``."""
     from ..errors import PFNError
 
     chosen = [name for name, on in (("--oracle", args.oracle),
-                                    ("--predictions", bool(args.predictions))) if on]
+                                    ("--predictions", bool(args.predictions)),
+                                    ("CHECKPOINT", bool(args.checkpoint)),
+                                    ("--oracle-locations", args.oracle_locations)) if on]
     if len(chosen) > 1:
         raise PFNError(f"choose one of {' and '.join(chosen)}")
+    if args.oracle_counts and not args.checkpoint:
+        raise PFNError("--oracle-counts needs a CHECKPOINT (it replaces the predicted counts)")
     if args.oracle:
         return "ground truth (oracle)", oracle_producer()
     if args.predictions:
         return f"predictions {args.predictions}", predictions_producer(args.predictions, dataset)
-    raise PFNError("nothing to evaluate: pass --oracle or --predictions PRED.json")
+    if args.checkpoint:
+        what = f"model {args.checkpoint}" + (" with ground-truth counts" if args.oracle_counts else "")
+        return what, model_producer(args, dataset)
+    if args.oracle_locations:
+        return (f"ground-truth locations (noise {args.noise}, stride {args.stride}, grouping "
+                f"{args.grouping or 'spectral'})", oracle_locations_producer(args, dataset))
+    raise PFNError("nothing to evaluate: pass CHECKPOINT, --oracle, --oracle-locations or "
+                   "--predictions PRED.json")
 
 
 def evaluate_dataset(dataset: "PFNDataset", produce: Producer, thresholds: tuple[float, ...],
@@ -178,4 +298,13 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(metrics, dataset.classes))
     miou = metrics.miou
     print(f"AP^r_vol {metrics.ap_r_vol:.1f}   mIoU {miou:.1f}   -> {json_path}, {md_path}")
+    if args.plot_pr:
+        from pathlib import Path
+
+        from ..visualize import plot_pr_curves
+
+        png = plot_pr_curves(metrics.pr_curves(0.5) if 0.5 in metrics.curves else
+                             metrics.pr_curves(metrics.thresholds[0]), Path(args.out) / "pr_curves.png",
+                             title=f"precision / recall, {what}")
+        print(f"precision/recall curves -> {png}")
     return 0
