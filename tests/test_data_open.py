@@ -47,7 +47,8 @@ def test_concat_merges_classes_by_name(tmp_path: Path) -> None:
     # with a class list, every part is mapped onto it (a class-less folder names its one
     # class in classes.json to take part in a multi-class list)
     (masks / "classes.json").write_text('{"classes": ["object"]}')
-    ds = open_dataset(f"folder:{images}:{masks}+synthetic:2@0", "all", classes=["triangle", "object"])
+    ds = open_dataset(f"folder:{images}:{masks}+synthetic:2@0", "all",
+                      classes=["triangle", "object"])
     assert ds.classes == ("triangle", "object") and ds[0].instance_classes.tolist() == [2]
     assert set(np.unique(ds[2].class_map).tolist()) <= {0, 1}
 

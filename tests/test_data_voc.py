@@ -126,4 +126,6 @@ def test_voc_coco_derived_val(voc_coco_root: Path) -> None:
     assert len(ds) == 17 and len(open_dataset(f"voc:{voc_coco_root.parent}", "train")) == 60
     counts = [s.num_instances for s in ds]
     assert all(k >= 1 for k in counts)
-    assert sum(counts) == 64  # measured; trainval holds the README's 354
+    assert sum(counts) == 64  # measured
+    trainval = open_dataset(f"voc:{voc_coco_root}", "trainval")
+    assert len(trainval) == 77 and sum(s.num_instances for s in trainval) == 354  # the README

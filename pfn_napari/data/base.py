@@ -104,7 +104,8 @@ def check_sample(sample: Sample, num_classes: int) -> Sample:
                                f"{arr.shape[0]} pixels but the image is {w}x{h}")
     bad = np.unique(sample.class_map[(sample.class_map > num_classes) & (sample.class_map != VOID)])
     if bad.size:
-        raise DatasetError(f"{where}: class ids {bad.tolist()} unknown to the {num_classes} classes")
+        raise DatasetError(f"{where}: class ids {bad.tolist()} unknown to the {num_classes} "
+                           "classes")
     k = sample.num_instances
     if k > MAX_INSTANCES:
         raise DatasetError(f"{where}: {k} instances, more than the {MAX_INSTANCES} an instance map "
@@ -166,7 +167,8 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         return to_rgb_uint8(image)
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot convert image mode {image.mode} to RGB ({exc})") from None
+        raise DatasetError(f"{path}: cannot convert image mode {image.mode} to RGB "
+                           f"({exc})") from None
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -206,7 +208,7 @@ class PFNDataset(Sequence[Sample]):
         name: the spec it was opened from (e.g. ``"voc:/data/VOC2012"``).
         classes: names of classes 1..C.
         category_ids: id written to COCO results JSON for class 1..C (the COCO category id for
-            COCO data, else the class index itself).
+            COCO data, else the class index itself; see docs/data.md).
         image_ids: one id per sample (file stem, or COCO image id), known without decoding.
     """
 

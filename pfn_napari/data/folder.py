@@ -13,9 +13,9 @@ Classes:
   several need the per-image ``"instances"`` table of ``classes.json`` below (its ``"classes"``,
   if present, must list the same names). The names are then mapped onto ``classes`` by name,
   which is how a class-less folder joins a multi-class ``+`` concatenation;
-* without NAMES and without a ``classes.json`` in ``MASK_DIR`` every instance is of class 1, named by the one
-  entry of ``classes`` (the CLI's ``--classes person``; ``"object"`` when ``classes`` is None);
-  more than one class needs the JSON;
+* without NAMES and without a ``classes.json`` in ``MASK_DIR`` every instance is of class 1,
+  named by the one entry of ``classes`` (the CLI's ``--classes person``; ``"object"`` when
+  ``classes`` is None); more than one class needs NAMES or the JSON;
 * ``MASK_DIR/classes.json`` gives several::
 
       {"classes": ["person", "bicycle"],

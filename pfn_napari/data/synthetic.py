@@ -114,7 +114,8 @@ def make_synthetic_sample(seed: int, stream: int, index: int, size: int | None =
             if np.linalg.norm(colour - under) > 90:
                 break
             colour = rng.uniform(0, 255, size=3)
-        shade = 1.0 + 0.15 * ((xx - cx) / (r + 1))[mask] * rng.uniform(-1, 1)  # (M,) a soft gradient
+        # a soft shading gradient across the shape, (M,) for its M pixels
+        shade = 1.0 + 0.15 * ((xx - cx) / (r + 1))[mask] * rng.uniform(-1, 1)
         image[mask] = colour[None, :] * shade[:, None]
         instance_map = trial
         classes.append(kind)
