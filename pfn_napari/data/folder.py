@@ -99,7 +99,8 @@ class FolderDataset(PFNDataset):
         if native is None:
             if classes is not None and len(classes) != 1:
                 raise DatasetError(f"{self.mask_dir}: the masks carry no classes; give one class "
-                                   f"name (e.g. --classes person), not {len(classes)}, or write "
+                                   f"name (e.g. --classes person), not {len(classes)}, or name "
+                                   "it in the spec (folder:IMAGE_DIR:MASK_DIR:person), or write "
                                    f"{self.mask_dir / 'classes.json'} (see docs/data.md)")
             target = tuple(classes) if classes is not None else ("object",)
             native = target
