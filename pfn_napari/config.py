@@ -76,6 +76,8 @@ class ModelConfig:
     pool5_avg: bool = False  # extra 3x3/1 average pool after pool5, as some ports add
     dropout: float = 0.5
     init_std: float = 0.01  # Gaussian init of new layers
+    fc7_channels: int = 0  # width of fc6/fc7 (lite0: projection); 0 = backbone default (1024/256)
+    lite_output_stride: int = 16  # efficientnet_lite0: 8 dilates stages 4-7, 16/32 upsample
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     max_steps: int = 0  # >0 stops after that many optimiser steps (CPU recipes, tests)
     count_finetune: str = "joint"  # 'joint' or 'separate' (freeze, then train the count head)
+    grad_clip: float = 0.0  # >0: clip the global gradient norm to this (0: off, the paper)
     amp: bool = False
     seed: int = 0
     log_every: int = 10

@@ -1,0 +1,171 @@
+"""The heads of PFN on top of a backbone's features (see ``backbones.py`` for the keys).
+
+* :class:`CategoryHead`: fc8, a 1x1 conv on ``fc7`` to ``C + 1`` class scores.
+* :class:`LocationStream`: one multi-scale stream: 3x3 conv 128 + ReLU at the feature's own
+  resolution, the 2 coordinate maps concatenated (130 channels), 3x3 conv to ``L`` channels.
+  The second conv is evaluated only on the stride-8 grid (stride ``8 / s`` on a stride-``s``
+  feature): output cell j is the full-resolution prediction at pixel ``8 j``, exactly, so each
+  stream is supervised (and fused) on the grid without computing the pixels in between.
+* :class:`LocationHead`: the streams and their fusion (concat + 1x1 conv, or a per-stream
+  weighted sum; a single stream is passed through unchanged).
+* :class:`CountHead`: fc7 features and/or the fused locations -> 3x3 conv stride 2 (128) +
+  ReLU -> adaptive average pool -> fc 1024 + ReLU -> fc ``C``. No output activation: the paper
+  trains counts by Euclidean regression, so counts may come out negative (grouping rounds and
+  clamps them).
+
+New layers are initialised from N(0, ``init_std``) with zero bias (the paper: std 0.01).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..structures import STRIDE, grid_size
+
+
+def init_new_layers(module: nn.Module, std: float) -> None:
+    """Gaussian N(0, std) weights and zero biases for every conv / linear layer of ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def coordinate_maps(height: int, width: int, stride: int, image_height: int, image_width: int,
+                    like: Tensor) -> Tensor:
+    """``(1, 2, height, width)`` normalised coordinates (x, y) of the cells of a stride-``stride``
+    map of an ``image_height x image_width`` input: cell (i, j) sits on pixel (s i, s j), whose
+    center is ``x = (s j + 0.5) / W``, ``y = (s i + 0.5) / H`` (the convention of the targets),
+    so every stream's coordinates mean the same position in the image."""
+    xs = (torch.arange(width, device=like.device, dtype=like.dtype) * stride + 0.5) / image_width
+    ys = (torch.arange(height, device=like.device, dtype=like.dtype) * stride + 0.5) / image_height
+    gx = xs.view(1, 1, 1, width).expand(1, 1, height, width)  # (1, 1, h, w)
+    gy = ys.view(1, 1, height, 1).expand(1, 1, height, width)  # (1, 1, h, w)
+    return torch.cat([gx, gy], dim=1)  # (1, 2, h, w)
+
+
+class CategoryHead(nn.Module):
+    """fc8: ``(B, fc7, h, w) -> (B, C + 1, h, w)`` class logits (0 is background)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc8 = nn.Conv2d(in_channels, num_classes + 1, 1)
+
+    def forward(self, fc7: Tensor) -> Tensor:
+        return self.fc8(fc7)  # (B, C+1, h, w)
+
+
+class LocationStream(nn.Module):
+    """One stream on a stride-``stride`` feature -> ``(B, L, grid_size(H), grid_size(W))``."""
+
+    def __init__(self, in_channels: int, stride: int, out_channels: int, mid_channels: int = 128,
+                 coord_maps: bool = True) -> None:
+        super().__init__()
+        if STRIDE % stride:
+            raise ValueError(f"stream stride {stride} does not divide {STRIDE}")
+        self.stride = stride
+        self.coord_maps = coord_maps
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(mid_channels + (2 if coord_maps else 0), out_channels, 3,
+                               stride=STRIDE // stride, padding=1)
+
+    def forward(self, feature: Tensor, image_size: tuple[int, int]) -> Tensor:
+        H, W = image_size
+        y = F.relu(self.conv1(feature))  # (B, 128, hs, ws)
+        if self.coord_maps:
+            hs, ws = y.shape[-2:]
+            coords = coordinate_maps(hs, ws, self.stride, H, W, y)  # (1, 2, hs, ws)
+            y = torch.cat([y, coords.expand(y.shape[0], -1, -1, -1)], dim=1)  # (B, 130, hs, ws)
+        out = self.conv2(y)  # (B, L, >= h, >= w): cell j on pixel 8j
+        return out[:, :, :grid_size(H), :grid_size(W)]  # (B, L, h, w)
+
+
+class LocationHead(nn.Module):
+    """The multi-scale location streams and their fusion.
+
+    ``forward(features, image_size) -> (fused (B, L, h, w), {stream: (B, L, h, w)})``.
+    Fusion ``'concat'`` (paper): concat the M predictions (M L channels) + 1x1 conv -> L.
+    Fusion ``'sum'`` ("fusion by summation"): ``sum_m a_m * pred_m + b`` with one learnable
+    weight per stream and channel, initialised to ``1 / M`` (a plain sum of M predictions that
+    are each trained to equal the target would be M times too large). With one stream the
+    fused output *is* that stream's prediction (identity, no parameters).
+    """
+
+    def __init__(self, streams: dict[str, tuple[int, int]], out_channels: int,
+                 mid_channels: int = 128, coord_maps: bool = True, fusion: str = "concat") -> None:
+        super().__init__()
+        if fusion not in ("concat", "sum"):
+            raise ValueError(f"fusion {fusion!r}: 'concat' or 'sum'")
+        self.names = tuple(streams)
+        self.fusion = fusion
+        self.streams = nn.ModuleDict({
+            name: LocationStream(cin, stride, out_channels, mid_channels, coord_maps)
+            for name, (cin, stride) in streams.items()})
+        m = len(self.names)
+        self.fuse: nn.Module | None = None
+        self.sum_weight: nn.Parameter | None = None
+        self.sum_bias: nn.Parameter | None = None
+        if m > 1 and fusion == "concat":
+            self.fuse = nn.Conv2d(m * out_channels, out_channels, 1)
+        elif m > 1:
+            self.sum_weight = nn.Parameter(torch.full((m, 1, out_channels, 1, 1), 1.0 / m))
+            self.sum_bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def reset_fusion(self) -> None:
+        """Re-apply the sum fusion's ``1 / M`` start (after a blanket Gaussian init)."""
+        if self.sum_weight is not None and self.sum_bias is not None:
+            with torch.no_grad():
+                self.sum_weight.fill_(1.0 / len(self.names))
+                self.sum_bias.zero_()
+
+    def forward(self, features: dict[str, Tensor],
+                image_size: tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
+        preds = {n: self.streams[n](features[n], image_size) for n in self.names}  # (B, L, h, w)
+        stacked = [preds[n] for n in self.names]
+        if len(stacked) == 1:
+            fused = stacked[0]  # (B, L, h, w)
+        elif self.fuse is not None:
+            fused = self.fuse(torch.cat(stacked, dim=1))  # (B, M L, h, w) -> (B, L, h, w)
+        else:
+            assert self.sum_weight is not None and self.sum_bias is not None
+            fused = (torch.stack(stacked) * self.sum_weight).sum(0) + self.sum_bias  # (B, L, h, w)
+        return fused, preds
+
+
+def _adaptive_pool_matrix(n: int, p: int, like: Tensor) -> Tensor:
+    """``(p, n)`` averaging matrix of ``adaptive_avg_pool`` from n to p cells (bin i covers
+    ``[floor(i n / p), ceil((i + 1) n / p))``, as PyTorch). Written as a matmul so the exported
+    ONNX graph needs no AdaptiveAvgPool (which ONNX only has for divisible sizes)."""
+    m = torch.zeros(p, n, dtype=like.dtype, device=like.device)
+    for i in range(p):
+        a, b = (i * n) // p, -((-(i + 1) * n) // p)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
+class CountHead(nn.Module):
+    """Instance numbers: ``(B, Cin, h, w) -> (B, C)``.
+
+    3x3 conv stride 2 pad 1 -> ``channels`` + ReLU, adaptive average pool to ``pool x pool``
+    (our reading of the paper's fixed-size fc input: any image size works), fc ``hidden`` + ReLU,
+    fc ``C``. No activation on the output (Euclidean regression, as in the paper).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 128,
+                 hidden: int = 1024, pool: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
+        self.pool = pool
+        self.fc1 = nn.Linear(channels * pool * pool, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.conv(x))  # (B, 128, ceil(h/2), ceil(w/2))
+        ph = _adaptive_pool_matrix(y.shape[-2], self.pool, y)  # (p, h2)
+        pw = _adaptive_pool_matrix(y.shape[-1], self.pool, y)  # (p, w2)
+        y = torch.einsum("ph,bchw,qw->bcpq", ph, y, pw).flatten(1)  # (B, 128 p p)
+        y = F.relu(self.fc1(y))  # (B, 1024)
+        return self.fc2(y)  # (B, C)

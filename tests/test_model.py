@@ -1,0 +1,255 @@
+"""Every network variant: forward + backward on odd sizes, grid-exact output shapes, the same
+typed output in train and eval; the geometry helpers; training helpers; the two-net system."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pfn_napari.config import ENCODING_CHANNELS, ConfigError, ModelConfig
+from pfn_napari.model import (NetOutputs, PFNNet, PFNSystem, align_to_grid, build_network,
+                              build_system)
+from pfn_napari.model.backbones import VGG16LargeFOV, build_backbone
+from pfn_napari.model.heads import CountHead, LocationStream, coordinate_maps
+from pfn_napari.structures import grid_size
+
+C = 3
+SIZES = ((1, 65, 97), (2, 57, 57))
+# small widths keep the variant sweep fast; the real widths are tested below on VGG
+SMALL = dict(num_classes=C, fc7_channels=64, stream_channels=16, count_channels=16,
+             count_hidden=32)
+
+
+def _check_outputs(out: NetOutputs, kind: str, b: int, h: int, w: int, L: int,
+                   streams: tuple[str, ...]) -> None:
+    gh, gw = grid_size(h), grid_size(w)
+    assert isinstance(out, NetOutputs)
+    if kind in ("category", "unified"):
+        assert out.seg_logits is not None and out.seg_logits.shape == (b, C + 1, gh, gw)
+    else:
+        assert out.seg_logits is None
+    if kind in ("instance", "unified"):
+        assert out.locations is not None and out.locations.shape == (b, L, gh, gw)
+        assert out.counts is not None and out.counts.shape == (b, C)
+        assert set(out.stream_locations) == set(streams)
+        for t in out.stream_locations.values():
+            assert t.shape == (b, L, gh, gw)
+    else:
+        assert out.locations is None and out.counts is None and not out.stream_locations
+
+
+def _forward_backward(net: PFNNet, kind: str, cfg: ModelConfig) -> None:
+    L = len(ENCODING_CHANNELS[cfg.encoding])
+    for b, h, w in SIZES:
+        x = torch.rand(b, 3, h, w) * 255
+        out = net(x)
+        _check_outputs(out, kind, b, h, w, L, cfg.streams)
+        loss = sum(t.square().mean() for t in (out.seg_logits, out.locations, out.counts)
+                   if t is not None)
+        net.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in net.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "alexnet", "efficientnet_lite0"])
+def test_every_backbone_and_kind(backbone: str) -> None:
+    cfg = ModelConfig(backbone=backbone, **SMALL)
+    shared = build_backbone(backbone, cfg.fc7_channels)  # one backbone, three head sets
+    for kind in ("category", "instance", "unified"):
+        _forward_backward(build_network(cfg, kind, backbone=shared), kind, cfg)
+
+
+ABLATIONS = [
+    dict(encoding="offsets2"), dict(encoding="center_wh4"), dict(encoding="center_tl4"),
+    dict(encoding="box10"), dict(streams=("fc7",)), dict(streams=("input", "pool2")),
+    dict(coord_maps=False), dict(fusion="sum"), dict(count_features="category"),
+    dict(count_features="instance"), dict(ceil_mode=False), dict(pool5_avg=True),
+]
+
+
+@pytest.mark.parametrize("change", ABLATIONS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_structural_ablations(change: dict) -> None:
+    cfg = ModelConfig(backbone="alexnet", **SMALL, **change)
+    _forward_backward(build_network(cfg, "instance"), "instance", cfg)
+
+
+@pytest.mark.parametrize("output_stride", [8, 32])
+def test_lite0_output_strides(output_stride: int) -> None:
+    cfg = ModelConfig(backbone="efficientnet_lite0", lite_output_stride=output_stride, **SMALL)
+    net = build_network(cfg, "unified")
+    assert net.backbone.deep_stride == output_stride
+    _forward_backward(net, "unified", cfg)
+
+
+def test_vgg_real_widths_and_deeplab_geometry() -> None:
+    """321 -> 41 (DeepLab's 8k+1), the paper's 1030-channel count input, fc6 dilation 12."""
+    net = build_network(ModelConfig(num_classes=C), "unified")
+    bb = net.backbone
+    assert bb.fc6.dilation == (12, 12) and bb.fc6.weight.shape == (1024, 512, 3, 3)
+    assert bb.fc7.weight.shape == (1024, 1024, 1, 1)
+    assert [m.dilation for m in bb.block5 if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 3
+    assert net.count_head is not None and net.count_head.conv.in_channels == 1024 + 6
+    assert net.location_head is not None and net.location_head.fuse is not None
+    assert net.location_head.fuse.in_channels == 5 * 6
+    # 321 -> 161 -> 81 -> 41 through the three 3x3/2 ceil-mode pools (convs keep the size)
+    x = torch.zeros(1, 1, 321, 321)
+    sizes = []
+    for block in (bb.block1, bb.block2, bb.block3, bb.block4, bb.block5):
+        x = block[-1](x)
+        sizes.append(x.shape[-1])
+    assert sizes == [161, 81, 41, 41, 41]
+    with torch.no_grad():
+        feats = net.backbone(torch.zeros(1, 3, 81, 81))
+    assert feats["fc7"].shape == (1, 1024, 11, 11)
+    # ceil mode: a 8k+2 side gives one more pool3 cell, cropped back onto the grid
+    vgg = build_backbone("vgg16", 64)
+    with torch.no_grad():
+        assert vgg(torch.zeros(1, 3, 50, 66))["fc7"].shape[-2:] == (7, 9)
+
+
+def test_caffe_normalisation_is_bgr_minus_mean() -> None:
+    vgg = VGG16LargeFOV(64)
+    x = torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1).expand(1, 3, 9, 9)
+    got = vgg(x)["input"][0, :, 0, 0]
+    assert torch.allclose(got, torch.tensor([30 - 104.008, 20 - 116.669, 10 - 122.675]))
+
+
+def test_same_output_type_in_train_and_eval() -> None:
+    net = build_network(ModelConfig(backbone="alexnet", **SMALL), "unified")
+    x = torch.rand(1, 3, 33, 41) * 255
+    net.train()
+    a = net(x)
+    net.eval()
+    with torch.no_grad():
+        b = net(x)
+    assert type(a) is type(b) is NetOutputs
+    for t in (a.seg_logits, a.locations, a.counts, b.seg_logits, b.locations, b.counts):
+        assert t is not None
+    assert set(a.stream_locations) == set(b.stream_locations)
+
+
+def test_align_to_grid_is_exact() -> None:
+    # stride 8 map one cell too long (ceil mode): crop
+    x = torch.arange(6.0).view(1, 1, 1, 6).expand(1, 1, 2, 6)
+    assert align_to_grid(x, 8, 9, 33).tolist() == [[[[0.0, 1.0, 2.0, 3.0, 4.0]] * 2]]
+    # stride 32 -> 8: sample k sits at pixel 8k = feature coordinate k / 4; beyond: replicate
+    y = torch.tensor([[[[0.0, 4.0]]]])  # cells on pixels 0 and 32, image width 41 -> grid 6
+    assert align_to_grid(y, 32, 1, 41)[0, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    # stride 2 -> 8: every 4th cell
+    z = torch.arange(9.0).view(1, 1, 1, 9)
+    assert align_to_grid(z, 2, 1, 17)[0, 0, 0].tolist() == [0.0, 4.0, 8.0]
+
+
+def test_coordinate_maps_are_pixel_centres() -> None:
+    c = coordinate_maps(2, 3, 4, 8, 10, torch.zeros(1))
+    assert c.shape == (1, 2, 2, 3)
+    assert torch.allclose(c[0, 0, 0], torch.tensor([0.5, 4.5, 8.5]) / 10)
+    assert torch.allclose(c[0, 1, :, 0], torch.tensor([0.5, 4.5]) / 8)
+
+
+def test_stream_on_grid_equals_full_resolution_then_subsample() -> None:
+    """The strided second conv is the full-resolution prediction read at pixels 8i."""
+    torch.manual_seed(0)
+    s = LocationStream(5, 2, 6, mid_channels=7)
+    feat = torch.randn(1, 5, 17, 25)  # a stride-2 map of a 33 x 49 image
+    got = s(feat, (33, 49))  # (1, 6, 5, 7)
+    y = F.relu(s.conv1(feat))
+    y = torch.cat([y, coordinate_maps(17, 25, 2, 33, 49, y)], dim=1)
+    full = F.conv2d(y, s.conv2.weight, s.conv2.bias, padding=1)  # stride 1
+    assert got.shape == (1, 6, grid_size(33), grid_size(49))
+    assert torch.allclose(got, full[:, :, ::4, ::4], atol=1e-5)
+
+
+def test_count_head_pool_matches_adaptive_avg_pool() -> None:
+    torch.manual_seed(0)
+    head = CountHead(4, 2, channels=3, hidden=5, pool=4)
+    x = torch.randn(2, 4, 21, 11)
+    y = F.relu(head.conv(x))
+    ref = head.fc2(F.relu(head.fc1(F.adaptive_avg_pool2d(y, 4).flatten(1))))
+    assert torch.allclose(head(x), ref, atol=1e-6)
+
+
+def test_sum_fusion_starts_as_mean_and_one_stream_is_identity() -> None:
+    net = build_network(ModelConfig(backbone="alexnet", fusion="sum", **SMALL), "instance")
+    out = net(torch.rand(1, 3, 25, 25) * 255)
+    mean = torch.stack(list(out.stream_locations.values())).mean(0)
+    assert torch.allclose(out.locations, mean, atol=1e-6)
+    one = build_network(ModelConfig(backbone="alexnet", streams=("fc7",), **SMALL), "instance")
+    o = one(torch.rand(1, 3, 25, 25) * 255)
+    assert o.locations is o.stream_locations["fc7"]
+
+
+def test_new_layers_gaussian_init() -> None:
+    net = build_network(ModelConfig(backbone="alexnet", num_classes=C), "unified")
+    w = net.count_head.fc1.weight.detach()
+    assert abs(float(w.std()) - 0.01) < 1e-3 and float(net.count_head.fc1.bias.abs().sum()) == 0
+    assert abs(float(net.category_head.fc8.weight.std()) - 0.01) < 2e-3
+
+
+def test_param_groups_split_backbone_from_heads() -> None:
+    net = build_network(ModelConfig(backbone="efficientnet_lite0", **SMALL), "unified")
+    pre, new = net.param_groups()
+    pre_ids, new_ids = {id(p) for p in pre}, {id(p) for p in new}
+    assert not pre_ids & new_ids
+    assert id(net.backbone._conv_stem.weight) in pre_ids
+    assert id(net.backbone.project.weight) in new_ids  # Lite0's fc7 projection is new
+    assert id(net.category_head.fc8.weight) in new_ids
+    n_all = sum(1 for p in net.parameters() if p.requires_grad)
+    assert len(pre) + len(new) == n_all
+
+
+def test_init_from_category_network_and_freeze() -> None:
+    cfg = ModelConfig(backbone="alexnet", **SMALL)
+    cat = build_network(cfg, "category")
+    inst = build_network(cfg, "instance")
+    keys = inst.init_from(cat.state_dict())
+    assert keys and all(k.startswith("backbone.") for k in keys)
+    assert torch.equal(inst.backbone.fc7.weight, cat.backbone.fc7.weight)
+    # from a system state dict (category.* prefix)
+    inst2 = build_network(cfg, "instance")
+    inst2.init_from(PFNSystem(cat, None).state_dict())
+    assert torch.equal(inst2.backbone.conv1.weight, cat.backbone.conv1.weight)
+    with pytest.raises(ValueError):
+        inst.init_from(build_network(ModelConfig(backbone="vgg16", **SMALL), "category").state_dict())
+    inst.freeze_all_but_count_head()
+    trainable = {n for n, p in inst.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("count_head.") for n in trainable)
+    pre, new = inst.param_groups()
+    assert not pre and len(new) == len(trainable)
+    inst.unfreeze()
+    assert all(p.requires_grad for p in inst.parameters())
+
+
+def test_system_merges_category_and_instance() -> None:
+    cfg = ModelConfig(backbone="alexnet", **SMALL)
+    system = build_system(cfg, "instance").eval()
+    x = torch.rand(1, 3, 41, 49) * 255
+    with torch.no_grad():
+        out = system(x)
+        seg = system.category(x).seg_logits
+        inst = system.instance(x)
+    assert torch.equal(out.seg_logits, seg)
+    assert torch.equal(out.locations, inst.locations) and torch.equal(out.counts, inst.counts)
+    keys = system.state_dict().keys()
+    assert any(k.startswith("category.") for k in keys) and any(k.startswith("instance.") for k in keys)
+    assert system.complete
+    stage1 = build_system(cfg, "category")
+    assert not stage1.complete and stage1(x).locations is None
+    unified = build_system(cfg, "unified")
+    assert unified.category is None and unified(x).seg_logits is not None
+    with pytest.raises(ValueError):
+        PFNSystem(None, build_network(cfg, "instance"))
+
+
+def test_bad_config_values_raise_config_error() -> None:
+    with pytest.raises(ConfigError, match="model.backbone"):
+        build_network(ModelConfig(backbone="resnet"), "category")
+    with pytest.raises(ConfigError, match="kind"):
+        build_network(ModelConfig(), "both")
+    with pytest.raises(ConfigError, match="streams"):
+        build_network(replace(ModelConfig(), streams=("pool9",)), "instance")
