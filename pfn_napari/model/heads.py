@@ -139,11 +139,11 @@ def _adaptive_pool_matrix(n: int, p: int, like: Tensor) -> Tensor:
     """``(p, n)`` averaging matrix of ``adaptive_avg_pool`` from n to p cells (bin i covers
     ``[floor(i n / p), ceil((i + 1) n / p))``, as PyTorch). Written as a matmul so the exported
     ONNX graph needs no AdaptiveAvgPool (which ONNX only has for divisible sizes)."""
-    m = torch.zeros(p, n, dtype=like.dtype, device=like.device)
-    for i in range(p):
-        a, b = (i * n) // p, -((-(i + 1) * n) // p)
-        m[i, a:b] = 1.0 / (b - a)
-    return m
+    starts = torch.tensor([(i * n) // p for i in range(p)], device=like.device)  # (p,)
+    ends = torch.tensor([-((-(i + 1) * n) // p) for i in range(p)], device=like.device)  # (p,)
+    cols = torch.arange(n, device=like.device)  # (n,)
+    inside = (cols[None] >= starts[:, None]) & (cols[None] < ends[:, None])  # (p, n)
+    return inside.to(like.dtype) / (ends - starts).to(like.dtype)[:, None]  # (p, n)
 
 
 class CountHead(nn.Module):

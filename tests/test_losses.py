@@ -1,0 +1,98 @@
+"""Losses against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pfn_napari.config import LossConfig
+from pfn_napari.losses import count_loss, location_loss, segmentation_loss, total_loss
+from pfn_napari.model.pfn import NetOutputs
+
+
+def test_segmentation_loss_ignores_void() -> None:
+    logits = torch.zeros(1, 2, 1, 3)
+    logits[0, 1, 0, 0] = math.log(3.0)  # p(class 1) = 3/4 at cell 0
+    target = torch.tensor([[[1, 0, 255]]])
+    # cell 0: -log(3/4); cell 1: logits equal -> -log(1/2); cell 2 ignored
+    expected = (-math.log(0.75) + math.log(2.0)) / 2
+    assert segmentation_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    all_void = torch.full((1, 1, 3), 255)
+    assert segmentation_loss(logits, all_void).item() == 0.0
+
+
+def test_location_loss_masked_smooth_l1_per_foreground_cell() -> None:
+    pred = torch.zeros(1, 2, 1, 3)
+    target = torch.zeros(1, 2, 1, 3)
+    target[0, 0, 0, 0] = 0.5  # |d| < 1: 0.5 d^2 = 0.125
+    target[0, 1, 0, 0] = 3.0  # |d| >= 1: |d| - 0.5 = 2.5
+    target[0, 0, 0, 1] = 2.0  # 1.5, but on a background cell
+    target[0, 1, 0, 2] = -0.2  # 0.02
+    weight = torch.tensor([[[1.0, 0.0, 1.0]]])
+    expected = (0.125 + 2.5 + 0.02) / 2  # two foreground cells
+    assert location_loss(pred, target, weight, beta=1.0).item() == pytest.approx(expected, rel=1e-6)
+    # beta changes the kink: 0.5 d^2 / beta below beta
+    assert location_loss(pred, target, weight, beta=0.1).item() == pytest.approx(
+        (0.45 + 2.95 + 0.15) / 2, rel=1e-5)
+
+
+def test_location_loss_pools_foreground_over_the_batch() -> None:
+    pred = torch.zeros(2, 1, 1, 2)
+    target = torch.tensor([[[[0.4, 0.0]]], [[[0.0, 0.0]]]])  # only image 0 has an error
+    weight = torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]]])  # 3 foreground cells in the batch
+    assert location_loss(pred, target, weight).item() == pytest.approx(0.5 * 0.16 / 3, rel=1e-6)
+
+
+def test_location_loss_empty_foreground_is_zero_with_finite_gradient() -> None:
+    pred = torch.randn(2, 6, 3, 3, requires_grad=True)
+    loss = location_loss(pred, torch.ones(2, 6, 3, 3), torch.zeros(2, 3, 3))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert pred.grad is not None and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() == 0
+
+
+def test_count_loss_is_mean_squared_error() -> None:
+    pred = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
+    target = torch.tensor([[3.0, 0.0], [2.0, 1.0]])
+    assert count_loss(pred, target).item() == pytest.approx((4 + 0 + 0 + 1) / 4)
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    return {
+        "class_map": torch.tensor([[[1, 0]]]),  # (1, 1, 2)
+        "locations": torch.tensor([[[[0.5, 0.0]]]]),  # (1, 1, 1, 2)  L = 1
+        "location_weight": torch.tensor([[[1.0, 0.0]]]),
+        "counts": torch.tensor([[2.0]]),
+    }
+
+
+def test_total_loss_instance_sums_streams_and_fused() -> None:
+    zeros = torch.zeros(1, 1, 1, 2)
+    out = NetOutputs(locations=zeros.clone(),
+                     stream_locations={"input": zeros.clone(), "fc7": zeros + 1.5},
+                     counts=torch.tensor([[1.0]]))
+    cfg = LossConfig(loc_weight=10.0, count_weight=1.0)
+    loss, parts = total_loss(out, _batch(), cfg, "instance")
+    # per output: cell 0 only; fused/input: 0.5 * 0.25 = 0.125; fc7: |1.0| - 0.5 = 0.5
+    lo = 0.125 + 0.125 + 0.5
+    assert parts["loc"] == pytest.approx(lo)
+    assert parts["loc/fc7"] == pytest.approx(0.5) and parts["loc/fused"] == pytest.approx(0.125)
+    assert parts["count"] == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(10 * lo + 1.0) and parts["total"] == pytest.approx(loss.item())
+    assert "seg" not in parts
+
+
+def test_total_loss_single_stream_counted_once_and_unified_adds_seg() -> None:
+    fused = torch.zeros(1, 1, 1, 2)
+    out = NetOutputs(seg_logits=torch.zeros(1, 2, 1, 2), locations=fused,
+                     stream_locations={"fc7": fused}, counts=torch.tensor([[2.0]]))
+    loss, parts = total_loss(out, _batch(), LossConfig(loc_weight=2.0, seg_weight=0.5), "unified")
+    assert set(k for k in parts if k.startswith("loc/")) == {"loc/fc7"}
+    expected = 0.5 * math.log(2.0) + 2.0 * 0.125 + 0.0
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    seg_only, parts = total_loss(out, _batch(), LossConfig(), "category")
+    assert set(parts) == {"seg", "total"} and seg_only.item() == pytest.approx(math.log(2.0))
+    with pytest.raises(ValueError):
+        total_loss(NetOutputs(), _batch(), LossConfig(), "instance")
