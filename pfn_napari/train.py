@@ -1,0 +1,678 @@
+"""The training loop: stages, SGD recipe, logs, checkpoints, exact resume, DDP, AMP.
+
+Three stages (``cfg.train.stage``), as in the paper's section 3 plus one ablation:
+
+* ``category``: the category-level network (``build_network(kind='category')``) trained with
+  pixel-wise cross-entropy on the stride-8 class map. Checkpoint: ``PFNSystem(category=net)``.
+* ``instance``: the instance-level network, initialised from a category-stage checkpoint
+  (``cfg.train.init``, via ``PFNNet.init_from``), trained with ``lambda * Lo + Ln``. The
+  checkpoint holds ``PFNSystem(category=<stage-1 network, frozen>, instance=<trained>)`` so one
+  file is all ``pfn predict`` needs. ``count_finetune='separate'`` ("PFN separate finetune"):
+  the first half of the steps (``count_phase_split``) trains the locations with the count head
+  frozen and the count loss off; the second half freezes everything but the count head and
+  trains it alone (frozen BatchNorm layers keep their statistics).
+* ``unified``: one network with all three heads and all three losses ("one unified network").
+
+Recipe: SGD, momentum 0.9, weight decay 5e-4, ``lr`` for pre-trained layers and ``lr_new`` for
+new ones (``PFNNet.param_groups()``), both multiplied by ``lr_gamma`` every ``lr_step_epochs``
+epochs; ``max_steps > 0`` stops after that many optimiser steps instead of ``epochs``.
+
+Exact resume: augmentation is a pure function of ``(seed, epoch, index)``
+(:class:`~pfn_napari.data.loader.TrainingSet`), the order of an epoch of ``(seed, epoch)``
+(:class:`~pfn_napari.data.loader.EpochSampler`), the learning rate of the step, and the
+checkpoint stores the optimiser, scheduler, scaler and every RNG state of every rank, so a run
+resumed from ``last.pt`` (even in the middle of an epoch) gives the same weights, bit for bit on
+the CPU, as one that never stopped.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the trained network is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel` (gloo on the CPU, nccl on GPUs), each rank
+reads its share of every epoch, and only rank 0 writes logs and checkpoints; at the end each
+rank's parameter hash is gathered into the final checkpoint (``extra['rank_param_sha256']``).
+
+Outputs in ``cfg.train.out_dir``: ``config.yaml`` (resolved config), ``log.csv`` (step, epoch,
+lr, loss parts, images/s), ``val.csv`` (validation metrics), ``tb/`` (TensorBoard, when
+installed), ``last.pt`` (every epoch or ``checkpoint_every`` steps, atomic) and ``final.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from .checkpoint import (capture_rng_state, load_checkpoint, networks_of, read_checkpoint,
+                         config_of, restore_rng_state, save_checkpoint)
+from .config import PFNConfig, config_to_dict
+from .errors import CheckpointError, PFNError
+
+#: Fraction of the steps the location phase takes with ``count_finetune='separate'``.
+COUNT_PHASE_SPLIT = 0.5
+
+
+# --------------------------------------------------------------------------- small helpers
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in a ``torchrun`` job (world 1, rank 0 when run alone)."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Read ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` (set by torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return DistInfo(world, rank, local)
+
+
+def pick_device(name: str, info: DistInfo) -> torch.device:
+    """``auto``: CUDA when available, else CPU; under DDP on GPUs each rank takes
+    ``cuda:LOCAL_RANK``."""
+    if name in ("", "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PFNError(f"train.device={name!r} but no CUDA GPU is available; "
+                           "use --set train.device=cpu (or auto)")
+        if info.enabled and name == "cuda":
+            name = f"cuda:{info.local_rank}"
+    return torch.device(name)
+
+
+def lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -> float:
+    """Step decay: ``gamma ** (epoch // step_epochs)`` with ``epoch = step // steps_per_epoch``
+    (``step_epochs <= 0``: constant)."""
+    if step_epochs <= 0:
+        return 1.0
+    return float(gamma) ** ((step // max(1, steps_per_epoch)) // step_epochs)
+
+
+def param_sha256(module: nn.Module) -> str:
+    """Hash of every parameter's bytes, in ``named_parameters`` order."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _item(v: Any) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+@contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """Run a block (validation) without moving any global RNG of the training run."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
+
+
+class _Logger:
+    """Rank-0 CSV + TensorBoard writer; a no-op elsewhere."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None) -> None:
+        self.enabled = enabled
+        self.out_dir = out_dir
+        self.tb = None
+        self._columns: dict[str, list[str]] = {}
+        if not enabled:
+            return
+        if resume_step is not None:  # drop rows logged after the checkpoint we resume from
+            for name in ("log.csv", "val.csv"):
+                self._truncate(out_dir / name, resume_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(out_dir / "tb"),
+                                    purge_step=resume_step if resume_step else None)
+        except Exception:  # tensorboard not installed: CSV only
+            self.tb = None
+
+    @staticmethod
+    def _truncate(path: Path, step: int) -> None:
+        if not path.is_file():
+            return
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            return
+        def kept(r: list[str]) -> bool:  # complete rows up to the resumed step
+            try:
+                return len(r) == len(rows[0]) and int(float(r[0])) <= step
+            except ValueError:
+                return False
+
+        keep = [rows[0]] + [r for r in rows[1:] if kept(r)]
+        with path.open("w", newline="") as fh:
+            csv.writer(fh).writerows(keep)
+
+    def row(self, name: str, values: Mapping[str, float]) -> None:
+        """Append ``values`` (first key ``step``) to ``out_dir/name``; the columns are fixed by
+        the file's header (or the first row written)."""
+        if not self.enabled:
+            return
+        path = self.out_dir / name
+        if name not in self._columns:
+            if path.is_file() and path.stat().st_size > 0:
+                with path.open(newline="") as fh:
+                    self._columns[name] = next(csv.reader(fh))
+            else:
+                self._columns[name] = list(values)
+                with path.open("w", newline="") as fh:
+                    csv.writer(fh).writerow(self._columns[name])
+        cols = self._columns[name]
+        with path.open("a", newline="") as fh:
+            csv.writer(fh).writerow([_fmt(values.get(c, "")) for c in cols])
+        if self.tb is not None:
+            step = int(values["step"])
+            prefix = "val" if name.startswith("val") else "train"
+            for key, v in values.items():
+                if key not in ("step", "epoch") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(f"{prefix}/{key}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- model setup
+
+def _count_head_params(net: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the instance-number head (the model's ``count_head`` module, or
+    ``count_parameters()`` when it offers one)."""
+    if hasattr(net, "count_parameters"):
+        return list(net.count_parameters())
+    head = getattr(net, "count_head", None)
+    if isinstance(head, nn.Module):
+        return list(head.parameters())
+    params = [p for n, p in net.named_parameters() if n.split(".")[0].startswith("count")]
+    if not params:
+        raise PFNError("count_finetune='separate' needs a network with a count head "
+                       f"({type(net).__name__} has none)")
+    return params
+
+
+def _set_phase(net: nn.Module, phase: str) -> None:
+    """Which parameters train. ``all``: every one; ``locations``: all but the count head;
+    ``counts``: only the count head (BatchNorm layers outside it keep their statistics)."""
+    count_ids = {id(p) for p in _count_head_params(net)} if phase != "all" else set()
+    for p in net.parameters():
+        if phase == "all":
+            p.requires_grad_(True)
+        elif phase == "locations":
+            p.requires_grad_(id(p) not in count_ids)
+        else:
+            p.requires_grad_(id(p) in count_ids)
+
+
+def _train_mode(net: nn.Module, phase: str) -> None:
+    net.train()
+    if phase == "counts":  # frozen layers: BatchNorm statistics fixed too
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if not any(p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+
+
+def _build_networks(cfg: PFNConfig, note, resuming: bool = False
+                    ) -> tuple[nn.Module, nn.Module, str]:
+    """``(system, trained network, kind)`` for the stage. ``resuming``: the weights will come
+    from the checkpoint, so neither backbone weights nor ``train.init`` are read."""
+    from .model import PFNSystem, build_network, load_backbone_weights
+
+    stage = cfg.train.stage
+    if stage in ("category", "unified"):
+        net = build_network(cfg.model, kind=stage)
+        if not resuming:  # Lite0 falls back to the packaged ImageNet file, VGG/AlexNet warn
+            used = load_backbone_weights(net, cfg.train.backbone_weights or None)
+            note(f"backbone weights: {used or 'none (He init)'}")
+        system = PFNSystem(net, None) if stage == "category" else PFNSystem(None, net)
+        return system, net, stage
+    # instance stage: start from the category network of a stage-1 checkpoint
+    if resuming:
+        category = build_network(cfg.model, kind="category").eval()
+        for p in category.parameters():
+            p.requires_grad_(False)
+        net = build_network(cfg.model, kind="instance")
+        return PFNSystem(category=category, instance=net), net, "instance"
+    if not cfg.train.init:
+        raise PFNError("stage 'instance' starts from a category-stage checkpoint: pass "
+                       "--init runs/category/final.pt (train.init)")
+    cat_system, cat_cfg, _ = load_checkpoint(cfg.train.init)
+    category = getattr(cat_system, "category", None)
+    if category is None:
+        raise CheckpointError(f"{cfg.train.init}: holds no category network; --init needs a "
+                              "checkpoint of stage 'category'")
+    for field in ("backbone", "num_classes", "ceil_mode", "pool5_avg"):
+        a, b = getattr(cat_cfg.model, field), getattr(cfg.model, field)
+        if a != b:
+            raise CheckpointError(f"{cfg.train.init}: was trained with model.{field}={a!r}, but this "
+                                  f"run has model.{field}={b!r}; use the same model settings")
+    if tuple(cat_cfg.data.classes) != tuple(cfg.data.classes):
+        raise CheckpointError(f"{cfg.train.init}: trained on classes {list(cat_cfg.data.classes)}, "
+                              f"this run on {list(cfg.data.classes)}")
+    net = build_network(cfg.model, kind="instance")
+    net.init_from(category.state_dict())
+    category.eval()
+    for p in category.parameters():
+        p.requires_grad_(False)
+    note(f"instance network initialised from {cfg.train.init}")
+    return PFNSystem(category=category, instance=net), net, "instance"
+
+
+def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.SGD:
+    pretrained, new = net.param_groups()
+    t = cfg.train
+    groups = [{"params": list(pretrained), "lr": t.lr, "name": "pretrained"},
+              {"params": list(new), "lr": t.lr_new, "name": "new"}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+# --------------------------------------------------------------------------- validation
+
+@torch.no_grad()
+def validate(system: nn.Module, cfg: PFNConfig, device: torch.device, note,
+             max_images: int | None = None) -> dict[str, float]:
+    """Metrics of ``system`` on ``cfg.data.val`` (split ``cfg.data.val_split``), in percent.
+
+    ``mIoU`` of the category map always; ``APr@0.5`` and ``APr_vol`` (grouping with
+    ``cfg.grouping``, then :func:`pfn_napari.evaluate.Evaluator`) when the system predicts
+    instances. Skips AP^r with a note when grouping is not importable.
+    """
+    from .data import open_dataset
+    from .evaluate import Evaluator
+    from .inference import PFNModel, resize_instances, run_network
+    from .structures import Instances
+
+    group = None
+    if system_has_instances(system):
+        try:
+            from .grouping import group
+        except ImportError as exc:
+            note(f"validation: AP^r skipped, grouping not available ({exc})")
+    data = open_dataset(cfg.data.val, cfg.data.val_split, cfg.data.classes)
+    n = len(data) if max_images is None else min(len(data), max_images)
+    was_training = system.training
+    system.eval()
+    model = PFNModel(system=system, config=cfg, device=device)
+    evaluator = Evaluator(cfg.data.classes)
+    try:
+        for i in range(n):
+            sample = data[i]
+            size = sample.class_map.shape
+            out = _category_or_full_output(model, sample.image, run_network)
+            probs = torch.from_numpy(out.full_class_probs)  # (C+1, h, w) at the size seen
+            if tuple(probs.shape[1:]) != size:
+                probs = torch.nn.functional.interpolate(probs[None], size=size, mode="bilinear",
+                                                        align_corners=False)[0]
+            semantic = probs.argmax(0).numpy().astype(np.uint8)  # (H, W) 0..C
+            if group is not None:
+                inst = resize_instances(group(out, cfg.grouping), size)
+            else:
+                inst = Instances.empty(*size)
+            inst.image_id = sample.image_id
+            evaluator.add(sample, inst, semantic=semantic)
+    finally:
+        system.train(was_training)
+    result = evaluator.result()
+    metrics = {"mIoU": float(result.miou)}
+    if group is not None:
+        metrics["APr@0.5"] = float(result.ap_r.get("0.5", float("nan")))
+        metrics["APr_vol"] = float(result.ap_r_vol)
+    return metrics
+
+
+def _category_or_full_output(model, image: np.ndarray, run_network):
+    """``run_network`` for a complete system; for a category-only system the same padding and
+    upsampling with dummy (empty) locations and counts, so only the class map is used."""
+    system = model.system
+    if system_has_instances(system):
+        return run_network(model, image, crf=False)
+    from .inference import as_rgb_uint8, fit_image, image_tensor
+    from .structures import NetworkOutput, grid_size, padded_size
+
+    rgb, _ = fit_image(as_rgb_uint8(image))
+    h, w = rgb.shape[:2]
+    logits = system(image_tensor(rgb, model.device)).seg_logits.float()  # (1, C+1, gh', gw')
+    full = torch.nn.functional.interpolate(logits, size=(padded_size(h), padded_size(w)),
+                                           mode="bilinear", align_corners=True)  # cell i: pixel 8i
+    probs = torch.softmax(full, dim=1)[0, :, :h, :w].cpu().numpy()  # (C+1, H, W)
+    gh, gw = grid_size(h), grid_size(w)
+    return NetworkOutput(class_probs=probs[:, ::8, ::8][:, :gh, :gw], locations=np.zeros((0, gh, gw),
+                         np.float32), counts=np.zeros(0, np.float32), image_size=(h, w),
+                         full_class_probs=probs)
+
+
+def system_has_instances(system: nn.Module) -> bool:
+    """True when ``system`` predicts locations and counts (stage 2 or unified)."""
+    return getattr(system, "instance", None) is not None
+
+
+# --------------------------------------------------------------------------- the loop
+
+def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Train one stage; return the path of the final checkpoint (``out_dir/final.pt``).
+
+    ``resume``: a ``last.pt`` / ``final.pt`` of the same stage and model config; training
+    continues from its step with its optimiser, schedule and RNG states (``cfg`` may change
+    ``max_steps``, ``epochs``, logging and output settings, not the model).
+    Under ``torchrun`` this runs data-parallel; call it on every rank.
+    """
+    from torch.utils.data import DataLoader
+
+    from .data import open_dataset
+    from .data.loader import EpochSampler, TrainingSet, batch_to, collate
+    from .data.transforms import TrainTransform
+    from .losses import total_loss
+
+    t = cfg.train
+    info = dist_info()
+    own_group = False
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if (torch.cuda.is_available() and t.device in ("auto", "cuda")) else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+        own_group = True
+    try:
+        return _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler,
+                      TrainingSet, batch_to, collate, TrainTransform, total_loss)
+    finally:
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, TrainingSet,
+           batch_to, collate, TrainTransform, total_loss) -> Path:
+    from tqdm.auto import tqdm
+
+    t = cfg.train
+    out_dir = Path(t.out_dir)
+    device = pick_device(t.device, info)
+
+    def note(msg: str) -> None:
+        if info.main:
+            tqdm.write(f"pfn train: {msg}", file=sys.stderr)
+
+    # ---- resume: check before building anything
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        ckpt = read_checkpoint(resume)
+        if ckpt["kind"] != "training":
+            raise CheckpointError(f"{resume}: a weights-only file cannot be resumed; pass last.pt")
+        stored = config_of(ckpt, resume)
+        if stored.train.stage != t.stage:
+            raise CheckpointError(f"{resume}: a checkpoint of stage {stored.train.stage!r}, but "
+                                  f"this run is stage {t.stage!r}")
+        if stored.model != cfg.model or stored.data.classes != cfg.data.classes:
+            raise CheckpointError(f"{resume}: stored model config differs from this run's; resume "
+                                  "without --config (the stored config is used) or with the same one")
+
+    # ---- seeding: the same initial weights on every rank
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed % 2**32)
+    import random
+
+    random.seed(t.seed)
+
+    # ---- data
+    classes = tuple(cfg.data.classes)
+    dataset = open_dataset(cfg.data.train, cfg.data.train_split, classes)
+    transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
+                               cfg.data.flip)
+    train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
+                            seed=t.seed)
+    sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)
+    per_rank = len(sampler)
+    spe = per_rank // t.batch_size  # steps per epoch (incomplete batches dropped)
+    if spe < 1:
+        raise PFNError(f"data.train={cfg.data.train!r} has {len(train_set)} images: too few for "
+                       f"batch {t.batch_size} x {info.world} process(es); lower train.batch_size")
+    total = t.max_steps if t.max_steps > 0 else t.epochs * spe
+    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
+                        num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=True,
+                        pin_memory=device.type == "cuda",
+                        # own generator: building an iterator must not move the global RNG
+                        generator=torch.Generator().manual_seed(t.seed))
+
+    # ---- networks and optimiser
+    system, net, kind = _build_networks(cfg, note, resuming=ckpt is not None)
+    system.to(device)
+    optimizer = _optimizer(net, cfg)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, spe, t.lr_step_epochs, t.lr_gamma))
+    use_amp = bool(t.amp) and device.type == "cuda"
+    if t.amp and not use_amp:
+        note("train.amp ignored: mixed precision is used on CUDA only")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    separate = kind == "instance" and t.count_finetune == "separate"
+    split = int(round(total * COUNT_PHASE_SPLIT)) if separate else total
+
+    def phase_of(step: int) -> str:
+        if not separate:
+            return "all"
+        return "locations" if step < split else "counts"
+
+    step = 0
+    if ckpt is not None:
+        try:
+            system.load_state_dict(ckpt["model"], strict=True)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{resume}: cannot restore the training state "
+                                  f"({str(exc).splitlines()[0][:160]})") from None
+        step = int(ckpt["step"])
+        note(f"resumed from {resume} at step {step}")
+    if step >= total:
+        note(f"nothing to do: step {step} >= {total} steps")
+
+    # ---- outputs (rank 0)
+    if info.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    logger = _Logger(out_dir, info.main, step if ckpt is not None else None)
+    note(f"stage {t.stage}: {len(train_set)} images, {spe} steps/epoch, {total} steps, "
+         f"batch {t.batch_size} x {info.world}, device {device}"
+         + (f", count head trained separately from step {split}" if separate else ""))
+
+    # ---- per-rank RNG: restore on resume, else a rank-specific dropout stream
+    if ckpt is not None:
+        per_rank_rng = (ckpt.get("extra") or {}).get("rng_per_rank")
+        if per_rank_rng and len(per_rank_rng) == info.world:
+            restore_rng_state(per_rank_rng[info.rank])
+        else:
+            if info.enabled:
+                note("checkpoint has no RNG state per rank for this world size: "
+                     "continuing with rank 0's")
+            restore_rng_state(ckpt["rng"])
+    else:
+        torch.manual_seed(t.seed + 1000003 * info.rank)
+
+    # ---- DDP wrapper (rebuilt when the set of trained parameters changes)
+    current_phase: str | None = None
+    model: nn.Module = net
+
+    def enter_phase(phase: str) -> nn.Module:
+        _set_phase(net, phase)
+        if info.enabled:
+            return nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
+        return net
+
+    loss_cfg_all = cfg.loss
+    loss_cfg_loc = dataclasses.replace(cfg.loss, count_weight=0.0)
+
+    def save(path_name: str, epoch: int, extra: dict[str, Any] | None = None) -> Path | None:
+        rng = capture_rng_state()
+        states = [None] * info.world
+        if info.enabled:
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if not info.main:
+            return None
+        return save_checkpoint(
+            out_dir / path_name, system_state=system.state_dict(), config=cfg,
+            networks=networks_of(system), optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if use_amp else None,
+            step=step, epoch=epoch, rng=rng,
+            extra={"rng_per_rank": states, "world_size": info.world, **(extra or {})})
+
+    def run_validation(epoch: int) -> None:
+        if info.main:
+            with _rng_preserved():
+                try:
+                    metrics = validate(_unwrap(system), cfg, device, note)
+                except PFNError as exc:
+                    note(f"validation skipped: {exc}")
+                    metrics = {}
+            if metrics:
+                logger.row("val.csv", {"step": step, "epoch": epoch, **metrics})
+                note(f"validation at step {step}: "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        if info.enabled:
+            dist.barrier()
+
+    bar = tqdm(total=total, initial=step, disable=not (progress and info.main),
+               desc=f"pfn train {t.stage}", unit="step", dynamic_ncols=True)
+    window_images, window_time = 0, 0.0
+    last_parts: dict[str, float] = {}
+    flag = torch.zeros(1, device=device)
+    try:
+        while step < total:
+            epoch, skip = divmod(step, spe)
+            train_set.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip * t.batch_size)
+            tic = time.perf_counter()
+            for batch in loader:
+                phase = phase_of(step)
+                if phase != current_phase:
+                    model = enter_phase(phase)
+                    current_phase = phase
+                    if separate:
+                        note(f"step {step}: training {'the locations (count head frozen)' if phase == 'locations' else 'the count head only'}")
+                _train_mode(net, phase)
+                batch = batch_to(batch, device)
+                with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+                    out = model(batch["image"])  # NetOutputs on the stride-8 grid
+                    loss, parts = total_loss(out, batch, loss_cfg_loc if phase == "locations"
+                                             else loss_cfg_all, kind)
+                finite = bool(torch.isfinite(loss.detach()).all())
+                if info.enabled:
+                    flag.fill_(0.0 if finite else 1.0)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    finite = flag.item() == 0.0
+                if not finite:
+                    bad = [k for k, v in parts.items() if not math.isfinite(_item(v))]
+                    raise PFNError(
+                        f"non-finite loss at step {step + 1} (epoch {epoch}): "
+                        f"{', '.join(bad) or 'loss'} = "
+                        f"{', '.join(str(_item(parts[k])) for k in bad) or _item(loss)}"
+                        f"; lower train.lr / train.lr_new, set train.grad_clip, or check the data"
+                        + (f"; last good checkpoint: {out_dir / 'last.pt'}"
+                           if (out_dir / "last.pt").is_file() else ""))
+                lrs = [g["lr"] for g in optimizer.param_groups]  # the lr of this step
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if t.grad_clip > 0:  # global norm over the trained parameters
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in optimizer.param_groups for p in g["params"]], t.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                n_img = batch["image"].shape[0] * info.world
+                now = time.perf_counter()
+                window_images += n_img
+                window_time += now - tic
+                tic = now
+                last_parts = {"loss": _item(loss), **{k: _item(v) for k, v in parts.items()
+                                                      if k not in ("loss", "total")}}
+                if step % max(1, t.log_every) == 0 or step == total:
+                    ips = window_images / max(window_time, 1e-9)
+                    logger.row("log.csv", {"step": step, "epoch": epoch, "lr": lrs[0],
+                                           "lr_new": lrs[-1], **last_parts,
+                                           "images_per_s": ips})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in last_parts.items() if "/" not in k}
+                                    | {"img/s": f"{ips:.1f}"}, refresh=False)
+                    window_images, window_time = 0, 0.0
+                bar.update(1)
+                end_of_epoch = step % spe == 0
+                if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < total:
+                    save("last.pt", step // spe)
+                if end_of_epoch:
+                    done_epoch = step // spe
+                    if t.checkpoint_every <= 0 and step < total:
+                        save("last.pt", done_epoch)
+                    if t.val_every > 0 and done_epoch % t.val_every == 0 and step < total:
+                        run_validation(done_epoch)
+                    break  # next epoch: new permutation
+                if step >= total:
+                    break
+    finally:
+        bar.close()
+
+    # ---- the end: hashes of every rank, last.pt + final.pt, validation
+    hashes = [param_sha256(net)]
+    if info.enabled:
+        gathered: list[Any] = [None] * info.world
+        dist.all_gather_object(gathered, hashes[0])
+        hashes = [str(h) for h in gathered]
+        if len(set(hashes)) != 1:
+            note(f"WARNING: ranks ended with different weights: {hashes}")
+    _set_phase(net, "all")
+    extra = {"rank_param_sha256": hashes, "final_loss": last_parts,
+             "base_lrs": base_lrs, "steps_per_epoch": spe}
+    save("last.pt", step // spe, extra)
+    final = out_dir / "final.pt"
+    save("final.pt", step // spe, extra)
+    run_validation(step // spe)
+    logger.close()
+    if info.main:
+        note(f"done: {step} steps; final checkpoint {final}")
+    return final

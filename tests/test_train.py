@@ -1,0 +1,198 @@
+"""train.py: the three stages, logs, exact resume, errors, separate count fine-tuning."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from pfn_napari.checkpoint import load_checkpoint, read_checkpoint
+from pfn_napari.config import load_config
+from pfn_napari.errors import CheckpointError, PFNError
+from pfn_napari.train import COUNT_PHASE_SPLIT, _set_phase, lr_factor, train
+
+#: A model and data small enough for a few CPU steps per second: EfficientNet-Lite0 (its
+#: packaged ImageNet weights), thin heads, 65x65 crops of 6 synthetic images, batch 2 -> 3 steps/epoch.
+TINY = ["model.backbone=efficientnet_lite0", "model.num_classes=3",
+        "data.classes=[disc,square,triangle]", "model.stream_channels=8",
+        "model.count_channels=8", "model.count_hidden=16",
+        "data.train=synthetic:6:72", "data.val=synthetic:2@1:65", "data.crop_size=65",
+        "train.batch_size=2", "train.log_every=1", "train.device=cpu", "train.seed=5",
+        "train.lr=0.01", "train.lr_new=0.05", "train.lr_step_epochs=1"]
+
+
+def tiny_cfg(tmp: Path, name: str, *extra: str):
+    return load_config(None, TINY + [f"train.out_dir={tmp / name}", *extra])
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = read_checkpoint(a)["model"], read_checkpoint(b)["model"]
+    assert sa.keys() == sb.keys()
+    different = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_lr_factor_steps_down_every_lr_step_epochs():
+    assert [lr_factor(s, 3, 2, 0.1) for s in (0, 5, 6, 11, 12)] == \
+        pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    assert lr_factor(100, 3, 0, 0.1) == 1.0
+
+
+@pytest.fixture(scope="module")
+def category_run(tmp_path_factory):
+    """Stage 1, 4 steps (epoch 0: steps 1-3, epoch 1: step 4)."""
+    tmp = tmp_path_factory.mktemp("cat")
+    cfg = tiny_cfg(tmp, "straight", "train.max_steps=4")
+    return cfg, train(cfg, progress=False)
+
+
+def test_category_stage_outputs(category_run):
+    cfg, final = category_run
+    out = final.parent
+    assert final == out / "final.pt" and (out / "last.pt").is_file()
+    rows = read_log(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in rows] == [0, 0, 0, 1]
+    # lr x0.1 after each epoch (lr_step_epochs=1): step 4 ran at 0.001 / 0.005
+    assert float(rows[0]["lr"]) == pytest.approx(0.01) and float(rows[0]["lr_new"]) == pytest.approx(0.05)
+    assert float(rows[3]["lr"]) == pytest.approx(0.001)
+    assert all(float(r["loss"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
+    assert load_config(out / "config.yaml") == cfg
+    system, cfg2, meta = load_checkpoint(final)
+    assert cfg2 == cfg and meta["step"] == 4 and meta["epoch"] == 1
+    assert system.category is not None and system.instance is None
+    assert len(meta["extra"]["rank_param_sha256"]) == 1
+    val = read_log(out / "val.csv")
+    assert int(val[-1]["step"]) == 4 and 0 <= float(val[-1]["mIoU"]) <= 100
+
+
+def test_resume_in_the_middle_of_an_epoch_is_exact(category_run, tmp_path):
+    """4 steps straight == 2 steps, stop, resume from last.pt for 2 more (bit for bit)."""
+    _, straight = category_run
+    cfg = tiny_cfg(tmp_path, "split", "train.max_steps=2")
+    half = train(cfg, progress=False)
+    assert read_checkpoint(half.parent / "last.pt")["step"] == 2  # mid-epoch (3 steps/epoch)
+    cfg = tiny_cfg(tmp_path, "split", "train.max_steps=4")
+    final = train(cfg, resume=half.parent / "last.pt", progress=False)
+    assert_same_weights(straight, final)
+    rows = read_log(final.parent / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    straight_rows = read_log(straight.parent / "log.csv")
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows]
+
+
+def test_resume_refuses_another_model_or_stage(category_run, tmp_path):
+    _, final = category_run
+    cfg = tiny_cfg(tmp_path, "x", "train.max_steps=5", "model.encoding=centers2")
+    with pytest.raises(CheckpointError, match="stored model config differs"):
+        train(cfg, resume=final, progress=False)
+    cfg = tiny_cfg(tmp_path, "x", "train.stage=unified", "train.max_steps=5")
+    with pytest.raises(CheckpointError, match="stage 'category'"):
+        train(cfg, resume=final, progress=False)
+
+
+def test_instance_stage_needs_init(tmp_path):
+    cfg = tiny_cfg(tmp_path, "inst", "train.stage=instance", "train.max_steps=1")
+    with pytest.raises(PFNError, match="--init"):
+        train(cfg, progress=False)
+
+
+def test_instance_stage_separate_count_finetune(category_run, tmp_path, monkeypatch):
+    """Stage 2 from stage 1 with 'separate': the stage-1 net is copied in unchanged; the
+    location phase (steps 1-2) leaves the count head alone, the count phase (steps 3-4)
+    touches only the count head; resuming across the switch is exact."""
+    import shutil
+
+    import pfn_napari.train as train_module
+
+    _, cat_final = category_run
+    base = ["train.stage=instance", f"train.init={cat_final}", "train.count_finetune=separate",
+            "train.lr_new=0.01", "train.grad_clip=10", "train.checkpoint_every=1",
+            "train.max_steps=4"]
+    assert int(round(4 * COUNT_PHASE_SPLIT)) == 2
+    real_save = train_module.save_checkpoint
+
+    def keep_every_step(path, **kw):  # also keep a copy of each step's checkpoint
+        out = real_save(path, **kw)
+        if Path(path).name == "last.pt":
+            shutil.copy(out, Path(path).parent / f"step{kw['step']}.pt")
+        return out
+
+    monkeypatch.setattr(train_module, "save_checkpoint", keep_every_step)
+    cfg = tiny_cfg(tmp_path, "inst", *base)
+    final = train(cfg, progress=False)
+    out = final.parent
+    system, _, meta = load_checkpoint(final)
+    cat, _, _ = load_checkpoint(cat_final)
+    ref = cat.category.state_dict()
+    assert all(torch.equal(v, system.category.state_dict()[k]) for k, v in ref.items())
+    assert system.complete and meta["networks"] == {"category": "category", "instance": "instance"}
+    s0 = {k: v for k, v in system.state_dict().items()}  # step 4
+    s2 = read_checkpoint(out / "step2.pt")["model"]
+    s1 = read_checkpoint(out / "step1.pt")["model"]
+    count_keys = {k for k in s0 if k.startswith("instance.count_head.")}
+    assert count_keys
+    changed_1_2 = {k for k in s2 if not torch.equal(s1[k], s2[k])}
+    changed_2_4 = {k for k in s2 if not torch.equal(s2[k], s0[k])}
+    assert changed_1_2 and not changed_1_2 & count_keys  # locations phase
+    assert changed_2_4 and changed_2_4 <= count_keys  # counts phase
+    rows = read_log(out / "log.csv")
+    assert [float(r["loss"]) == pytest.approx(10 * float(r["loc"])) for r in rows[:2]] == [True] * 2
+    # resume across the phase switch gives the same weights
+    resumed = train(tiny_cfg(tmp_path, "inst_resumed", *base), resume=out / "step1.pt",
+                    progress=False)
+    assert_same_weights(final, resumed)
+
+
+def test_set_phase_freezes_the_right_parameters():
+    from pfn_napari.model import build_network
+
+    cfg = load_config(None, TINY)
+    net = build_network(cfg.model, "instance")
+    count = {id(p) for p in net.count_head.parameters()}
+    _set_phase(net, "locations")
+    assert all(p.requires_grad == (id(p) not in count) for p in net.parameters())
+    _set_phase(net, "counts")
+    assert all(p.requires_grad == (id(p) in count) for p in net.parameters())
+    _set_phase(net, "all")
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_non_finite_loss_stops_with_the_step_and_the_part(tmp_path, monkeypatch):
+    import pfn_napari.losses as losses
+
+    real = losses.total_loss
+    calls = {"n": 0}
+
+    def poisoned(out, batch, cfg, kind):
+        loss, parts = real(out, batch, cfg, kind)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            key = next(iter(parts))
+            parts = dict(parts)
+            parts[key] = parts[key] * float("nan")
+            loss = loss * float("nan")
+            poisoned.key = key
+        return loss, parts
+
+    monkeypatch.setattr(losses, "total_loss", poisoned)
+    cfg = tiny_cfg(tmp_path, "nan", "train.max_steps=3")
+    with pytest.raises(PFNError, match=r"non-finite loss at step 2 .*") as info:
+        train(cfg, progress=False)
+    assert poisoned.key in str(info.value)
+
+
+def test_unified_stage_runs(tmp_path):
+    cfg = tiny_cfg(tmp_path, "uni", "train.stage=unified", "train.max_steps=2")
+    final = train(cfg, progress=False)
+    system, _, meta = load_checkpoint(final)
+    assert system.category is None and system.instance.kind == "unified"
+    rows = read_log(final.parent / "log.csv")
+    assert len(rows) == 2 and float(rows[-1]["loss"]) > 0
