@@ -102,7 +102,6 @@ class TrainConfig:
     max_steps: int = 0  # >0 stops after that many optimiser steps (CPU recipes, tests)
     count_finetune: str = "joint"  # 'joint' or 'separate' (freeze, then train the count head)
     grad_clip: float = 0.0  # >0: clip the global gradient norm to this (0: off, the paper)
-    grad_clip: float = 0.0  # >0: clip the global gradient norm to this (0: off, the paper)
     amp: bool = False
     seed: int = 0
     log_every: int = 10
