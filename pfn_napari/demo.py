@@ -81,30 +81,68 @@ def open_set(es: EvalSet, split: str, classes: tuple[str, ...], limit: int | Non
     return ds
 
 
+def demo_train_spec(shared: Path | None, synthetic: int = 300) -> str:
+    """The ``cpu-demo`` training data: synthetic shapes, plus the real data when present."""
+    parts = [f"synthetic:{synthetic}"]
+    for es in real_specs(shared):
+        parts.append(es.spec if es.classes is None else f"{es.spec}:{','.join(es.classes)}")
+    return "+".join(parts)
+
+
+def train_two_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
+                     category_steps: int | None = None, instance_steps: int | None = None,
+                     device: str = "auto", config: str = "cpu-demo",
+                     init: Path | None = None, progress: bool = True) -> tuple[Path, dict[str, Path]]:
+    """Stage 1 (category) then stage 2 (instance) of ``config`` on ``train_spec``.
+
+    ``init`` skips stage 1 and starts stage 2 from that category checkpoint. Returns the
+    final instance checkpoint and the CSV logs of the stages that ran.
+    """
+    from .train import train
+
+    logs: dict[str, Path] = {}
+    ckpt = init
+    for stage, steps in (("category", category_steps), ("instance", instance_steps)):
+        if stage == "category" and init is not None:
+            continue
+        stage_overrides = [f"train.stage={stage}", f"data.train={train_spec}",
+                           f"train.out_dir={out / stage}", f"train.device={device}",
+                           *(overrides or [])]
+        if steps:
+            stage_overrides.append(f"train.max_steps={steps}")
+        if stage == "instance":
+            stage_overrides.append(f"train.init={ckpt}")
+        ckpt = train(load_config(config, stage_overrides), progress=progress)
+        logs[stage] = out / stage / "log.csv"
+    assert ckpt is not None
+    return ckpt, logs
+
+
 def train_demo_model(out: Path, quick: bool, shared: Path | None, device: str,
                      progress: bool = True) -> tuple[Path, dict[str, Path]]:
     """Both stages of the CPU recipe on the embedded data (+ real data when present)."""
-    from .data import ConcatDataset  # noqa: F401  (fail early if data is broken)
-    from .train import train
+    spec = demo_train_spec(shared, 40 if quick else 300)
+    steps = 30 if quick else None
+    return train_two_stages(out / "train", spec, category_steps=steps, instance_steps=steps,
+                            device=device, progress=progress)
 
-    parts = ["synthetic:300" if not quick else "synthetic:40"]
-    for es in real_specs(shared):
-        parts.append(es.spec if es.classes is None else f"{es.spec}:{','.join(es.classes)}")
-    steps = "30" if quick else None
-    logs: dict[str, Path] = {}
-    ckpt: Path | None = None
-    for stage in ("category", "instance"):
-        overrides = [f"train.stage={stage}", f"data.train={'+'.join(parts)}",
-                     f"train.out_dir={out / 'train' / stage}", f"train.device={device}"]
-        if steps:
-            overrides.append(f"train.max_steps={steps}")
-        if stage == "instance" and ckpt is not None:
-            overrides.append(f"train.init={ckpt}")
-        cfg = load_config("cpu-demo", overrides)
-        ckpt = train(cfg, progress=progress)
-        logs[stage] = out / "train" / stage / "log.csv"
-    assert ckpt is not None
-    return ckpt, logs
+
+def write_history_csv(history: dict[str, list[dict[str, Any]]], folder: Path) -> dict[str, Path]:
+    """The training logs stored in a weights file (``meta["history"]``) back as CSV files."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for stage, rows in history.items():
+        if not rows:
+            continue
+        path = folder / f"{stage}.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        out[stage] = path
+    return out
 
 
 def _fmt(x: Any) -> str:
@@ -203,8 +241,8 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
     write_metrics(metrics, out, classes)
     plot_pr_curves(metrics.pr_curves(0.5), out / "pr_curves.png",
                    title="precision / recall at IoU 0.5 (all demo data)")
-    if not logs:
-        logs = {k: Path(v) for k, v in (model.meta.get("logs") or {}).items() if Path(v).is_file()}
+    if not logs and model.meta.get("history"):
+        logs = write_history_csv(model.meta["history"], out / "train_logs")
     if logs:
         plot_loss_curves(logs, out / "loss_curves.png")
 
