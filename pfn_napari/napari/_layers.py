@@ -1,0 +1,254 @@
+"""What each PFN layer shows, as plain data: ``(data, kwargs)`` pairs for napari layers.
+
+Pure functions of a :class:`~pfn_napari.structures.NetworkOutput` and a grouping result; no Qt
+here, so the benchmark and the tests call them without a window.
+
+Coordinates. napari puts the *center* of pixel ``(row, col)`` at data coordinate
+``(row, col)``. A continuous image position ``X`` (pixel ``i`` covers ``[i, i + 1)``, the
+convention of :mod:`pfn_napari.structures`) is therefore napari coordinate ``X - 0.5``. The
+stride-8 grid cell ``(i, j)`` sits on network-input pixel ``(8 i, 8 j)``; when the networks saw
+the image resized by ``1 / ratio`` (images over :data:`pfn_napari.inference.MAX_SIDE`), that is
+pixel ``(8 i ratio, 8 j ratio)`` of the image in the viewer. Grid layers therefore get
+``scale = 8 * ratio`` and no translation (cell 0 on pixel 0), which lays them over the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import ENCODING_CHANNELS
+from ..structures import STRIDE, Instances, NetworkOutput
+from ..visualize import instance_colors, voc_palette
+
+#: Layer names: the widget finds its layers by these, so re-runs update them in place.
+CATEGORY = "PFN category map"
+REFINED = "PFN refined category map"
+LOCATIONS = "PFN locations"
+VECTORS = "PFN velocity vectors"
+CLUSTERS = "PFN clusters (grid)"
+INSTANCES = "PFN instances"
+LAYER_NAMES = (CATEGORY, REFINED, LOCATIONS, VECTORS, CLUSTERS, INSTANCES)
+
+#: Which channels of a location encoding hold y (rows): names ending in 'y' or 'h'.
+_Y_CHANNELS = ("cy", "ly", "ry", "try", "bly", "dy", "h")
+
+#: What each location channel is, for the widget and the docs.
+CHANNEL_MEANING = {
+    "cx": "instance center, column", "cy": "instance center, row",
+    "lx": "box left edge, column", "ly": "box top edge, row",
+    "rx": "box right edge, column", "ry": "box bottom edge, row",
+    "trx": "top-right corner, column", "try": "top-right corner, row",
+    "blx": "bottom-left corner, column", "bly": "bottom-left corner, row",
+    "dx": "center minus pixel, columns", "dy": "center minus pixel, rows",
+    "w": "box width, columns", "h": "box height, rows",
+}
+
+LayerSpec = tuple[np.ndarray, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the network's image relates to the image in the viewer.
+
+    ``image_size`` is the viewer image ``(H, W)``; ``net_size`` the ``(h, w)`` the networks saw
+    (``NetworkOutput.image_size``); ``ratio = H / h`` (1.0 unless the image was resized).
+    """
+
+    image_size: tuple[int, int]
+    net_size: tuple[int, int]
+
+    @property
+    def ratio(self) -> tuple[float, float]:
+        return (self.image_size[0] / self.net_size[0], self.image_size[1] / self.net_size[1])
+
+    @property
+    def grid_scale(self) -> tuple[float, float]:
+        """napari ``scale`` of a stride-8 grid layer over the viewer image."""
+        ry, rx = self.ratio
+        return (STRIDE * ry, STRIDE * rx)
+
+    @property
+    def resized(self) -> bool:
+        return tuple(self.image_size) != tuple(self.net_size)
+
+
+def class_features(class_names: tuple[str, ...]) -> dict[str, list]:
+    """Features table of a class map: row ``k`` describes label ``k`` (0 background)."""
+    names = ("background", *class_names)
+    return {"index": list(range(len(names))), "class": list(names)}
+
+
+def voc_colormap(num_classes: int) -> dict[int | None, np.ndarray]:
+    """``{label: RGBA}`` VOC colours for labels ``1..C``, transparent background and void."""
+    pal = voc_palette(256).astype(np.float32) / 255.0
+    cmap: dict[int | None, np.ndarray] = {0: np.zeros(4, np.float32), None: np.zeros(4, np.float32)}
+    for c in range(1, num_classes + 1):
+        cmap[c] = np.append(pal[c], 1.0).astype(np.float32)
+    return cmap
+
+
+def instance_colormap(n: int) -> dict[int | None, np.ndarray]:
+    """``{id: RGBA}`` for instance ids ``1..n`` (the colours of :func:`visualize.instance_colors`)."""
+    cols = instance_colors(max(n, 1)).astype(np.float32) / 255.0
+    cmap: dict[int | None, np.ndarray] = {0: np.zeros(4, np.float32),
+                                          None: np.array([0.6, 0.6, 0.6, 1.0], np.float32)}
+    for k in range(1, n + 1):
+        cmap[k] = np.append(cols[k - 1], 1.0).astype(np.float32)
+    return cmap
+
+
+def category_layer(net: NetworkOutput, geom: Geometry, class_names: tuple[str, ...]) -> LayerSpec:
+    """'PFN category map': argmax of the category network.
+
+    At the network image's full resolution when ``net.full_class_probs`` is there (the bilinear
+    upsampling, or the CRF), scaled by ``ratio``; else on the stride-8 grid. ``(H', W')`` uint8.
+    """
+    if net.full_class_probs is not None:
+        data = net.full_class_probs.argmax(0).astype(np.uint8)  # (h, w)
+        scale = geom.ratio
+    else:
+        data = net.class_probs.argmax(0).astype(np.uint8)  # (gh, gw)
+        scale = geom.grid_scale
+    return data, {"scale": scale, "features": class_features(class_names),
+                  "colormap": voc_colormap(len(class_names)), "opacity": 0.6}
+
+
+def refined_layer(refined: np.ndarray, geom: Geometry,
+                  class_names: tuple[str, ...]) -> LayerSpec:
+    """'PFN refined category map': the class map after refinement by the counts.
+
+    ``refined`` is ``(h, w)`` at the network image's resolution (scaled by ``ratio``) or
+    ``(gh, gw)`` on the grid (scaled by ``8 ratio``)."""
+    data = np.asarray(refined, dtype=np.uint8)
+    scale = geom.ratio if tuple(data.shape) == tuple(geom.net_size) else geom.grid_scale
+    return data, {"scale": scale, "features": class_features(class_names),
+                  "colormap": voc_colormap(len(class_names)), "opacity": 0.6}
+
+
+def location_channels(encoding: str) -> tuple[str, ...]:
+    return ENCODING_CHANNELS[encoding]
+
+
+def locations_in_pixels(net: NetworkOutput, geom: Geometry) -> np.ndarray:
+    """``(L, gh, gw)`` float32 location channels in napari pixel coordinates of the viewer image.
+
+    Position channels (``cx``, ``ly``, ...) become ``X * W - 0.5`` (a napari coordinate, so a
+    value reads like the cursor position); size/offset channels (``w``, ``h``, ``dx``, ``dy``)
+    are only scaled.
+    """
+    names = location_channels(net.encoding)
+    if len(names) != net.locations.shape[0]:
+        raise ValueError(f"encoding {net.encoding!r} has {len(names)} channels, "
+                         f"locations have {net.locations.shape[0]}")
+    H, W = geom.image_size
+    out = np.empty(net.locations.shape, dtype=np.float32)
+    for k, name in enumerate(names):
+        size = H if name in _Y_CHANNELS else W
+        shift = 0.0 if name in ("dx", "dy", "w", "h") else 0.5
+        out[k] = net.locations[k] * size - shift
+    return out
+
+
+def locations_layer(net: NetworkOutput, geom: Geometry) -> LayerSpec:
+    """'PFN locations': ``(L, gh, gw)`` Image, channel axis first, grid scaled onto the image."""
+    data = locations_in_pixels(net, geom)
+    names = location_channels(net.encoding)
+    H, W = geom.image_size
+    return data, {
+        "scale": (1.0, *geom.grid_scale), "colormap": "turbo",
+        "contrast_limits": (0.0, float(max(H, W))), "opacity": 0.7,
+        "metadata": {"channels": names,
+                     "meaning": {n: CHANNEL_MEANING.get(n, n) for n in names}},
+    }
+
+
+def grid_pixels(grid_hw: tuple[int, int], geom: Geometry) -> np.ndarray:
+    """``(2, gh, gw)`` napari (row, col) of each grid cell's pixel in the viewer image."""
+    gh, gw = grid_hw
+    ry, rx = geom.grid_scale
+    rows, cols = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    return np.stack([rows * ry, cols * rx])
+
+
+def centers_in_pixels(centers_xy: np.ndarray, geom: Geometry) -> np.ndarray:
+    """``(2, gh, gw)`` napari (row, col) of predicted centers given as normalised ``(x, y)``."""
+    H, W = geom.image_size
+    return np.stack([centers_xy[1] * H - 0.5, centers_xy[0] * W - 0.5]).astype(np.float32)
+
+
+def vectors_layer(centers_xy: np.ndarray, foreground: np.ndarray, assignment: np.ndarray,
+                  geom: Geometry, step: int = 2) -> LayerSpec:
+    """'PFN velocity vectors': from every ``step``-th foreground grid cell to its predicted center.
+
+    ``centers_xy`` ``(2, gh, gw)`` normalised (x, y) centers; ``foreground`` ``(gh, gw)`` bool;
+    ``assignment`` ``(gh, gw)`` int instance id of each cell (0 none). Returns ``(N, 2, 2)``
+    napari vectors ``[[row, col], [drow, dcol]]`` coloured like the instance layer (grey when
+    a cell is in no instance).
+    """
+    gh, gw = foreground.shape
+    sel = np.zeros((gh, gw), bool)
+    sel[::step, ::step] = True
+    sel &= foreground
+    start = grid_pixels((gh, gw), geom)[:, sel].T  # (N, 2)
+    end = centers_in_pixels(centers_xy, geom)[:, sel].T  # (N, 2)
+    data = np.stack([start, end - start], axis=1).astype(np.float32)  # (N, 2, 2)
+    ids = np.asarray(assignment)[sel].astype(np.int64)  # (N,)
+    n = int(assignment.max(initial=0))
+    cmap = instance_colormap(n)
+    colors = np.array([cmap[int(k)] if k > 0 else cmap[None] for k in ids],
+                      dtype=np.float32).reshape(-1, 4)
+    return data, {"edge_color": colors if len(colors) else "yellow", "edge_width": 1.5,
+                  "length": 1.0, "opacity": 0.9, "vector_style": "arrow",
+                  "features": {"instance": ids}}
+
+
+def clusters_layer(assignment: np.ndarray, geom: Geometry) -> LayerSpec:
+    """'PFN clusters (grid)': each grid cell's cluster id, before masks go to full resolution."""
+    data = np.asarray(assignment, dtype=np.int32)
+    return data, {"scale": geom.grid_scale, "colormap": instance_colormap(int(data.max(initial=0))),
+                  "opacity": 0.7}
+
+
+def instance_features(instances: Instances, class_names: tuple[str, ...]) -> dict[str, list]:
+    """Row ``k`` describes instance id ``k`` (row 0: background)."""
+    n = len(instances)
+    return {"index": list(range(n + 1)),
+            "class_id": [0, *[int(c) for c in instances.classes]],
+            "class": ["background", *[class_names[int(c) - 1] if 0 < int(c) <= len(class_names)
+                                       else str(int(c)) for c in instances.classes]],
+            "score": [0.0, *[round(float(s), 4) for s in instances.scores]]}
+
+
+def instances_layer(instances: Instances, class_names: tuple[str, ...]) -> LayerSpec:
+    """'PFN instances': ``(H, W)`` int32 ids 1..N at the viewer image's resolution."""
+    return instances.label_map(), {"features": instance_features(instances, class_names),
+                                   "colormap": instance_colormap(len(instances)), "opacity": 0.6}
+
+
+def instances_from_labels(labels: np.ndarray, features: Any,
+                          image_id: str | int = "") -> tuple[Instances, list[int]]:
+    """Back from a (possibly hand-edited) instance Labels layer to :class:`Instances` and the
+    label id of each instance (ids may have gaps after erasing).
+
+    Every id present in ``labels`` becomes an instance; its class and score come from the
+    features row with that ``index`` (ids painted by hand with no row take the class of the
+    features' last row with a class, score 1.0 — a painted instance is a confident one).
+    """
+    import pandas as pd
+
+    table = pd.DataFrame(features) if not isinstance(features, pd.DataFrame) else features
+    by_id: dict[int, tuple[int, float]] = {}
+    if len(table) and {"index", "class_id"} <= set(table.columns):
+        for _, row in table.iterrows():
+            by_id[int(row["index"])] = (int(row["class_id"]), float(row.get("score", 1.0)))
+    labels = np.asarray(labels)
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    fallback = next((c for _, (c, _) in sorted(by_id.items(), reverse=True) if c > 0), 1)
+    masks = np.stack([labels == i for i in ids]) if ids else np.zeros((0, *labels.shape), bool)
+    classes = [by_id.get(i, (fallback, 1.0))[0] or fallback for i in ids]
+    scores = [by_id.get(i, (fallback, 1.0))[1] if i in by_id else 1.0 for i in ids]
+    return Instances(masks, np.asarray(classes, np.int64), np.asarray(scores, np.float32),
+                     image_id), ids

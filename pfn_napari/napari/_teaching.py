@@ -1,0 +1,43 @@
+"""Teaching mode: the steps of PFN, one layer at a time, each with a sentence on what it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _layers as L
+
+
+@dataclass(frozen=True)
+class Stage:
+    title: str
+    layer: str  # the one PFN layer shown in this stage
+    text: str
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("1. Category map", L.CATEGORY,
+          "The category network labels every pixel with a class (VOC colours; hover for the name) "
+          "or background. It says what is where, but not which object is which: touching "
+          "people are one blob."),
+    Stage("2. Refinement by the counts", L.REFINED,
+          "The instance network also predicts how many instances of each class there are. "
+          "Classes whose count is at most tau are taken out (when two or more classes remain); "
+          "with one class left, every foreground pixel takes it. Changing a count in the "
+          "widget changes this map too."),
+    Stage("3. Pixel-wise instance locations", L.LOCATIONS,
+          "For every pixel the instance network predicts the box of the object the pixel belongs "
+          "to: its center (cx, cy), top-left (lx, ly) and bottom-right (rx, ry) corners, here in "
+          "pixels of the image. Move the channel slider: pixels of one object share a value, "
+          "neighbouring objects differ."),
+    Stage("4. Velocity vectors", L.VECTORS,
+          "Each arrow runs from a pixel to the instance center it predicts (cx, cy). Pixels of one "
+          "object point at one place, so objects separate without any box proposals."),
+    Stage("5. Clustering", L.CLUSTERS,
+          "Per class, the cells are grouped by their predicted locations and positions (similarity "
+          "width sigma) into as many clusters as the counts say (change a count in the widget to "
+          "see it re-cluster). Each grid cell shows the cluster it joined."),
+    Stage("6. Instances", L.INSTANCES,
+          "Clusters smaller than the size threshold are dropped and the rest are brought to full "
+          "resolution: the instance segmentation, scored by mean class probability. Paint or "
+          "erase to fix it; Export writes an instance-id PNG and a COCO JSON."),
+)

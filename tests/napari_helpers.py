@@ -1,0 +1,64 @@
+"""A tiny, hand-set PFN model for the napari tests (no training, no shipped weights needed).
+
+Its networks are randomly initialised EfficientNet-Lite0 PFN nets (8-channel heads, 64-channel
+fc7, one location stream) with the last layers set by hand so the answers are known:
+
+* fc8: zero weights, bias 5 on class ``PERSON``: every pixel is a person;
+* location stream: zero weights except the coordinate maps, so every cell predicts its own
+  position for each x channel (cx, lx, rx) and y channel (cy, ly, ry);
+* count head: zero weights, bias ``COUNT`` on ``PERSON``: the network says 2 people.
+
+So the person class covers the image and is clustered into 2 instances; an override of 4
+gives 4 (the cells' positions differ, so any k fits).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PERSON = 15  # VOC class index of 'person'
+COUNT = 2.0
+
+
+def make_tiny_weights(path: Path, method: str = "kmeans") -> Path:
+    import torch
+
+    from pfn_napari.checkpoint import save_weights
+    from pfn_napari.config import DataConfig, GroupingConfig, ModelConfig, PFNConfig
+    from pfn_napari.model import build_system
+
+    torch.manual_seed(0)
+    cfg = PFNConfig(
+        data=DataConfig(),
+        model=ModelConfig(backbone="efficientnet_lite0", num_classes=20, streams=("fc7",),
+                          stream_channels=8, count_channels=8, count_hidden=16, fc7_channels=64),
+        grouping=GroupingConfig(method=method),
+    )
+    system = build_system(cfg.model, "unified").eval()
+    net = system.instance
+    with torch.no_grad():
+        net.category_head.fc8.weight.zero_()
+        net.category_head.fc8.bias.zero_()
+        net.category_head.fc8.bias[PERSON] = 5.0
+        conv2 = net.location_head.streams["fc7"].conv2
+        conv2.weight.zero_()
+        conv2.bias.zero_()
+        mid = conv2.weight.shape[1] - 2  # channels mid (x) and mid + 1 (y) are the coordinates
+        for ch, name in enumerate(("cx", "cy", "lx", "ly", "rx", "ry")):
+            conv2.weight[ch, mid + (0 if name.endswith("x") else 1), 1, 1] = 1.0
+        fc2 = net.count_head.fc2
+        fc2.weight.zero_()
+        fc2.bias.zero_()
+        fc2.bias[PERSON - 1] = COUNT
+    return save_weights(path, system, cfg)
+
+
+def small_image(h: int = 120, w: int = 160) -> np.ndarray:
+    """The skaters sample, resized to ``w x h`` (uint8 RGB)."""
+    from PIL import Image
+
+    from pfn_napari.napari._sample_data import load_sample
+
+    return np.asarray(Image.fromarray(load_sample("skaters")).resize((w, h), Image.BILINEAR))
