@@ -1,0 +1,193 @@
+"""The plugin's pure parts: manifest, sample data, layer geometry, image preparation, writer.
+No window and no OpenGL needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pfn_napari.errors import PFNError
+from pfn_napari.napari import _layers as L
+from pfn_napari.napari._session import TuneParams, prepare_image
+from pfn_napari.structures import NetworkOutput
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- packaging
+def test_manifest_is_valid_and_found_through_the_entry_point():
+    npe2 = pytest.importorskip("npe2")
+    manifest = npe2.PluginManifest.from_distribution("pfn-napari")
+    assert manifest.name == "pfn-napari"
+    manifest.validate_imports()  # every python_name imports
+    contrib = manifest.contributions
+    assert [w.display_name for w in contrib.widgets] == ["PFN instance segmentation"]
+    assert [s.key for s in contrib.sample_data] == ["skaters", "horses", "cat"]
+    assert contrib.writers[0].layer_types == ["labels"]
+    # the top-level napari.yaml is the package's file (a link), not a copy that can drift
+    top = REPO / "napari.yaml"
+    assert top.resolve() == (REPO / "pfn_napari" / "napari.yaml").resolve()
+
+
+def test_sample_images_are_small_real_photos_with_a_readme():
+    from pfn_napari.napari import _sample_data as S
+
+    shapes = {"skaters": (375, 500, 3), "horses": (500, 381, 3), "cat": (375, 500, 3)}
+    readme = (S.SAMPLE_DIR / "README.md").read_text()
+    for key, shape in shapes.items():
+        data, meta, kind = getattr(S, key)()[0]
+        assert data.shape == shape and data.dtype == np.uint8 and kind == "image" and meta["rgb"]
+        assert data.std() > 20  # a photo, not a blank
+        assert S.SAMPLES[key][0] in readme
+    assert "CC BY 4.0" in readme and "Flickr" in readme
+
+
+# ----------------------------------------------------------------------------- geometry
+def test_geometry_scales_grid_layers_onto_the_image():
+    same = L.Geometry((375, 500), (375, 500))
+    assert same.grid_scale == (8.0, 8.0) and not same.resized
+    half = L.Geometry((400, 600), (200, 300))
+    assert half.ratio == (2.0, 2.0) and half.grid_scale == (16.0, 16.0) and half.resized
+
+
+def _net(locations: np.ndarray, size: tuple[int, int], encoding: str = "box6") -> NetworkOutput:
+    gh, gw = locations.shape[1:]
+    probs = np.zeros((3, gh, gw), np.float32)
+    probs[1] = 1.0
+    return NetworkOutput(class_probs=probs, locations=locations.astype(np.float32),
+                         counts=np.array([1.0, 0.0], np.float32), image_size=size,
+                         encoding=encoding)
+
+
+def test_locations_become_napari_pixel_coordinates():
+    values = np.array([0.5, 0.25, 0.1, 0.2, 0.9, 0.8])  # cx cy lx ly rx ry
+    net = _net(np.broadcast_to(values[:, None, None], (6, 2, 3)), (9, 17))
+    geom = L.Geometry((9, 17), (9, 17))
+    data, kw = L.locations_layer(net, geom)
+    # x channels * W - 0.5, y channels * H - 0.5 (pixel centers sit on integers in napari)
+    expected = [0.5 * 17 - 0.5, 0.25 * 9 - 0.5, 0.1 * 17 - 0.5, 0.2 * 9 - 0.5,
+                0.9 * 17 - 0.5, 0.8 * 9 - 0.5]
+    np.testing.assert_allclose(data[:, 1, 2], expected, rtol=1e-6)
+    assert kw["scale"] == (1.0, 8.0, 8.0)
+    assert kw["metadata"]["channels"] == ("cx", "cy", "lx", "ly", "rx", "ry")
+    # offsets are lengths: scaled, not shifted
+    off = _net(np.stack([np.full((2, 3), 0.1), np.full((2, 3), -0.2)]), (9, 17), "offsets2")
+    np.testing.assert_allclose(L.locations_in_pixels(off, geom)[:, 0, 0], [1.7, -1.8], rtol=1e-6)
+
+
+def test_vectors_run_from_grid_pixels_to_predicted_centers():
+    geom = L.Geometry((24, 32), (24, 32))  # grid 3 x 4
+    centers = np.stack([np.full((3, 4), 0.5), np.full((3, 4), 0.25)])  # x = 16, y = 6 (continuous)
+    fg = np.ones((3, 4), bool)
+    fg[2, 2] = False
+    assignment = np.zeros((3, 4), np.int32)
+    assignment[0, 0] = 1
+    data, kw = L.vectors_layer(centers, fg, assignment, geom, step=2)
+    # cells (0,0), (0,2), (2,0) at pixels (0,0), (0,16), (16,0); (2,2) is background
+    np.testing.assert_allclose(data[:, 0], [[0, 0], [0, 16], [16, 0]])
+    np.testing.assert_allclose(data[:, 0] + data[:, 1], [[5.5, 15.5]] * 3)
+    cmap = L.instance_colormap(1)
+    np.testing.assert_allclose(kw["edge_color"][0], cmap[1])
+    np.testing.assert_allclose(kw["edge_color"][1], cmap[None])  # grey: in no instance
+    assert list(kw["features"]["instance"]) == [1, 0, 0]
+
+
+def test_category_layer_names_classes_and_uses_voc_colours():
+    probs = np.zeros((3, 2, 2), np.float32)
+    probs[2, 0, 0] = probs[1, 0, 1] = probs[0, 1] = 1.0
+    net = NetworkOutput(probs, np.zeros((6, 2, 2), np.float32), np.zeros(2, np.float32), (9, 9))
+    data, kw = L.category_layer(net, L.Geometry((9, 9), (9, 9)), ("cat", "dog"))
+    np.testing.assert_array_equal(data, [[2, 1], [0, 0]])
+    assert kw["scale"] == (8.0, 8.0)  # no full-resolution probabilities: the grid
+    assert kw["features"]["class"] == ["background", "cat", "dog"]
+    np.testing.assert_allclose(kw["colormap"][1][:3], np.array([128, 0, 0]) / 255)  # VOC class 1
+    assert kw["colormap"][0][3] == 0  # background transparent
+
+
+# ----------------------------------------------------------------------------- images
+def test_prepare_image_converts_and_says_so():
+    gray = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    rgb, notes = prepare_image(gray)
+    assert rgb.shape == (4, 5, 3) and (rgb[..., 0] == gray).all() and (rgb[..., 2] == gray).all()
+    assert "grayscale" in notes.converted[0]
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 3] = 7
+    rgb, notes = prepare_image(rgba, rgb=True)
+    assert rgb.shape == (4, 5, 3) and rgb.max() == 0 and "alpha" in notes.converted[0]
+    rgb, notes = prepare_image(np.full((4, 5, 3), 0.5, np.float32), rgb=True)
+    assert rgb.max() == 127 and "rescaled" in notes.converted[0]
+    with pytest.raises(PFNError, match=r"shape \(4, 32, 32\)"):
+        prepare_image(np.zeros((4, 32, 32)), rgb=False, name="stack")
+
+
+def test_tune_params_override_only_the_exposed_fields():
+    from pfn_napari.config import GroupingConfig
+
+    base = GroupingConfig(n_init=3, scoring="ones")
+    cfg = TuneParams("vote", 0.1, 0.7, 0.02, ((15, 3),)).grouping_config(base)
+    assert (cfg.method, cfg.sigma, cfg.tau, cfg.min_size_frac) == ("vote", 0.1, 0.7, 0.02)
+    assert (cfg.n_init, cfg.scoring) == (3, "ones")
+    assert TuneParams(count_override=((15, 3),)).overrides() == {15: 3}
+    assert TuneParams().overrides() is None
+
+
+# ----------------------------------------------------------------------------- writer
+def _edited_labels() -> tuple[np.ndarray, dict]:
+    labels = np.zeros((6, 8), np.int32)
+    labels[0:2, 0:3] = 1  # person, 6 px
+    labels[3:6, 4:8] = 3  # dog, 12 px (id 2 was erased by hand)
+    labels[5, 0] = 9  # painted by hand, no features row
+    features = {"index": [0, 1, 2, 3], "class_id": [0, 15, 12, 12],
+                "class": ["background", "person", "dog", "dog"], "score": [0, 0.9, 0.8, 0.7]}
+    return labels, features
+
+
+def test_instances_from_edited_labels():
+    labels, features = _edited_labels()
+    inst, ids = L.instances_from_labels(labels, features, image_id="x")
+    assert ids == [1, 3, 9]
+    assert inst.classes.tolist() == [15, 12, 12]  # id 9 takes the last described class
+    np.testing.assert_allclose(inst.scores, [0.9, 0.7, 1.0])
+    assert inst.masks.sum(axis=(1, 2)).tolist() == [6, 12, 1]
+
+
+def test_writer_writes_instance_png_and_coco_json(tmp_path):
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    from pfn_napari.config import VOC_CLASSES
+    from pfn_napari.napari._writer import write_instances
+
+    labels, features = _edited_labels()
+    meta = {"features": features, "metadata": {"class_names": VOC_CLASSES, "image_layer": "pets"}}
+    written = write_instances(str(tmp_path / "pets.json"), labels, meta)
+    assert written == [str(tmp_path / "pets.png"), str(tmp_path / "pets.json")]
+    np.testing.assert_array_equal(np.asarray(Image.open(written[0])), labels)
+    coco = COCO(written[1])
+    anns = {a["id"]: a for a in coco.loadAnns(coco.getAnnIds())}
+    assert sorted(anns) == [1, 3, 9]  # annotation id = id in the PNG
+    assert anns[3]["category_id"] == 12 and anns[3]["area"] == 12.0
+    assert anns[3]["bbox"] == [4.0, 3.0, 4.0, 3.0]  # x, y, w, h
+    assert anns[1]["score"] == pytest.approx(0.9)
+    doc = json.loads(Path(written[1]).read_text())
+    assert doc["images"] == [{"id": "pets", "file_name": "pets.png", "height": 6, "width": 8}]
+    assert doc["categories"][11] == {"id": 12, "name": "dog"}
+
+
+def test_writer_through_npe2(tmp_path):
+    npe2 = pytest.importorskip("npe2")
+    npe2.PluginManager.instance().discover()  # napari does this at start-up
+    labels, features = _edited_labels()
+    out = npe2.write(tmp_path / "seg.png", [(labels, {"features": features}, "labels")],
+                     plugin_name="pfn-napari")
+    assert sorted(Path(p).name for p in out) == ["seg.json", "seg.png"]
+
+
+def test_writer_refuses_a_3d_layer(tmp_path):
+    from pfn_napari.napari._writer import write_instances
+
+    with pytest.raises(PFNError, match="2-D"):
+        write_instances(str(tmp_path / "x.png"), np.zeros((2, 3, 4), np.int32), {})
