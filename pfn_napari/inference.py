@@ -140,7 +140,7 @@ def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     hp, wp = padded_size(h), padded_size(w)
     x = torch.empty((1, 3, hp, wp), dtype=torch.float32)
     x[:] = torch.tensor(PAD_RGB).view(1, 3, 1, 1)
-    x[0, :, :h, :w] = torch.from_numpy(image).permute(2, 0, 1).float()  # (3, H, W)
+    x[0, :, :h, :w] = torch.tensor(image).permute(2, 0, 1).float()  # (3, H, W), copied
     return x.to(device)
 
 

@@ -1,0 +1,41 @@
+"""``pfn demo`` end to end on a tiny model trained in the test (the shipped weights are used by
+the README's command; here the report's shape and its numbers' origin are checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pfn_napari.demo import SHAPE_CLASSES, train_two_stages
+
+TINY = ["data.crop_size=65", "train.batch_size=2", "data.classes=[disc,square,triangle]",
+        "model.num_classes=3", "train.checkpoint_every=0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-train")
+    ckpt, logs = train_two_stages(out, "synthetic:6", TINY, category_steps=2, instance_steps=2,
+                                  device="cpu", progress=False)
+    assert set(logs) == {"category", "instance"} and all(p.is_file() for p in logs.values())
+    return ckpt
+
+
+@pytest.mark.slow
+def test_demo_writes_report_from_the_run(tiny_weights, tmp_path, monkeypatch):
+    from pfn_napari.cli import main
+
+    monkeypatch.setenv("PFN_SHARED_DATA", str(tmp_path / "absent"))  # embedded data only
+    out = tmp_path / "report"
+    assert main(["demo", "--quick", "--weights", str(tiny_weights), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert set(data["ap_r"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
+    assert data["num_images"] == 6 and list(data["datasets"]) == ["synthetic"]
+    assert data["model"]["weights"] == str(tiny_weights)
+    assert data["per_class"].keys() == set(SHAPE_CLASSES)
+    for name in ("metrics.md", "report.md", "index.html", "pr_curves.png", "synthetic/metrics.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "samples").glob("*_overlay.png")) and list((out / "samples").glob("*_arrows.png"))
+    assert "AP^r" in (out / "report.md").read_text()
