@@ -189,9 +189,10 @@ def test_non_finite_loss_stops_with_the_step_and_the_part(tmp_path, monkeypatch)
     assert poisoned.key in str(info.value)
 
 
-def test_unified_stage_runs(tmp_path):
-    cfg = tiny_cfg(tmp_path, "uni", "train.stage=unified", "train.max_steps=2")
+def test_unified_stage_runs_and_amp_is_ignored_on_cpu(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path, "uni", "train.stage=unified", "train.max_steps=2", "train.amp=true")
     final = train(cfg, progress=False)
+    assert "train.amp ignored" in capsys.readouterr().err
     system, _, meta = load_checkpoint(final)
     assert system.category is None and system.instance.kind == "unified"
     rows = read_log(final.parent / "log.csv")
