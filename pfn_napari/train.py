@@ -488,6 +488,9 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     separate = kind == "instance" and t.count_finetune == "separate"
     split = int(round(total * COUNT_PHASE_SPLIT)) if separate else total
+    if t.count_finetune == "separate" and kind != "instance":
+        note(f"train.count_finetune=separate applies to stage 'instance' only; stage {kind!r} "
+             "trains jointly")
 
     def phase_of(step: int) -> str:
         if not separate:
