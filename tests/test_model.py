@@ -152,17 +152,25 @@ def test_coordinate_maps_are_pixel_centres() -> None:
     assert torch.allclose(c[0, 1, :, 0], torch.tensor([0.5, 4.5]) / 8)
 
 
-def test_stream_on_grid_equals_full_resolution_then_subsample() -> None:
-    """The strided second conv is the full-resolution prediction read at pixels 8i."""
+@pytest.mark.parametrize("stride,size,coords", [(1, (33, 50), True), (1, (41, 41), False),
+                                                 (2, (33, 49), True), (2, (34, 40), True),
+                                                 (4, (33, 47), True), (8, (33, 49), True)])
+def test_stream_on_grid_equals_full_resolution_then_subsample(stride: int, size: tuple,
+                                                              coords: bool) -> None:
+    """Whatever the stream computes, it is the full-resolution prediction read at pixels 8i."""
     torch.manual_seed(0)
-    s = LocationStream(5, 2, 6, mid_channels=7)
-    feat = torch.randn(1, 5, 17, 25)  # a stride-2 map of a 33 x 49 image
-    got = s(feat, (33, 49))  # (1, 6, 5, 7)
+    H, W = size
+    s = LocationStream(5, stride, 6, mid_channels=7, coord_maps=coords)
+    hs, ws = (H - 1) // stride + 1, (W - 1) // stride + 1  # cell i on pixel stride * i
+    feat = torch.randn(2, 5, hs, ws)
+    got = s(feat, (H, W))
     y = F.relu(s.conv1(feat))
-    y = torch.cat([y, coordinate_maps(17, 25, 2, 33, 49, y)], dim=1)
-    full = F.conv2d(y, s.conv2.weight, s.conv2.bias, padding=1)  # stride 1
-    assert got.shape == (1, 6, grid_size(33), grid_size(49))
-    assert torch.allclose(got, full[:, :, ::4, ::4], atol=1e-5)
+    if coords:
+        y = torch.cat([y, coordinate_maps(hs, ws, stride, H, W, y).expand(2, -1, -1, -1)], dim=1)
+    full = F.conv2d(y, s.conv2.weight, s.conv2.bias, padding=1)  # stride 1: every cell
+    step = 8 // stride
+    assert got.shape == (2, 6, grid_size(H), grid_size(W))
+    assert torch.allclose(got, full[:, :, ::step, ::step], atol=1e-5)
 
 
 def test_count_head_pool_matches_adaptive_avg_pool() -> None:
