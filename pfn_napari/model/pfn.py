@@ -11,7 +11,7 @@ test-time system of the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -236,7 +236,3 @@ def build_system(cfg: ModelConfig, stage: str) -> PFNSystem:
     if stage == "unified":
         return PFNSystem(None, build_network(cfg, "unified"))
     raise ConfigError(f"stage {stage!r}: 'category', 'instance' or 'unified'")
-
-
-def count_parameters(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
