@@ -105,6 +105,7 @@ class PFNWidget(QWidget):
         box = QGroupBox("Model and image")
         form = QFormLayout(box)
         self.weights_edit = QLineEdit()
+        self.weights_edit.setMinimumWidth(120)
         self.weights_edit.setPlaceholderText("shipped default weights")
         self.weights_edit.setToolTip("A PFN weights or checkpoint file (.pt); empty: the shipped "
                                      "default (weights/pfn-lite0-voc.pt or $PFN_WEIGHTS)")
@@ -136,12 +137,14 @@ class PFNWidget(QWidget):
         self.message_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         outer.addWidget(self.message_label)
 
-        box = QGroupBox("Grouping (re-clusters on change, the networks do not re-run)")
+        box = QGroupBox("Grouping (re-clusters on change)")
         form = QFormLayout(box)
         self.method_combo = QComboBox()
         self.method_combo.addItems(grouping_methods())
         form.addRow("Method", self.method_combo)
         self.sigma_spin = QDoubleSpinBox(decimals=3, minimum=0.005, maximum=5.0, singleStep=0.05)
+        box.setToolTip("Changing a knob re-runs only the test-time grouping on the cached "
+                       "network output, never the networks")
         self.sigma_spin.setToolTip("Width of the similarity kernel on predicted locations and "
                                    "positions (normalised coordinates); smaller splits more")
         form.addRow("sigma", self.sigma_spin)
@@ -157,6 +160,7 @@ class PFNWidget(QWidget):
                                          "then leaves it alone (Run always replaces it)")
         form.addRow(self.keep_edits_check)
         self.timing_label = QLabel("")
+        self.timing_label.setWordWrap(True)
         form.addRow(self.timing_label)
         outer.addWidget(box)
         self._set_param_widgets(TuneParams())
@@ -164,7 +168,7 @@ class PFNWidget(QWidget):
             w.valueChanged.connect(self._schedule_recluster)
         self.method_combo.currentIndexChanged.connect(self._schedule_recluster)
 
-        self.counts_box = QGroupBox("Instance counts (predicted -> used)")
+        self.counts_box = QGroupBox("Instance counts")
         self.counts_form = QFormLayout(self.counts_box)
         self.counts_info = QLabel("Run PFN to see the predicted counts.")
         self.counts_info.setWordWrap(True)
@@ -184,7 +188,7 @@ class PFNWidget(QWidget):
 
         box = QGroupBox("Teaching mode")
         lay = QVBoxLayout(box)
-        self.teach_check = QCheckBox("Step through the stages (one layer at a time)")
+        self.teach_check = QCheckBox("Step through the stages, one layer at a time")
         self.teach_check.toggled.connect(self.set_teaching)
         lay.addWidget(self.teach_check)
         row = QHBoxLayout()
@@ -524,9 +528,9 @@ class PFNWidget(QWidget):
         data, kw = L.vectors_layer(s.centers, fg, c.assignment, s.geom)
         self._upsert(L.VECTORS, "vectors", data, kw)
         self._update_counts_text()
-        where = "kept your edited instances" if keep else f"{len(c.instances)} instances"
-        self.timing_label.setText(f"grouping took {c.seconds * 1000:.0f} ms ({where}; "
-                                  f"network {s.network_seconds:.2f} s, not re-run)")
+        where = "your edited instances kept" if keep else f"{len(c.instances)} instances"
+        self.timing_label.setText(f"grouping {c.seconds * 1000:.0f} ms, {where} "
+                                  "(networks not re-run)")
         self._update_enabled()
 
     def _update_counts_text(self) -> None:

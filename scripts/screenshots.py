@@ -1,0 +1,144 @@
+"""Screenshots of the PFN napari plugin for the docs (``docs/images/napari_*.png``).
+
+Opens a real napari window with the PFN dock widget, loads a sample image, runs PFN and saves
+the window at each teaching stage and after a count override. Needs a display; on a server:
+
+    xvfb-run -a -s "-screen 0 1280x1024x24" python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1280x1024x24" python scripts/screenshots.py --weights runs/x/final.pt
+
+Weights default to the shipped ones (``weights/pfn-lite0-voc.pt``); screenshots of an untrained
+model would show noise, so without weights the script stops with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=None, help="weights file (default: the shipped weights)")
+    ap.add_argument("--sample", default="skaters", help="skaters, horses or cat")
+    ap.add_argument("--out", default=str(REPO / "docs" / "images"))
+    ap.add_argument("--method", default=None, help="grouping method (default: the model's)")
+    ap.add_argument("--sigma", type=float, default=None, help="grouping sigma (default: the model's)")
+    ap.add_argument("--size", default="1280x1000", help="window size WxH")
+    args = ap.parse_args(argv)
+
+    import torch  # before napari's OpenGL context (see pfn_napari.napari._hide_triton)
+
+    torch.set_num_threads(2)
+    import napari
+
+    from pfn_napari.inference import default_weights_path
+    from pfn_napari.napari import PFNWidget
+    from pfn_napari.napari import _layers as L
+
+    weights = args.weights or str(default_weights_path())
+    if not Path(weights).is_file():
+        print(f"screenshots: error: {weights}: no weights file (train them, or pass --weights)",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    width, height = (int(v) for v in args.size.split("x"))
+
+    viewer = napari.Viewer(title="pfn-napari", show=True)
+    viewer.window.resize(width, height)
+    widget = PFNWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="PFN instance segmentation", area="right")
+    widget.setMaximumWidth(400)  # leave the canvas as much of the window as the widget allows
+    viewer.open_sample("pfn-napari", args.sample)
+    widget.weights_edit.setText(weights)
+    widget.device_combo.setCurrentText("auto")
+    widget.run_sync()
+    if widget.last_error:
+        print(f"screenshots: error: {widget.last_error}", file=sys.stderr)
+        return 2
+    if args.method or args.sigma:
+        widget.synchronous = True
+        if args.method:
+            widget.method_combo.setCurrentText(args.method)
+        if args.sigma:
+            widget.sigma_spin.setValue(args.sigma)
+        widget.synchronous = False
+    app = napari.qt.get_qapp()
+
+    def settle(seconds: float = 1.0) -> None:
+        """Let Qt lay the window out and vispy resize its canvas (else the grab is stretched)."""
+        import time
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.02)
+
+    settle(2.0)
+    viewer.reset_view()
+
+    def shot(name: str) -> None:
+        """The window with the canvas pasted in: under Xvfb, grabbing the window draws the
+        OpenGL canvas stretched, while the canvas's own screenshot is right."""
+        import numpy as np
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+        from PIL import Image
+        from qtpy.QtCore import QPoint
+
+        qt_window = viewer.window._qt_window
+        for toast in qt_window.findChildren(NapariQtNotification):
+            toast.close()
+        settle(0.5)
+        window = viewer.screenshot(canvas_only=False, flash=False)  # (H, W, 4)
+        canvas = viewer.screenshot(canvas_only=True, flash=False)  # (h, w, 4)
+        native = viewer.window._qt_viewer.canvas.native
+        pos = native.mapTo(qt_window, QPoint(0, 0))
+        y, x = pos.y(), pos.x()
+        h = min(canvas.shape[0], window.shape[0] - y)
+        w = min(canvas.shape[1], window.shape[1] - x)
+        window = np.array(window)
+        window[y:y + h, x:x + w] = canvas[:h, :w]
+        path = out / f"napari_{name}.png"
+        Image.fromarray(window[..., :3]).save(path, optimize=True)
+        print(f"wrote {path}")
+
+    # 1. the overview: instances and their velocity vectors over the photo
+    for name in L.LAYER_NAMES:
+        viewer.layers[name].visible = name in (L.INSTANCES, L.VECTORS)
+    viewer.layers.selection.active = viewer.layers[L.INSTANCES]
+    shot("overview")
+
+    # 2..7 teaching mode, one stage at a time
+    widget.teach_check.setChecked(True)
+    for k, name in enumerate(("category", "refined", "locations", "vectors", "clusters",
+                              "instances")):
+        widget.show_stage(k)
+        if name == "locations":
+            viewer.dims.set_current_step(0, 0)  # cx
+        shot(f"teach_{k + 1}_{name}")
+    widget.teach_check.setChecked(False)
+
+    # 8. an annotator's count override: one more instance of the largest class
+    s = widget.session
+    c = s.clustering
+    if len(c.instances):
+        cls = int(max(set(c.instances.classes.tolist()),
+                      key=lambda k: int((c.instances.classes == k).sum())))
+        before = int((c.instances.classes == cls).sum())
+        widget.synchronous = True
+        widget.set_count(cls, before + 1)
+        widget.synchronous = False
+        for name in L.LAYER_NAMES:
+            viewer.layers[name].visible = name == L.INSTANCES
+        shot("count_override")
+        print(f"count override: {s.class_names[cls - 1]} {before} -> "
+              f"{int((s.clustering.instances.classes == cls).sum())} instances")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
