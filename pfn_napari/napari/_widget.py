@@ -256,6 +256,7 @@ class PFNWidget(QWidget):
 
     def _on_error(self, exc: BaseException) -> None:
         self._finish_job()
+        self._pending_recluster = False
         if isinstance(exc, PFNError):
             self._message(f"PFN: {exc}", error=True)
         else:  # a bug or a library failure: one line for the user, the traceback in the log
@@ -326,6 +327,9 @@ class PFNWidget(QWidget):
         self.progress.setValue(1)
         self.progress.setFormat("done")
         self._update_enabled()
+
+    def _run_pending(self) -> None:
+        """A knob changed while a job ran: one more re-clustering with the knobs as they are."""
         if self._pending_recluster and self.session.net is not None and self.last_error is None:
             self._pending_recluster = False
             self.recluster()
@@ -389,6 +393,7 @@ class PFNWidget(QWidget):
                                 f"{len(s.clustering.instances)} instances.", *notes]))
         if self.teach_check.isChecked():
             self.show_stage(self._stage)
+        self._run_pending()
 
     # ================================================================== re-cluster
     def _schedule_recluster(self, *_: Any) -> None:
@@ -418,6 +423,9 @@ class PFNWidget(QWidget):
     def _recluster_done(self, _: Any) -> None:
         self._finish_job()
         self._show_clustering(force_instances=False)
+        if self.teach_check.isChecked():
+            self.show_stage(self._stage)  # keep showing only the current stage
+        self._run_pending()
 
     # ================================================================== counts
     def _build_count_spins(self) -> None:
