@@ -100,6 +100,7 @@ class TrainConfig:
     lr_step_epochs: int = 20
     lr_gamma: float = 0.1
     max_steps: int = 0  # >0 stops after that many optimiser steps (CPU recipes, tests)
+    max_minutes: float = 0.0  # >0 also stops after that much wall clock (fixed-budget runs)
     count_finetune: str = "joint"  # 'joint' or 'separate' (freeze, then train the count head)
     grad_clip: float = 0.0  # >0: clip the global gradient norm to this (0: off, the paper)
     amp: bool = False

@@ -96,17 +96,21 @@ def demo_train_spec(shared: Path | None, synthetic: int = 300) -> str:
 def train_two_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
                      category_steps: int | None = None, instance_steps: int | None = None,
                      device: str = "auto", config: str = "cpu-demo",
-                     init: Path | None = None, progress: bool = True) -> tuple[Path, dict[str, Path]]:
+                     init: Path | None = None, progress: bool = True,
+                     category_minutes: float | None = None, instance_minutes: float | None = None,
+                     ) -> tuple[Path, dict[str, Path]]:
     """Stage 1 (category) then stage 2 (instance) of ``config`` on ``train_spec``.
 
-    ``init`` skips stage 1 and starts stage 2 from that category checkpoint. Returns the
+    ``*_steps`` / ``*_minutes`` bound each stage (steps, wall clock; the first reached stops
+    it). ``init`` skips stage 1 and starts stage 2 from that category checkpoint. Returns the
     final instance checkpoint and the CSV logs of the stages that ran.
     """
     from .train import train
 
     logs: dict[str, Path] = {}
     ckpt = init
-    for stage, steps in (("category", category_steps), ("instance", instance_steps)):
+    for stage, steps, minutes in (("category", category_steps, category_minutes),
+                                  ("instance", instance_steps, instance_minutes)):
         if stage == "category" and init is not None:
             continue
         stage_overrides = [f"train.stage={stage}", f"data.train={train_spec}",
@@ -114,6 +118,8 @@ def train_two_stages(out: Path, train_spec: str, overrides: list[str] | None = N
                            *(overrides or [])]
         if steps:
             stage_overrides.append(f"train.max_steps={steps}")
+        if minutes:
+            stage_overrides.append(f"train.max_minutes={minutes}")
         if stage == "instance":
             stage_overrides.append(f"train.init={ckpt}")
         ckpt = train(load_config(config, stage_overrides), progress=progress)

