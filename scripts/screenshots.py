@@ -7,7 +7,11 @@ the window at each teaching stage and after a count override. Needs a display; o
     xvfb-run -a -s "-screen 0 1280x1024x24" python scripts/screenshots.py --weights runs/x/final.pt
 
 Weights default to the shipped ones (``weights/pfn-lite0-voc.pt``); screenshots of an untrained
-model would show noise, so without weights the script stops with a message.
+model would show noise, so without weights the script stops with a message, unless ``--oracle
+VOC_ROOT`` asks for the *oracle* view: the layers of the image's ground truth
+(:func:`pfn_napari.grouping.oracle_network_output`: exact classes, locations and counts) run
+through the real grouping and the widget, the paper's "ground-truth" upper bound. The sample
+images are COCO 77 (skaters), 49 (horses) and 443 (cat) of ``coco128-train/voc/VOC2012``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,38 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+ORACLE_IDS = {"skaters": "000000000077", "horses": "000000000049", "cat": "000000000443"}
+
+
+def _show_oracle(widget, voc_root: str, sample_key: str) -> None:
+    """Replace the widget's network output by the sample's ground truth and redraw."""
+    from pfn_napari.data import open_dataset
+    from pfn_napari.grouping import oracle_network_output
+    from pfn_napari.napari._layers import Geometry
+    from pfn_napari.napari._session import predicted_centers
+
+    s = widget.session
+    ds = open_dataset(f"voc:{voc_root}", "trainval", s.class_names)
+    image_id = ORACLE_IDS[sample_key]
+    sample = next(ds[i] for i in range(len(ds)) if str(ds[i].image_id) == image_id)
+    if sample.image.shape != s.image.shape:
+        raise SystemExit(f"screenshots: error: {image_id} is {sample.image.shape}, the sample "
+                         f"image {s.image.shape}")
+    net = oracle_network_output(sample, len(s.class_names), s.model.encoding, full_classes=True)
+    s.net, s._grouper, s.clustering = net, None, None
+    s.geom = Geometry(s.image.shape[:2], tuple(net.image_size))
+    s.centers = predicted_centers(net)
+    s.network_seconds = 0.0
+    widget.weights_edit.setText(f"(oracle: ground truth of COCO {int(image_id)})")
+    widget._build_count_spins()
+    widget._show_network_layers()
+    widget.synchronous = True
+    widget.recluster()
+    widget.synchronous = False
+    widget.message_label.setText(f"Oracle view: the ground truth of COCO {int(image_id)} in place "
+                                 "of the networks' output (classes, locations, counts).")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=None, help="weights file (default: the shipped weights)")
@@ -27,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default=None, help="grouping method (default: the model's)")
     ap.add_argument("--sigma", type=float, default=None, help="grouping sigma (default: the model's)")
     ap.add_argument("--size", default="1280x1000", help="window size WxH")
+    ap.add_argument("--oracle", default=None, metavar="VOC_ROOT",
+                    help="show the sample's ground truth as the network output (no weights needed)")
     args = ap.parse_args(argv)
 
     import torch  # before napari's OpenGL context (see pfn_napari.napari._hide_triton)
@@ -39,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     from pfn_napari.napari import _layers as L
 
     weights = args.weights or str(default_weights_path())
+    if args.oracle:
+        import tempfile
+
+        from pfn_napari.checkpoint import save_weights
+        from pfn_napari.config import ModelConfig, PFNConfig
+        from pfn_napari.model import build_system
+
+        cfg = PFNConfig(model=ModelConfig(backbone="efficientnet_lite0"))  # 20 VOC classes
+        weights = str(save_weights(Path(tempfile.mkdtemp()) / "stand-in.pt",
+                                   build_system(cfg.model, "unified"), cfg))
     if not Path(weights).is_file():
         print(f"screenshots: error: {weights}: no weights file (train them, or pass --weights)",
               file=sys.stderr)
@@ -59,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if widget.last_error:
         print(f"screenshots: error: {widget.last_error}", file=sys.stderr)
         return 2
+    if args.oracle:
+        _show_oracle(widget, args.oracle, args.sample)
     if args.method or args.sigma:
         widget.synchronous = True
         if args.method:
@@ -102,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         window = np.array(window)
         window[y:y + h, x:x + w] = canvas[:h, :w]
         path = out / f"napari_{name}.png"
-        Image.fromarray(window[..., :3]).save(path, optimize=True)
+        rgb = Image.fromarray(np.ascontiguousarray(window[..., :3]))
+        rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
         print(f"wrote {path}")
 
     # 1. the overview: instances and their velocity vectors over the photo
