@@ -73,6 +73,37 @@ def eval_pfn(model, samples, nets, gcfg: GroupingConfig, counts: bool = False) -
     return metrics_row(ev.result()), spent / max(1, len(samples))
 
 
+def centers2_trained(out: Path, shared: Path, args, run: Path) -> Path:
+    """Stage 2 retrained with the centers(2) encoding from the PFN run's stage-1 checkpoint,
+    for the stage-2 budget (cached in OUT/centers2)."""
+    final = out / "centers2" / "instance" / "final.pt"
+    if final.is_file():
+        return final
+    ckpt, _ = train_two_stages(out / "centers2", demo_train_spec(shared, args.synthetic),
+                               ["model.encoding=centers2"], instance_steps=100000,
+                               init=run / "category" / "final.pt",
+                               instance_minutes=0.6 * args.budget_min)
+    return ckpt
+
+
+def maskrcnn_trained(out: Path, shared: Path, args, budget_s: float):
+    """Mask R-CNN trained for ``budget_s`` on the PFN training data (cached in OUT/maskrcnn.pt)."""
+    from maskrcnn_peer import build_maskrcnn, train_maskrcnn
+
+    torch.manual_seed(args.seed)
+    mr = build_maskrcnn(len(DEMO_CLASSES))
+    ckpt, info = out / "maskrcnn.pt", out / "maskrcnn_train.json"
+    if ckpt.is_file() and info.is_file():
+        mr.load_state_dict(torch.load(ckpt, weights_only=True))
+        return mr, json.loads(info.read_text())
+    train = train_set(shared, args.synthetic)
+    stats = train_maskrcnn(mr, [train[i] for i in range(len(train))], budget_s, seed=args.seed)
+    torch.save(mr.state_dict(), out / ".maskrcnn.pt.tmp")
+    (out / ".maskrcnn.pt.tmp").replace(ckpt)
+    info.write_text(json.dumps(stats))
+    return mr, stats
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-min", type=float, default=20.0, help="training wall clock per system")
@@ -82,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-md", default=str(REPO / "docs" / "RESULTS.md"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-centers2", action="store_true")
+    ap.add_argument("--only", choices=("maskrcnn", "centers2"), default=None,
+                    help="run one expensive part alone (its result is cached in OUT and reused), "
+                         "e.g. in parallel with scripts/train_default_weights.py")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shared = find_shared_data()
     if shared is None:
         print("benchmarks/results.py: ../shared/data not found (set PFN_SHARED_DATA)", file=sys.stderr)
@@ -91,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     budget_s = 60 * args.budget_min
+    if args.only == "maskrcnn":
+        maskrcnn_trained(out, shared, args, budget_s)
+        return 0
+    if args.only == "centers2":
+        centers2_trained(out, shared, args, Path(args.pfn_run or out / "pfn"))
+        return 0
     res: dict = {"budget_min": args.budget_min, "seed": args.seed,
                  "machine": {"cpu": platform.processor() or platform.machine(),
                              "cores": torch.get_num_threads(), "torch": torch.__version__,
@@ -131,14 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     res["pfn"] = rows
 
     # 2. Mask R-CNN, same data, same budget
-    from maskrcnn_peer import build_maskrcnn, predict_maskrcnn, train_maskrcnn
+    mr, stats = maskrcnn_trained(out, shared, args, 60 * (pfn_minutes or args.budget_min))
+    from maskrcnn_peer import predict_maskrcnn
 
-    torch.manual_seed(args.seed)
-    mr = build_maskrcnn(len(DEMO_CLASSES))
-    train = train_set(shared, args.synthetic)
-    train_samples = [train[i] for i in range(len(train))]
-    budget = 60 * (pfn_minutes or args.budget_min)
-    stats = train_maskrcnn(mr, train_samples, budget, seed=args.seed)
     ev = Evaluator(DEMO_CLASSES)
     t = time.perf_counter()
     for s in samples:
@@ -169,11 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             ev.add(s, group(net, replace(g, method=method)))
         bounds[f"ground-truth locations ({method})"] = metrics_row(ev.result())
     if not args.skip_centers2:
-        cat = run / "category" / "final.pt"
-        c2, _ = train_two_stages(out / "centers2", demo_train_spec(shared, args.synthetic),
-                                 ["model.encoding=centers2"], instance_steps=100000, init=cat,
-                                 instance_minutes=0.6 * args.budget_min)
-        m2 = load_model(c2, "cpu")
+        m2 = load_model(centers2_trained(out, shared, args, run), "cpu")
         nets2 = [run_network(m2, s.image) for s in samples]
         abl["centers (2) instead of 6-d (retrained stage 2)"] = eval_pfn(m2, samples, nets2, base)[0]
     res["ablations"], res["bounds"], res["timing"] = abl, bounds, timing
