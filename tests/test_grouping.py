@@ -310,6 +310,22 @@ def test_grouper_reuses_affinity_and_embedding_when_only_the_count_changes():
     assert ("W", "dense", 0.1, True) in data.cache
 
 
+def test_eager_grouper_has_the_embedding_for_one_instance_classes():
+    sample = make_sample([(1, 0, 24, 0, 24), (1, 0, 24, 32, 64)])
+    net = oracle_network_output(sample, 1, counts=np.array([1.0]), full_classes=True)
+    lazy, eager = Grouper(net), Grouper(net, eager=True)
+    assert len(lazy.run(GroupingConfig()).instances) == 1
+    assert len(eager.run(GroupingConfig()).instances) == 1
+    (lazy_data,) = lazy._class_data.values()
+    (eager_data,) = eager._class_data.values()
+    key = ("eig", "dense", 0.5, True)
+    assert key not in lazy_data.cache
+    vecs = eager_data.cache[key]
+    assert vecs.shape == (len(eager_data), 1 + 8)
+    assert len(eager.run(GroupingConfig(sigma=0.5), count_override={1: 2}).instances) == 2
+    assert eager_data.cache[key] is vecs
+
+
 def test_widget_scale_recluster_is_fast():
     """A 375 x 500 image with three classes: after the first run, a count change re-runs
     k-means and the masks only (target < 0.2 s; asserted loosely on a shared CPU)."""
@@ -321,7 +337,7 @@ def test_widget_scale_recluster_is_fast():
     sample = make_sample(boxes, (375, 500))
     net = oracle_network_output(sample, 3, noise=0.01, rng=0)
     for method in ("spectral", "vote"):
-        grouper = Grouper(net)
+        grouper = Grouper(net, eager=True)
         grouper.run(GroupingConfig(method=method))
         start = time.perf_counter()
         result = grouper.run(GroupingConfig(method=method), count_override={1: 1})

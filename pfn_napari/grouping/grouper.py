@@ -113,13 +113,16 @@ class Grouper:
     >>> result = grouper.run(cfg, count_override={15: 3})        # only k-means re-runs
     """
 
-    def __init__(self, net: NetworkOutput) -> None:
+    def __init__(self, net: NetworkOutput, eager: bool = False) -> None:
+        """``eager``: compute spectral embeddings even for classes with one instance, so that
+        raising a count later re-runs only k-means (the napari widget's setting)."""
         probs = np.asarray(net.class_probs)
         locs = np.asarray(net.locations)
         if probs.ndim != 3 or locs.ndim != 3 or probs.shape[1:] != locs.shape[1:]:
             raise PFNError(f"NetworkOutput: class_probs {probs.shape} and locations {locs.shape} "
                            "must be (C+1, h, w) and (L, h, w) on the same grid")
         self.net = net
+        self.eager = eager
         self.num_classes = probs.shape[0] - 1
         counts = np.asarray(net.counts, dtype=np.float32).reshape(-1)
         if len(counts) != self.num_classes:
@@ -179,6 +182,7 @@ class Grouper:
         data = ClassData(cls=cls, rows=rows, cols=cols, locations=locs,
                          descriptors=_descriptors(locs, self.net.encoding, xy),
                          t=normalise_by_max(locs), q=normalise_by_max(xy), key=key)
+        data.cache["eager"] = self.eager
         return self._remember(self._class_data, key, data)
 
     def _full(self, data: ClassData, cell_mask: np.ndarray, pixel_mask: np.ndarray
@@ -269,7 +273,7 @@ class Grouper:
             grid_map = refine_class_map(grid_map, counts, cfg.tau)
             full_map = refine_class_map(full_map, counts, cfg.tau)
         timings["class_maps"] = time.perf_counter() - start
-        assign = DEFAULT_ASSIGN[cfg.method] if cfg.assign == "auto" else cfg.assign
+        assign = DEFAULT_ASSIGN.get(cfg.method, "cell") if cfg.assign == "auto" else cfg.assign
         big_h, big_w = self.image_size
         grid_labels = np.zeros(self.grid_shape, dtype=np.int32)
         masks, classes, scores, centers, boxes = [], [], [], [], []

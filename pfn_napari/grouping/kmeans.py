@@ -47,7 +47,12 @@ def kmeans_plusplus(x: np.ndarray, k: int, n_init: int, rng: np.random.Generator
     first = rng.integers(n, size=n_init)  # (S,)
     centers = np.empty((n_init, k, x.shape[1]))
     centers[:, 0] = x[first]
-    d2 = ((x[None] - centers[:, :1]) ** 2).sum(-1)  # (S, n)
+    x2 = (x ** 2).sum(-1)  # (n,)
+
+    def sq_dist(c: np.ndarray) -> np.ndarray:  # (S, d) -> (S, n)
+        return np.maximum(x2[None] - 2.0 * (c @ x.T) + (c ** 2).sum(-1)[:, None], 0.0)
+
+    d2 = sq_dist(centers[:, 0])  # (S, n)
     for j in range(1, k):
         cum = np.cumsum(d2, axis=1)  # (S, n)
         total = cum[:, -1]
@@ -57,14 +62,15 @@ def kmeans_plusplus(x: np.ndarray, k: int, n_init: int, rng: np.random.Generator
         if flat.any():
             idx[flat] = rng.integers(n, size=int(flat.sum()))
         centers[:, j] = x[idx]
-        d2 = np.minimum(d2, ((x[None] - centers[:, j:j + 1]) ** 2).sum(-1))
+        d2 = np.minimum(d2, sq_dist(centers[:, j]))
     return centers
 
 
 def _assign(x: np.ndarray, x2: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest center of each point: ``(S, n)`` labels and squared distances."""
     c2 = (centers ** 2).sum(-1)  # (S, k)
-    dist = x2[None, :, None] - 2.0 * np.einsum("nd,skd->snk", x, centers) + c2[:, None, :]
+    cross = np.matmul(x[None], centers.transpose(0, 2, 1))  # (S, n, k), batched BLAS
+    dist = x2[None, :, None] - 2.0 * cross + c2[:, None, :]
     labels = dist.argmin(-1)  # (S, n)
     best = np.take_along_axis(dist, labels[..., None], -1)[..., 0]  # (S, n)
     return labels, np.maximum(best, 0.0)

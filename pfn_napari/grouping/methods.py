@@ -102,20 +102,22 @@ def spectral(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
     key = ("dense", cfg.sigma, cfg.use_coords)
     w = data.cache.get(("W",) + key)
     if w is None:
-        for old in [c for c in data.cache if c[0] in ("W", "eig")]:
+        for old in [c for c in data.cache if isinstance(c, tuple) and c[0] in ("W", "eig")]:
             del data.cache[old]  # one sigma at a time: W is the big item
         w = dense_affinity(t, q, cfg.sigma)
         data.cache[("W",) + key] = w
     feats = t if q is None else np.concatenate([t, q], axis=1)
     k = min(k, distinct_rows(feats))
     terms = 1 if q is None else 2
+    vecs = data.cache.get(("eig",) + key)
+    if n > 2 and (k > 1 or data.cache.get("eager")) and (vecs is None or vecs.shape[1] < k):
+        # "eager" (set by Grouper(eager=True), the napari widget): also for k = 1, so that a
+        # later count change is only k-means
+        vecs = njw_eigenvectors(w, k + EXTRA_EIGENVECTORS)[1]
+        data.cache[("eig",) + key] = vecs
     if k <= 1 or n <= 2:
         labels = np.zeros(n, dtype=np.int64) if k <= 1 else np.arange(n, dtype=np.int64)
         return Clustering(labels, cluster_similarity(w, labels, terms))
-    vecs = data.cache.get(("eig",) + key)
-    if vecs is None or vecs.shape[1] < k:
-        vecs = njw_eigenvectors(w, k + EXTRA_EIGENVECTORS)[1]
-        data.cache[("eig",) + key] = vecs
     labels = _compact(spectral_partition(w, vecs, k, cfg.n_init, _rng(cfg, data)))
     return Clustering(labels, cluster_similarity(w, labels, terms))
 
