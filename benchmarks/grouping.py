@@ -162,7 +162,8 @@ def ap_table(data_root: Path, limit: int) -> str:
     header = ["method", "AP^r@0.5 (noise 0)", "AP^r_vol (noise 0)", "s / image (noise 0)",
               "AP^r@0.5 (noise 0.02)", "AP^r_vol (noise 0.02)"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return f"{len(samples)} images\n\n" + "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+    body = "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+    return f"{len(samples)} images\n\n{body}"
 
 
 def main() -> None:

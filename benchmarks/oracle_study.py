@@ -5,9 +5,9 @@ grouping method loses before any network is involved, why the faithful spectral 
 falls short, and how each method degrades with noise on the locations. Prints Markdown tables
 (the ones in docs/grouping.md).
 
-    python benchmarks/oracle_study.py                       # every table (about an hour on 2 busy cores)
-    python benchmarks/oracle_study.py --parts ceiling noise # some of them
-    python benchmarks/oracle_study.py --limit 10            # quick look on 10 images
+    python benchmarks/oracle_study.py               # every table (about an hour, 2 busy cores)
+    python benchmarks/oracle_study.py --parts ceiling noise   # some of them
+    python benchmarks/oracle_study.py --limit 10    # quick look on 10 images
 
 Parts: ``ceiling`` (methods and resolutions at noise 0), ``sigma`` (spectral's kernel width),
 ``diagnose`` (cell-level agreement, eigen-gaps, instances missing from the grid, the cluster
@@ -34,7 +34,8 @@ from pfn_napari.grouping import Grouper, oracle_network_output  # noqa: E402
 from pfn_napari.grouping.spectral import dense_affinity, njw_eigenvectors  # noqa: E402
 from pfn_napari.structures import Instances, Sample, grid_sample_indices  # noqa: E402
 
-DEFAULT_ROOT = Path(os.environ.get("PFN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_ROOT = Path(os.environ.get("PFN_SHARED_DATA",
+                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
 C = len(VOC_CLASSES)
 
 

@@ -126,7 +126,8 @@ def test_oracle_output_hand_computed():
     assert net.class_probs[1].sum() == 6 + 6 and net.class_probs[0, 2].all()
     noisy = oracle_network_output(sample, 2, noise=0.05, rng=3, stride=4)
     assert noisy.locations.shape == (6, 10, 16)
-    assert 0.04 < np.std(noisy.locations[:, 4:6]) < 0.06  # pixel rows 16, 20: background, pure noise
+    # cell rows 4, 5 (pixel rows 16, 20) are background: pure noise
+    assert 0.04 < np.std(noisy.locations[:, 4:6]) < 0.06
     full = oracle_network_output(sample, 2, stride=1, full_classes=True)
     assert full.class_probs.shape == (3, 40, 64) and full.full_class_probs.shape == (3, 40, 64)
 
@@ -333,7 +334,8 @@ def test_widget_scale_recluster_is_fast():
     boxes = []
     for k in range(7):
         y0, x0 = int(rng.integers(0, 300)), int(rng.integers(0, 420))
-        boxes.append((1 + k % 3, y0, y0 + int(rng.integers(40, 75)), x0, x0 + int(rng.integers(40, 80))))
+        height, width = int(rng.integers(40, 75)), int(rng.integers(40, 80))
+        boxes.append((1 + k % 3, y0, y0 + height, x0, x0 + width))
     sample = make_sample(boxes, (375, 500))
     net = oracle_network_output(sample, 3, noise=0.01, rng=0)
     for method in ("spectral", "vote"):
