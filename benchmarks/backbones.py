@@ -154,7 +154,7 @@ def table(rows: list[dict], device: str) -> str:
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['category_s']:.3f} | {r['instance_s']:.3f} | "
-            f"{r['instance_s'] / base['instance_s']:.2f} | {r["train_img_s"]:.3f} | "
+            f"{r['instance_s'] / base['instance_s']:.2f} | {r['train_img_s']:.3f} | "
             f"{r['train_img_s'] / base['train_img_s']:.2f} | {r['peak_mb']:.0f} | "
             f"{r['peak_mb'] / base['peak_mb']:.2f} |")
     return "\n".join(lines)
