@@ -115,11 +115,14 @@ def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     raise PFNError(f"{name}: unsupported pixel type {arr.dtype}")
 
 
-def fit_image(image: np.ndarray, max_side: int = MAX_SIDE, name: str = "image") -> tuple[np.ndarray, float]:
-    """Validate the size and resize so the longest side is at most ``max_side``.
+def fit_image(image: np.ndarray, max_side: int | None = None,
+              name: str = "image") -> tuple[np.ndarray, float]:
+    """Validate the size and resize so the longest side is at most ``max_side``
+    (default :data:`MAX_SIDE`).
 
     Returns the (possibly resized) image and the scale applied (1.0 when unchanged).
     """
+    max_side = max_side or MAX_SIDE
     h, w = image.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise PFNError(f"{name}: {w}x{h} pixels is too small; PFN needs at least "
@@ -171,16 +174,31 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
         from .model.crf import dense_crf
 
         full_probs = dense_crf(rgb, full_probs, model.config.crf)
-    streams = {k: v[0, :, :gh, :gw].float().cpu().numpy() for k, v in out.stream_locations.items()}
+    # the networks normalise locations by the padded size: bring them to the image's own
+    scale = location_scale(model.encoding, (h, w), (hp, wp))  # (L, 1, 1)
+    streams = {k: v[0, :, :gh, :gw].float().cpu().numpy() * scale
+               for k, v in out.stream_locations.items()}
     return NetworkOutput(
         class_probs=probs.cpu().numpy().astype(np.float32),
-        locations=out.locations[0, :, :gh, :gw].float().cpu().numpy(),  # (L, gh, gw)
+        locations=out.locations[0, :, :gh, :gw].float().cpu().numpy() * scale,  # (L, gh, gw)
         counts=out.counts[0].float().cpu().numpy(),  # (C,)
         image_size=(h, w),
         encoding=model.encoding,
         stream_locations=streams,
         full_class_probs=full_probs.astype(np.float32),
     )
+
+
+def location_scale(encoding: str, size: tuple[int, int], padded: tuple[int, int]) -> np.ndarray:
+    """``(L, 1, 1)`` factors taking locations normalised by the ``padded`` size to the image's
+    own ``size``: x channels times ``Wp / W``, y channels times ``Hp / H``."""
+    from .config import ENCODING_CHANNELS
+
+    (h, w), (hp, wp) = size, padded
+    fx, fy = wp / w, hp / h
+    names = ENCODING_CHANNELS[encoding]
+    factors = [fx if n in ("dx", "cx", "lx", "rx", "trx", "blx", "w") else fy for n in names]
+    return np.asarray(factors, dtype=np.float32).reshape(-1, 1, 1)
 
 
 def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:

@@ -1,0 +1,85 @@
+"""inference: padding, location rescaling, image conversion, size limits, model loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pfn_napari import inference
+from pfn_napari.checkpoint import save_weights
+from pfn_napari.config import load_config
+from pfn_napari.errors import CheckpointError, PFNError
+from pfn_napari.model import build_system
+from pfn_napari.structures import grid_size
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    cfg = load_config("cpu-lite0", ["model.backbone=alexnet", "model.streams=[pool3,fc7]",
+                                    "model.fc7_channels=32", "model.count_hidden=16"])
+    torch.manual_seed(0)
+    system = build_system(cfg.model, "instance").eval()
+    return save_weights(tmp_path_factory.mktemp("w") / "tiny.pt", system, cfg)
+
+
+def test_location_scale_undoes_the_padding():
+    f = inference.location_scale("box6", (40, 56), (41, 57))  # (6, 1, 1)
+    assert f.shape == (6, 1, 1)
+    np.testing.assert_allclose(f.ravel(), [57 / 56, 41 / 40] * 3)
+    f2 = inference.location_scale("center_wh4", (40, 56), (41, 57)).ravel()
+    np.testing.assert_allclose(f2, [57 / 56, 41 / 40, 57 / 56, 41 / 40])
+
+
+def test_as_rgb_uint8_converts_common_inputs():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert inference.as_rgb_uint8(gray).shape == (3, 4, 3)
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    assert inference.as_rgb_uint8(rgba)[0, 0].tolist() == [200, 0, 0]
+    sixteen = np.full((2, 2, 3), 65535, np.uint16)
+    assert inference.as_rgb_uint8(sixteen).max() == 255
+    unit = np.full((2, 2, 3), 0.5, np.float32)
+    assert inference.as_rgb_uint8(unit)[0, 0, 0] == 127
+    with pytest.raises(PFNError, match="expected an RGB image"):
+        inference.as_rgb_uint8(np.zeros((2, 2, 5)))
+
+
+def test_fit_image_limits():
+    with pytest.raises(PFNError, match="1x1 pixels is too small"):
+        inference.fit_image(np.zeros((1, 1, 3), np.uint8))
+    big = np.zeros((300, 2000, 3), np.uint8)
+    out, scale = inference.fit_image(big, max_side=500)
+    assert out.shape == (75, 500, 3) and scale == 0.25
+
+
+def test_load_model_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: weights file not found"):
+        inference.load_model(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        inference.load_model(bad)
+
+
+def test_run_network_shapes_and_probabilities(tiny_model_path):
+    model = inference.load_model(tiny_model_path, "cpu")
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    net = inference.run_network(model, image)
+    c = model.num_classes
+    assert net.class_probs.shape == (c + 1, grid_size(40), grid_size(56))
+    assert net.locations.shape == (6, grid_size(40), grid_size(56))
+    assert net.full_class_probs.shape == (c + 1, 40, 56) and net.counts.shape == (c,)
+    np.testing.assert_allclose(net.class_probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(net.full_class_probs.sum(0), 1.0, atol=1e-5)
+    assert set(net.stream_locations) == {"pool3", "fc7"}
+
+
+def test_predict_returns_masks_at_the_given_size(tiny_model_path, monkeypatch):
+    model = inference.load_model(tiny_model_path, "cpu")
+    monkeypatch.setattr(inference, "MAX_SIDE", 64)
+    image = np.random.default_rng(1).integers(0, 255, (60, 130, 3), dtype=np.uint8)
+    assert inference.run_network(model, image).image_size == (30, 64)  # resized for the networks
+    inst = inference.predict(model, image, image_id="x")
+    assert inst.masks.shape[1:] == (60, 130) and inst.image_id == "x"
+    assert len(inst.scores) == len(inst.classes) == len(inst.masks)
