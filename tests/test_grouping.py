@@ -259,6 +259,30 @@ def test_use_coords_false_groups_by_location_alone():
     assert len(with_q.instances) == 2 and len(without.instances) == 1
 
 
+def test_eigenvectors_fall_back_to_double_precision(monkeypatch):
+    import scipy.linalg
+
+    from pfn_napari.grouping import spectral
+
+    real = scipy.linalg.eigh
+    calls = []
+
+    def flaky(a, *args, driver=None, **kwargs):
+        calls.append((a.dtype, driver))
+        if driver == "evr":
+            raise np.linalg.LinAlgError("Internal Error.")
+        return real(a, *args, driver=driver, **kwargs)
+
+    rng = np.random.default_rng(0)
+    w = dense_affinity(rng.random((30, 6)), rng.random((30, 2)), 0.05)
+    expected_vals, expected_vecs = spectral.njw_eigenvectors(w, 3)
+    monkeypatch.setattr(scipy.linalg, "eigh", flaky)
+    vals, vecs = spectral.njw_eigenvectors(w, 3)
+    assert calls == [(np.float32, "evr"), (np.float64, "evx")]
+    np.testing.assert_allclose(vals, expected_vals, atol=1e-5)
+    np.testing.assert_allclose(np.abs(vecs.T @ expected_vecs), np.eye(3), atol=1e-3)
+
+
 def test_normalise_by_max_per_dimension():
     v = np.array([[0.2, -0.5, 0.0], [0.4, 0.25, 0.0]])
     np.testing.assert_allclose(normalise_by_max(v), [[0.5, -1.0, 0.0], [1.0, 0.5, 0.0]])

@@ -79,8 +79,15 @@ def njw_eigenvectors(w: np.ndarray, num: int) -> tuple[np.ndarray, np.ndarray]:
     deg = w.sum(1, dtype=np.float64)
     inv = (1.0 / np.sqrt(np.maximum(deg, 1e-12))).astype(w.dtype)
     a = w * inv[:, None] * inv[None, :]  # (n, n)
-    vals, vecs = scipy.linalg.eigh(a, subset_by_index=[n - num, n - 1], overwrite_a=True,
-                                   check_finite=False, driver="evr")
+    subset = [n - num, n - 1]
+    try:
+        vals, vecs = scipy.linalg.eigh(a, subset_by_index=subset, check_finite=False,
+                                       driver="evr")
+    except np.linalg.LinAlgError:
+        # LAPACK's single-precision MRRR can fail ("Internal Error") on the clustered spectra of
+        # a small sigma: redo in double precision with the bisection driver
+        vals, vecs = scipy.linalg.eigh(a.astype(np.float64), subset_by_index=subset,
+                                       check_finite=False, driver="evx")
     return vals[::-1].copy(), vecs[:, ::-1].copy()
 
 
