@@ -98,11 +98,12 @@ def train_two_stages(out: Path, train_spec: str, overrides: list[str] | None = N
                      device: str = "auto", config: str = "cpu-demo",
                      init: Path | None = None, progress: bool = True,
                      category_minutes: float | None = None, instance_minutes: float | None = None,
+                     stage_overrides: dict[str, list[str]] | None = None,
                      ) -> tuple[Path, dict[str, Path]]:
     """Stage 1 (category) then stage 2 (instance) of ``config`` on ``train_spec``.
 
     ``*_steps`` / ``*_minutes`` bound each stage (steps, wall clock; the first reached stops
-    it). ``init`` skips stage 1 and starts stage 2 from that category checkpoint. Returns the
+    it); ``stage_overrides`` adds settings to one stage only. ``init`` skips stage 1 and starts stage 2 from that category checkpoint. Returns the
     final instance checkpoint and the CSV logs of the stages that ran.
     """
     from .train import train
@@ -113,16 +114,16 @@ def train_two_stages(out: Path, train_spec: str, overrides: list[str] | None = N
                                   ("instance", instance_steps, instance_minutes)):
         if stage == "category" and init is not None:
             continue
-        stage_overrides = [f"train.stage={stage}", f"data.train={train_spec}",
-                           f"train.out_dir={out / stage}", f"train.device={device}",
-                           *(overrides or [])]
+        settings = [f"train.stage={stage}", f"data.train={train_spec}",
+                    f"train.out_dir={out / stage}", f"train.device={device}",
+                    *(overrides or []), *((stage_overrides or {}).get(stage, []))]
         if steps:
-            stage_overrides.append(f"train.max_steps={steps}")
+            settings.append(f"train.max_steps={steps}")
         if minutes:
-            stage_overrides.append(f"train.max_minutes={minutes}")
+            settings.append(f"train.max_minutes={minutes}")
         if stage == "instance":
-            stage_overrides.append(f"train.init={ckpt}")
-        ckpt = train(load_config(config, stage_overrides), progress=progress)
+            settings.append(f"train.init={ckpt}")
+        ckpt = train(load_config(config, settings), progress=progress)
         logs[stage] = out / stage / "log.csv"
     assert ckpt is not None
     return ckpt, logs

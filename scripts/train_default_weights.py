@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--category-minutes", type=float, default=8.0, help="stage-1 wall clock")
     ap.add_argument("--instance-minutes", type=float, default=12.0, help="stage-2 wall clock")
     ap.add_argument("--max-steps", type=int, default=100000, help="step bound of each stage")
+    ap.add_argument("--category-lr", default="0.005,0.05",
+                    help="stage-1 learning rates, pre-trained,new (stage 2 keeps the recipe's)")
     ap.add_argument("--synthetic", type=int, default=300, help="synthetic training images")
     ap.add_argument("--out", default="runs/default-weights", help="training folder")
     ap.add_argument("--weights", default=str(default_weights_path()), help="where to write the weights")
@@ -50,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt, logs = train_two_stages(out, spec, category_steps=args.max_steps,
                                   instance_steps=args.max_steps,
                                   category_minutes=args.category_minutes,
-                                  instance_minutes=args.instance_minutes)
+                                  instance_minutes=args.instance_minutes,
+                                  stage_overrides={"category": [
+                                      f"train.lr={args.category_lr.split(',')[0]}",
+                                      f"train.lr_new={args.category_lr.split(',')[1]}"]})
     minutes = (time.perf_counter() - t0) / 60
     system, cfg, _ = load_checkpoint(ckpt)
     history = {stage: list(csv.DictReader(open(path, newline=""))) for stage, path in logs.items()}
