@@ -132,7 +132,9 @@ def speed_table(sizes: list[int], repeat: int) -> str:
                 rows.append([f"{n:,}", label, reason, "-", "-", "-"])
                 continue
             sec, mem, ari = res
-            ratio = f"{base[0] / sec:.0f}x" if base is not None else "-"
+            speedup = base[0] / sec if base is not None else None
+            ratio = "-" if speedup is None else \
+                f"{speedup:.2f}x" if speedup < 1 else f"{speedup:.0f}x"
             rows.append([f"{n:,}", label, f"{sec:.4f}", f"{mem:.1f}", ratio, f"{ari:.3f}"])
     header = ["cells", "method", "seconds", "peak MiB", "speed-up vs faithful",
               "ARI vs truth"]
