@@ -72,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     oracle.add_argument("--crf", action="store_true", help="with CHECKPOINT: dense CRF on the class map")
     oracle.add_argument("--device", default="auto", help="with CHECKPOINT: cpu, cuda or auto")
     oracle.add_argument("--seed", type=int, default=0, help="seed of the oracle noise")
+    oracle.add_argument("--grid-classes", action="store_true",
+                        help="--oracle-locations: classes known only on the grid (as a network "
+                             "without CRF sees them) instead of the full-resolution ground truth")
     p.add_argument("--plot-pr", action="store_true",
                    help="also write OUT/pr_curves.png (precision/recall at IoU 0.5 per class)")
     p.add_argument("--data", required=True, metavar="SPEC",
@@ -234,7 +237,7 @@ def oracle_locations_producer(args: argparse.Namespace, dataset: "PFNDataset") -
 
     def produce(index: int, sample: "Sample") -> "tuple[Instances, None]":
         net = oracle_network_output(sample, num_classes, encoding, noise=args.noise, rng=rng,
-                                    stride=args.stride)
+                                    stride=args.stride, full_classes=not args.grid_classes)
         inst = group(net, gcfg)
         inst.image_id = sample.image_id
         return inst, None

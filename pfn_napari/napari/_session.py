@@ -186,7 +186,7 @@ class PFNSession:
         from ..grouping import Grouper
 
         if self._grouper is None:
-            self._grouper = Grouper(self.net)
+            self._grouper = Grouper(self.net, eager=True)
         return self._grouper
 
     def recluster(self, params: TuneParams) -> Clustering:
