@@ -140,6 +140,8 @@ def predict_maskrcnn(model: MaskRCNN, image: np.ndarray, image_id: str | int = "
     model.eval()
     x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
     out = model([x])[0]
-    masks = (out["masks"][:, 0] > mask_threshold).numpy()
+    masks = (out["masks"][:, 0] > mask_threshold).numpy()  # (N, H, W)
+    if len(masks) == 0:
+        return Instances.empty(*image.shape[:2], image_id=image_id)
     keep = masks.reshape(len(masks), -1).any(1)
     return Instances(masks[keep], out["labels"].numpy()[keep], out["scores"].numpy()[keep], image_id)
