@@ -29,10 +29,10 @@ from pfn_napari.inference import default_weights_path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--category-minutes", type=float, default=8.0, help="stage-1 wall clock")
-    ap.add_argument("--instance-minutes", type=float, default=12.0, help="stage-2 wall clock")
+    ap.add_argument("--category-minutes", type=float, default=11.0, help="stage-1 wall clock")
+    ap.add_argument("--instance-minutes", type=float, default=14.0, help="stage-2 wall clock")
     ap.add_argument("--max-steps", type=int, default=100000, help="step bound of each stage")
-    ap.add_argument("--category-lr", default="0.005,0.05",
+    ap.add_argument("--category-lr", default="0.002,0.01",
                     help="stage-1 learning rates, pre-trained,new (stage 2 keeps the recipe's)")
     ap.add_argument("--synthetic", type=int, default=300, help="synthetic training images")
     ap.add_argument("--out", default="runs/default-weights", help="training folder")
