@@ -134,7 +134,10 @@ def train_demo_model(out: Path, quick: bool, shared: Path | None, device: str,
     """Both stages of the CPU recipe on the embedded data (+ real data when present)."""
     spec = demo_train_spec(shared, 40 if quick else 300)
     steps = 30 if quick else None
+    # wall-clock bounds keep `pfn demo --train` within ~10 minutes on a 2-core CPU
+    minutes = (0.5, 0.5) if quick else (2.5, 3.5)
     return train_two_stages(out / "train", spec, category_steps=steps, instance_steps=steps,
+                            category_minutes=minutes[0], instance_minutes=minutes[1],
                             device=device, progress=progress)
 
 
