@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra-pfn-run", default=None,
                     help="another train_default_weights.py run (e.g. the shipped weights when they "
                          "were trained longer) to list beside, marked as not budget-matched")
+    ap.add_argument("--conditions", default="",
+                    help="a sentence on the conditions of the run, printed under the machine line")
     ap.add_argument("--synthetic", type=int, default=300)
     ap.add_argument("--out", default="runs/results")
     ap.add_argument("--results-md", default=str(REPO / "docs" / "RESULTS.md"))
@@ -256,6 +258,7 @@ def write_markdown(path: Path, res: dict, args) -> None:
         "",
         f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} torch threads (2 cores), no GPU; "
         f"torch {res['machine']['torch']}, Python {res['machine']['python']}. Seed {res['seed']}.",
+        *([args.conditions, ""] if args.conditions else []),
         "Data (../shared/data, fixed split): train = 60 COCO images in VOC layout (train.txt) + 136 "
         "Penn-Fudan images (every 5th to val) + 300 synthetic shapes; val = 17 COCO-VOC + 34 Penn-Fudan "
         "images. 23 classes (20 VOC + 3 shapes); AP^r is the SDS protocol (docs/evaluation.md), "
