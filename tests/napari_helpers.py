@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 PERSON = 15  # VOC class index of 'person'
 COUNT = 2.0
@@ -62,3 +63,30 @@ def small_image(h: int = 120, w: int = 160) -> np.ndarray:
     from pfn_napari.napari._sample_data import load_sample
 
     return np.asarray(Image.fromarray(load_sample("skaters")).resize((w, h), Image.BILINEAR))
+
+
+# ---- fixtures shared by the widget tests (imported by name into each test module)
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    return make_tiny_weights(tmp_path_factory.mktemp("pfn") / "tiny.pt")
+
+
+@pytest.fixture
+def widget(qtbot, tiny_weights):
+    from napari.components import ViewerModel
+
+    from pfn_napari.napari import PFNWidget
+
+    w = PFNWidget(ViewerModel())
+    qtbot.addWidget(w)
+    w.synchronous = True
+    w.weights_edit.setText(str(tiny_weights))
+    w.device_combo.setCurrentText("cpu")
+    return w
+
+
+def add_image(widget, data, name="photo", **kw):
+    layer = widget.viewer.add_image(data, name=name, **kw)
+    widget.image_combo.setCurrentText(name)
+    return layer

@@ -13,36 +13,14 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_helpers import COUNT, PERSON, make_tiny_weights, small_image  # noqa: E402
+from napari_helpers import (COUNT, PERSON, add_image, make_tiny_weights, small_image,  # noqa: E402,F401
+                            tiny_weights, widget)
 
 from pfn_napari.napari import _layers as L  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    return make_tiny_weights(tmp_path_factory.mktemp("pfn") / "tiny.pt")
-
-
-@pytest.fixture
-def widget(qtbot, tiny_weights):
-    from napari.components import ViewerModel
-
-    from pfn_napari.napari import PFNWidget
-
-    w = PFNWidget(ViewerModel())
-    qtbot.addWidget(w)
-    w.synchronous = True
-    w.weights_edit.setText(str(tiny_weights))
-    w.device_combo.setCurrentText("cpu")
-    return w
-
-
-def add_image(widget, data, name="photo", **kw):
-    layer = widget.viewer.add_image(data, name=name, **kw)
-    widget.image_combo.setCurrentText(name)
-    return layer
 
 
 @pytest.mark.parametrize("content, expected", [
