@@ -27,7 +27,7 @@ from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_t
 from pfn_napari.inference import default_weights_path
 
 
-def write_model_card(card: Path, weights: Path, summary: dict, meta: dict) -> Path:
+def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, report: Path) -> Path:
     """weights/README.md from the run's own numbers."""
     def f(x):
         return "-" if x is None else f"{x:.1f}"
@@ -64,7 +64,7 @@ truncated or other-version file gives one line naming it (`CheckpointError`).
 
 Time per image on the same CPU: network {t['network_s_per_image']:.2f} s, grouping {t['grouping_s_per_image']:.3f} s.
 These numbers come from `pfn demo --weights {weights}` run by the command above (the
-report is in `runs/default-weights/eval/`). A quarter of an hour of CPU training on a few
+report is in `{report}/`). A quarter of an hour of CPU training on a few
 hundred images is a demonstration, not a useful VOC model: for the paper's recipe on a GPU see
 docs/paper-recipe.md. The training logs are stored inside the file (`meta["history"]`), and
 `pfn demo` plots them.
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"train_minutes": round(minutes, 1), "overall": {k: data[k] for k in ("ap_r", "ap_r_vol", "miou")},
                "datasets": data["datasets"], "timing": data["timing"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    write_model_card(path.parent / "README.md", path, summary, meta)
+    write_model_card(path.parent / "README.md", path, summary, meta, out / "eval")
     print(json.dumps(summary, indent=1))
     return 0
 
