@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -253,7 +254,7 @@ def write_markdown(path: Path, res: dict, args) -> None:
         "--threads 1 --out runs/default-weights --weights runs/default-weights/pfn.pt",
         "python benchmarks/results.py --budget-min 25 --only maskrcnn --threads 1 --out runs/results",
         "# then everything else (cached runs are reused):",
-        f"python benchmarks/results.py {' '.join(sys.argv[1:])}",
+        "python benchmarks/results.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "```",
         "",
         f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} torch threads (2 cores), no GPU; "
