@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. upper bounds and ablations (same PFN model)
     base = replace(g, method="spectral")
     abl = {
-        "PFN (spectral)": eval_pfn(model, samples, nets, base)[0],
+        "PFN (spectral)": rows["PFN, spectral grouping (paper)"],  # computed above
         "w/o coordinates": eval_pfn(model, samples, nets, replace(base, use_coords=False))[0],
         "w/o size filter": eval_pfn(model, samples, nets, replace(base, size_filter=False))[0],
         "w/o refinement": eval_pfn(model, samples, nets, replace(base, refine=False))[0],

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import PFNError
     from ..evaluate import instances_to_coco_results
     from ..grouping import group
-    from ..inference import load_model, resize_instances, run_network
+    from ..inference import fit_image, load_model, resize_instances, run_network
     from ..visualize import save_arrows, save_label_png, save_overlay
 
     images = collect_images(args.images)
@@ -119,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
             save_overlay(out / f"{path.stem}_overlay.png", image, inst, model.class_names,
                          title=f"{path.name}: {len(inst)} instances")
             if args.arrows:
-                from ..inference import fit_image
-
                 small, _ = fit_image(image)
                 save_arrows(out / f"{path.stem}_arrows.png", small, net,
                             resize_instances(inst, net.image_size))
