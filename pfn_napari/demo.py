@@ -56,7 +56,8 @@ class EvalSet:
 
 
 def real_specs(shared: Path | None) -> list[EvalSet]:
-    """The real data sets under ``shared`` (COCO-derived VOC layout, Penn-Fudan)."""
+    """The real data sets under ``shared`` (COCO-derived VOC layout, Penn-Fudan, Weizmann
+    horses)."""
     if shared is None:
         return []
     out = []
@@ -67,6 +68,10 @@ def real_specs(shared: Path | None) -> list[EvalSet]:
     if (pf / "PNGImages").is_dir():
         out.append(EvalSet("pennfudan", f"folder:{pf / 'PNGImages'}:{pf / 'PedMasks'}", "val",
                            ("person",)))
+    horses = shared / "weizmann-horse"
+    if (horses / "images").is_dir():
+        out.append(EvalSet("horses", f"folder:{horses / 'images'}:{horses / 'masks'}", "val",
+                           ("horse",)))
     return out
 
 
@@ -85,11 +90,20 @@ def open_set(es: EvalSet, split: str, classes: tuple[str, ...], limit: int | Non
     return ds
 
 
+#: How many times each real set appears in the training data: the COCO photos are the few
+#: varied, crowded scenes (and the kind of photo the model is checked on), so they are repeated.
+TRAIN_REPEATS = {"coco-voc": 3, "pennfudan": 1, "horses": 1}
+
+
 def demo_train_spec(shared: Path | None, synthetic: int = 300) -> str:
-    """The ``cpu-demo`` training data: synthetic shapes, plus the real data when present."""
-    parts = [f"synthetic:{synthetic}"]
+    """The ``cpu-demo`` training data: synthetic shapes (none when ``synthetic`` is 0), plus
+    the real data when present (COCO photos repeated, :data:`TRAIN_REPEATS`)."""
+    parts = [f"synthetic:{synthetic}"] if synthetic > 0 else []
     for es in real_specs(shared):
-        parts.append(es.spec if es.classes is None else f"{es.spec}:{','.join(es.classes)}")
+        spec = es.spec if es.classes is None else f"{es.spec}:{','.join(es.classes)}"
+        parts += [spec] * TRAIN_REPEATS.get(es.name, 1)
+    if not parts:
+        raise PFNError("no training data: no synthetic images asked for and no real data found")
     return "+".join(parts)
 
 

@@ -3,7 +3,11 @@
 * :func:`segmentation_loss`: pixel-wise cross-entropy on the stride-8 grid, 255 ignored;
 * :func:`location_loss`: ``(1 / Omega) sum_i [k_i >= 1] sum_channels smoothL1(t_i - t*_i)``,
   Omega = the foreground cells of the batch (the paper's per-image Omega, pooled over the batch);
-* :func:`count_loss`: Euclidean, ``mean_c (g_c - g*_c)^2`` averaged over the batch;
+* :func:`count_loss`: Euclidean, ``mean_c (g_c - g*_c)^2`` averaged over the batch
+  (``reduction='sum'``: Caffe's EuclideanLoss, ``sum_c (g_c - g*_c)^2 / 2`` averaged over the
+  batch, which does not shrink as the number of classes grows);
+* :func:`location_units`: the factors that measure location errors in pixels / ``loc_unit``
+  rather than in fractions of the input's size (``loss.loc_unit > 0``);
 * :func:`total_loss`: ``L = loc_weight * Lo + count_weight * Ln (+ seg_weight * Lseg)``, with
   ``Lo`` summed over every stream and the fused output (deep supervision).
 """
@@ -37,10 +41,25 @@ def location_loss(pred: Tensor, target: Tensor, weight: Tensor, beta: float = 1.
     return (per * weight).sum() / omega
 
 
-def count_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Euclidean loss of instance numbers: ``mean over batch and classes of (g - g*)^2``,
-    ``pred`` and ``target`` ``(B, C)``."""
+def count_loss(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Euclidean loss of instance numbers, ``pred`` and ``target`` ``(B, C)``: ``'mean'`` over
+    batch and classes of ``(g - g*)^2``, or ``'sum'``: ``sum_c (g - g*)^2 / 2`` per image,
+    averaged over the batch (Caffe's EuclideanLoss)."""
+    if reduction == "sum":
+        return 0.5 * (pred - target.to(pred.dtype)).pow(2).sum(dim=1).mean()
+    if reduction != "mean":
+        raise ValueError(f"count loss reduction {reduction!r}: 'mean' or 'sum'")
     return F.mse_loss(pred, target.to(pred.dtype))
+
+
+def location_units(num_channels: int, image_size: tuple[int, int], unit: float,
+                   like: Tensor) -> Tensor:
+    """``(1, L, 1, 1)`` factors taking normalised locations (x / W, y / H of an input of
+    ``image_size = (H, W)``) to units of ``unit`` pixels: ``W / unit`` on the x channels,
+    ``H / unit`` on the y channels (every encoding alternates x, y)."""
+    H, W = image_size
+    per_axis = torch.tensor([W / unit, H / unit], dtype=like.dtype, device=like.device)
+    return per_axis.repeat(num_channels // 2).view(1, num_channels, 1, 1)  # (1, L, 1, 1)
 
 
 def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
@@ -72,12 +91,18 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
         preds = dict(out.stream_locations)
         if len(preds) != 1 or not any(p is out.locations for p in preds.values()):
             preds["fused"] = out.locations
+        units = None
+        if cfg.loc_unit > 0:  # errors in pixels / loc_unit of the network input
+            units = location_units(target.shape[1], tuple(batch["image"].shape[-2:]),
+                                   cfg.loc_unit, target)
+            target = target * units
         lo = out.locations.new_zeros(())
         for name, p in preds.items():
+            p = p * units if units is not None else p
             term = location_loss(p, target, weight, cfg.smooth_l1_beta)
             parts[f"loc/{name}"] = float(term.detach())
             lo = lo + term
-        ln = count_loss(out.counts, batch["counts"])
+        ln = count_loss(out.counts, batch["counts"], cfg.count_reduction)
         terms += [cfg.loc_weight * lo, cfg.count_weight * ln]
         parts["loc"], parts["count"] = float(lo.detach()), float(ln.detach())
     loss = torch.stack(terms).sum()

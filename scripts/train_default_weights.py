@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from pfn_napari.checkpoint import load_checkpoint, save_weights
+from pfn_napari.config import load_config
+from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
 from pfn_napari.inference import default_weights_path
 
@@ -75,12 +77,15 @@ docs/paper-recipe.md. The training logs are stored inside the file (`meta["histo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--category-minutes", type=float, default=11.0, help="stage-1 wall clock")
-    ap.add_argument("--instance-minutes", type=float, default=14.0, help="stage-2 wall clock")
-    ap.add_argument("--max-steps", type=int, default=100000, help="step bound of each stage")
+    ap.add_argument("--category-minutes", type=float, default=32.0, help="stage-1 wall clock")
+    ap.add_argument("--instance-minutes", type=float, default=55.0, help="stage-2 wall clock")
+    ap.add_argument("--category-steps", type=int, default=2100, help="stage-1 steps")
+    ap.add_argument("--instance-steps", type=int, default=2700, help="stage-2 steps")
+    ap.add_argument("--decay-at", type=float, default=0.7,
+                    help="fraction of each stage's steps after which the lr drops x0.1")
     ap.add_argument("--category-lr", default="0.002,0.01",
                     help="stage-1 learning rates, pre-trained,new (stage 2 keeps the recipe's)")
-    ap.add_argument("--synthetic", type=int, default=300, help="synthetic training images")
+    ap.add_argument("--synthetic", type=int, default=100, help="synthetic training images")
     ap.add_argument("--out", default="runs/default-weights", help="training folder")
     ap.add_argument("--weights", default=str(default_weights_path()), help="where to write the weights")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -94,14 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = demo_train_spec(shared, args.synthetic)
     out = Path(args.out)
+    cfg = load_config("cpu-demo")
+    steps_per_epoch = len(open_dataset(spec, "train", cfg.data.classes)) // cfg.train.batch_size
+
+    def decay(steps: int) -> str:  # the lr drop after --decay-at of the stage's steps
+        return f"train.lr_step_epochs={max(1, round(args.decay_at * steps / steps_per_epoch))}"
+
     t0 = time.perf_counter()
-    ckpt, logs = train_two_stages(out, spec, category_steps=args.max_steps,
-                                  instance_steps=args.max_steps,
+    ckpt, logs = train_two_stages(out, spec, category_steps=args.category_steps,
+                                  instance_steps=args.instance_steps,
                                   category_minutes=args.category_minutes,
                                   instance_minutes=args.instance_minutes,
-                                  stage_overrides={"category": [
-                                      f"train.lr={args.category_lr.split(',')[0]}",
-                                      f"train.lr_new={args.category_lr.split(',')[1]}"]})
+                                  stage_overrides={
+                                      "category": [f"train.lr={args.category_lr.split(',')[0]}",
+                                                   f"train.lr_new={args.category_lr.split(',')[1]}",
+                                                   decay(args.category_steps)],
+                                      "instance": [decay(args.instance_steps)]})
     minutes = (time.perf_counter() - t0) / 60
     system, cfg, _ = load_checkpoint(ckpt)
     history = {stage: list(csv.DictReader(open(path, newline=""))) for stage, path in logs.items()}

@@ -109,3 +109,58 @@ def test_eval_transform_pads_to_8k_plus_1() -> None:
 def test_bad_crop_size() -> None:
     with pytest.raises(ValueError, match="8k\\+1"):
         TrainTransform(crop_size=320)
+
+
+def test_copy_paste_occludes_renumbers_and_appends_classes() -> None:
+    from pfn_napari.data.transforms import copy_paste
+
+    target = make_sample()  # ids 1 (class 2) [2:6, 2:6], 2 (class 1) [2:8, 20:28], 3 (class 3)
+    src_inst = np.zeros((20, 30), np.int32)
+    src_inst[0:8, 0:8] = 1  # covers target instance 1 entirely
+    src_inst[4:8, 18:24] = 2  # covers part of target instance 2
+    src_inst[19, 29] = 255  # void: never pasted
+    src_cls = np.where(src_inst == 1, 4, np.where(src_inst == 2, 5, 0)).astype(np.uint8)
+    src_cls[19, 29] = 255
+    source = Sample(np.full((20, 30, 3), 200, np.uint8), src_cls, src_inst,
+                    np.array([4, 5], np.int64), "src")
+    out = copy_paste(target, source, np.random.default_rng(0), keep_prob=1.0)
+    # target 1 hidden entirely -> dropped; 2 and 3 stay (ids 1, 2); pasted 1, 2 -> ids 3, 4
+    assert out.instance_classes.tolist() == [1, 3, 4, 5]
+    assert (out.instance_map[0:8, 0:8] == 3).all() and (out.class_map[0:8, 0:8] == 4).all()
+    assert (out.instance_map[4:8, 18:24] == 4).all()
+    visible_2 = out.instance_map == 1
+    assert visible_2.sum() == 6 * 8 - 4 * 4  # target 2 lost the 4 x 4 pixels under the paste
+    assert (out.image[0:8, 0:8] == 200).all() and (out.image[10, 10] == target.image[10, 10]).all()
+    assert out.instance_map[19, 29] == target.instance_map[19, 29]  # source void not pasted
+    assert np.array_equal(out.instance_map[14:18, 10:16], np.full((4, 6), 2))
+
+
+def test_copy_paste_keeps_a_random_non_empty_subset_deterministically() -> None:
+    from pfn_napari.data.transforms import copy_paste
+
+    target, source = make_sample(), hflip(make_sample())
+    a = copy_paste(target, source, np.random.default_rng(3))
+    b = copy_paste(target, source, np.random.default_rng(3))
+    assert np.array_equal(a.instance_map, b.instance_map)
+    assert 3 < a.num_instances <= 6  # at least one pasted, at most all three
+    empty = Sample(target.image, np.zeros_like(target.class_map),
+                   np.zeros_like(target.instance_map), np.zeros(0, np.int64), "e")
+    assert copy_paste(target, empty, np.random.default_rng(0)) is target
+    with pytest.raises(ValueError, match="differ in size"):
+        copy_paste(target, pad_to(source, 25, 30), np.random.default_rng(0))
+
+
+def test_training_set_copy_paste_is_a_function_of_seed_epoch_index() -> None:
+    from pfn_napari.data.loader import TrainingSet
+
+    samples = [make_sample(), hflip(make_sample()), make_sample()]
+    ts = TrainingSet(samples, TrainTransform(17, 1.0, 1.0), num_classes=3, seed=1, copy_paste=1.0)
+    plain = TrainingSet(samples, TrainTransform(17, 1.0, 1.0), num_classes=3, seed=1)
+    a, b = ts[0], ts[0]
+    assert torch_equal(a["image"], b["image"]) and torch_equal(a["counts"], b["counts"])
+    pasted = [int(ts[i]["counts"].sum()) > int(plain[i]["counts"].sum()) for i in range(3)]
+    assert any(pasted)  # some crop gained instances
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

@@ -96,3 +96,40 @@ def test_total_loss_single_stream_counted_once_and_unified_adds_seg() -> None:
     assert set(parts) == {"seg", "total"} and seg_only.item() == pytest.approx(math.log(2.0))
     with pytest.raises(ValueError):
         total_loss(NetOutputs(), _batch(), LossConfig(), "instance")
+
+
+def test_count_loss_sum_is_caffe_euclidean_per_image() -> None:
+    pred = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    target = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 1.0]])
+    # image 1: (1 + 4) / 2 = 2.5; image 2: (9 + 1) / 2 = 5; mean 3.75
+    assert count_loss(pred, target, "sum").item() == pytest.approx(3.75)
+    assert count_loss(pred, target).item() == pytest.approx(15 / 6)
+    with pytest.raises(ValueError, match="reduction"):
+        count_loss(pred, target, "max")
+
+
+def test_location_units_alternate_x_and_y() -> None:
+    from pfn_napari.losses import location_units
+
+    u = location_units(6, (96, 64), 32.0, torch.zeros(1))
+    assert u.shape == (1, 6, 1, 1)
+    assert u.flatten().tolist() == [2.0, 3.0, 2.0, 3.0, 2.0, 3.0]  # W / 32, H / 32
+
+
+def test_total_loss_in_pixel_units_does_not_depend_on_the_crop_size() -> None:
+    """The same 16-pixel error on a 64- and a 128-pixel input gives the same loss."""
+    from pfn_napari.config import LossConfig
+
+    cfg = LossConfig(loc_weight=1.0, count_weight=0.0, loc_unit=32.0)
+    values = []
+    for size in (64, 128):
+        target = torch.full((1, 2, 3, 3), 0.5)
+        pred = target + 16.0 / size  # 16 px off in x and y
+        out = NetOutputs(locations=pred, stream_locations={"fc7": pred},
+                         counts=torch.zeros(1, 1))
+        batch = {"image": torch.zeros(1, 3, size, size), "locations": target,
+                 "location_weight": torch.ones(1, 3, 3), "counts": torch.zeros(1, 1)}
+        loss, _ = total_loss(out, batch, cfg, "instance")
+        values.append(loss.item())
+    # 0.5 unit per channel: smooth-L1 (beta 1) = 0.5 * 0.25 = 0.125, two channels
+    assert values == pytest.approx([0.25, 0.25])

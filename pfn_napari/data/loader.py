@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from ..structures import Sample, Targets
+from .transforms import copy_paste
 
 #: Keys of one item / batch and their shapes (S = crop size, h = w = grid_size(S)).
 ITEM_KEYS = ("image", "class_map", "locations", "location_weight", "counts")
@@ -42,6 +43,10 @@ class TrainingSet(Dataset):
             ``np.random.default_rng([seed, epoch, index])``.
         build_targets: ``(sample, num_classes, encoding) -> Targets``; default
             :func:`pfn_napari.targets.build_targets`.
+        copy_paste: probability that an item gets the instances of another augmented item
+            pasted on top (:func:`pfn_napari.data.transforms.copy_paste`), before its targets
+            are built; the other item and its augmentation are drawn from the item's own
+            generator, so resume stays exact.
 
     Each item is a dict of tensors:
 
@@ -56,8 +61,10 @@ class TrainingSet(Dataset):
     def __init__(self, dataset: Sequence[Sample],
                  transform: Callable[[Sample, np.random.Generator], Sample] | None,
                  num_classes: int, encoding: str = "box6", seed: int = 0,
-                 build_targets: Callable[[Sample, int, str], Targets] | None = None) -> None:
+                 build_targets: Callable[[Sample, int, str], Targets] | None = None,
+                 copy_paste: float = 0.0) -> None:
         self.dataset = dataset
+        self.copy_paste = float(copy_paste)
         self.transform = transform
         self.num_classes = int(num_classes)
         self.encoding = encoding
@@ -83,8 +90,16 @@ class TrainingSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.dataset[int(index)]
+        rng = self.rng(index)
         if self.transform is not None:
-            sample = self.transform(sample, self.rng(index))
+            sample = self.transform(sample, rng)
+        if self.copy_paste > 0 and len(self.dataset) > 1 and rng.random() < self.copy_paste:
+            other = int(rng.integers(len(self.dataset) - 1))
+            other += other >= int(index)  # any item but this one
+            source = self.dataset[other]
+            if self.transform is not None:
+                source = self.transform(source, rng)
+            sample = copy_paste(sample, source, rng)
         targets = self.build_targets(sample, self.num_classes, self.encoding)
         image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)  # (3, S, S)
         return {

@@ -142,6 +142,44 @@ class TrainTransform:
                 f"{self.scale_max}], flip={self.flip})")
 
 
+def copy_paste(target: Sample, source: Sample, rng: np.random.Generator,
+               keep_prob: float = 0.5) -> Sample:
+    """Simple Copy-Paste (Ghiasi et al., CVPR 2021): paste a random subset of ``source``'s
+    instances onto ``target`` (both already augmented to the same size).
+
+    Each source instance is kept with probability ``keep_prob`` (at least one is). Pasted pixels
+    replace the target's image, class and instance labels; target instances hidden under them
+    lose those pixels, and one hidden entirely is dropped. Source void and background pixels are
+    not pasted. Ids are renumbered, so the boxes and counts built afterwards describe what is
+    visible. Draws from ``rng`` in a fixed order (the kept subset, then the fallback choice).
+    """
+    if source.class_map.shape != target.class_map.shape:
+        raise ValueError(f"copy_paste: source {source.class_map.shape} and target "
+                         f"{target.class_map.shape} differ in size")
+    k_t, k_s = target.num_instances, source.num_instances
+    if k_s == 0:
+        return target
+    keep = rng.random(k_s) < keep_prob  # (K_s,)
+    if not keep.any():
+        keep[int(rng.integers(k_s))] = True
+    room = max(0, VOID - 1 - k_t)  # ids stay below the void label
+    kept = np.flatnonzero(keep)[:room] + 1  # source ids 1..K_s
+    if kept.size == 0:
+        return target
+    lut = np.zeros(max(VOID + 1, k_s + 1), dtype=np.int32)  # source id -> new id (0: not pasted)
+    lut[kept] = k_t + np.arange(1, kept.size + 1)
+    src_ids = np.where(source.instance_map == VOID, 0, source.instance_map)  # (H, W)
+    new_ids = lut[src_ids]  # (H, W)
+    pasted = new_ids > 0  # (H, W)
+    image = np.where(pasted[..., None], source.image, target.image)
+    class_map = np.where(pasted, source.class_map, target.class_map).astype(np.uint8)
+    instance_map = np.where(pasted, new_ids, target.instance_map).astype(np.int32)
+    classes = np.concatenate([target.instance_classes,
+                              np.asarray(source.instance_classes, np.int64)[kept - 1]])
+    merged = Sample(image, class_map, instance_map, classes, target.image_id, target.source)
+    return _renumber(merged, image, class_map, instance_map)
+
+
 class EvalTransform:
     """Deterministic: optionally resize so the longer side is ``max_size``, then pad (bottom,
     right, void labels) to ``padded_size`` (8k+1) on each axis. ``rng`` is accepted and unused
