@@ -28,8 +28,16 @@ ENCODING_CHANNELS: dict[str, tuple[str, ...]] = {
     "box10": ("cx", "cy", "lx", "ly", "rx", "ry", "trx", "try", "blx", "bly"),
 }
 
+#: Channels that hold an x coordinate or width (normalised by W); the others hold y (by H).
+#: Every encoding alternates x, y, x, y, ...
+X_CHANNELS = frozenset({"dx", "cx", "lx", "rx", "trx", "blx", "w"})
+#: Channels that hold an absolute position in the image (not an offset or a size).
+POSITION_CHANNELS = frozenset({"cx", "cy", "lx", "ly", "rx", "ry", "trx", "try", "blx", "bly"})
+
 BACKBONES = ("vgg16", "alexnet", "efficientnet_lite0")
 STREAMS = ("input", "pool1", "pool2", "pool3", "fc7")
+#: How the location streams are fused (``model.fusion``), see ``model/heads.py``.
+FUSIONS = ("concat", "plain_sum", "sum")
 
 #: The 20 PASCAL VOC classes, index 1..20 (0 is background).
 VOC_CLASSES: tuple[str, ...] = (
@@ -55,6 +63,14 @@ class DataConfig:
     scale_max: float = 1.5
     flip: bool = True
     num_workers: int = 0
+    # Simple Copy-Paste (Ghiasi et al., CVPR 2021): probability that a training crop gets a
+    # random subset of the instances of another (augmented) training crop pasted on top.
+    copy_paste: float = 0.0
+    # Image ids dropped from the SBD part of the training data (SBD's train list shares images
+    # with VOC 2012 val, the paper's test set): '' keeps every image; 'val': the images of
+    # data.val (its data.val_split list); or a path: a VOC root (its
+    # ImageSets/Segmentation/val.txt) or a text file of ids, one a line.
+    train_exclude: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,9 @@ class ModelConfig:
     encoding: str = "box6"  # a key of ENCODING_CHANNELS
     streams: tuple[str, ...] = STREAMS  # ('fc7',) is "PFN w/o multi-scale"
     coord_maps: bool = True  # False is "PFN w/o coordinate maps"
-    fusion: str = "concat"  # 'concat' (paper) or 'sum'
+    # 'concat' (paper): concat + 1x1 conv; 'plain_sum': the element-wise sum of the streams (the
+    # paper's "fusing summation"); 'sum': a learnable weighted sum (our variant, starts as the mean)
+    fusion: str = "concat"
     count_features: str = "both"  # 'both', 'category' (w/o instance-level), 'instance'
     stream_channels: int = 128
     count_channels: int = 128
@@ -78,6 +96,15 @@ class ModelConfig:
     init_std: float = 0.01  # Gaussian init of new layers
     fc7_channels: int = 0  # width of fc6/fc7 (lite0: projection); 0 = backbone default (1024/256)
     lite_output_stride: int = 16  # efficientnet_lite0: 8 dilates stages 4-7, 16/32 upsample
+    # Size-consistent locations (docs/model.md): 0 is the literal reading (coordinate maps and
+    # outputs normalised by the input's W and H, regressed directly); > 0 makes every stream
+    # predict, in units of this many pixels, its offset from the cell's own position, with
+    # coordinate maps in pixels / COORD_UNIT_PX, so a pixel's answer does not depend on the canvas.
+    location_unit: float = 0.0
+    # 'fc': average pool to count_pool x count_pool + fc layers (our first reading; it sees a
+    # density, so counts shrink as the image grows); 'density': the same layers applied per cell
+    # as 1x1 convs, a non-negative count per cell and class, summed over the image.
+    count_head: str = "fc"
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,12 @@ class LossConfig:
     count_weight: float = 1.0
     seg_weight: float = 1.0  # used by the category stage and the unified network
     smooth_l1_beta: float = 1.0
+    # 0: location errors in normalised units (x / W, y / H of the input); > 0: in units of this
+    # many pixels, so the loss does not depend on the crop size and content offsets are O(1).
+    loc_unit: float = 0.0
+    # 'mean': mean over batch and classes of (g - g*)^2; 'sum': Caffe's EuclideanLoss, sum over
+    # the classes of an image / 2, averaged over the batch.
+    count_reduction: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -102,7 +135,13 @@ class TrainConfig:
     max_steps: int = 0  # >0 stops after that many optimiser steps (CPU recipes, tests)
     max_minutes: float = 0.0  # >0 also stops after that much wall clock (fixed-budget runs)
     count_finetune: str = "joint"  # 'joint' or 'separate' (freeze, then train the count head)
+    # count_finetune='separate': 'split' cuts one schedule (epochs / max_steps) in two
+    # (COUNT_PHASE_SPLIT); 'full' gives each phase its own full schedule (the paper's reading).
+    separate_schedule: str = "split"
     grad_clip: float = 0.0  # >0: clip the global gradient norm to this (0: off, the paper)
+    # Parameter-name prefixes of the trained network kept frozen (e.g. the early, full-resolution
+    # layers of a light backbone: no backward pass through them, a faster CPU step).
+    frozen: tuple[str, ...] = ()
     amp: bool = False
     seed: int = 0
     log_every: int = 10
@@ -298,18 +337,26 @@ def validate(cfg: PFNConfig) -> None:
          f"model.encoding={m.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
         (bool(m.streams) and set(m.streams) <= set(STREAMS),
          f"model.streams={m.streams!r}: a non-empty subset of {STREAMS}"),
-        (m.fusion in ("concat", "sum"), f"model.fusion={m.fusion!r}: 'concat' or 'sum'"),
+        (m.fusion in FUSIONS, f"model.fusion={m.fusion!r}: choose one of {FUSIONS}"),
         (m.count_features in ("both", "category", "instance"),
          f"model.count_features={m.count_features!r}: 'both', 'category' or 'instance'"),
         (t.stage in ("category", "instance", "unified"),
          f"train.stage={t.stage!r}: 'category', 'instance' or 'unified'"),
         (t.count_finetune in ("joint", "separate"),
          f"train.count_finetune={t.count_finetune!r}: 'joint' or 'separate'"),
+        (t.separate_schedule in ("split", "full"),
+         f"train.separate_schedule={t.separate_schedule!r}: 'split' or 'full'"),
         (g.scoring in ("mean_prob", "prob_x_similarity", "ones"),
          f"grouping.scoring={g.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
         (g.sigma > 0, f"grouping.sigma={g.sigma}: must be > 0"),
         (0 <= g.min_size_frac < 1, f"grouping.min_size_frac={g.min_size_frac}: in [0, 1)"),
         (cfg.data.crop_size >= 9, f"data.crop_size={cfg.data.crop_size}: at least 9"),
+        (0 <= cfg.data.copy_paste <= 1, f"data.copy_paste={cfg.data.copy_paste}: in [0, 1]"),
+        (m.location_unit >= 0, f"model.location_unit={m.location_unit}: 0 (normalised) or > 0 px"),
+        (m.count_head in ("fc", "density"), f"model.count_head={m.count_head!r}: 'fc' or 'density'"),
+        (cfg.loss.loc_unit >= 0, f"loss.loc_unit={cfg.loss.loc_unit}: 0 (normalised) or > 0 px"),
+        (cfg.loss.count_reduction in ("mean", "sum"),
+         f"loss.count_reduction={cfg.loss.count_reduction!r}: 'mean' or 'sum'"),
         (len(cfg.data.classes) == m.num_classes,
          f"data.classes has {len(cfg.data.classes)} names but model.num_classes={m.num_classes}"),
     ]

@@ -260,8 +260,10 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
             continue
         m = ev.result()
         write_metrics(m, out / es.name, classes)
+        errors = m.count_error()[m.has_gt]
         per_set[es.name] = {"images": m.num_images, **{k: v for k, v in m.to_dict(False).items()
-                                                       if k in ("ap_r", "ap_r_vol", "miou")}}
+                                                       if k in ("ap_r", "ap_r_vol", "miou")},
+                            "count_error": float(errors.mean()) if errors.size else None}
     if combined.num_images == 0:
         raise PFNError("the demo found no data set whose classes the model knows")
     metrics = combined.result()
@@ -292,19 +294,25 @@ def write_report(out: Path, data: dict[str, Any], per_set: dict[str, Any],
                  pictures: list[tuple[str, str]], has_loss: bool) -> None:
     """``report.md`` and ``index.html``: the tables, then the pictures."""
     thresholds = list(data["ap_r"])
-    head = "| data | images | " + " | ".join(f"AP^r@{t}" for t in thresholds) + " | AP^r_vol | mIoU |"
-    rule = "|---|---:|" + "---:|" * (len(thresholds) + 2)
+    head = ("| data | images | " + " | ".join(f"AP^r@{t}" for t in thresholds)
+            + " | AP^r_vol | mIoU | count error |")
+    rule = "|---|---:|" + "---:|" * (len(thresholds) + 3)
     rows = [f"| {name} | {d['images']} | " + " | ".join(_fmt(d["ap_r"].get(t)) for t in thresholds)
-            + f" | {_fmt(d['ap_r_vol'])} | {_fmt(d['miou'])} |" for name, d in per_set.items()]
+            + f" | {_fmt(d['ap_r_vol'])} | {_fmt(d['miou'])} | "
+            + ("-" if d.get("count_error") is None else f"{d['count_error']:.2f}") + " |"
+            for name, d in per_set.items()]
     rows.append(f"| **all** | {data['num_images']} | " + " | ".join(
         _fmt(data["ap_r"].get(t)) for t in thresholds)
-        + f" | {_fmt(data['ap_r_vol'])} | {_fmt(data['miou'])} |")
+        + f" | {_fmt(data['ap_r_vol'])} | {_fmt(data['miou'])} | |")
     tm = data["timing"]
     md = ["# PFN demo report", "",
           f"Model: `{data['model']['weights']}` ({data['model']['backbone']}, grouping "
           f"`{data['model']['grouping']}`, {data['model']['device']}).", "",
           "## Instance segmentation (AP^r, percent; SDS/VOC protocol)", "", head, rule, *rows, "",
-          f"Per-class tables: `metrics.md` (all data) and `<data>/metrics.md`. Time per image: "
+          "Count error: the mean absolute error of the number of instances per image, averaged "
+          "over the classes with ground truth. "
+          f"Per-class tables (AP^r, IoU, count error): `metrics.md` (all data) and "
+          f"`<data>/metrics.md`. Time per image: "
           f"network {tm['network_s_per_image']:.3f} s, grouping {tm['grouping_s_per_image']:.3f} s "
           f"({tm['images']} images, {tm['total_s']:.0f} s in all).", "",
           "## Curves", "", "![precision/recall](pr_curves.png)", ""]

@@ -222,6 +222,8 @@ class Metrics:
         num_images: images evaluated.
         num_gt: ``(C,)`` ground-truth instances per class (those with a non-void pixel).
         num_pred: ``(C,)`` predicted instances per class.
+        count_abs_error: ``(C,)`` sum over images of ``|predicted - true|`` instances of each
+            class (:meth:`count_error` divides by the images).
     """
 
     class_names: tuple[str, ...]
@@ -233,6 +235,14 @@ class Metrics:
     num_images: int
     num_gt: np.ndarray
     num_pred: np.ndarray
+    count_abs_error: np.ndarray | None = None
+
+    def count_error(self) -> np.ndarray:
+        """``(C,)`` mean absolute error of the number of instances per image, per class
+        (every image counts, also those where the class is absent and not predicted)."""
+        if self.count_abs_error is None or self.num_images == 0:
+            return np.full(len(self.class_names), np.nan)
+        return self.count_abs_error / self.num_images
 
     @property
     def has_gt(self) -> np.ndarray:
@@ -287,6 +297,7 @@ class Metrics:
             return None if not math.isfinite(x) else 100 * float(x)
 
         vol = self.class_ap_vol()
+        count_err = self.count_error()
         per_class = {}
         for c, name in enumerate(self.class_names):
             per_class[name] = {
@@ -294,6 +305,7 @@ class Metrics:
                 "ap_r_vol": pct(vol[c]),
                 "num_gt": int(self.num_gt[c]),
                 "num_pred": int(self.num_pred[c]),
+                "count_error": _finite(float(count_err[c])),
             }
         iou = self.class_iou()
         out: dict[str, Any] = {
@@ -353,6 +365,7 @@ class Evaluator:
         self.confusion = np.zeros((c + 1, c + 1), dtype=np.int64)
         self.num_gt = np.zeros(c, dtype=np.int64)
         self.num_pred = np.zeros(c, dtype=np.int64)
+        self.count_abs_error = np.zeros(c, dtype=np.int64)  # sum of |#pred - #gt| per class
         self.num_images = 0
 
     @property
@@ -385,6 +398,8 @@ class Evaluator:
         gt_masks = gt_masks[visible]
         gt_classes = np.asarray(gt.instance_classes, dtype=np.int64)[visible]
         ious = mask_ious(pred.masks, gt_masks, void)  # (N, G)
+        self.count_abs_error += np.abs(np.bincount(pred.classes - 1, minlength=c)[:c]
+                                       - np.bincount(gt_classes - 1, minlength=c)[:c])
         for k in np.union1d(np.unique(gt_classes), np.unique(pred.classes)):
             p = pred.classes == k
             g = gt_classes == k
@@ -421,7 +436,7 @@ class Evaluator:
                     curves[t].append((rec, prec))
         return Metrics(self.class_names, self.thresholds, self.ap_style, ap, curves,
                        self.confusion.copy(), self.num_images, self.num_gt.copy(),
-                       self.num_pred.copy())
+                       self.num_pred.copy(), self.count_abs_error.copy())
 
 
 def evaluate(gts: Sequence[Sample], preds: Sequence[Instances], class_names: Sequence[str],
@@ -455,17 +470,24 @@ def evaluate(gts: Sequence[Sample], preds: Sequence[Instances], class_names: Seq
 
 def format_table(metrics: Metrics, class_names: Sequence[str] | None = None) -> str:
     """The paper's Table 1 shape as a Markdown table: rows AP^r@t and AP^r_vol, one column per
-    class and the mean (percent, one decimal; ``-`` for a class without ground truth)."""
+    class and the mean (percent, one decimal; ``-`` for a class without ground truth), then
+    the semantic IoU of each class (mean: the mean IoU, background included) and the mean
+    absolute error of the number of instances per image (mean over the classes with ground
+    truth)."""
     names = tuple(class_names) if class_names is not None else metrics.class_names
     vol = metrics.class_ap_vol()
 
-    def cell(x: float) -> str:
-        return f"{100 * x:.1f}" if math.isfinite(x) else "-"
+    def cell(x: float, scale: float = 100.0, digits: int = 1) -> str:
+        return f"{scale * x:.{digits}f}" if math.isfinite(x) else "-"
 
     rows = [[f"AP^r@{threshold_key(t)}", *(cell(v) for v in metrics.ap[t]),
              cell(metrics.mean_ap(t))]
             for t in metrics.thresholds]
     rows.append(["AP^r_vol", *(cell(v) for v in vol), cell(metrics.ap_r_vol / 100)])
+    rows.append(["IoU", *(cell(v) for v in metrics.class_iou()[1:]), cell(metrics.miou / 100)])
+    errors = metrics.count_error()
+    mean_error = float(np.mean(errors[metrics.has_gt])) if metrics.has_gt.any() else math.nan
+    rows.append(["count error", *(cell(v, 1.0, 2) for v in errors), cell(mean_error, 1.0, 2)])
     header = [f"{metrics.ap_style} ({metrics.num_images} img)", *names, "mean"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 

@@ -4,6 +4,10 @@
 returns a :class:`~pfn_napari.structures.NetworkOutput` (numpy, stride-8 grid) that holds
 everything test-time grouping needs; ``predict`` adds the grouping. Keeping the two apart is
 what lets napari re-cluster without re-running the networks.
+
+The dense CRF (``crf.enabled``, the paper's test time) refines the full-resolution class
+probabilities, and the grid's ``class_probs`` are then read from them at the cells' pixels
+(:func:`grid_cells`), so every step of the grouping sees the CRF's category map.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 
 from .config import GroupingConfig, PFNConfig
 from .errors import CheckpointError, PFNError
-from .structures import Instances, NetworkOutput, grid_size, padded_size
+from .structures import STRIDE, Instances, NetworkOutput, grid_size, padded_size
 
 #: Longest image side the networks see; larger images are resized down (aspect kept) and the
 #: masks resized back to the original size. Override with PFN_MAX_SIDE.
@@ -154,7 +158,9 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
 
     ``image`` is ``(H, W, 3)`` (uint8 RGB preferred; grayscale/RGBA/16-bit are converted).
     Images with a side over :data:`MAX_SIDE` are resized first: the returned
-    ``NetworkOutput.image_size`` is the size the networks saw.
+    ``NetworkOutput.image_size`` is the size the networks saw. ``crf``: refine the category map
+    with the dense CRF (``None``: the model config's ``crf.enabled``); then ``full_class_probs``
+    are the CRF's marginals and ``class_probs`` those marginals at the grid's cells.
     """
     rgb, _ = fit_image(as_rgb_uint8(image, name), name=name)
     h, w = rgb.shape[:2]
@@ -173,7 +179,8 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
     if use_crf:
         from .model.crf import dense_crf
 
-        full_probs = dense_crf(rgb, full_probs, model.config.crf)
+        full_probs = dense_crf(rgb, full_probs, model.config.crf)  # (C+1, H, W)
+        probs = torch.from_numpy(grid_cells(full_probs))  # (C+1, gh, gw): the CRF's map
     # the networks normalise locations by the padded size: bring them to the image's own
     scale = location_scale(model.encoding, (h, w), (hp, wp))  # (L, 1, 1)
     streams = {k: v[0, :, :gh, :gw].float().cpu().numpy() * scale
@@ -187,6 +194,12 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
         stream_locations=streams,
         full_class_probs=full_probs.astype(np.float32),
     )
+
+
+def grid_cells(full: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    """``(K, H, W)`` full-resolution maps -> ``(K, grid_size(H), grid_size(W))``: the values at
+    the pixels ``stride * i`` the grid's cells sit on."""
+    return np.ascontiguousarray(full[:, ::stride, ::stride])  # (K, h, w)
 
 
 def location_scale(encoding: str, size: tuple[int, int], padded: tuple[int, int]) -> np.ndarray:

@@ -82,7 +82,8 @@ class NetworkOutput:
     This is the cache the napari widget keeps: re-clustering needs nothing else.
     """
 
-    class_probs: np.ndarray  # (C + 1, h, w) float32 softmax of the category network
+    class_probs: np.ndarray  # (C + 1, h, w) float32 softmax of the category network (with the
+    # CRF on: the CRF's marginals at the cells' pixels, so grouping clusters the CRF's map)
     locations: np.ndarray  # (L, h, w) float32 fused location prediction (normalised coords)
     counts: np.ndarray  # (C,) float32 predicted instance numbers
     image_size: tuple[int, int]  # (H, W) of the original image

@@ -8,9 +8,11 @@ Three stages (``cfg.train.stage``), as in the paper's section 3 plus one ablatio
   (``cfg.train.init``, via ``PFNNet.init_from``), trained with ``lambda * Lo + Ln``. The
   checkpoint holds ``PFNSystem(category=<stage-1 network, frozen>, instance=<trained>)`` so one
   file is all ``pfn predict`` needs. ``count_finetune='separate'`` ("PFN separate finetune"):
-  the first half of the steps (``count_phase_split``) trains the locations with the count head
-  frozen and the count loss off; the second half freezes everything but the count head and
-  trains it alone (frozen BatchNorm layers keep their statistics).
+  a first phase trains the locations with the count head frozen and the count loss off; a
+  second phase freezes everything but the count head and trains it alone (frozen BatchNorm
+  layers keep their statistics). ``separate_schedule='full'`` (the paper's reading) gives each
+  phase the whole schedule (``epochs`` or ``max_steps``, the learning rate restarting at
+  ``lr`` / ``lr_new``); ``'split'`` cuts one schedule at :data:`COUNT_PHASE_SPLIT`.
 * ``unified``: one network with all three heads and all three losses ("one unified network").
 
 Recipe: SGD, momentum 0.9, weight decay 5e-4, ``lr`` for pre-trained layers and ``lr_new`` for
@@ -59,7 +61,8 @@ from .checkpoint import (capture_rng_state, load_checkpoint, networks_of, read_c
 from .config import PFNConfig, config_to_dict
 from .errors import CheckpointError, PFNError
 
-#: Fraction of the steps the location phase takes with ``count_finetune='separate'``.
+#: Fraction of the steps the location phase takes with ``count_finetune='separate'`` and
+#: ``separate_schedule='split'``.
 COUNT_PHASE_SPLIT = 0.5
 
 
@@ -110,6 +113,24 @@ def lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -
     if step_epochs <= 0:
         return 1.0
     return float(gamma) ** ((step // max(1, steps_per_epoch)) // step_epochs)
+
+
+def phase_plan(schedule_steps: int, separate: bool, schedule: str) -> tuple[int, int]:
+    """``(total steps, first step of the count phase)`` of a run whose schedule is
+    ``schedule_steps`` long. Joint training: ``(n, n)``; separate with ``'split'``: the count
+    phase starts at ``round(n * COUNT_PHASE_SPLIT)`` of the same ``n`` steps; with ``'full'``:
+    each phase runs the whole schedule, ``(2 n, n)``."""
+    if not separate:
+        return schedule_steps, schedule_steps
+    if schedule == "full":
+        return 2 * schedule_steps, schedule_steps
+    return schedule_steps, int(round(schedule_steps * COUNT_PHASE_SPLIT))
+
+
+def schedule_step(step: int, split: int, restart: bool) -> int:
+    """The step the learning-rate schedule reads: ``step``, or with ``restart`` (each phase its
+    own schedule) the step within the count phase once it has begun (``step - split``)."""
+    return step - split if restart and step >= split else step
 
 
 def param_sha256(module: nn.Module) -> str:
@@ -231,12 +252,15 @@ def _count_head_params(net: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def _set_phase(net: nn.Module, phase: str) -> None:
+def _set_phase(net: nn.Module, phase: str, frozen: tuple[str, ...] = ()) -> None:
     """Which parameters train. ``all``: every one; ``locations``: all but the count head;
-    ``counts``: only the count head (BatchNorm layers outside it keep their statistics)."""
+    ``counts``: only the count head (BatchNorm layers outside it keep their statistics).
+    Parameters whose name starts with one of ``frozen`` never train."""
     count_ids = {id(p) for p in _count_head_params(net)} if phase != "all" else set()
-    for p in net.parameters():
-        if phase == "all":
+    for name, p in net.named_parameters():
+        if frozen and name.startswith(tuple(frozen)):
+            p.requires_grad_(False)
+        elif phase == "all":
             p.requires_grad_(True)
         elif phase == "locations":
             p.requires_grad_(id(p) not in count_ids)
@@ -297,6 +321,20 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
         p.requires_grad_(False)
     note(f"instance network initialised from {cfg.train.init}")
     return PFNSystem(category=category, instance=net), net, "instance"
+
+
+def _exclude_images(dataset, cfg: PFNConfig, note):
+    """The training data without the SBD images ``data.train_exclude`` names (e.g. those of
+    VOC 2012 val, the paper's test set); says how many of them overlapped."""
+    from .data.sbd import drop_sbd_images, read_exclude_ids
+
+    d = cfg.data
+    ids, source = read_exclude_ids(d.train_exclude, d.val, d.val_split)
+    kept, dropped = drop_sbd_images(dataset, ids)
+    note(f"data.train_exclude={d.train_exclude!r}: {dropped} of the {len(dataset)} training "
+         f"images are among the {len(ids)} ids of {source} and were dropped "
+         f"({len(kept)} remain; only SBD images are checked)")
+    return kept
 
 
 def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.SGD:
@@ -458,17 +496,22 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
     # ---- data
     classes = tuple(cfg.data.classes)
     dataset = open_dataset(cfg.data.train, cfg.data.train_split, classes)
+    if cfg.data.train_exclude:
+        dataset = _exclude_images(dataset, cfg, note)
     transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
                                cfg.data.flip)
     train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
-                            seed=t.seed)
+                            seed=t.seed, copy_paste=cfg.data.copy_paste)
     sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)
     per_rank = len(sampler)
     spe = per_rank // t.batch_size  # steps per epoch (incomplete batches dropped)
     if spe < 1:
         raise PFNError(f"data.train={cfg.data.train!r} has {len(train_set)} images: too few for "
                        f"batch {t.batch_size} x {info.world} process(es); lower train.batch_size")
-    total = t.max_steps if t.max_steps > 0 else t.epochs * spe
+    separate = t.stage == "instance" and t.count_finetune == "separate"
+    restart = separate and t.separate_schedule == "full"
+    total, split = phase_plan(t.max_steps if t.max_steps > 0 else t.epochs * spe, separate,
+                              t.separate_schedule)
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
                         num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=True,
                         pin_memory=device.type == "cuda",
@@ -478,16 +521,21 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
     # ---- networks and optimiser
     system, net, kind = _build_networks(cfg, note, resuming=ckpt is not None)
     system.to(device)
+    if t.frozen:
+        _set_phase(net, "all", t.frozen)
+        names = [n for n, p in net.named_parameters() if n.startswith(tuple(t.frozen))]
+        if not names:
+            raise PFNError(f"train.frozen={list(t.frozen)}: no parameter of the {kind} network "
+                           "starts with these prefixes")
+        note(f"frozen: {len(names)} parameter tensors ({', '.join(t.frozen)})")
     optimizer = _optimizer(net, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, spe, t.lr_step_epochs, t.lr_gamma))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        schedule_step(step, split, restart), spe, t.lr_step_epochs, t.lr_gamma))
     use_amp = bool(t.amp) and device.type == "cuda"
     if t.amp and not use_amp:
         note("train.amp ignored: mixed precision is used on CUDA only")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    separate = kind == "instance" and t.count_finetune == "separate"
-    split = int(round(total * COUNT_PHASE_SPLIT)) if separate else total
     if t.count_finetune == "separate" and kind != "instance":
         note(f"train.count_finetune=separate applies to stage 'instance' only; stage {kind!r} "
              "trains jointly")
@@ -518,9 +566,11 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     logger = _Logger(out_dir, info.main, step if ckpt is not None else None)
+    plan = (f", count head trained separately from step {split}"
+            + (" (its own schedule: the learning rate restarts there)" if restart else "")
+            if separate else "")
     note(f"stage {t.stage}: {len(train_set)} images, {spe} steps/epoch, {total} steps, "
-         f"batch {t.batch_size} x {info.world}, device {device}"
-         + (f", count head trained separately from step {split}" if separate else ""))
+         f"batch {t.batch_size} x {info.world}, device {device}{plan}")
 
     # ---- per-rank RNG: restore on resume, else a rank-specific dropout stream
     if ckpt is not None:
@@ -540,7 +590,7 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
     model: nn.Module = net
 
     def enter_phase(phase: str) -> nn.Module:
-        _set_phase(net, phase)
+        _set_phase(net, phase, t.frozen)
         if info.enabled:
             return nn.parallel.DistributedDataParallel(
                 net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -684,7 +734,7 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
         hashes = [str(h) for h in gathered]
         if len(set(hashes)) != 1:
             note(f"WARNING: ranks ended with different weights: {hashes}")
-    _set_phase(net, "all")
+    _set_phase(net, "all", t.frozen)
     extra = {"rank_param_sha256": hashes, "final_loss": last_parts,
              "base_lrs": base_lrs, "steps_per_epoch": spe}
     save("last.pt", step // spe, extra)

@@ -95,3 +95,71 @@ def test_bad_options_give_one_line_errors(tmp_path, capsys):
         assert main(["evaluate", *argv, "--out", str(tmp_path / "o")]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("pfn: error: ") and message in err[-1], (argv, err)
+
+
+@pytest.fixture(scope="module")
+def shapes_weights(tmp_path_factory):
+    """A tiny untrained model on the synthetic classes (its outputs are faked below)."""
+    import torch
+
+    from pfn_napari.checkpoint import save_weights
+    from pfn_napari.config import load_config
+    from pfn_napari.model import build_system
+
+    cfg = load_config("cpu-lite0", ["model.backbone=alexnet", "model.streams=[fc7]",
+                                    "model.fc7_channels=16", "model.count_hidden=8"])
+    torch.manual_seed(0)
+    system = build_system(cfg.model, "instance").eval()
+    return save_weights(tmp_path_factory.mktemp("w") / "shapes.pt", system, cfg)
+
+
+def test_oracle_locations_on_the_model_segmentation(shapes_weights, tmp_path, monkeypatch,
+                                                    capsys):
+    """A fake network that gets classes and counts right but says 0.5 for every location:
+    grouped as it is, same-class instances merge; with --oracle-locations (the paper's bound)
+    the true locations are clustered on its (here perfect) segmentation: AP^r 100."""
+    from dataclasses import replace
+
+    import pfn_napari.inference as inference
+    from pfn_napari.grouping import oracle_network_output
+
+    data = open_dataset("synthetic:3@1", "val")
+    by_id = {str(s.image_id): s for s in data}
+
+    def fake_run_network(model, image, crf=None, name="image"):
+        net = oracle_network_output(by_id[name], 3, full_classes=True)
+        return replace(net, locations=np.full_like(net.locations, 0.5))
+
+    monkeypatch.setattr(inference, "run_network", fake_run_network)
+    common = [str(shapes_weights), "--data", "synthetic:3@1", "--split", "val",
+              "--grouping", "vote", "--thresholds", "0.5"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "net")]) == 0
+    as_is = json.loads((tmp_path / "net" / "metrics.json").read_text())["ap_r"]["0.5"]
+    assert main(["evaluate", *common, "--oracle-locations", "--out", str(tmp_path / "ol")]) == 0
+    bound = json.loads((tmp_path / "ol" / "metrics.json").read_text())["ap_r"]["0.5"]
+    assert as_is < 80 and bound == pytest.approx(100.0)
+    assert "ground-truth locations clustered on its own segmentation" in capsys.readouterr().out
+    assert main(["evaluate", *common, "--oracle-locations", "--stride", "4",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--stride: only for --oracle-locations without CHECKPOINT" in capsys.readouterr().err
+
+
+def test_crf_flags_and_settings_reach_the_networks(shapes_weights, tmp_path, monkeypatch):
+    """--crf / --no-crf override the checkpoint's crf.enabled (None: keep it); --set crf.*
+    reaches the CRF's settings."""
+    import pfn_napari.inference as inference
+    from pfn_napari.grouping import oracle_network_output
+
+    data = open_dataset("synthetic:1@1", "val")
+    seen = []
+
+    def fake_run_network(model, image, crf=None, name="image"):
+        seen.append((crf, model.config.crf.iterations))
+        return oracle_network_output(data[0], 3, full_classes=True)
+
+    monkeypatch.setattr(inference, "run_network", fake_run_network)
+    common = [str(shapes_weights), "--data", "synthetic:1@1", "--split", "val",
+              "--grouping", "vote", "--out", str(tmp_path / "o")]
+    for flags in ([], ["--crf", "--set", "crf.iterations=3"], ["--no-crf"]):
+        assert main(["evaluate", *common, *flags]) == 0
+    assert seen == [(None, 10), (True, 3), (False, 10)]

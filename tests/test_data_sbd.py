@@ -96,3 +96,42 @@ def test_sbd_bad_inputs_name_the_file(tmp_path: Path) -> None:
     (root / "cls" / "b.mat").unlink()
     with pytest.raises(DatasetError, match=r"cls/b\.mat: annotation not found"):
         ds[1]
+
+
+def test_exclude_ids_from_a_voc_root_a_file_or_the_val_data(tmp_path: Path) -> None:
+    from pfn_napari.data.sbd import read_exclude_ids
+
+    root = make_sbd(tmp_path)
+    voc = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    voc.mkdir(parents=True)
+    (voc / "val.txt").write_text("a\nz\n")
+    ids, source = read_exclude_ids(str(tmp_path / "VOCdevkit"))
+    assert ids == {"a", "z"} and source.endswith("VOC2012/ImageSets/Segmentation/val.txt")
+    assert read_exclude_ids(f"voc:{tmp_path / 'VOCdevkit' / 'VOC2012'}")[0] == {"a", "z"}
+    assert read_exclude_ids(str(voc / "val.txt"))[0] == {"a", "z"}
+    assert read_exclude_ids("val", f"sbd:{root}", "val") == ({"b"}, f"sbd:{root} [val]")
+    assert read_exclude_ids("") == (frozenset(), "")
+    with pytest.raises(DatasetError, match=r"data.train_exclude='nowhere': not 'val', a VOC root"):
+        read_exclude_ids("nowhere")
+    with pytest.raises(DatasetError, match=r"data.train_exclude=.*without ImageSets"):
+        read_exclude_ids(str(root))
+    with pytest.raises(DatasetError, match=r"data.train_exclude='val' reads the ids of data.val"):
+        read_exclude_ids("val", f"sbd:{tmp_path / 'missing'}", "val")
+
+
+def test_drop_sbd_images_only_touches_sbd_parts(tmp_path: Path) -> None:
+    from pfn_napari.data.sbd import drop_sbd_images
+
+    root = make_sbd(tmp_path)
+    sbd = open_dataset(f"sbd:{root}", "train")
+    kept, dropped = drop_sbd_images(sbd, {"a", "z"})
+    assert dropped == 1 and kept.image_ids == ["b"]
+    assert kept[0].instance_classes.tolist() == [12]  # image b, read through the subset
+    assert drop_sbd_images(sbd, {"z"}) == (sbd, 0)  # no overlap: the same dataset
+    both = open_dataset(f"sbd:{root}+synthetic:2", "train", VOC_CLASSES + ("disc", "square",
+                                                                         "triangle"))
+    kept, dropped = drop_sbd_images(both, {"a", "b", "synthetic_0_0_000000"})
+    assert dropped == 2 and len(kept) == 2  # the synthetic images stay, whatever their ids
+    assert kept.classes == both.classes
+    synthetic = open_dataset("synthetic:2", "train")
+    assert drop_sbd_images(synthetic, {str(i) for i in synthetic.image_ids}) == (synthetic, 0)

@@ -283,8 +283,11 @@ def test_format_table_and_write_metrics(tmp_path):
     lines = table.splitlines()
     assert [c.strip() for c in lines[0].split("|")[2:5]] == ["cat", "dog", "mean"]
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == [
-        "AP^r@0.5", "AP^r@0.6", "AP^r@0.7", "AP^r@0.8", "AP^r@0.9", "AP^r_vol"]
+        "AP^r@0.5", "AP^r@0.6", "AP^r@0.7", "AP^r@0.8", "AP^r@0.9", "AP^r_vol", "IoU",
+        "count error"]
     assert [c.strip() for c in lines[2].split("|")[2:5]] == ["100.0", "-", "100.0"]
+    assert [c.strip() for c in lines[-2].split("|")[2:5]] == ["100.0", "-", "100.0"]
+    assert [c.strip() for c in lines[-1].split("|")[2:5]] == ["0.00", "0.00", "0.00"]
     json_path, md_path = write_metrics(m, tmp_path / "out", ["cat", "dog"])
     data = json.loads(json_path.read_text())
     assert data["ap_r"] == {"0.5": 100.0, "0.6": 100.0, "0.7": 100.0, "0.8": 100.0, "0.9": 100.0}
@@ -293,6 +296,7 @@ def test_format_table_and_write_metrics(tmp_path):
     assert data["per_class"]["dog"]["ap_r_vol"] is None
     assert data["pr_curves"]["0.5"]["cat"] == {"recall": [1.0], "precision": [1.0]}
     assert "| AP^r_vol" in md_path.read_text()
+    assert data["per_class"]["cat"]["count_error"] == 0.0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "metrics.md"]
     assert set(m.pr_curves(0.5)) == {"cat"}
 
@@ -374,3 +378,14 @@ def test_read_coco_results_wrong_mask_size(tmp_path):
     inst = read_coco_results(path, ds)[0]
     assert len(inst) == 3 and inst.masks[1].sum() > 0
     np.testing.assert_array_equal(np.flatnonzero(inst.masks[2].ravel(order="F")), [0, 1])
+
+
+def test_count_error_is_the_mean_absolute_error_per_image():
+    one = make_sample([box(6, 6, 0, 2, 0, 2), box(6, 6, 3, 5, 3, 5)], [1, 1])  # two cats
+    two = make_sample([box(6, 6, 0, 2, 0, 2)], [2])  # one dog
+    pred_one = Instances.from_sample(make_sample([box(6, 6, 0, 2, 0, 2)], [1]))  # one cat
+    pred_two = Instances.from_sample(make_sample([box(6, 6, 0, 2, 0, 2), box(6, 6, 4, 6, 4, 6)],
+                                                 [1, 2]))  # a cat and a dog
+    m = evaluate([one, two], [pred_one, pred_two], ["cat", "dog"])
+    # cat: |1 - 2| + |1 - 0| = 2 over 2 images; dog: |0 - 0| + |1 - 1| = 0
+    assert m.count_error().tolist() == [1.0, 0.0]

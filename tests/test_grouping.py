@@ -12,7 +12,7 @@ import pytest
 from pfn_napari.config import VOC_CLASSES, ConfigError, GroupingConfig
 from pfn_napari.errors import PFNError
 from pfn_napari.grouping import (GROUPING_METHODS, Grouper, group, oracle_network_output,
-                                 refine_class_map)
+                                 refine_class_map, with_true_locations)
 from pfn_napari.grouping.geometry import (infer_stride, nearest_cell_index, upsample_bilinear)
 from pfn_napari.grouping.kmeans import kmeans_runs
 from pfn_napari.grouping.spectral import (dense_affinity, normalise_by_max,
@@ -130,6 +130,36 @@ def test_oracle_output_hand_computed():
     assert 0.04 < np.std(noisy.locations[:, 4:6]) < 0.06
     full = oracle_network_output(sample, 2, stride=1, full_classes=True)
     assert full.class_probs.shape == (3, 40, 64) and full.full_class_probs.shape == (3, 40, 64)
+
+
+def test_with_true_locations_keeps_the_predicted_map_and_counts():
+    """The paper's 'upperbound instloc': a network that found box A only (and one background
+    cell), with useless locations (all 0.3) and its own counts; the truth replaces the
+    locations inside ground-truth instances and nowhere else."""
+    sample = make_sample(TWO_BOXES)
+    sample.instance_map[32, 48] = 255  # cell (4, 6) of box B is void
+    probs = np.zeros((3, 5, 8), np.float32)
+    probs[0] = 1.0
+    probs[:, :2, :3] = np.array([0.0, 1.0, 0.0])[:, None, None]  # box A's cells: class 1
+    probs[:, 2, 4] = [0.0, 1.0, 0.0]  # a false-positive cell on the background
+    net = NetworkOutput(probs, np.full((6, 5, 8), 0.3, np.float32), np.array([1.0, 0.0]),
+                        (40, 64))
+    out = with_true_locations(net, sample.instance_map)
+    assert out.class_probs is net.class_probs and out.counts is net.counts
+    box_a = [12 / 64, 8 / 40, 0, 0, 24 / 64, 16 / 40]
+    box_b = [52 / 64, 32 / 40, 40 / 64, 24 / 40, 1, 1]
+    np.testing.assert_allclose(out.locations[:, 1, 2], box_a, atol=1e-6)
+    np.testing.assert_allclose(out.locations[:, 4, 7], box_b, atol=1e-6)  # predicted background
+    np.testing.assert_allclose(out.locations[:, 2, 4], 0.3)  # no true location: the network's
+    np.testing.assert_allclose(out.locations[:, 4, 6], 0.3)  # void
+    assert np.allclose(net.locations, 0.3)  # the input is not changed
+    big = np.repeat(np.repeat(sample.instance_map, 2, axis=0), 2, axis=1)  # (80, 128)
+    np.testing.assert_array_equal(with_true_locations(net, big).locations, out.locations)
+    inst = group(out, GroupingConfig(method="vote"))
+    assert inst.classes.tolist() == [1]  # one instance, on the predicted map, as counted
+    noisy = with_true_locations(net, sample.instance_map, noise=0.05, rng=1)
+    np.testing.assert_allclose(noisy.locations[:, 2, 4], 0.3)
+    assert 0 < np.abs(noisy.locations[:, 1, 2] - box_a).max() < 0.25
 
 
 # ------------------------------------------------------------------ grouping

@@ -83,3 +83,33 @@ def test_predict_returns_masks_at_the_given_size(tiny_model_path, monkeypatch):
     inst = inference.predict(model, image, image_id="x")
     assert inst.masks.shape[1:] == (60, 130) and inst.image_id == "x"
     assert len(inst.scores) == len(inst.classes) == len(inst.masks)
+
+
+def test_grid_cells_reads_the_pixels_the_cells_sit_on():
+    full = np.arange(2 * 17 * 10, dtype=np.float32).reshape(2, 17, 10)
+    got = inference.grid_cells(full)  # rows 0, 8, 16; columns 0, 8
+    assert got.shape == (2, grid_size(17), grid_size(10)) == (2, 3, 2)
+    assert got[1].tolist() == [[170.0, 178.0], [250.0, 258.0], [330.0, 338.0]]
+
+
+def test_crf_class_map_is_the_one_the_grouping_reads(tiny_model_path, monkeypatch):
+    """With the CRF on, class_probs are its marginals at the cells' pixels (so the grid map
+    the grouping clusters is the CRF's); off, they are the network's softmax."""
+    import pfn_napari.model.crf as crf_module
+    from pfn_napari.grouping import Grouper
+
+    def fake_crf(rgb, probs, cfg):  # class 1 left of column 12, class 2 from there on
+        out = np.zeros_like(probs)
+        out[1, :, :12], out[2, :, 12:] = 1.0, 1.0
+        return out
+
+    monkeypatch.setattr(crf_module, "dense_crf", fake_crf)
+    model = inference.load_model(tiny_model_path, "cpu")
+    image = np.random.default_rng(2).integers(0, 255, (17, 25, 3), dtype=np.uint8)
+    net = inference.run_network(model, image, crf=True)
+    assert net.full_class_probs.argmax(0)[0].tolist() == [1] * 12 + [2] * 13
+    assert net.class_probs.argmax(0).tolist() == [[1, 1, 2, 2]] * 3  # columns 0, 8, 16, 24
+    assert Grouper(net).grid_class.tolist() == [[1, 1, 2, 2]] * 3
+    plain = inference.run_network(model, image, crf=False)
+    assert plain.class_probs.max() < 1.0  # the network's own softmax, not the fake's one-hot
+    assert not np.array_equal(plain.class_probs, net.class_probs)

@@ -13,7 +13,7 @@ from pfn_napari.config import ENCODING_CHANNELS, ConfigError, ModelConfig
 from pfn_napari.model import (NetOutputs, PFNNet, PFNSystem, align_to_grid, build_network,
                               build_system)
 from pfn_napari.model.backbones import VGG16LargeFOV, build_backbone
-from pfn_napari.model.heads import CountHead, LocationStream, coordinate_maps
+from pfn_napari.model.heads import CountHead, LocationHead, LocationStream, coordinate_maps
 from pfn_napari.structures import grid_size
 
 C = 3
@@ -67,7 +67,8 @@ def test_every_backbone_and_kind(backbone: str) -> None:
 ABLATIONS = [
     dict(encoding="offsets2"), dict(encoding="center_wh4"), dict(encoding="center_tl4"),
     dict(encoding="box10"), dict(streams=("fc7",)), dict(streams=("input", "pool2")),
-    dict(coord_maps=False), dict(fusion="sum"), dict(count_features="category"),
+    dict(coord_maps=False), dict(fusion="sum"), dict(fusion="plain_sum"),
+    dict(count_features="category"),
     dict(count_features="instance"), dict(ceil_mode=False), dict(pool5_avg=True),
 ]
 
@@ -190,6 +191,35 @@ def test_sum_fusion_starts_as_mean_and_one_stream_is_identity() -> None:
     one = build_network(ModelConfig(backbone="alexnet", streams=("fc7",), **SMALL), "instance")
     o = one(torch.rand(1, 3, 25, 25) * 255)
     assert o.locations is o.stream_locations["fc7"]
+
+
+def _constant_streams_head(fusion: str) -> LocationHead:
+    """Two stride-8 streams whose last conv has zero weights: stream pool3 outputs the
+    constants 1..6, stream fc7 10..60 (their biases), at every cell."""
+    head = LocationHead({"pool3": (4, 8), "fc7": (5, 8)}, 6, mid_channels=3, fusion=fusion)
+    with torch.no_grad():
+        for name, scale in (("pool3", 1.0), ("fc7", 10.0)):
+            head.streams[name].conv2.weight.zero_()
+            head.streams[name].conv2.bias.copy_(scale * torch.arange(1.0, 7.0))
+    return head
+
+
+def test_plain_sum_fusion_adds_the_streams_and_has_no_parameters() -> None:
+    head = _constant_streams_head("plain_sum")
+    assert head.fuse is None and head.sum_weight is None and head.sum_bias is None
+    feats = {"pool3": torch.rand(2, 4, 3, 5), "fc7": torch.rand(2, 5, 3, 5)}
+    fused, streams, _ = head(feats, (17, 33))  # grid 3 x 5
+    assert fused.shape == (2, 6, 3, 5)
+    expected = torch.tensor([11.0, 22.0, 33.0, 44.0, 55.0, 66.0]).view(1, 6, 1, 1)
+    assert torch.equal(fused, expected.expand(2, 6, 3, 5))
+    assert torch.equal(streams["pool3"][0, :, 0, 0], torch.arange(1.0, 7.0))
+    # the weighted sum starts as the mean of the same streams: (1 + 10) / 2, ...
+    mean, _, _ = _constant_streams_head("sum")(feats, (17, 33))
+    assert torch.allclose(mean[0, :, 1, 2], expected.view(6) / 2)
+    with pytest.raises(ValueError, match="fusion 'product'"):
+        LocationHead({"fc7": (5, 8)}, 6, fusion="product")
+    with pytest.raises(ConfigError, match="model.fusion='product'"):
+        build_network(ModelConfig(backbone="alexnet", fusion="product", **SMALL), "instance")
 
 
 def test_new_layers_gaussian_init() -> None:

@@ -29,6 +29,26 @@ def test_paper_config_holds_the_papers_numbers():
     assert (g.method, g.sigma, g.tau, g.min_size_frac, g.n_init) == ("spectral", 0.5, 0.5, 0.001, 20)
 
 
+@pytest.mark.parametrize("name", ["paper-vgg16", "paper-alexnet"])
+def test_paper_configs_follow_the_paper_where_the_defaults_do_not(name):
+    """Issue 14, items 5, 7, 10: the dense CRF at test time, a full schedule per phase of
+    'separate fine-tuning', VOC 2012 val images kept out of SBD training data."""
+    cfg = load_config(name)
+    assert cfg.crf.enabled and (cfg.crf.iterations, cfg.crf.bi_xy) == (10, 121.0)
+    assert cfg.train.separate_schedule == "full" and cfg.train.count_finetune == "joint"
+    assert cfg.data.train_exclude == "val" and cfg.data.val.startswith("voc:")
+
+
+def test_new_choices_are_checked_with_the_bad_value_named():
+    from pfn_napari.config import ConfigError
+
+    assert load_config(None, ["model.fusion=plain_sum"]).model.fusion == "plain_sum"
+    with pytest.raises(ConfigError, match="model.fusion='mean'"):
+        load_config(None, ["model.fusion=mean"])
+    with pytest.raises(ConfigError, match="train.separate_schedule='half': 'split' or 'full'"):
+        load_config(None, ["train.separate_schedule=half"])
+
+
 @pytest.mark.slow
 def test_paper_recipe_one_step_per_stage(tmp_path):
     from pfn_napari.inference import load_model, predict

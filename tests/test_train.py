@@ -11,7 +11,8 @@ import torch
 from pfn_napari.checkpoint import load_checkpoint, read_checkpoint
 from pfn_napari.config import load_config
 from pfn_napari.errors import CheckpointError, PFNError
-from pfn_napari.train import COUNT_PHASE_SPLIT, _set_phase, lr_factor, train
+from pfn_napari.train import (COUNT_PHASE_SPLIT, _set_phase, lr_factor, phase_plan,
+                              schedule_step, train)
 
 #: A model and data small enough for a few CPU steps per second: EfficientNet-Lite0 (its
 #: packaged ImageNet weights), thin heads, 65x65 crops of 6 synthetic images, batch 2 -> 3 steps/epoch.
@@ -149,6 +150,75 @@ def test_instance_stage_separate_count_finetune(category_run, tmp_path, monkeypa
     resumed = train(tiny_cfg(tmp_path, "inst_resumed", *base), resume=out / "step1.pt",
                     progress=False)
     assert_same_weights(final, resumed)
+
+
+def test_phase_plan_and_schedule_restart():
+    assert phase_plan(6, False, "full") == (6, 6)  # joint: one phase
+    assert phase_plan(6, True, "split") == (6, 3)  # one schedule cut in two
+    assert phase_plan(6, True, "full") == (12, 6)  # each phase the whole schedule
+    # 3 steps/epoch, x0.1 after every epoch: 'full' restarts the rate for the count phase
+    full = [lr_factor(schedule_step(s, 6, True), 3, 1, 0.1) for s in range(12)]
+    assert full == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1] * 2)
+    split = [lr_factor(schedule_step(s, 3, False), 3, 1, 0.1) for s in range(6)]
+    assert split == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1])  # counts only at decayed rates
+
+
+def test_separate_full_schedule_runs_each_phase_from_the_start(category_run, tmp_path,
+                                                                monkeypatch):
+    """'full': 2 steps of locations then 2 of counts (max_steps=2 per phase), 1 step per
+    epoch and x0.1 per epoch, so the logged rate is 0.01, 0.001, then 0.01, 0.001 again; the
+    count head moves only in the second phase; resuming inside it is exact."""
+    import shutil
+
+    import pfn_napari.train as train_module
+
+    _, cat_final = category_run
+    base = ["train.stage=instance", f"train.init={cat_final}", "train.count_finetune=separate",
+            "train.separate_schedule=full", "train.max_steps=2", "data.train=synthetic:2:72",
+            "train.checkpoint_every=1", "train.lr_new=0.01", "train.grad_clip=10"]
+    real_save = train_module.save_checkpoint
+
+    def keep_every_step(path, **kw):
+        out = real_save(path, **kw)
+        if Path(path).name == "last.pt":
+            shutil.copy(out, Path(path).parent / f"step{kw['step']}.pt")
+        return out
+
+    monkeypatch.setattr(train_module, "save_checkpoint", keep_every_step)
+    final = train(tiny_cfg(tmp_path, "full", *base), progress=False)
+    rows = read_log(final.parent / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01, 0.001, 0.01, 0.001])
+    s2 = read_checkpoint(final.parent / "step2.pt")["model"]
+    s4 = read_checkpoint(final)["model"]
+    s0 = read_checkpoint(cat_final)["model"]
+    count_keys = {k for k in s4 if k.startswith("instance.count_head.")}
+    s1 = read_checkpoint(final.parent / "step1.pt")["model"]
+    changed_1_2 = {k for k in s2 if not torch.equal(s1[k], s2[k])}
+    changed_2_4 = {k for k in s2 if not torch.equal(s2[k], s4[k])}
+    assert changed_1_2 and not changed_1_2 & count_keys  # locations phase
+    assert changed_2_4 and changed_2_4 <= count_keys  # counts phase
+    assert all(torch.equal(s0[k], s2[k]) for k in s0)  # the stage-1 network stays as it was
+    resumed = train(tiny_cfg(tmp_path, "full_resumed", *base),
+                    resume=final.parent / "step3.pt", progress=False)
+    assert_same_weights(final, resumed)
+
+
+def test_train_exclude_drops_the_val_images_from_sbd_and_says_how_many(tmp_path):
+    from test_data_sbd import make_sbd
+
+    from pfn_napari.data import open_dataset
+    from pfn_napari.train import _exclude_images
+
+    root = make_sbd(tmp_path)  # train: a, b; val: b
+    cfg = load_config("paper-vgg16", [f"data.train=sbd:{root}", f"data.val=sbd:{root}"])
+    assert cfg.data.train_exclude == "val"  # on in the paper's recipe
+    notes: list[str] = []
+    kept = _exclude_images(open_dataset(cfg.data.train, "train"), cfg, notes.append)
+    assert kept.image_ids == ["a"]
+    assert notes == [f"data.train_exclude='val': 1 of the 2 training images are among the 1 ids "
+                     f"of sbd:{root} [val] and were dropped (1 remain; only SBD images are "
+                     "checked)"]
 
 
 def test_set_phase_freezes_the_right_parameters():

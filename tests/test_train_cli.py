@@ -23,6 +23,11 @@ def test_flags_and_overrides_reach_the_config(tmp_path):
     assert cfg.train.init == "on" and cfg.train.backbone_weights == "1e3"  # paths stay strings
     assert cfg.train.max_steps == 7 and cfg.data.crop_size == 97
     assert cfg.model.backbone == "efficientnet_lite0" and cfg.model.num_classes == 3
+    assert cfg.data.train_exclude == ""  # off unless asked (or in the paper recipes)
+    got = build_config(_args("--config", "paper-vgg16", "--train-exclude", "/data/VOC2012"))
+    assert got.data.train_exclude == "/data/VOC2012"
+    off = build_config(_args("--config", "paper-vgg16", "--train-exclude", ""))
+    assert off.data.train_exclude == ""
 
 
 def test_shipped_configs_are_the_papers_recipe():

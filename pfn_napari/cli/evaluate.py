@@ -7,9 +7,12 @@ What is evaluated (one of):
   --predictions PRED.json  a COCO results file (as ``pfn predict`` writes; image_id = file stem,
                            or the COCO id for COCO data)
   CHECKPOINT               a trained model: networks + test-time grouping, end to end
-                           (--oracle-counts: with the ground-truth instance numbers)
-  --oracle-locations       ground-truth classes and location vectors (optionally --noise S)
-                           grouped by --grouping: the upper bound of the grouping step
+                           (--oracle-counts: with the ground-truth instance numbers;
+                           --oracle-locations: with the ground-truth locations clustered on
+                           the model's own segmentation, the paper's "upperbound instloc")
+  --oracle-locations       without CHECKPOINT, "perfect networks": ground-truth classes,
+                           counts and location vectors (optionally --noise S) grouped by
+                           --grouping: the upper bound of the grouping step alone
 
 Examples::
 
@@ -18,6 +21,7 @@ Examples::
   pfn evaluate --oracle --data synthetic:20@1 --out /tmp/o --ap-style coco --thresholds 0.5,0.75
   pfn evaluate runs/inst/final.pt --data voc:VOC2012 --split val --out runs/eval --plot-pr
   pfn evaluate --oracle-locations --noise 0.02 --grouping vote --data voc:VOC2012 --out runs/ol
+  pfn evaluate runs/inst/final.pt --oracle-locations --data voc:VOC2012 --out runs/instloc
 
 Prints the paper's Table 1 shape and writes OUT/metrics.json and OUT/metrics.md. The AP rule
 (--ap-style): voc = SDS's (the paper's), coco = pycocotools COCOeval, mnc = MNC/FCIS ports;
@@ -54,27 +58,34 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     what.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
                       help="a trained PFN checkpoint or weights file ('default': the shipped one)")
     what.add_argument("--oracle-locations", action="store_true",
-                      help="group ground-truth classes and locations (upper bound of grouping)")
+                      help="ground-truth locations: alone, with ground-truth classes and counts "
+                           "(perfect networks); with CHECKPOINT, on the model's segmentation "
+                           "(the paper's upper bound)")
     oracle = p.add_argument_group("oracle and test-time options")
     oracle.add_argument("--oracle-counts", action="store_true",
                         help="with CHECKPOINT: use the ground-truth instance numbers")
     oracle.add_argument("--noise", type=float, default=0.0, metavar="S",
                         help="--oracle-locations: Gaussian noise (std, normalised units) on the locations")
-    oracle.add_argument("--stride", type=int, default=8,
-                        help="--oracle-locations: grid stride of the oracle maps (8 = the network's)")
+    oracle.add_argument("--stride", type=int, default=None,
+                        help="--oracle-locations without CHECKPOINT: grid stride of the oracle "
+                             "maps (default 8 = the network's)")
     oracle.add_argument("--encoding", default=None,
-                        help="--oracle-locations: location encoding (default: the config's, box6)")
+                        help="--oracle-locations without CHECKPOINT: location encoding (default: "
+                             "the config's, box6)")
     oracle.add_argument("--grouping", default=None, metavar="NAME",
                         help="grouping method: spectral (the paper's) or a fast one "
                              "(see docs/grouping.md)")
     oracle.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="grouping.KEY=VALUE", help="override a setting, e.g. grouping.sigma=0.1")
-    oracle.add_argument("--crf", action="store_true", help="with CHECKPOINT: dense CRF on the class map")
+    oracle.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                        help="with CHECKPOINT: dense CRF on the class map, or not (default: the "
+                             "checkpoint's crf.enabled, on in the paper recipes)")
     oracle.add_argument("--device", default="auto", help="with CHECKPOINT: cpu, cuda or auto")
     oracle.add_argument("--seed", type=int, default=0, help="seed of the oracle noise")
     oracle.add_argument("--grid-classes", action="store_true",
-                        help="--oracle-locations: classes known only on the grid (as a network "
-                             "without CRF sees them) instead of the full-resolution ground truth")
+                        help="--oracle-locations without CHECKPOINT: classes known only on the "
+                             "grid (as a network without CRF sees them) instead of the "
+                             "full-resolution ground truth")
     p.add_argument("--plot-pr", action="store_true",
                    help="also write OUT/pr_curves.png (precision/recall at IoU 0.5 per class)")
     p.add_argument("--data", required=True, metavar="SPEC",
@@ -182,11 +193,14 @@ def _grouping_config(args: argparse.Namespace, base=None):
 
 
 def model_producer(args: argparse.Namespace, dataset: "PFNDataset") -> Producer:
-    """A checkpoint's networks + grouping; ``--oracle-counts`` swaps in the true counts."""
+    """A checkpoint's networks + grouping; ``--oracle-counts`` swaps in the true counts,
+    ``--oracle-locations`` the true locations (:func:`~pfn_napari.grouping.with_true_locations`)."""
+    from dataclasses import replace
+
     import numpy as np
 
     from ..errors import PFNError
-    from ..grouping import Grouper
+    from ..grouping import Grouper, with_true_locations
     from ..inference import load_model, resize_instances, run_network
 
     model = load_model(None if args.checkpoint == "default" else args.checkpoint, args.device)
@@ -195,14 +209,18 @@ def model_producer(args: argparse.Namespace, dataset: "PFNDataset") -> Producer:
         if not known & set(dataset.classes):
             raise PFNError(f"{args.checkpoint}: the model's classes ({', '.join(model.class_names)}) "
                            f"share none with the data's ({', '.join(dataset.classes)})")
-    _, gcfg = _grouping_config(args, model.config)
+    cfg, gcfg = _grouping_config(args, model.config)
+    model.config = replace(model.config, crf=cfg.crf)  # --set crf.KEY=VALUE reaches the CRF
     lut = np.array([0] + [dataset.classes.index(n) + 1 if n in dataset.classes else 0
                           for n in model.class_names])
+    rng = np.random.default_rng(args.seed)
 
     def produce(index: int, sample: "Sample") -> "tuple[Instances, np.ndarray]":
         from ..structures import Instances
 
-        net = run_network(model, sample.image, crf=args.crf or None, name=str(sample.image_id))
+        net = run_network(model, sample.image, crf=args.crf, name=str(sample.image_id))
+        if args.oracle_locations:
+            net = with_true_locations(net, sample.instance_map, args.noise, rng)
         override = None
         if args.oracle_counts:
             override = {c: int(np.sum(sample.instance_classes == c))
@@ -237,12 +255,25 @@ def oracle_locations_producer(args: argparse.Namespace, dataset: "PFNDataset") -
 
     def produce(index: int, sample: "Sample") -> "tuple[Instances, None]":
         net = oracle_network_output(sample, num_classes, encoding, noise=args.noise, rng=rng,
-                                    stride=args.stride, full_classes=not args.grid_classes)
+                                    stride=args.stride or 8, full_classes=not args.grid_classes)
         inst = group(net, gcfg)
         inst.image_id = sample.image_id
         return inst, None
 
     return produce
+
+
+def describe_model_run(args: argparse.Namespace) -> str:
+    """What a CHECKPOINT run evaluates, naming the ground truth swapped in."""
+    swapped = [what for what, on in (("counts", args.oracle_counts),
+                                     ("locations", args.oracle_locations)) if on]
+    what = f"model {args.checkpoint}"
+    if swapped:
+        what += f" with ground-truth {' and '.join(swapped)}"
+    if args.oracle_locations:
+        what += (f" clustered on its own segmentation (the paper's upper bound 'instloc', "
+                 f"noise {args.noise})")
+    return what
 
 
 def make_producer(args: argparse.Namespace, dataset: "PFNDataset") -> tuple[str, Producer]:
@@ -252,21 +283,27 @@ def make_producer(args: argparse.Namespace, dataset: "PFNDataset") -> tuple[str,
     chosen = [name for name, on in (("--oracle", args.oracle),
                                     ("--predictions", bool(args.predictions)),
                                     ("CHECKPOINT", bool(args.checkpoint)),
-                                    ("--oracle-locations", args.oracle_locations)) if on]
+                                    ("--oracle-locations", args.oracle_locations
+                                     and not args.checkpoint)) if on]
     if len(chosen) > 1:
         raise PFNError(f"choose one of {' and '.join(chosen)}")
     if args.oracle_counts and not args.checkpoint:
         raise PFNError("--oracle-counts needs a CHECKPOINT (it replaces the predicted counts)")
+    perfect_only = [f for f, v in (("--stride", args.stride), ("--encoding", args.encoding),
+                                   ("--grid-classes", args.grid_classes)) if v]
+    if args.checkpoint and perfect_only:
+        raise PFNError(f"{', '.join(perfect_only)}: only for --oracle-locations without "
+                       "CHECKPOINT (with one, the model's grid and encoding are used)")
     if args.oracle:
         return "ground truth (oracle)", oracle_producer()
     if args.predictions:
         return f"predictions {args.predictions}", predictions_producer(args.predictions, dataset)
     if args.checkpoint:
-        what = f"model {args.checkpoint}" + (" with ground-truth counts" if args.oracle_counts else "")
-        return what, model_producer(args, dataset)
+        return describe_model_run(args), model_producer(args, dataset)
     if args.oracle_locations:
-        return (f"ground-truth locations (noise {args.noise}, stride {args.stride}, grouping "
-                f"{args.grouping or 'spectral'})", oracle_locations_producer(args, dataset))
+        return (f"perfect networks: ground-truth classes, counts and locations (noise "
+                f"{args.noise}, stride {args.stride or 8}, grouping {args.grouping or 'spectral'})",
+                oracle_locations_producer(args, dataset))
     raise PFNError("nothing to evaluate: pass CHECKPOINT, --oracle, --oracle-locations or "
                    "--predictions PRED.json")
 

@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--arrows", action="store_true", help="also draw each pixel's arrow to its instance center")
     p.add_argument("--grouping", default=None, help="grouping method (spectral or a fast method)")
-    p.add_argument("--crf", action="store_true", help="refine the category map with the dense CRF")
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                   help="refine the category map with the dense CRF, or not (default: the "
+                        "checkpoint's crf.enabled, on in the paper recipes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="grouping.KEY=VALUE",
                    help="override a test-time setting, e.g. --set grouping.sigma=0.1")
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), args.overrides))
         validate(cfg)
     gcfg = replace(cfg.grouping, method=args.grouping) if args.grouping else cfg.grouping
+    model.config = replace(model.config, crf=cfg.crf)  # --set crf.KEY=VALUE reaches the CRF
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(path.name[-30:])
         try:
             image = read_image(path)
-            net = run_network(model, image, crf=args.crf or None, name=str(path))
+            net = run_network(model, image, crf=args.crf, name=str(path))
             inst = resize_instances(group(net, gcfg), image.shape[:2])
             inst.image_id = path.stem
             save_label_png(out / f"{path.stem}_instances.png", inst.label_map())

@@ -37,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="category-stage checkpoint the instance stage starts from")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--train-exclude", default=None, metavar="val|VOC_ROOT|IDS.txt",
+                   help="drop these image ids from SBD training data (data.train_exclude): "
+                        "'val' = the images of data.val, a VOC root = its "
+                        "ImageSets/Segmentation/val.txt, or a file of ids; '' keeps all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -50,7 +54,7 @@ def build_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     flags = {"train.stage": args.stage, "train.out_dir": args.out,
              "train.backbone_weights": args.backbone_weights, "train.init": args.init,
-             "train.device": args.device}
+             "train.device": args.device, "data.train_exclude": args.train_exclude}
     # flags are applied as strings, not YAML-parsed (paths like 'on' or '1e3' stay paths)
     if args.config is None and args.resume:
         stored = read_checkpoint(args.resume)["config"]

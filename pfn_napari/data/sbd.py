@@ -12,11 +12,14 @@
 
 SBD has no void label; a value 255 in either map is still read as void. The classes are the 20
 VOC classes (mapped by name when ``classes`` is given).
+
+SBD's ``train.txt`` holds images of VOC 2012 segmentation val, the paper's test set: training
+code drops them with :func:`read_exclude_ids` + :func:`drop_sbd_images` (``data.train_exclude``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +28,12 @@ import scipy.io
 from ..config import VOC_CLASSES, VOID
 from ..errors import DatasetError
 from ..structures import Sample
-from .base import PFNDataset, class_lookup, compact_instances, read_image, read_split_file, \
-    remap_sample_classes
+from .base import ConcatDataset, PFNDataset, class_lookup, compact_instances, read_image, \
+    read_split_file, remap_sample_classes
+
+#: Where a VOC root keeps the ids of VOC 2012 segmentation val, under the root or its
+#: ``VOC2012`` / ``VOCdevkit/VOC2012`` folder.
+VOC_VAL_LIST = Path("ImageSets") / "Segmentation" / "val.txt"
 
 
 def read_mat_struct_field(path: Path, variable: str, field: str) -> np.ndarray:
@@ -119,3 +126,53 @@ class SBDDataset(PFNDataset):
         instance_map, instance_classes = compact_instances(inst, categories)
         sample = Sample(image, class_map, instance_map, instance_classes, stem, str(inst_path))
         return sample if self._identity else remap_sample_classes(sample, self.lut)
+
+
+def read_exclude_ids(value: str, val_spec: str = "", val_split: str = "val"
+                     ) -> tuple[frozenset[str], str]:
+    """The image ids ``data.train_exclude`` names, and where they came from.
+
+    ``value``: ``""`` (none); ``"val"``: the ids of the validation data ``val_spec`` (split
+    ``val_split``), e.g. ``voc:/data/VOC2012`` -> its 1,449 val ids; a VOC root (its
+    ``ImageSets/Segmentation/val.txt``, also under ``VOC2012/`` or ``VOCdevkit/VOC2012/``); or a
+    text file of ids, one a line. Raises :class:`DatasetError` naming the value otherwise.
+    """
+    if not value:
+        return frozenset(), ""
+    if value == "val":
+        from . import open_dataset
+
+        try:
+            ids = open_dataset(val_spec, val_split).image_ids
+        except DatasetError as exc:
+            raise DatasetError(f"data.train_exclude='val' reads the ids of data.val={val_spec!r} "
+                               f"(split {val_split!r}): {exc}") from None
+        return frozenset(str(i) for i in ids), f"{val_spec} [{val_split}]"
+    path = Path(value.removeprefix("voc:")).expanduser()
+    if path.is_dir():
+        found = [d / VOC_VAL_LIST for d in (path, path / "VOC2012", path / "VOCdevkit" / "VOC2012")
+                 if (d / VOC_VAL_LIST).is_file()]
+        if not found:
+            raise DatasetError(f"data.train_exclude={value!r}: a folder without {VOC_VAL_LIST} "
+                               "(expected a VOC 2012 root)")
+        path = found[0]
+    if not path.is_file():
+        raise DatasetError(f"data.train_exclude={value!r}: not 'val', a VOC root or a file of "
+                           "image ids (no such file or folder)")
+    return frozenset(read_split_file(path)), str(path)
+
+
+def drop_sbd_images(dataset: PFNDataset, ids: Collection[str]) -> tuple[PFNDataset, int]:
+    """``dataset`` without the SBD images whose id is in ``ids`` (in every SBD part of a
+    concatenation; other readers' images are kept), and how many were dropped."""
+    if isinstance(dataset, SBDDataset):
+        keep = [i for i, stem in enumerate(dataset.image_ids) if str(stem) not in ids]
+        dropped = len(dataset) - len(keep)
+        return (dataset.subset(keep) if dropped else dataset), dropped
+    if isinstance(dataset, ConcatDataset):
+        parts = [drop_sbd_images(part, ids) for part in dataset.parts]
+        dropped = sum(n for _, n in parts)
+        if not dropped:
+            return dataset, 0
+        return ConcatDataset([part for part, _ in parts], dataset.classes), dropped
+    return dataset, 0

@@ -9,7 +9,7 @@ Pure numpy / scipy / scikit-learn: nothing here imports the model. See ``docs/gr
 
 from .grouper import GroupingResult, Grouper, check_config, group
 from .methods import DEFAULT_ASSIGN, GROUPING_METHODS, ClassData, Clustering
-from .oracle import oracle_network_output
+from .oracle import oracle_network_output, with_true_locations
 from .refine import present_classes, refine_class_map
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "oracle_network_output",
     "present_classes",
     "refine_class_map",
+    "with_true_locations",
 ]

@@ -1,18 +1,25 @@
 """Oracle network outputs: ground truth dressed as a :class:`NetworkOutput`.
 
-Feeding these to :func:`~pfn_napari.grouping.group` measures the grouping alone (the paper's
-"upper bound" rows and ``SPEC.md``'s "What we measured" table): what each method loses with
-perfect classes and locations, at the network's stride 8 or finer, and how it degrades with
-noise on the locations.
+Two upper bounds, both fed to :func:`~pfn_napari.grouping.group`:
+
+* :func:`oracle_network_output`, "perfect networks": ground-truth classes, counts and
+  locations. It measures the grouping alone (``SPEC.md``'s "What we measured" table): what each
+  method loses with perfect inputs, at the network's stride 8 or finer, and how it degrades
+  with noise on the locations.
+* :func:`with_true_locations`, the paper's "PFN upperbound instloc": a network's own output
+  (its category map and counts) with the ground-truth locations as the clustered features.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import replace
+
 from ..config import VOID
-from ..structures import STRIDE, NetworkOutput, Sample
-from ..targets import build_targets
+from ..structures import STRIDE, NetworkOutput, Sample, grid_sample_indices
+from ..targets import build_targets, encode_locations
+from .geometry import infer_stride
 
 
 def _one_hot(class_map: np.ndarray, num_classes: int) -> np.ndarray:
@@ -72,3 +79,49 @@ def oracle_network_output(sample: Sample, num_classes: int, encoding: str = "box
         encoding=encoding,
         full_class_probs=_one_hot(sample.class_map, num_classes) if full_classes else None,
     )
+
+
+def _resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H0, W0)`` label map -> ``(H, W)``, each pixel taking the label under its center."""
+    (h0, w0), (h, w) = labels.shape, size
+    rows = np.minimum(((np.arange(h) + 0.5) * h0 / h).astype(np.int64), h0 - 1)  # (H,)
+    cols = np.minimum(((np.arange(w) + 0.5) * w0 / w).astype(np.int64), w0 - 1)  # (W,)
+    return labels[np.ix_(rows, cols)]
+
+
+def with_true_locations(net: NetworkOutput, instance_map: np.ndarray, noise: float = 0.0,
+                        rng: np.random.Generator | int | None = None) -> NetworkOutput:
+    """The paper's "PFN upperbound instloc": the networks' output with ground-truth locations.
+
+    The category map (``class_probs``, ``full_class_probs``) and the counts stay the network's,
+    so the clustering runs on the *predicted* segmentation; only the features it clusters
+    become the ground truth's.
+
+    Args:
+        net: a network output (``locations`` ``(L, h, w)`` on a stride-s grid of
+            ``net.image_size``, in ``net.encoding``).
+        instance_map: ``(H0, W0)`` ground-truth instance ids of the image (0 background, 255
+            void); resized (nearest) to ``net.image_size`` when the network saw a resized image.
+        noise: std of Gaussian noise added to the ground-truth locations (normalised units).
+        rng: generator (or seed) for the noise; default ``np.random.default_rng(0)``.
+
+    Returns:
+        A copy of ``net`` whose ``locations`` ``(L, h, w)`` are the ground truth's (boxes over
+        the visible pixels, ``targets.encode_locations``, read at the cells' pixels) at every
+        cell inside a ground-truth instance, and the network's own elsewhere (background and
+        void cells have no true location).
+    """
+    locations = np.asarray(net.locations, dtype=np.float32)  # (L, h, w)
+    ids = np.asarray(instance_map)
+    if ids.shape != tuple(net.image_size):
+        ids = _resize_nearest(ids, net.image_size)  # (H, W)
+    stride = infer_stride(locations.shape[1:], net.image_size)
+    rows = grid_sample_indices(ids.shape[0], stride)  # (h,)
+    cols = grid_sample_indices(ids.shape[1], stride)  # (w,)
+    truth = encode_locations(ids, net.encoding)[:, rows][:, :, cols]  # (L, h, w)
+    if noise > 0:
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng or 0)
+        truth = truth + gen.normal(0.0, noise, truth.shape).astype(np.float32)
+    cell_ids = ids[np.ix_(rows, cols)]  # (h, w)
+    inside = (cell_ids > 0) & (cell_ids != VOID)  # (h, w)
+    return replace(net, locations=np.where(inside[None], truth, locations).astype(np.float32))

@@ -6,12 +6,23 @@
   The second conv is evaluated only on the stride-8 grid (stride ``8 / s`` on a stride-``s``
   feature): output cell j is the full-resolution prediction at pixel ``8 j``, exactly, so each
   stream is supervised (and fused) on the grid without computing the pixels in between.
-* :class:`LocationHead`: the streams and their fusion (concat + 1x1 conv, or a per-stream
-  weighted sum; a single stream is passed through unchanged).
+* :class:`LocationHead`: the streams and their fusion (concat + 1x1 conv, the plain
+  element-wise sum, or a per-stream weighted sum; a single stream is passed through unchanged).
 * :class:`CountHead`: fc7 features and/or the fused locations -> 3x3 conv stride 2 (128) +
   ReLU -> adaptive average pool -> fc 1024 + ReLU -> fc ``C``. No output activation: the paper
   trains counts by Euclidean regression, so counts may come out negative (grouping rounds and
   clamps them).
+* :class:`DensityCountHead` (``model.count_head='density'``): the same layers applied per cell
+  (the fc layers as 1x1 convs), a non-negative count per cell and class, summed over the image:
+  the same objects on a bigger canvas give the same count (an average pool sees a density).
+
+Size-consistent locations (``model.location_unit = u > 0``, docs/model.md): every stream
+predicts ``raw`` in units of ``u`` pixels, and its output is ``anchor + raw * u / (W, H)`` where
+the anchor is the cell's own normalised position for position channels (cx, lx, ...) and 0 for
+offsets and sizes. The coordinate maps are pixel positions / :data:`COORD_UNIT_PX`. What the
+network reads from the image content is then a pixel offset, the same in a 193-pixel training
+crop and a 640-pixel test image; with ``u = 0`` (the literal reading) it is a fraction of the
+input's size, which changes with the canvas.
 
 New layers are initialised from N(0, ``init_std``) with zero bias (the paper: std 0.01).
 """
@@ -22,7 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import FUSIONS, POSITION_CHANNELS, X_CHANNELS
 from ..structures import STRIDE, grid_size
+
+#: Pixels per unit of the coordinate maps in ``location_unit`` mode (a constant: a pixel's
+#: coordinate does not depend on the canvas size).
+COORD_UNIT_PX = 512.0
+#: Offset added to the density count head's per-cell logits before the softplus, so an
+#: untrained head predicts ~0.0025 instances per cell and class rather than 0.69.
+DENSITY_OFFSET = -6.0
 
 
 def init_new_layers(module: nn.Module, std: float) -> None:
@@ -34,12 +53,13 @@ def init_new_layers(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def coordinate_maps(height: int, width: int, stride: int, image_height: int, image_width: int,
-                    like: Tensor) -> Tensor:
+def coordinate_maps(height: int, width: int, stride: int, image_height: float,
+                    image_width: float, like: Tensor) -> Tensor:
     """``(1, 2, height, width)`` normalised coordinates (x, y) of the cells of a stride-``stride``
     map of an ``image_height x image_width`` input: cell (i, j) sits on pixel (s i, s j), whose
     center is ``x = (s j + 0.5) / W``, ``y = (s i + 0.5) / H`` (the convention of the targets),
-    so every stream's coordinates mean the same position in the image."""
+    so every stream's coordinates mean the same position in the image. (Pass
+    ``COORD_UNIT_PX`` for both sizes to get pixel positions in constant units.)"""
     xs = (torch.arange(width, device=like.device, dtype=like.dtype) * stride + 0.5) / image_width
     ys = (torch.arange(height, device=like.device, dtype=like.dtype) * stride + 0.5) / image_height
     gx = xs.view(1, 1, 1, width).expand(1, 1, height, width)  # (1, 1, h, w)
@@ -62,15 +82,22 @@ class LocationStream(nn.Module):
     """One stream on a stride-``stride`` feature -> ``(B, L, grid_size(H), grid_size(W))``."""
 
     def __init__(self, in_channels: int, stride: int, out_channels: int, mid_channels: int = 128,
-                 coord_maps: bool = True) -> None:
+                 coord_maps: bool = True, constant_coords: bool = False) -> None:
         super().__init__()
         if STRIDE % stride:
             raise ValueError(f"stream stride {stride} does not divide {STRIDE}")
         self.stride = stride
         self.coord_maps = coord_maps
+        self.constant_coords = constant_coords  # coordinates in pixels / COORD_UNIT_PX
         self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
         self.conv2 = nn.Conv2d(mid_channels + (2 if coord_maps else 0), out_channels, 3,
                                stride=STRIDE // stride, padding=1)
+
+    def _coord_norm(self, image_size: tuple[int, int]) -> tuple[float, float]:
+        """What pixel positions are divided by: the input's (H, W), or a constant."""
+        if self.constant_coords:
+            return COORD_UNIT_PX, COORD_UNIT_PX
+        return float(image_size[0]), float(image_size[1])
 
     def forward(self, feature: Tensor, image_size: tuple[int, int]) -> Tensor:
         if STRIDE // self.stride >= 4:
@@ -79,7 +106,7 @@ class LocationStream(nn.Module):
         y = F.relu(self.conv1(feature))  # (B, 128, hs, ws)
         if self.coord_maps:
             hs, ws = y.shape[-2:]
-            coords = coordinate_maps(hs, ws, self.stride, H, W, y)  # (1, 2, hs, ws)
+            coords = coordinate_maps(hs, ws, self.stride, *self._coord_norm(image_size), y)  # (1, 2, hs, ws)
             y = torch.cat([y, coords.expand(y.shape[0], -1, -1, -1)], dim=1)  # (B, 130, hs, ws)
         out = self.conv2(y)  # (B, L, >= h, >= w): cell j on pixel 8j
         return out[:, :, :grid_size(H), :grid_size(W)]  # (B, L, h, w)
@@ -113,8 +140,9 @@ class LocationStream(nn.Module):
         valid = valid.reshape(1, nh * nw, 1, 3, 3).expand(b, -1, -1, -1, -1).reshape(-1, 1, 3, 3)
         y = y * valid  # (N, 128, 3, 3), zero outside the map
         if self.coord_maps:
-            cx = (s * pos_c.to(y.dtype) + 0.5) / W  # (nw, 3)
-            cy = (s * pos_r.to(y.dtype) + 0.5) / H  # (nh, 3)
+            norm_h, norm_w = self._coord_norm(image_size)
+            cx = (s * pos_c.to(y.dtype) + 0.5) / norm_w  # (nw, 3)
+            cy = (s * pos_r.to(y.dtype) + 0.5) / norm_h  # (nh, 3)
             gx = cx[None, :, None, :].expand(nh, nw, 3, 3)  # (nh, nw, 3, 3)
             gy = cy[:, None, :, None].expand(nh, nw, 3, 3)  # (nh, nw, 3, 3)
             coords = torch.stack([gx, gy], dim=2).reshape(1, nh * nw, 2, 3, 3)  # (1, nh nw, 2, 3, 3)
@@ -128,23 +156,37 @@ class LocationStream(nn.Module):
 class LocationHead(nn.Module):
     """The multi-scale location streams and their fusion.
 
-    ``forward(features, image_size) -> (fused (B, L, h, w), {stream: (B, L, h, w)})``.
+    ``forward(features, image_size) -> (fused (B, L, h, w), {stream: (B, L, h, w)}, content)``.
     Fusion ``'concat'`` (paper): concat the M predictions (M L channels) + 1x1 conv -> L.
-    Fusion ``'sum'`` ("fusion by summation"): ``sum_m a_m * pred_m + b`` with one learnable
-    weight per stream and channel, initialised to ``1 / M`` (a plain sum of M predictions that
-    are each trained to equal the target would be M times too large). With one stream the
-    fused output *is* that stream's prediction (identity, no parameters).
+    Fusion ``'plain_sum'`` (the paper's "PFN fusing summation"): ``sum_m pred_m``, an
+    element-wise sum with no parameters (each stream is trained to equal the target, so the sum
+    is pulled towards M times it: the contrast the paper draws with the learned 1x1 conv).
+    Fusion ``'sum'`` (our variant): ``sum_m a_m * pred_m + b`` with one learnable weight per
+    stream and channel, initialised to ``1 / M``. With one stream the fused output *is* that
+    stream's prediction (identity, no parameters).
+
+    ``channels`` names the L output channels (``config.ENCODING_CHANNELS``) and ``unit`` > 0
+    turns on size-consistent locations (module docstring): streams and fusion then work on the
+    raw offsets in units of ``unit`` pixels, and every returned map is ``anchor + raw * unit /
+    (W, H)``. ``content`` is the fused map before the anchor is added (the raw offsets; with
+    ``unit = 0`` the fused map itself): what the count head reads.
     """
 
     def __init__(self, streams: dict[str, tuple[int, int]], out_channels: int,
-                 mid_channels: int = 128, coord_maps: bool = True, fusion: str = "concat") -> None:
+                 mid_channels: int = 128, coord_maps: bool = True, fusion: str = "concat",
+                 channels: tuple[str, ...] | None = None, unit: float = 0.0) -> None:
         super().__init__()
-        if fusion not in ("concat", "sum"):
-            raise ValueError(f"fusion {fusion!r}: 'concat' or 'sum'")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r}: choose one of {FUSIONS}")
+        if unit > 0 and (channels is None or len(channels) != out_channels):
+            raise ValueError(f"location unit {unit}: needs the names of the {out_channels} channels")
         self.names = tuple(streams)
         self.fusion = fusion
+        self.unit = float(unit)
+        self.channels = tuple(channels or ())
         self.streams = nn.ModuleDict({
-            name: LocationStream(cin, stride, out_channels, mid_channels, coord_maps)
+            name: LocationStream(cin, stride, out_channels, mid_channels, coord_maps,
+                                 constant_coords=unit > 0)
             for name, (cin, stride) in streams.items()})
         m = len(self.names)
         self.fuse: nn.Module | None = None
@@ -152,7 +194,7 @@ class LocationHead(nn.Module):
         self.sum_bias: nn.Parameter | None = None
         if m > 1 and fusion == "concat":
             self.fuse = nn.Conv2d(m * out_channels, out_channels, 1)
-        elif m > 1:
+        elif m > 1 and fusion == "sum":
             self.sum_weight = nn.Parameter(torch.full((m, 1, out_channels, 1, 1), 1.0 / m))
             self.sum_bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
@@ -163,18 +205,37 @@ class LocationHead(nn.Module):
                 self.sum_weight.fill_(1.0 / len(self.names))
                 self.sum_bias.zero_()
 
+    def _anchor_and_scale(self, h: int, w: int, image_size: tuple[int, int],
+                          like: Tensor) -> tuple[Tensor, Tensor]:
+        """``anchor (1, L, h, w)``: the cell's normalised position on position channels, 0 on
+        offsets and sizes; ``scale (1, L, 1, 1)``: ``unit / W`` on x channels, ``unit / H`` on y."""
+        H, W = image_size
+        pos = coordinate_maps(h, w, STRIDE, H, W, like)  # (1, 2, h, w): cell j on pixel 8j
+        zero = torch.zeros_like(pos[:, :1])  # (1, 1, h, w)
+        anchor = torch.cat([(pos[:, :1] if n in X_CHANNELS else pos[:, 1:])
+                            if n in POSITION_CHANNELS else zero for n in self.channels], dim=1)
+        scale = torch.tensor([self.unit / (W if n in X_CHANNELS else H) for n in self.channels],
+                             device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        return anchor, scale  # (1, L, h, w), (1, L, 1, 1)
+
     def forward(self, features: dict[str, Tensor],
-                image_size: tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
+                image_size: tuple[int, int]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         preds = {n: self.streams[n](features[n], image_size) for n in self.names}  # (B, L, h, w)
         stacked = [preds[n] for n in self.names]
         if len(stacked) == 1:
             fused = stacked[0]  # (B, L, h, w)
         elif self.fuse is not None:
             fused = self.fuse(torch.cat(stacked, dim=1))  # (B, M L, h, w) -> (B, L, h, w)
+        elif self.fusion == "plain_sum":
+            fused = torch.stack(stacked).sum(0)  # (M, B, L, h, w) -> (B, L, h, w)
         else:
             assert self.sum_weight is not None and self.sum_bias is not None
             fused = (torch.stack(stacked) * self.sum_weight).sum(0) + self.sum_bias  # (B, L, h, w)
-        return fused, preds
+        if self.unit <= 0:
+            return fused, preds, fused
+        anchor, scale = self._anchor_and_scale(*fused.shape[-2:], image_size, fused)
+        located = {n: anchor + p * scale for n, p in preds.items()}  # (B, L, h, w) normalised
+        return anchor + fused * scale, located, fused
 
 
 def _adaptive_pool_matrix(n: int, p: int, like: Tensor) -> Tensor:
@@ -211,3 +272,29 @@ class CountHead(nn.Module):
         y = torch.einsum("ph,bchw,qw->bcpq", ph, y, pw).flatten(1)  # (B, 128 p p)
         y = F.relu(self.fc1(y))  # (B, 1024)
         return self.fc2(y)  # (B, C)
+
+
+class DensityCountHead(nn.Module):
+    """Instance numbers as a sum of per-cell counts: ``(B, Cin, h, w) -> (B, C)``.
+
+    3x3 conv stride 2 pad 1 -> ``channels`` + ReLU, 1x1 conv ``hidden`` + ReLU, 1x1 conv ``C``
+    (the fc layers of :class:`CountHead` applied per cell), softplus -> ``(B, C, h/2, w/2)``
+    non-negative counts per cell, summed over the cells. Padding an image with background adds
+    cells whose count the training drives to ~0, so the prediction stays the same.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 128,
+                 hidden: int = 1024) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, num_classes, 1)
+
+    def density(self, x: Tensor) -> Tensor:
+        """``(B, C, ceil(h/2), ceil(w/2))`` instances per cell and class."""
+        y = F.relu(self.conv(x))  # (B, 128, h2, w2)
+        y = F.relu(self.fc1(y))  # (B, hidden, h2, w2)
+        return F.softplus(self.fc2(y) + DENSITY_OFFSET)  # (B, C, h2, w2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.density(x).sum(dim=(2, 3))  # (B, C)

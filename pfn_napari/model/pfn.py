@@ -16,9 +16,9 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..config import BACKBONES, ENCODING_CHANNELS, STREAMS, ConfigError, ModelConfig
+from ..config import BACKBONES, ENCODING_CHANNELS, FUSIONS, STREAMS, ConfigError, ModelConfig
 from .backbones import Backbone, build_backbone
-from .heads import CategoryHead, CountHead, LocationHead, init_new_layers
+from .heads import CategoryHead, CountHead, DensityCountHead, LocationHead, init_new_layers
 
 KINDS = ("category", "instance", "unified")
 
@@ -50,13 +50,15 @@ def _check(cfg: ModelConfig, kind: str) -> None:
          f"model.encoding={cfg.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
         (bool(cfg.streams) and set(cfg.streams) <= set(STREAMS),
          f"model.streams={cfg.streams!r}: a non-empty subset of {STREAMS}"),
-        (cfg.fusion in ("concat", "sum"), f"model.fusion={cfg.fusion!r}: 'concat' or 'sum'"),
+        (cfg.fusion in FUSIONS, f"model.fusion={cfg.fusion!r}: choose one of {FUSIONS}"),
         (cfg.count_features in ("both", "category", "instance"),
          f"model.count_features={cfg.count_features!r}: 'both', 'category' or 'instance'"),
         (cfg.num_classes >= 1, f"model.num_classes={cfg.num_classes}: at least 1"),
         (cfg.lite_output_stride in (8, 16, 32),
          f"model.lite_output_stride={cfg.lite_output_stride}: 8, 16 or 32"),
         (0 <= cfg.fc7_channels <= 4096, f"model.fc7_channels={cfg.fc7_channels}: 0..4096"),
+        (cfg.location_unit >= 0, f"model.location_unit={cfg.location_unit}: 0 or > 0 pixels"),
+        (cfg.count_head in ("fc", "density"), f"model.count_head={cfg.count_head!r}: 'fc' or 'density'"),
     ]
     for ok, message in problems:
         if not ok:
@@ -85,16 +87,21 @@ class PFNNet(nn.Module):
         L = len(ENCODING_CHANNELS[cfg.encoding])
         self.category_head: CategoryHead | None = None
         self.location_head: LocationHead | None = None
-        self.count_head: CountHead | None = None
+        self.count_head: CountHead | DensityCountHead | None = None
         if kind in ("category", "unified"):
             self.category_head = CategoryHead(ch["fc7"], cfg.num_classes)
         if kind in ("instance", "unified"):
             streams = {n: (ch[n], self.backbone.strides[n]) for n in cfg.streams}
             self.location_head = LocationHead(streams, L, cfg.stream_channels, cfg.coord_maps,
-                                              cfg.fusion)
+                                              cfg.fusion, ENCODING_CHANNELS[cfg.encoding],
+                                              cfg.location_unit)
             count_in = {"both": ch["fc7"] + L, "category": ch["fc7"], "instance": L}
-            self.count_head = CountHead(count_in[cfg.count_features], cfg.num_classes,
-                                        cfg.count_channels, cfg.count_hidden, cfg.count_pool)
+            if cfg.count_head == "density":
+                self.count_head = DensityCountHead(count_in[cfg.count_features], cfg.num_classes,
+                                                   cfg.count_channels, cfg.count_hidden)
+            else:
+                self.count_head = CountHead(count_in[cfg.count_features], cfg.num_classes,
+                                            cfg.count_channels, cfg.count_hidden, cfg.count_pool)
         for head in self.heads():
             init_new_layers(head, cfg.init_std)
         if self.location_head is not None:
@@ -114,15 +121,15 @@ class PFNNet(nn.Module):
         if self.category_head is not None:
             out.seg_logits = self.category_head(feats["fc7"])  # (B, C+1, h, w)
         if self.location_head is not None and self.count_head is not None:
-            fused, streams = self.location_head(feats, (int(H), int(W)))  # (B, L, h, w)
+            fused, streams, content = self.location_head(feats, (int(H), int(W)))  # (B, L, h, w)
             out.locations, out.stream_locations = fused, streams
             mode = self.cfg.count_features
             if mode == "both":
-                x = torch.cat([feats["fc7"], fused], dim=1)  # (B, F + L, h, w)
+                x = torch.cat([feats["fc7"], content], dim=1)  # (B, F + L, h, w)
             elif mode == "category":
                 x = feats["fc7"]  # (B, F, h, w)
             else:
-                x = fused  # (B, L, h, w)
+                x = content  # (B, L, h, w)
             out.counts = self.count_head(x)  # (B, C)
         return out
 
