@@ -105,6 +105,9 @@ class ModelConfig:
     # density, so counts shrink as the image grows); 'density': the same layers applied per cell
     # as 1x1 convs, a non-negative count per cell and class, summed over the image.
     count_head: str = "fc"
+    # With the density head and a category network: weight each cell's counts by the category
+    # network's probability of the class there (background cells add nothing at test time).
+    count_gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,8 @@ def validate(cfg: PFNConfig) -> None:
         (0 <= cfg.data.copy_paste <= 1, f"data.copy_paste={cfg.data.copy_paste}: in [0, 1]"),
         (m.location_unit >= 0, f"model.location_unit={m.location_unit}: 0 (normalised) or > 0 px"),
         (m.count_head in ("fc", "density"), f"model.count_head={m.count_head!r}: 'fc' or 'density'"),
+        (not m.count_gate or m.count_head == "density",
+         "model.count_gate=true needs model.count_head=density (it weights per-cell counts)"),
         (cfg.loss.loc_unit >= 0, f"loss.loc_unit={cfg.loss.loc_unit}: 0 (normalised) or > 0 px"),
         (cfg.loss.count_reduction in ("mean", "sum"),
          f"loss.count_reduction={cfg.loss.count_reduction!r}: 'mean' or 'sum'"),

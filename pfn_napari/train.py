@@ -464,6 +464,8 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
            batch_to, collate, TrainTransform, total_loss) -> Path:
     from tqdm.auto import tqdm
 
+    from .model.pfn import gated_counts
+
     t = cfg.train
     out_dir = Path(t.out_dir)
     device = pick_device(t.device, info)
@@ -597,6 +599,8 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
         return net
 
     loss_cfg_all = cfg.loss
+    gate_counts = (kind == "instance" and cfg.model.count_gate
+                   and cfg.model.count_head == "density" and system.category is not None)
     loss_cfg_loc = dataclasses.replace(cfg.loss, count_weight=0.0)
 
     def save(path_name: str, epoch: int, extra: dict[str, Any] | None = None) -> Path | None:
@@ -665,6 +669,10 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
                 batch = batch_to(batch, device)
                 with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
                     out = model(batch["image"])  # NetOutputs on the stride-8 grid
+                    if gate_counts:  # counts where the frozen category network sees the class
+                        with torch.no_grad():
+                            seg = system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
+                        out.counts = gated_counts(out.count_density, seg)  # (B, C)
                     loss, parts = total_loss(out, batch, loss_cfg_loc if phase == "locations"
                                              else loss_cfg_all, kind)
                 finite = bool(torch.isfinite(loss.detach()).all())

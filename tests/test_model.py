@@ -291,3 +291,29 @@ def test_bad_config_values_raise_config_error() -> None:
         build_network(ModelConfig(), "both")
     with pytest.raises(ConfigError, match="streams"):
         build_network(replace(ModelConfig(), streams=("pool9",)), "instance")
+
+
+def test_gated_counts_weight_each_cell_by_the_category_probability():
+    from pfn_napari.model.pfn import gated_counts
+
+    density = torch.ones(1, 2, 2, 2)  # one instance per cell and class: 4 each ungated
+    logits = torch.full((1, 3, 3, 3), -1e4)  # grid 3x3 -> density cells on grid cells 0, 2
+    logits[0, 0] = 0.0  # background everywhere ...
+    logits[0, 0, 0, 0], logits[0, 1, 0, 0] = -1e4, 0.0  # ... but class 1 at grid cell (0, 0)
+    logits[0, 0, 2, 2], logits[0, 2, 2, 2] = -1e4, 0.0  # and class 2 at grid cell (2, 2)
+    logits[0, 0, 1, 1], logits[0, 1, 1, 1] = -1e4, 0.0  # class 1 off the density cells: unread
+    counts = gated_counts(density, logits)
+    assert counts.tolist() == [[1.0, 1.0]]
+
+
+def test_system_gates_density_counts_only_when_asked():
+    from pfn_napari.config import ModelConfig
+
+    torch.manual_seed(0)
+    for gate in (False, True):
+        cfg = ModelConfig(backbone="alexnet", num_classes=2, streams=("fc7",), fc7_channels=16,
+                          count_hidden=8, count_head="density", count_gate=gate)
+        system = build_system(cfg, "instance").eval()
+        out = system(torch.rand(1, 3, 65, 65) * 255)
+        ungated = out.count_density.sum(dim=(2, 3))
+        assert torch.allclose(out.counts, ungated) != gate

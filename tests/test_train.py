@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,30 @@ def test_unified_stage_runs_and_amp_is_ignored_on_cpu(tmp_path, capsys):
     assert system.category is None and system.instance.kind == "unified"
     rows = read_log(final.parent / "log.csv")
     assert len(rows) == 2 and float(rows[-1]["loss"]) > 0
+
+
+def test_instance_stage_with_size_consistent_heads_and_gated_counts(category_run, tmp_path,
+                                                                     monkeypatch):
+    """The shipped recipe's instance settings: unit locations, density counts gated by the
+    frozen category network during training (the logged count loss uses the gated counts)."""
+    from pfn_napari.model import pfn as pfn_module
+
+    calls = []
+    real = pfn_module.gated_counts
+
+    def spy(density, seg):
+        calls.append(tuple(seg.shape))
+        return real(density, seg)
+
+    monkeypatch.setattr(pfn_module, "gated_counts", spy)
+    _, cat_final = category_run
+    cfg = tiny_cfg(tmp_path, "gated", "train.stage=instance", "train.max_steps=2",
+                   f"train.init={cat_final}", "model.location_unit=32",
+                   "model.count_head=density", "model.count_gate=true", "loss.loc_unit=32",
+                   "loss.count_reduction=sum", "loss.loc_weight=1")
+    final = train(cfg, progress=False)
+    rows = read_log(final.parent / "log.csv")
+    assert len(rows) == 2 and all(math.isfinite(float(r["count"])) for r in rows)
+    assert calls and calls[0][1] == 4  # (B, C + 1, h, w) logits of the category network
+    system, stored, _ = load_checkpoint(final)
+    assert stored.model.count_gate and stored.model.location_unit == 32

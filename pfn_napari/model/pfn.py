@@ -33,13 +33,16 @@ class NetOutputs:
     * ``locations``: ``(B, L, h, w)`` fused location prediction (instance / unified), channels
       ``config.ENCODING_CHANNELS[encoding]``, normalised by the *network input's* W and H;
     * ``stream_locations``: stream name -> ``(B, L, h, w)``, each stream's own prediction;
-    * ``counts``: ``(B, C)`` predicted instance numbers (no activation), else None.
+    * ``counts``: ``(B, C)`` predicted instance numbers (no activation), else None;
+    * ``count_density``: ``(B, C, ceil(h/2), ceil(w/2))`` instances per cell and class, cell j
+      on grid cell 2j (``model.count_head='density'`` only), else None.
     """
 
     seg_logits: Tensor | None = None
     locations: Tensor | None = None
     stream_locations: dict[str, Tensor] = field(default_factory=dict)
     counts: Tensor | None = None
+    count_density: Tensor | None = None
 
 
 def _check(cfg: ModelConfig, kind: str) -> None:
@@ -130,7 +133,11 @@ class PFNNet(nn.Module):
                 x = feats["fc7"]  # (B, F, h, w)
             else:
                 x = content  # (B, L, h, w)
-            out.counts = self.count_head(x)  # (B, C)
+            if isinstance(self.count_head, DensityCountHead):
+                out.count_density = self.count_head.density(x)  # (B, C, h2, w2)
+                out.counts = out.count_density.sum(dim=(2, 3))  # (B, C)
+            else:
+                out.counts = self.count_head(x)  # (B, C)
         return out
 
     # --- training helpers -------------------------------------------------------------------
@@ -230,7 +237,23 @@ class PFNSystem(nn.Module):
         out = self.instance(images) if self.instance is not None else NetOutputs()
         if self.category is not None:
             out.seg_logits = self.category(images).seg_logits  # (B, C+1, h, w)
+        if out.count_density is not None and out.seg_logits is not None and self.cfg.count_gate:
+            out.counts = gated_counts(out.count_density, out.seg_logits)  # (B, C)
         return out
+
+
+def gated_counts(density: Tensor, seg_logits: Tensor) -> Tensor:
+    """``(B, C)`` counts from per-cell counts weighted by the category network's belief in
+    each class there: ``g_c = sum_cells density_c * P(c | cell)`` (``model.count_gate``).
+
+    ``density`` is ``(B, C, ceil(h/2), ceil(w/2))`` (cell j on grid cell 2j), ``seg_logits``
+    ``(B, C + 1, h, w)``. Background cells add nothing, however large the canvas: a softplus
+    density is never exactly 0, and 0.001 per cell over the 1,200 cells of a 640 x 480 photo
+    is more than one phantom instance.
+    """
+    probs = torch.softmax(seg_logits.float(), dim=1)[:, 1:, ::2, ::2]  # (B, C, h2, w2)
+    h2, w2 = density.shape[-2:]
+    return (density * probs[:, :, :h2, :w2].to(density.dtype)).sum(dim=(2, 3))  # (B, C)
 
 
 def build_system(cfg: ModelConfig, stage: str) -> PFNSystem:
