@@ -315,12 +315,28 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
         raise CheckpointError(f"{cfg.train.init}: trained on classes {list(cat_cfg.data.classes)}, "
                               f"this run on {list(cfg.data.classes)}")
     net = build_network(cfg.model, kind="instance")
-    net.init_from(category.state_dict())
+    previous = getattr(cat_system, "instance", None)
+    if previous is not None:  # an instance checkpoint: continue its instance network
+        _continue_instance(net, previous, cfg.train.init)
+        note(f"instance network continued from the one in {cfg.train.init}")
+    else:
+        net.init_from(category.state_dict())
+        note(f"instance network initialised from {cfg.train.init}")
     category.eval()
     for p in category.parameters():
         p.requires_grad_(False)
-    note(f"instance network initialised from {cfg.train.init}")
     return PFNSystem(category=category, instance=net), net, "instance"
+
+
+def _continue_instance(net: nn.Module, previous: nn.Module, where: str) -> None:
+    """Copy every tensor of an instance network of an earlier run into ``net`` (a stage that
+    fine-tunes part of it, e.g. the count head with ``train.frozen``); shapes must match."""
+    own, theirs = net.state_dict(), previous.state_dict()
+    bad = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{where}: its instance network differs from this run's "
+                              f"(e.g. {bad[0]!r}); use the same model settings")
+    net.load_state_dict(theirs, strict=False)
 
 
 def _exclude_images(dataset, cfg: PFNConfig, note):

@@ -30,6 +30,7 @@ from pfn_napari.config import load_config
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
 from pfn_napari.inference import default_weights_path
+from pfn_napari.train import train
 
 
 def _f(x, digits: int = 1) -> str:
@@ -74,6 +75,7 @@ def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, repor
                   "| data (val) | AP^r@0.5 | AP^r_vol | mIoU | count error |\n|---|---:|---:|---:|---:|\n"
                   + "\n".join(lines) + "\n")
     real = [n for n in summary["datasets"] if n != "synthetic"]
+    notes = "".join(f"\n{n}\n" for n in meta.get("notes", []))
     t = summary["timing"]
     steps = meta["steps"]
     text = f"""# Model card: `{weights.name}`
@@ -88,7 +90,8 @@ truncated or other-version file gives one line naming it (`CheckpointError`).
 | classes | 23: the 20 PASCAL VOC classes, then `disc`, `square`, `triangle` (the embedded synthetic shapes) |
 | training data | split `train` of: the 60 COCO photos in VOC layout (repeated 3x), 136 Penn-Fudan pedestrian photos, 223 Weizmann horse photos, {meta.get('synthetic', 100)} synthetic images; no val image is trained on |
 | recipe | `cpu-demo` (pfn_napari/configs/cpu-demo.yaml): crops 257, scale 0.6-1.4, flips, Simple Copy-Paste (p 0.5), batch 4, SGD momentum 0.9, wd 5e-4, lr {meta.get('category_lr', '0.002,0.01')} (pre-trained,new) x0.1 after 70% of each stage, gradient norm clipped at 10; location loss in 32-pixel units (lambda 1), Caffe's per-image Euclidean count loss |
-| training time | {meta['train_minutes']} min = {meta['train_minutes'] / 60:.2f} CPU hours on this project's 2-core CPU ({meta['machine']}): stage 1 {steps.get('category')} steps, stage 2 {steps.get('instance')} steps (bounds: {meta['category_minutes']:g} + {meta['instance_minutes']:g} min) |
+| stages | 1: the category network; 2: the instance network from it; 3: the count head alone (everything else frozen), its per-cell counts weighted by the category network's probabilities (`model.count_gate`), as the shipped model reads them |
+| training time | {meta['train_minutes']} min = {meta['train_minutes'] / 60:.2f} hours on this project's 2-core CPU ({meta['machine']}): stage 1 {steps.get('category')} steps, stage 2 {steps.get('instance')} steps, stage 3 {steps.get('counts', 0)} steps (bounds: {meta['category_minutes']:g} + {meta['instance_minutes']:g} + {meta.get('count_minutes', 0):g} min) |
 | command | `{meta['command']}` |
 | grouping default | `vote` (the fast grouping; `--grouping spectral` for the paper's) |
 | size | {weights.stat().st_size / 1e6:.1f} MB (float16; cast to float32 on load) |
@@ -102,7 +105,7 @@ the classes with ground truth.
 | data (val) | images | AP^r@0.5 | AP^r@0.7 | AP^r_vol | mIoU | count error |
 |---|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
-{before}
+{before}{notes}
 ## Per class on the real val splits
 
 | data | class | true | predicted | AP^r@0.5 | AP^r_vol | IoU | count error |
@@ -134,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/default-weights", help="training folder")
     ap.add_argument("--weights", default=str(default_weights_path()), help="where to write the weights")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--count-minutes", type=float, default=10.0,
+                    help="stage 3 wall clock: the count head alone, counts gated (0: skip)")
+    ap.add_argument("--count-steps", type=int, default=1000, help="stage-3 steps")
+    ap.add_argument("--from-weights", type=Path, default=None,
+                    help="skip stages 1-2: take the stage-2 weights this script wrote before "
+                         "(their logs and times) and OUT/instance/final.pt, then run stage 3")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a sentence for the model card about this run (repeatable)")
     ap.add_argument("--card-only", action="store_true",
                     help="no training: evaluate --weights again and rewrite the model card")
     ap.add_argument("--baseline-report", type=Path, default=None,
@@ -162,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     def decay(steps: int) -> str:  # the lr drop after --decay-at of the stage's steps
         return f"train.lr_step_epochs={max(1, round(args.decay_at * steps / steps_per_epoch))}"
 
+    if args.from_weights is not None:
+        _, _, meta = load_checkpoint(args.from_weights)
+        meta = {**meta, "notes": [*meta.get("notes", []), *args.note],
+                "command": meta["command"] + " && python scripts/train_default_weights.py "
+                + " ".join(argv or sys.argv[1:])}
+        return finish(out / "instance" / "final.pt", out, spec, meta, args, baseline)
     t0 = time.perf_counter()
     ckpt, logs = train_two_stages(out, spec, category_steps=args.category_steps,
                                   instance_steps=args.instance_steps,
@@ -173,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
                                                    decay(args.category_steps)],
                                       "instance": [decay(args.instance_steps)]})
     minutes = (time.perf_counter() - t0) / 60
-    system, cfg, _ = load_checkpoint(ckpt)
     history = {stage: list(csv.DictReader(open(path, newline=""))) for stage, path in logs.items()}
     meta = {"data": spec.replace(str(shared), "shared/data"),
             "command": "python scripts/train_default_weights.py " + " ".join(argv or sys.argv[1:]),
@@ -182,9 +198,31 @@ def main(argv: list[str] | None = None) -> int:
             "steps": {stage: int(rows[-1]["step"]) if rows else 0 for stage, rows in history.items()},
             "train_minutes": round(minutes, 1), "machine": f"{platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
-            "history": history}
+            "history": history, "notes": list(args.note)}
+    return finish(ckpt, out, spec, meta, args, baseline)
+
+
+def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | None) -> int:
+    """Stage 3 (the count head alone, its counts gated by the category network), then the
+    weights, the evaluation and the model card."""
+    if args.count_minutes > 0:
+        t0 = time.perf_counter()
+        cfg = load_config("cpu-demo", [
+            "train.stage=instance", f"data.train={spec}", f"train.out_dir={out / 'counts'}",
+            f"train.init={ckpt}", f"train.max_steps={args.count_steps}",
+            f"train.max_minutes={args.count_minutes}", "model.count_gate=true",
+            "train.frozen=[backbone.,location_head.]", "train.lr_new=0.005",
+            "train.lr_step_epochs=0"])
+        ckpt = train(cfg)
+        rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
+        meta = {**meta, "count_minutes": args.count_minutes,
+                "train_minutes": round(meta["train_minutes"] + (time.perf_counter() - t0) / 60, 1),
+                "steps": {**meta["steps"], "counts": int(rows[-1]["step"]) if rows else 0},
+                "history": {**meta["history"], "counts": rows}}
+    system, cfg, _ = load_checkpoint(ckpt)
     path = save_weights(args.weights, system, cfg, meta, half=True)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) after {minutes:.1f} min of training")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min "
+          "of training")
     return evaluate_and_card(path, out, meta, baseline)
 
 

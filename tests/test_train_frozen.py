@@ -38,3 +38,25 @@ def test_frozen_prefix_matching_nothing_is_an_error(tmp_path):
                                     "train.frozen=backbone.nothing_here"])
     with pytest.raises(PFNError, match="no parameter"):
         train(cfg, progress=False)
+
+
+def test_count_head_fine_tuning_continues_an_instance_checkpoint(tmp_path):
+    """Stage 2 once, then a run initialised from its checkpoint with everything but the count
+    head frozen: the locations stay, the count head moves."""
+    inst = ["train.stage=instance", "model.count_head=density", "model.stream_channels=8",
+            "model.count_channels=8", "model.count_hidden=16"]
+    cat = train(load_config(None, TINY + [f"train.out_dir={tmp_path / 'cat'}"]), progress=False)
+    first = train(load_config(None, TINY + inst + [f"train.out_dir={tmp_path / 'inst'}",
+                                                   f"train.init={cat}"]), progress=False)
+    second = train(load_config(None, TINY + inst + [
+        f"train.out_dir={tmp_path / 'counts'}", f"train.init={first}", "model.count_gate=true",
+        "train.frozen=backbone.,location_head.", "train.lr_new=0.001", "train.grad_clip=1"]),
+        progress=False)
+    a = dict(load_checkpoint(first)[0].instance.named_parameters())
+    b = dict(load_checkpoint(second)[0].instance.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a if not n.startswith("count_head."))
+    assert any(not torch.equal(a[n], b[n]) for n in a if n.startswith("count_head."))
+    other = load_config(None, TINY + ["train.stage=instance", f"train.init={first}",
+                                      f"train.out_dir={tmp_path / 'bad'}"])
+    with pytest.raises(PFNError, match="differs from this run"):
+        train(other, progress=False)
