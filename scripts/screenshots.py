@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
 
     # 1. the overview: instances and their velocity vectors over the photo
-    for name in L.LAYER_NAMES:
-        viewer.layers[name].visible = name in (L.INSTANCES, L.VECTORS)
-    viewer.layers.selection.active = viewer.layers[L.INSTANCES]
+    for name in L.LAYER_NAMES:  # the layers of the image just run ("PFN instances: skaters ...")
+        widget.layer(name).visible = name in (L.INSTANCES, L.VECTORS)
+    viewer.layers.selection.active = widget.layer(L.INSTANCES)
     shot("overview")
 
     # 2..7 teaching mode, one stage at a time
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                               "instances")):
         widget.show_stage(k)
         if name == "locations":
-            viewer.dims.set_current_step(0, 0)  # cx
+            widget.channel_combo.setCurrentIndex(0)  # cx
         shot(f"teach_{k + 1}_{name}")
     widget.teach_check.setChecked(False)
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         widget.set_count(cls, before + 1)
         widget.synchronous = False
         for name in L.LAYER_NAMES:
-            viewer.layers[name].visible = name == L.INSTANCES
+            widget.layer(name).visible = name == L.INSTANCES
         shot("count_override")
         print(f"count override: {s.class_names[cls - 1]} {before} -> "
               f"{int((s.clustering.instances.classes == cls).sum())} instances")

@@ -9,6 +9,28 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+
+def _one_qt_binding() -> None:
+    """Make pytest-qt use the binding qtpy (hence napari and the plugin) uses.
+
+    qtpy prefers PyQt5 and pytest-qt PyQt6, so with both installed each would load its own
+    Qt. ``QT_API`` picks the binding for both (``QT_API=pyqt6 python -m pytest ...``); unset,
+    it is the first of PyQt5, PyQt6, PySide6 that is installed (qtpy's order).
+    """
+    from importlib.util import find_spec
+
+    apis = {"pyqt5": "PyQt5", "pyqt6": "PyQt6", "pyside6": "PySide6"}
+    api = os.environ.get("QT_API", "").lower()
+    if not api:
+        api = next((a for a, module in apis.items() if find_spec(module) is not None), "")
+        if api:
+            os.environ["QT_API"] = api
+    if api in apis:
+        os.environ.setdefault("PYTEST_QT_API", api)
+
+
+_one_qt_binding()
+
 try:
     import torch
 
@@ -35,3 +57,12 @@ def voc_coco_root(shared_data: Path) -> Path:
     if not root.is_dir():
         pytest.skip(f"{root} not found")
     return root
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs the real data (the ``shared_data`` fixture, directly or through
+    ``voc_coco_root``) is marked ``realdata``, so ``-m "not realdata"`` deselects exactly them."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)

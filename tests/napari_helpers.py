@@ -65,6 +65,17 @@ def small_image(h: int = 120, w: int = 160) -> np.ndarray:
     return np.asarray(Image.fromarray(load_sample("skaters")).resize((w, h), Image.BILINEAR))
 
 
+#: Marks for the widget test modules: a deprecation warning (FutureWarning, DeprecationWarning,
+#: PendingDeprecationWarning) issued from napari's modules, or attributed to the plugin's own
+#: code (where napari's deprecations point, with stacklevel=2), is an error, so the next napari
+#: deprecation the plugin walks into fails CI instead of scrolling by.
+NAPARI_WARNINGS_ARE_ERRORS = [
+    pytest.mark.filterwarnings(f"error::{category}:{module}")
+    for category in ("FutureWarning", "DeprecationWarning", "PendingDeprecationWarning")
+    for module in ("napari", "pfn_napari")
+]
+
+
 # ---- fixtures shared by the widget tests (imported by name into each test module)
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,49 @@ def test_vectors_run_from_grid_pixels_to_predicted_centers():
     assert list(kw["features"]["instance"]) == [1, 0, 0]
 
 
+def test_arrows_stop_where_they_leave_the_image():
+    geom = L.Geometry((10, 20), (10, 20))  # napari extent: rows [-0.5, 9.5], cols [-0.5, 19.5]
+    start = np.array([[4.5, 9.5], [4.5, 9.5], [0.0, 0.0]], np.float32)
+    end = np.array([[4.5, 29.5], [-5.5, 19.5], [3.0, 4.0]], np.float32)
+    new, cut = L.clip_vectors(start, end, geom)
+    # right by 20 -> cut at col 19.5; up-right (-10, +10) -> leaves through the top at t = 0.5
+    np.testing.assert_allclose(new, [[4.5, 19.5], [-0.5, 14.5], [3.0, 4.0]])
+    assert cut.tolist() == [True, True, False]
+
+
+def test_a_center_right_of_a_640_wide_photo_is_clipped_and_marked():
+    geom = L.Geometry((480, 640), (480, 640))
+    gh, gw = 60, 80
+    centers = np.zeros((2, gh, gw), np.float32)
+    centers[0], centers[1] = 692.5 / 640, 0.5  # x = 692 (napari) on a 640-wide image
+    fg = np.zeros((gh, gw), bool)
+    fg[10, 70] = fg[20, 20] = True
+    centers[0, 20, 20] = 100.5 / 640  # inside
+    data, kw = L.vectors_layer(centers, fg, np.ones((gh, gw), np.int32), geom, step=2)
+    ends = data[:, 0] + data[:, 1]
+    assert ends[:, 1].max() <= 639.5 + 1e-4
+    assert kw["features"]["clipped"].tolist() == [True, False]  # cells (10, 70), (20, 20)
+    # (10, 70) sits on pixel (80, 560) and points at (239.5, 692): cut where col = 639.5
+    t = (639.5 - 560) / (692 - 560)
+    np.testing.assert_allclose(ends[0], [80 + t * 159.5, 639.5], atol=1e-3)
+    np.testing.assert_allclose(ends[1], [239.5, 100.0], atol=1e-4)  # inside: untouched
+
+
+def test_one_location_channel_per_layer_named_in_its_metadata():
+    values = np.array([0.5, 0.25, 0.1, 0.2, 0.9, 0.8])  # cx cy lx ly rx ry
+    net = _net(np.broadcast_to(values[:, None, None], (6, 2, 3)), (9, 17))
+    geom = L.Geometry((9, 17), (9, 17))
+    data, kw = L.location_channel_layer(net, geom, "ly")
+    assert data.shape == (2, 3) and kw["scale"] == (8.0, 8.0)
+    np.testing.assert_allclose(data, 0.2 * 9 - 0.5, rtol=1e-6)
+    assert kw["metadata"]["channel"] == "ly"
+    assert kw["metadata"]["meaning"]["ly"] == "box top edge, row"
+    assert L.layer_name(L.LOCATIONS, "photo", "ly") == "PFN locations (ly): photo"
+    assert L.layer_name(L.INSTANCES, "photo") == "PFN instances: photo"
+    with pytest.raises(ValueError, match="'w' is not one of"):
+        L.location_channel_layer(net, geom, "w")
+
+
 def test_category_layer_names_classes_and_uses_voc_colours():
     probs = np.zeros((3, 2, 2), np.float32)
     probs[2, 0, 0] = probs[1, 0, 1] = probs[0, 1] = 1.0

@@ -23,7 +23,9 @@ from ..config import ENCODING_CHANNELS
 from ..structures import STRIDE, Instances, NetworkOutput
 from ..visualize import instance_colors, voc_palette
 
-#: Layer names: the widget finds its layers by these, so re-runs update them in place.
+#: Base names of the PFN layers. The widget names its layers ``"<base>: <image layer>"``
+#: (:func:`layer_name`) and tags them with :data:`OWNER_KEYS` in their metadata, so a re-run
+#: on the same image updates them in place and every image keeps its own set.
 CATEGORY = "PFN category map"
 REFINED = "PFN refined category map"
 LOCATIONS = "PFN locations"
@@ -31,6 +33,22 @@ VECTORS = "PFN velocity vectors"
 CLUSTERS = "PFN clusters (grid)"
 INSTANCES = "PFN instances"
 LAYER_NAMES = (CATEGORY, REFINED, LOCATIONS, VECTORS, CLUSTERS, INSTANCES)
+#: The order the widget stacks a set of PFN layers in, bottom to top, right above their image:
+#: the locations image lowest (it is opaque), the arrows on top.
+STACK_ORDER = (LOCATIONS, CATEGORY, REFINED, CLUSTERS, INSTANCES, VECTORS)
+#: Metadata keys of a widget-made layer: which PFN layer it is, and the image layer it shows.
+OWNER_KEYS = ("pfn_layer", "pfn_image")
+
+
+def layer_name(base: str, image: str, channel: str | None = None) -> str:
+    """The name of PFN layer ``base`` of image layer ``image``: ``"PFN instances: photo"``;
+    the locations layer also names its channel: ``"PFN locations (cx): photo"``."""
+    return f"{base} ({channel}): {image}" if channel else f"{base}: {image}"
+
+
+def plural(n: int, noun: str) -> str:
+    """``"1 instance"``, ``"3 instances"``, ``"0 instances"`` (nouns with a plain -s plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 #: Which channels of a location encoding hold y (rows): names ending in 'y' or 'h'.
 _Y_CHANNELS = ("cy", "ly", "ry", "try", "bly", "dy", "h")
@@ -165,6 +183,46 @@ def locations_layer(net: NetworkOutput, geom: Geometry) -> LayerSpec:
     }
 
 
+def location_channel_layer(net: NetworkOutput, geom: Geometry, channel: str) -> LayerSpec:
+    """'PFN locations', one channel: a ``(gh, gw)`` float32 Image in viewer pixels.
+
+    The widget shows one named channel at a time (picked in the dock), so the viewer gets no
+    unlabelled channel slider; ``metadata`` lists every channel and says which one this is.
+    """
+    names = location_channels(net.encoding)
+    if channel not in names:
+        raise ValueError(f"channel {channel!r} is not one of {names} ({net.encoding})")
+    data = locations_in_pixels(net, geom)[names.index(channel)]  # (gh, gw)
+    H, W = geom.image_size
+    return data, {
+        "scale": geom.grid_scale, "colormap": "turbo",
+        "contrast_limits": (0.0, float(max(H, W))), "opacity": 0.7,
+        "metadata": {"channels": names, "channel": channel,
+                     "meaning": {n: CHANNEL_MEANING.get(n, n) for n in names}},
+    }
+
+
+def clip_vectors(start: np.ndarray, end: np.ndarray,
+                 geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Shorten arrows ``start -> end`` (``(N, 2)`` napari row, col) at the image's border.
+
+    The image covers ``[-0.5, H - 0.5] x [-0.5, W - 0.5]`` in napari coordinates; a predicted
+    center outside it (the networks are not bounded) is replaced by the point where the arrow
+    leaves the image, on the same line. Returns the new ends ``(N, 2)`` and ``(N,)`` bool, True
+    where an arrow was cut.
+    """
+    H, W = geom.image_size
+    lo = np.array([-0.5, -0.5], np.float32)
+    hi = np.array([H - 0.5, W - 0.5], np.float32)
+    start = np.clip(np.asarray(start, np.float32).reshape(-1, 2), lo, hi)  # (N, 2)
+    delta = np.asarray(end, np.float32).reshape(-1, 2) - start  # (N, 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(delta > 0, (hi - start) / delta,
+                        np.where(delta < 0, (lo - start) / delta, np.inf))  # (N, 2)
+    t = np.minimum(1.0, room.min(axis=1)) if len(start) else np.ones(0, np.float32)  # (N,)
+    return (start + t[:, None] * delta).astype(np.float32), t < 1.0
+
+
 def grid_pixels(grid_hw: tuple[int, int], geom: Geometry) -> np.ndarray:
     """``(2, gh, gw)`` napari (row, col) of each grid cell's pixel in the viewer image."""
     gh, gw = grid_hw
@@ -186,7 +244,8 @@ def vectors_layer(centers_xy: np.ndarray, foreground: np.ndarray, assignment: np
     ``centers_xy`` ``(2, gh, gw)`` normalised (x, y) centers; ``foreground`` ``(gh, gw)`` bool;
     ``assignment`` ``(gh, gw)`` int instance id of each cell (0 none). Returns ``(N, 2, 2)``
     napari vectors ``[[row, col], [drow, dcol]]`` coloured like the instance layer (grey when
-    a cell is in no instance).
+    a cell is in no instance). Arrows to a center outside the image stop at its border
+    (:func:`clip_vectors`); the ``clipped`` feature marks them.
     """
     gh, gw = foreground.shape
     sel = np.zeros((gh, gw), bool)
@@ -194,6 +253,7 @@ def vectors_layer(centers_xy: np.ndarray, foreground: np.ndarray, assignment: np
     sel &= foreground
     start = grid_pixels((gh, gw), geom)[:, sel].T  # (N, 2)
     end = centers_in_pixels(centers_xy, geom)[:, sel].T  # (N, 2)
+    end, clipped = clip_vectors(start, end, geom)  # (N, 2), (N,)
     data = np.stack([start, end - start], axis=1).astype(np.float32)  # (N, 2, 2)
     ids = np.asarray(assignment)[sel].astype(np.int64)  # (N,)
     n = int(assignment.max(initial=0))
@@ -202,7 +262,7 @@ def vectors_layer(centers_xy: np.ndarray, foreground: np.ndarray, assignment: np
                       dtype=np.float32).reshape(-1, 4)
     return data, {"edge_color": colors if len(colors) else "yellow", "edge_width": 1.5,
                   "length": 1.0, "opacity": 0.9, "vector_style": "arrow",
-                  "features": {"instance": ids}}
+                  "features": {"instance": ids, "clipped": clipped}}
 
 
 def clusters_layer(assignment: np.ndarray, geom: Geometry) -> LayerSpec:

@@ -1,4 +1,5 @@
-"""Sample images for napari's *File > Open Sample > pfn-napari* (see ``sample_data/README.md``)."""
+"""Sample images for napari's *File > Open Sample > PFN instance segmentation* (the manifest's
+display name; see ``sample_data/README.md``)."""
 
 from __future__ import annotations
 

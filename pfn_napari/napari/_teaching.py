@@ -27,11 +27,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("3. Pixel-wise instance locations", L.LOCATIONS,
           "For every pixel the instance network predicts the box of the object the pixel belongs "
           "to: its center (cx, cy), top-left (lx, ly) and bottom-right (rx, ry) corners, here in "
-          "pixels of the image. Move the channel slider: pixels of one object share a value, "
-          "neighbouring objects differ."),
+          "pixels of the image. Pick a channel in the widget's 'Location channel' box: pixels of "
+          "one object share a value, neighbouring objects differ."),
     Stage("4. Velocity vectors", L.VECTORS,
           "Each arrow runs from a pixel to the instance center it predicts (cx, cy). Pixels of one "
-          "object point at one place, so objects separate without any box proposals."),
+          "object point at one place, so objects separate without any box proposals. An arrow "
+          "whose center falls outside the image stops at the border."),
     Stage("5. Clustering", L.CLUSTERS,
           "Per class, the cells are grouped by their predicted locations and positions (similarity "
           "width sigma) into as many clusters as the counts say (change a count in the widget to "

@@ -6,6 +6,11 @@ through :class:`~pfn_napari.napari._session.PFNSession`) to layers
 (:mod:`pfn_napari.napari._layers`). Long work runs in ``napari.qt.threading`` workers; set
 ``widget.synchronous = True`` (tests, scripts) to run the same jobs in the calling thread.
 
+Every image keeps its own set of PFN layers, named after it (``"PFN instances: photo"``, see
+:func:`~pfn_napari.napari._layers.layer_name`) and stacked right above it, so running image A
+and then image B shows B's results on B and leaves A's on A. Run on the same image again
+updates its set in place; the knobs act on the image of the last Run.
+
 When the instance layer is overwritten: by **Run** (a new image or network output), and by a
 re-clustering while *Keep hand edits* is off. Painting or erasing on 'PFN instances' turns
 *Keep hand edits* on, so later changes of the knobs update every other layer and leave the
@@ -49,6 +54,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Steps of the network job, for the progress bar.
 NETWORK_STEPS = ("loading the weights", "running the networks", "grouping")
 
+#: Where napari lists the plugin's sample images (the manifest's display_name).
+SAMPLE_MENU = "File > Open Sample > PFN instance segmentation"
+
 
 def grouping_methods() -> tuple[str, ...]:
     """Names of the grouping methods the library offers (``grouping.GROUPING_METHODS``)."""
@@ -63,6 +71,11 @@ def available_devices() -> tuple[str, ...]:
     import torch
 
     return ("auto", "cpu", "cuda") if torch.cuda.is_available() else ("auto", "cpu")
+
+
+def _is_pfn_layer(layer: Any) -> bool:
+    """A layer the plugin (or :mod:`pfn_napari.notebook`) made, not an image of the user's."""
+    return "pfn_layer" in layer.metadata or layer.name in L.LAYER_NAMES
 
 
 def _label_cmap(cmap: dict):
@@ -85,7 +98,8 @@ class PFNWidget(QWidget):
         self._worker: Any = None
         self._pending_recluster = False
         self._instances_layer_edited = False
-        self._image_layer_name: str | None = None
+        self._image_layer_name: str | None = None  # the image of the last Run
+        self._running_image: str | None = None  # the image of the Run in progress
         self._count_spins: dict[int, QSpinBox] = {}
         self._count_defaults: dict[int, int] = {}
         self._stage = 0
@@ -96,7 +110,6 @@ class PFNWidget(QWidget):
         layers.events.inserted.connect(self._refresh_image_layers)
         layers.events.removed.connect(self._refresh_image_layers)
         layers.events.reordered.connect(self._refresh_image_layers)
-        self.viewer.dims.events.current_step.connect(self._update_channel_label)
 
     # ================================================================== UI
     def _build(self) -> None:
@@ -134,7 +147,7 @@ class PFNWidget(QWidget):
 
         self.message_label = QLabel("Choose an image layer and press Run PFN.")
         self.message_label.setWordWrap(True)
-        self.message_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.message_label)
 
         box = QGroupBox("Grouping (re-clusters on change)")
@@ -178,9 +191,18 @@ class PFNWidget(QWidget):
         self.counts_form.addRow(reset)
         outer.addWidget(self.counts_box)
 
+        box = QGroupBox("PFN locations")
+        form = QFormLayout(box)
+        self.channel_combo = QComboBox()
+        self.channel_combo.setToolTip("The location channel 'PFN locations' shows, in pixels of "
+                                      "the image: center (cx, cy), top-left (lx, ly) and "
+                                      "bottom-right (rx, ry) of the predicted box")
+        self.channel_combo.currentIndexChanged.connect(self._show_locations)
+        form.addRow("Location channel", self.channel_combo)
         self.channel_label = QLabel("")
         self.channel_label.setWordWrap(True)
-        outer.addWidget(self.channel_label)
+        form.addRow(self.channel_label)
+        outer.addWidget(box)
 
         self.export_button = QPushButton("Export instances (PNG + COCO JSON)…")
         self.export_button.clicked.connect(self._export_dialog)
@@ -238,13 +260,13 @@ class PFNWidget(QWidget):
     def _update_enabled(self) -> None:
         has_net = self.session.net is not None
         self.run_button.setEnabled(not self.busy)
-        self.export_button.setEnabled(L.INSTANCES in self.viewer.layers)
+        self.export_button.setEnabled(self.layer(L.INSTANCES) is not None)
         for w in (self.prev_button, self.next_button):
             w.setEnabled(self.teach_check.isChecked() and has_net)
 
     # ================================================================== messages
-    def _message(self, text: str, error: bool = False) -> None:
-        """One line in the widget and a napari notification (never a traceback)."""
+    def _message(self, text: str, error: bool = False, notify: bool = True) -> None:
+        """One line in the widget and (``notify``) a napari notification; never a traceback."""
         from napari.utils.notifications import show_error, show_info
 
         self.last_message = text
@@ -252,10 +274,12 @@ class PFNWidget(QWidget):
             self.last_error = text
         self.message_label.setText(text)
         self.message_label.setStyleSheet("color: #ff6b6b;" if error else "")
-        (show_error if error else show_info)(text)
+        if notify or error:
+            (show_error if error else show_info)(text)
 
     def _on_error(self, exc: BaseException) -> None:
         self._finish_job()
+        self._running_image = None
         self._pending_recluster = False
         if isinstance(exc, PFNError):
             self._message(f"PFN: {exc}", error=True)
@@ -268,7 +292,7 @@ class PFNWidget(QWidget):
         from napari.layers import Image
 
         return [layer for layer in self.viewer.layers
-                if isinstance(layer, Image) and layer.name not in L.LAYER_NAMES]
+                if isinstance(layer, Image) and not _is_pfn_layer(layer)]
 
     def _refresh_image_layers(self, *_: Any) -> None:
         current = self.image_combo.currentText()
@@ -352,14 +376,14 @@ class PFNWidget(QWidget):
             return
         name = self.image_combo.currentText()
         if not name or name not in self.viewer.layers:
-            self._message("PFN: no image layer: open an image (File > Open, or File > Open Sample "
-                          "> pfn-napari) and choose it in 'Image layer'", error=True)
+            self._message(f"PFN: no image layer: open an image (File > Open, or {SAMPLE_MENU}) "
+                          "and choose it in 'Image layer'", error=True)
             return
         layer = self.viewer.layers[name]
         data = np.asarray(layer.data if not layer.multiscale else layer.data[0])
         weights = self.weights_edit.text().strip() or None
         device = self.device_combo.currentText()
-        self._image_layer_name = name
+        self._running_image = name
         first_run = self.session.model is None or (str(weights or ""), device) != self.session.model_key
         session = self.session
         knobs = None if first_run else self.params()  # read the widgets here, not in the thread
@@ -380,6 +404,8 @@ class PFNWidget(QWidget):
 
     def _network_done(self, params: TuneParams) -> None:
         self._finish_job()
+        if self._running_image is not None:  # from now on the knobs act on this image
+            self._image_layer_name, self._running_image = self._running_image, None
         s = self.session
         self._set_param_widgets(params)
         self._build_count_spins()
@@ -388,9 +414,10 @@ class PFNWidget(QWidget):
         self._show_network_layers()
         self._show_clustering(force_instances=True)
         notes = s.notes.messages(s.image.shape[:2])
-        where = str(s.model.device)
-        self._message(" ".join([f"PFN ran on {where} in {s.network_seconds:.2f} s: "
-                                f"{len(s.clustering.instances)} instances.", *notes]))
+        self._message(" ".join([f"{self._image_layer_name}: "
+                                f"{L.plural(len(s.clustering.instances), 'instance')} (PFN ran on "
+                                f"{s.model.device} in {s.network_seconds:.2f} s).",
+                                *self._clipped_note(), *notes]))
         if self.teach_check.isChecked():
             self.show_stage(self._stage)
         self._run_pending()
@@ -423,6 +450,15 @@ class PFNWidget(QWidget):
     def _recluster_done(self, _: Any) -> None:
         self._finish_job()
         self._show_clustering(force_instances=False)
+        c = self.session.clustering
+        found = L.plural(len(c.instances), "instance")
+        if self.keep_edits_check.isChecked():
+            text = (f"{self._image_layer_name}: re-clustered into {found}; your edited "
+                    f"'{L.INSTANCES}' are kept (untick 'Keep hand edits' to see the new ones).")
+        else:
+            text = (f"{self._image_layer_name}: {found} after re-clustering in "
+                    f"{c.seconds * 1000:.0f} ms (networks not re-run).")
+        self._message(" ".join([text, *self._clipped_note()]), notify=False)
         if self.teach_check.isChecked():
             self.show_stage(self._stage)  # keep showing only the current stage
         self._run_pending()
@@ -478,49 +514,128 @@ class PFNWidget(QWidget):
         self._count_spins[class_id].setValue(int(value))
 
     # ================================================================== layers
-    def _upsert(self, name: str, kind: str, data: np.ndarray, kwargs: dict[str, Any],
-                visible: bool | None = None) -> Any:
-        """Update layer ``name`` in place, or add it; never a second layer of that name."""
+    def layer(self, base: str, image: str | None = None) -> Any:
+        """The PFN layer ``base`` (one of :data:`~pfn_napari.napari._layers.LAYER_NAMES`) of
+        image layer ``image`` (default: the image of the last Run), or None.
+
+        Found by the owner tags in its metadata (renaming the layer does not lose it); a layer
+        named exactly ``base`` with no owner (added by :mod:`pfn_napari.notebook`) is adopted.
+        """
+        image = image if image is not None else self._image_layer_name
+        if image is None:
+            return None
+        untagged = None
+        for layer in self.viewer.layers:
+            md = layer.metadata
+            if md.get("pfn_layer") == base and md.get("pfn_image") == image:
+                return layer
+            if layer.name == base and "pfn_layer" not in md:
+                untagged = layer
+        return untagged
+
+    def _upsert(self, base: str, kind: str, data: np.ndarray, kwargs: dict[str, Any],
+                visible: bool | None = None, channel: str | None = None) -> Any:
+        """Update this image's layer ``base`` in place, or add it; never a second one."""
+        from napari.layers import Image, Labels, Vectors
+
         kwargs = dict(kwargs)
         if "colormap" in kwargs and isinstance(kwargs["colormap"], dict):
             kwargs["colormap"] = _label_cmap(kwargs["colormap"])
+        image = self._image_layer_name
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), "pfn_layer": base, "pfn_image": image}
+        name = L.layer_name(base, image, channel)
         layers = self.viewer.layers
-        if name in layers and layers[name]._type_string == kind:
-            layer = layers[name]
+        layer = self.layer(base)
+        cls = {"image": Image, "labels": Labels, "vectors": Vectors}[kind]
+        if layer is not None and isinstance(layer, cls) and np.ndim(layer.data) == np.ndim(data):
             if kind == "vectors":  # features and colours follow the number of vectors
                 layer.data = data
                 layer.features = kwargs.pop("features")
                 layer.edge_color = kwargs.pop("edge_color")
-            elif kind == "image" and np.shape(layer.data) != np.shape(data):
-                layer.data = data
             else:
                 layer.data = data
             for key, value in kwargs.items():
                 setattr(layer, key, value)
             if visible is not None:
                 layer.visible = visible
+            if layer.name != base and layer.name != name:  # an adopted layer keeps its name
+                layer.name = name
             return layer
-        if name in layers:
-            layers.remove(name)
+        if layer is not None:  # another kind or shape: replace it, in the same place
+            index = layers.index(layer)
+            was_visible = layer.visible
+            name = layer.name if layer.name == base else name
+            layers.remove(layer)
+            new = getattr(self.viewer, f"add_{kind}")(data, name=name, visible=was_visible,
+                                                      **kwargs)
+            layers.move(layers.index(new), index)
+            return new
         add = getattr(self.viewer, f"add_{kind}")
         return add(data, name=name, visible=True if visible is None else visible, **kwargs)
+
+    def _place_above_image(self) -> None:
+        """Stack this image's PFN layers right above it (order :data:`L.STACK_ORDER`)."""
+        layers = self.viewer.layers
+        if self._image_layer_name not in layers:
+            return
+        below = layers[self._image_layer_name]
+        for base in L.STACK_ORDER:
+            layer = self.layer(base)
+            if layer is None:
+                continue
+            src, dest = layers.index(layer), layers.index(below) + 1
+            if src != dest:
+                layers.move(src, dest)  # inserts before ``dest`` of the list as it was
+            below = layer
 
     def _show_network_layers(self) -> None:
         """Layers that depend only on the network output (category map, locations)."""
         s = self.session
-        first = L.CATEGORY not in self.viewer.layers
+        first = self.layer(L.CATEGORY) is None
         data, kw = L.category_layer(s.net, s.geom, s.class_names)
         self._upsert(L.CATEGORY, "labels", data, kw, visible=False if first else None)
-        data, kw = L.locations_layer(s.net, s.geom)
-        layer = self._upsert(L.LOCATIONS, "image", data, kw, visible=False if first else None)
+        channels = L.location_channels(s.net.encoding)
+        current = self.channel_combo.currentData()
+        self.channel_combo.blockSignals(True)
+        self.channel_combo.clear()
+        for name in channels:
+            self.channel_combo.addItem(f"{name}: {L.CHANNEL_MEANING.get(name, name)}", name)
+        self.channel_combo.setCurrentIndex(channels.index(current) if current in channels else 0)
+        self.channel_combo.blockSignals(False)
+        self._show_locations(first=first)
+
+    def _show_locations(self, *_: Any, first: bool = False) -> None:
+        """'PFN locations' shows the channel picked in 'Location channel' (one 2-D plane)."""
+        s = self.session
+        channel = self.channel_combo.currentData()
+        if s.net is None or channel is None or self._image_layer_name is None:
+            self.channel_label.setText("")
+            return
+        data, kw = L.location_channel_layer(s.net, s.geom, channel)
+        layer = self._upsert(L.LOCATIONS, "image", data, kw, visible=False if first else None,
+                             channel=channel)
         layer.contrast_limits = kw["contrast_limits"]
-        self._update_channel_label()
+        self.channel_label.setText(f"'{layer.name}' shows {channel} "
+                                   f"({L.CHANNEL_MEANING.get(channel, channel)}) in pixels of the "
+                                   f"image; pick another channel above.")
+
+    def _clipped_note(self) -> list[str]:
+        """A sentence when some arrows point at a center outside the image (cut at the border)."""
+        layer = self.layer(L.VECTORS)
+        if layer is None or "clipped" not in layer.features:
+            return []
+        n = int(np.asarray(layer.features["clipped"], bool).sum())
+        if n == 0:
+            return []
+        verb = "points" if n == 1 else "point"
+        return [f"{L.plural(n, 'arrow')} of {len(layer.features)} {verb} at a center outside "
+                "the image and stop at its border."]
 
     def _show_clustering(self, force_instances: bool) -> None:
         """Layers that depend on the grouping; the instance layer unless hand edits are kept."""
         s = self.session
         c = s.clustering
-        first = L.REFINED not in self.viewer.layers
+        first = self.layer(L.REFINED) is None
         data, kw = L.refined_layer(c.refined_full, s.geom, s.class_names)
         self._upsert(L.REFINED, "labels", data, kw, visible=False if first else None)
         data, kw = L.clusters_layer(c.assignment, s.geom)
@@ -535,8 +650,11 @@ class PFNWidget(QWidget):
         fg = c.refined > 0
         data, kw = L.vectors_layer(s.centers, fg, c.assignment, s.geom)
         self._upsert(L.VECTORS, "vectors", data, kw)
+        if force_instances:  # a Run: the set goes (back) on top of its image
+            self._place_above_image()
         self._update_counts_text()
-        where = "your edited instances kept" if keep else f"{len(c.instances)} instances"
+        where = ("your edited instances kept" if keep
+                 else L.plural(len(c.instances), "instance"))
         self.timing_label.setText(f"grouping {c.seconds * 1000:.0f} ms, {where} "
                                   "(networks not re-run)")
         self._update_enabled()
@@ -567,21 +685,6 @@ class PFNWidget(QWidget):
                                  "replaces them (untick 'Keep hand edits' to re-cluster over them)")
             self.message_label.setText(self.last_message)
 
-    def _update_channel_label(self, *_: Any) -> None:
-        if L.LOCATIONS not in self.viewer.layers:
-            self.channel_label.setText("")
-            return
-        layer = self.viewer.layers[L.LOCATIONS]
-        names = layer.metadata.get("channels", ())
-        step = self.viewer.dims.current_step
-        ndim = self.viewer.dims.ndim
-        k = int(step[ndim - 3]) if ndim >= 3 and names else 0
-        k = min(max(k, 0), len(names) - 1) if names else 0
-        if names:
-            meaning = layer.metadata.get("meaning", {}).get(names[k], "")
-            self.channel_label.setText(f"'PFN locations' shows channel {k}: {names[k]} ({meaning}, "
-                                       f"pixels); slide the first axis for {', '.join(names)}.")
-
     # ================================================================== export
     def _export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export instances", "instances.png",
@@ -593,10 +696,10 @@ class PFNWidget(QWidget):
         """Write 'PFN instances' (with any hand edits) as ``STEM.png`` + ``STEM.json``."""
         from ._writer import write_instances
 
-        if L.INSTANCES not in self.viewer.layers:
+        layer = self.layer(L.INSTANCES)
+        if layer is None:
             self._message("PFN: nothing to export: run PFN first", error=True)
             return []
-        layer = self.viewer.layers[L.INSTANCES]
         try:
             written = write_instances(path, layer.data, {"features": layer.features,
                                                          "metadata": layer.metadata,
@@ -619,13 +722,13 @@ class PFNWidget(QWidget):
         """Show stage ``index`` (0..5) alone over the image, with its sentence."""
         self._stage = int(np.clip(index, 0, len(STAGES) - 1))
         stage = STAGES[self._stage]
-        present = [n for n in L.LAYER_NAMES if n in self.viewer.layers]
+        present = {n: self.layer(n) for n in L.LAYER_NAMES if self.layer(n) is not None}
         if not present:
             self.stage_label.setText(f"<b>{stage.title}</b><br>{stage.text}<br><i>Run PFN first "
                                      "to see this stage.</i>")
             return
-        for name in present:
-            self.viewer.layers[name].visible = name == stage.layer
+        for name, layer in present.items():
+            layer.visible = name == stage.layer
         self.stage_label.setText(f"<b>{stage.title}</b> ({self._stage + 1}/{len(STAGES)})"
                                  f"<br>{stage.text}")
         self.prev_button.setEnabled(self._stage > 0)
