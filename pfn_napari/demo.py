@@ -220,9 +220,10 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
         image = read_image(path)
         net, inst = segment(image, str(path))
         small, _ = fit_image(image)
-        pictures.append((f"samples/{path.stem}_overlay.png", f"{path.name}: {len(inst)} instances"))
+        found = f"{len(inst)} instance{'' if len(inst) == 1 else 's'}"
+        pictures.append((f"samples/{path.stem}_overlay.png", f"{path.name}: {found}"))
         save_overlay(samples_dir / f"{path.stem}_overlay.png", image, inst, classes,
-                     title=f"{path.name}: {len(inst)} instances")
+                     title=f"{path.name}: {found}")
         save_arrows(samples_dir / f"{path.stem}_arrows.png", small, net,
                     resize_instances(inst, net.image_size))
         pictures.append((f"samples/{path.stem}_arrows.png", f"{path.name}: location arrows"))
