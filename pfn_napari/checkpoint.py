@@ -32,9 +32,7 @@ version, a config that does not build, weights that do not fit) into one
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ import torch
 from . import __version__
 from .config import ConfigError, PFNConfig, config_from_dict, config_to_dict, validate
 from .errors import CheckpointError
+from .output import atomic_write
 
 FORMAT_TAG = "pfn-napari-checkpoint"
 FORMAT_VERSION = 1
@@ -88,35 +87,10 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- writing
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically: write a temporary file in the same folder,
-    flush and ``fsync`` it, then ``os.replace`` it over ``path`` (and fsync the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
-        pass
-    return path
+    """``torch.save`` to ``path`` atomically (:func:`~pfn_napari.output.atomic_write`: a
+    temporary file unique to this process, ``fsync``, ``os.replace``). A full disk is an
+    :class:`~pfn_napari.errors.OutputError` naming the file; the previous file is kept."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _header(kind: str, config: PFNConfig, networks: Mapping[str, str]) -> dict[str, Any]:
@@ -247,6 +221,17 @@ def build_system(config: PFNConfig, networks: Mapping[str, str]) -> torch.nn.Mod
     return PFNSystem(nets.get("category"), nets.get("instance"))
 
 
+def check_finite(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the tensors of ``state`` holding NaN or infinity
+    (a diverged run: its predictions would be empty without a word)."""
+    bad = [k for k, v in state.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run "
+                              "that wrote it diverged: use an earlier checkpoint")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[torch.nn.Module, PFNConfig, dict[str, Any]]:
     """Load a training checkpoint or a weights file.
@@ -267,6 +252,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{path}: cannot rebuild the networks {dict(obj['networks'])} "
                               f"from the stored config ({exc})") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in obj["model"].items()}
+    check_finite(state, path)
     try:
         system.load_state_dict(state, strict=True)
     except RuntimeError as exc:

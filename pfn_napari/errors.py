@@ -12,3 +12,7 @@ class DatasetError(PFNError):
 
 class CheckpointError(PFNError):
     """A weights or checkpoint file is missing, truncated, or of another version/config."""
+
+
+class OutputError(PFNError):
+    """An output folder or file cannot be written (a file in the way, read-only, disk full)."""

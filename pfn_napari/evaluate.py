@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .config import VOID
+from .data.coco import segmentation_rle
 from .errors import DatasetError
+from .output import atomic_write_text, check_output_dir
 from .structures import Instances, Sample
 
 AP_STYLES: tuple[str, ...] = ("voc", "coco", "mnc")
@@ -60,34 +61,77 @@ def threshold_key(threshold: float) -> str:
 
 # ----------------------------------------------------------------------------- masks and IoU
 
-def encode_masks(masks: np.ndarray) -> list[dict]:
-    """``(N, H, W)`` bool -> N pycocotools RLEs (``counts`` as bytes)."""
+def encode_masks(masks: np.ndarray, void: np.ndarray | None = None) -> list[dict]:
+    """``(N, H, W)`` bool -> N pycocotools RLEs (``counts`` as bytes), with the ``(H, W)``
+    ``void`` pixels (optional) removed. One mask at a time: the temporary memory is one
+    ``(H, W)`` copy, whatever N."""
     masks = np.asarray(masks, dtype=bool)
-    if len(masks) == 0:
-        return []
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    rles = []
+    for mask in masks:  # (H, W)
+        if void is not None:
+            mask = mask & ~void
+        rles.append(mask_utils.encode(np.asfortranarray(mask[:, :, None], dtype=np.uint8))[0])
+    return rles
 
 
-def mask_ious(pred_masks: np.ndarray, gt_masks: np.ndarray,
+@dataclass
+class EncodedInstances:
+    """Predicted instances kept as pycocotools RLEs, never as an ``(N, H, W)`` array: what a COCO
+    results file holds, evaluated with memory that does not grow with N times the image area.
+    :meth:`Evaluator.add` takes it wherever it takes :class:`Instances`."""
+
+    rles: list[dict]  # N pycocotools RLEs of size image_size
+    classes: np.ndarray  # (N,) int64, 1..C
+    scores: np.ndarray  # (N,) float32
+    image_size: tuple[int, int]  # (H, W)
+    image_id: str | int = ""
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def class_map(self) -> np.ndarray:
+        """``(H, W)`` uint8 class of each pixel's instance (later instances on top), 0
+        elsewhere; decodes one mask at a time."""
+        out = np.zeros(self.image_size, dtype=np.uint8)
+        for rle, c in zip(self.rles, self.classes):
+            out[mask_utils.decode(rle).astype(bool)] = c
+        return out
+
+    def to_instances(self) -> Instances:
+        """All masks decoded: an :class:`Instances` (``N x H x W`` bytes)."""
+        h, w = self.image_size
+        masks = np.zeros((len(self), h, w), dtype=bool)
+        for n, rle in enumerate(self.rles):
+            masks[n] = mask_utils.decode(rle).astype(bool)
+        return Instances(masks, self.classes, self.scores, self.image_id)
+
+
+def _without_void(rles: list[dict], void: np.ndarray | None) -> list[dict]:
+    if void is None or not rles:
+        return rles
+    keep = mask_utils.encode(np.asfortranarray(~void[:, :, None], dtype=np.uint8))[0]
+    return [mask_utils.merge([rle, keep], intersect=True) for rle in rles]
+
+
+def mask_ious(pred_masks: np.ndarray | list[dict], gt_masks: np.ndarray,
               void: np.ndarray | None = None) -> np.ndarray:
     """Mask IoUs with void pixels left out of both areas and the intersection.
 
     Args:
-        pred_masks: ``(N, H, W)`` bool.
+        pred_masks: ``(N, H, W)`` bool, or N pycocotools RLEs.
         gt_masks: ``(G, H, W)`` bool.
         void: optional ``(H, W)`` bool; these pixels are removed from every mask first.
 
     Returns:
         ``(N, G)`` float64 IoU (0 where a union is empty), computed by ``pycocotools.mask.iou``.
     """
-    pred_masks = np.asarray(pred_masks, dtype=bool)
-    gt_masks = np.asarray(gt_masks, dtype=bool)
-    if void is not None and void.any():
-        pred_masks = pred_masks & ~void[None]
-        gt_masks = gt_masks & ~void[None]
+    if void is not None and not void.any():
+        void = None
     if len(pred_masks) == 0 or len(gt_masks) == 0:
         return np.zeros((len(pred_masks), len(gt_masks)), dtype=np.float64)
-    ious = mask_utils.iou(encode_masks(pred_masks), encode_masks(gt_masks), [0] * len(gt_masks))
+    pred_rles = (_without_void(list(pred_masks), void) if isinstance(pred_masks, list)
+                 else encode_masks(pred_masks, void))
+    ious = mask_utils.iou(pred_rles, encode_masks(gt_masks, void), [0] * len(gt_masks))
     return np.asarray(ious, dtype=np.float64).reshape(len(pred_masks), len(gt_masks))
 
 
@@ -372,12 +416,14 @@ class Evaluator:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def add(self, gt: Sample, pred: Instances, semantic: np.ndarray | None = None) -> None:
+    def add(self, gt: Sample, pred: Instances | EncodedInstances,
+            semantic: np.ndarray | None = None) -> None:
         """Add one image.
 
         Args:
             gt: the ground truth (class map, instance map with 255 void, instance classes).
-            pred: predicted instances at the same ``(H, W)``, classes 1..C.
+            pred: predicted instances at the same ``(H, W)``, classes 1..C (masks, or RLEs as
+                :class:`EncodedInstances`).
             semantic: optional ``(H, W)`` predicted class map (0..C) for the mean IoU; by
                 default the predicted instances' class map.
         """
@@ -397,7 +443,8 @@ class Evaluator:
         visible = gt_masks.any(axis=(1, 2))  # (K,)
         gt_masks = gt_masks[visible]
         gt_classes = np.asarray(gt.instance_classes, dtype=np.int64)[visible]
-        ious = mask_ious(pred.masks, gt_masks, void)  # (N, G)
+        ious = mask_ious(pred.rles if isinstance(pred, EncodedInstances) else pred.masks,
+                         gt_masks, void)  # (N, G)
         self.count_abs_error += np.abs(np.bincount(pred.classes - 1, minlength=c)[:c]
                                        - np.bincount(gt_classes - 1, minlength=c)[:c])
         for k in np.union1d(np.unique(gt_classes), np.unique(pred.classes)):
@@ -500,21 +547,14 @@ def format_table(metrics: Metrics, class_names: Sequence[str] | None = None) -> 
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_metrics(metrics: Metrics, out_dir: str | Path, class_names: Sequence[str] | None = None
                   ) -> tuple[Path, Path]:
     """Write ``out_dir/metrics.json`` (``Metrics.to_dict()``) and ``out_dir/metrics.md`` (the
     table, mean IoU and counts), each atomically (temporary file + ``os.replace``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir)
     data = metrics.to_dict()
     json_path, md_path = out / "metrics.json", out / "metrics.md"
-    _write_atomic(json_path, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
     miou = data["miou"]
     md = [
         f"# Instance segmentation ({metrics.ap_style} AP^r, percent)",
@@ -529,7 +569,7 @@ def write_metrics(metrics: Metrics, out_dir: str | Path, class_names: Sequence[s
         f"{'-' if miou is None else f'{miou:.1f}'}",
         "",
     ]
-    _write_atomic(md_path, "\n".join(md))
+    atomic_write_text(md_path, "\n".join(md))
     return json_path, md_path
 
 
@@ -588,47 +628,20 @@ class CocoResults:
     def instances(self, index: int, image_size: tuple[int, int]) -> Instances:
         """The predictions of image ``index`` (of the dataset) as :class:`Instances` of
         ``image_size`` ``(H, W)``; a mask of another size is a :class:`DatasetError`."""
+        return self.encoded(index, image_size).to_instances()
+
+    def encoded(self, index: int, image_size: tuple[int, int]) -> EncodedInstances:
+        """The predictions of image ``index`` as checked RLEs (nothing decoded): what
+        ``pfn evaluate --predictions`` evaluates, in memory proportional to the file."""
         height, width = image_size
         image_id = self.image_ids[index]
         entries = self.entries[index]
-        if not entries:
-            return Instances.empty(height, width, image_id)
-        masks = np.zeros((len(entries), height, width), dtype=bool)
-        for n, entry in enumerate(entries):
-            masks[n] = self._decode(entry, height, width, image_id)
-        return Instances(masks, np.array([e.class_index for e in entries]),
-                         np.array([e.score for e in entries], dtype=np.float32), image_id)
-
-    def _decode(self, entry: _Entry, height: int, width: int, image_id: str | int) -> np.ndarray:
-        where = f"{self.path}: entry {entry.index} (image_id {image_id!r})"
-        seg = entry.segmentation
-        try:
-            if isinstance(seg, dict):
-                size = [int(s) for s in seg.get("size", [])]
-                if size != [height, width]:
-                    raise DatasetError(f"{where}: mask size {seg.get('size')} but the image is "
-                                       f"[{height}, {width}] (height, width)")
-                counts = seg.get("counts")
-                if isinstance(counts, list):
-                    rle = mask_utils.frPyObjects(seg, height, width)
-                elif isinstance(counts, str):
-                    rle = {"size": size, "counts": counts.encode("ascii")}
-                else:
-                    raise DatasetError(f"{where}: segmentation 'counts' must be a string or a list")
-            elif isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-            else:
-                raise DatasetError(f"{where}: segmentation must be an RLE dict or a list of "
-                                   "polygons")
-            mask = mask_utils.decode(rle)
-        except DatasetError:
-            raise
-        except Exception as exc:  # pycocotools raises bare TypeError/ValueError on garbage
-            raise DatasetError(f"{where}: unreadable segmentation ({exc})") from None
-        if mask.shape[:2] != (height, width):
-            raise DatasetError(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
-                               f"is {width}x{height}")
-        return mask.astype(bool)
+        rles = [segmentation_rle(e.segmentation, height, width,
+                                 f"{self.path}: entry {e.index} (image_id {image_id!r})")
+                for e in entries]
+        return EncodedInstances(rles, np.array([e.class_index for e in entries], dtype=np.int64),
+                                np.array([e.score for e in entries], dtype=np.float32),
+                                (height, width), image_id)
 
 
 def load_coco_results(path: str | Path, dataset: Sequence[Sample]) -> CocoResults:
@@ -669,19 +682,18 @@ def load_coco_results(path: str | Path, dataset: Sequence[Sample]) -> CocoResult
         if str(image_id) not in by_id:
             raise DatasetError(f"{where}: image_id {image_id!r} is not an image of the dataset "
                                f"({len(image_ids)} images, e.g. {image_ids[:3]})")
-        try:
-            category = int(entry["category_id"])
-            score = float(entry["score"])
-        except (TypeError, ValueError):
-            raise DatasetError(f"{where}: category_id and score must be numbers, got "
-                               f"{entry['category_id']!r}, {entry['score']!r}") from None
+        category, score = entry["category_id"], entry["score"]
+        if not (isinstance(category, int) and not isinstance(category, bool)):
+            raise DatasetError(f"{where}: category_id must be an integer, got {category!r}")
+        if not (isinstance(score, (int, float)) and not isinstance(score, bool)):
+            raise DatasetError(f"{where}: score must be a number, got {score!r}")
         if category not in class_of:
             raise DatasetError(f"{where}: category_id {category} unknown to the dataset "
                                f"(known: {sorted(class_of)})")
         if not math.isfinite(score):
             raise DatasetError(f"{where}: score {entry['score']!r} is not a finite number")
         results.entries[by_id[str(image_id)]].append(
-            _Entry(n, entry["segmentation"], class_of[category], score))
+            _Entry(n, entry["segmentation"], class_of[category], float(score)))
     return results
 
 

@@ -33,12 +33,33 @@ MIN_SIDE = 16
 #: Padding colour (0..255 RGB): about the ImageNet mean, so padding looks like "nothing".
 PAD_RGB = (124.0, 116.0, 104.0)
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS_NAME = "pfn-lite0-voc.pt"
 
 
+def _weights_dir() -> Path:
+    """Where the shipped weights are: the package ``pfn_napari.weights`` (the repository's
+    top-level ``weights/``, mapped into the package by pyproject.toml, so a wheel or a plain
+    ``pip install .`` carries them), found through :mod:`importlib.resources`; in a source
+    checkout whose editable install predates that mapping, ``weights/`` next to the package."""
+    from importlib.resources import files
+
+    try:
+        folder = Path(str(files("pfn_napari.weights")))
+    except ModuleNotFoundError:
+        folder = None
+    if folder is not None and (folder / DEFAULT_WEIGHTS_NAME).is_file():
+        return folder
+    source = Path(__file__).resolve().parents[1] / "weights"
+    return source if source.is_dir() or folder is None else folder
+
+
+#: The shipped weights' folder (see :func:`_weights_dir`).
+WEIGHTS_DIR = _weights_dir()
+
+
 def default_weights_path() -> Path:
-    """The shipped default model: ``$PFN_WEIGHTS`` or ``weights/pfn-lite0-voc.pt``."""
+    """The shipped default model: ``$PFN_WEIGHTS`` if set, else ``pfn-lite0-voc.pt`` of the
+    package ``pfn_napari.weights`` (the repository's ``weights/``)."""
     env = os.environ.get("PFN_WEIGHTS")
     return Path(env) if env else WEIGHTS_DIR / DEFAULT_WEIGHTS_NAME
 
@@ -135,9 +156,11 @@ def fit_image(image: np.ndarray, max_side: int | None = None,
     if scale == 1.0:
         return image, 1.0
     nh, nw = max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale))
-    t = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
-    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    out = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    out = np.empty((nh, nw, image.shape[2]), dtype=np.uint8)
+    for c in range(image.shape[2]):  # one channel at a time: a float copy of H x W, not 3x
+        t = torch.from_numpy(image[..., c])[None, None].float()  # (1, 1, H, W)
+        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        out[..., c] = t[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
     return out, scale
 
 
@@ -220,9 +243,17 @@ def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:
         if len(instances) == 0:
             return Instances.empty(*size, image_id=instances.image_id)
         return instances
-    m = torch.from_numpy(instances.masks[None].astype(np.uint8)).float()  # (1, N, h, w)
-    m = F.interpolate(m, size=tuple(size), mode="nearest")[0] > 0.5  # (N, H, W)
-    return Instances(m.numpy(), instances.classes, instances.scores, instances.image_id)
+    (h, w), (big_h, big_w) = instances.image_size, size
+    # torch's "nearest" rule (source = floor(dst * in / out), in float32), by indexing: the
+    # only full-size array made is the (N, H, W) bool result
+    rows = np.minimum(np.floor(np.arange(big_h, dtype=np.float32) * np.float32(h / big_h)),
+                      h - 1).astype(np.int64)  # (H,)
+    cols = np.minimum(np.floor(np.arange(big_w, dtype=np.float32) * np.float32(w / big_w)),
+                      w - 1).astype(np.int64)  # (W,)
+    masks = np.empty((len(instances), big_h, big_w), dtype=bool)
+    for k, mask in enumerate(instances.masks):
+        masks[k] = mask[rows][:, cols]
+    return Instances(masks, instances.classes, instances.scores, instances.image_id)
 
 
 def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None = None,

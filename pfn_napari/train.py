@@ -56,10 +56,11 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from .checkpoint import (capture_rng_state, load_checkpoint, networks_of, read_checkpoint,
-                         config_of, restore_rng_state, save_checkpoint)
+from .checkpoint import (capture_rng_state, check_finite, load_checkpoint, networks_of,
+                         read_checkpoint, config_of, restore_rng_state, save_checkpoint)
 from .config import PFNConfig, config_to_dict
 from .errors import CheckpointError, PFNError
+from .output import atomic_write_text, check_output_dir, remove_stale_temporaries, write_error
 
 #: Fraction of the steps the location phase takes with ``count_finetune='separate'`` and
 #: ``separate_schedule='split'``.
@@ -205,17 +206,20 @@ class _Logger:
         if not self.enabled:
             return
         path = self.out_dir / name
-        if name not in self._columns:
-            if path.is_file() and path.stat().st_size > 0:
-                with path.open(newline="") as fh:
-                    self._columns[name] = next(csv.reader(fh))
-            else:
-                self._columns[name] = list(values)
-                with path.open("w", newline="") as fh:
-                    csv.writer(fh).writerow(self._columns[name])
-        cols = self._columns[name]
-        with path.open("a", newline="") as fh:
-            csv.writer(fh).writerow([_fmt(values.get(c, "")) for c in cols])
+        try:
+            if name not in self._columns:
+                if path.is_file() and path.stat().st_size > 0:
+                    with path.open(newline="") as fh:
+                        self._columns[name] = next(csv.reader(fh))
+                else:
+                    self._columns[name] = list(values)
+                    with path.open("w", newline="") as fh:
+                        csv.writer(fh).writerow(self._columns[name])
+            cols = self._columns[name]
+            with path.open("a", newline="") as fh:
+                csv.writer(fh).writerow([_fmt(values.get(c, "")) for c in cols])
+        except OSError as exc:
+            raise write_error(path, exc) from None
         if self.tb is not None:
             step = int(values["step"])
             prefix = "val" if name.startswith("val") else "train"
@@ -444,8 +448,14 @@ def system_has_instances(system: nn.Module) -> bool:
 
 # --------------------------------------------------------------------------- the loop
 
-def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: bool = True,
+          overwrite: bool = True) -> Path:
     """Train one stage; return the path of the final checkpoint (``out_dir/final.pt``).
+
+    ``overwrite``: what to do when ``out_dir`` already holds a run (``final.pt``, ``last.pt``,
+    ``log.csv`` or ``val.csv``) and ``resume`` is not given: ``True`` deletes those files first
+    (no log is appended to), ``False`` raises :class:`PFNError` before any work (``pfn train``
+    passes ``False`` unless ``--overwrite``).
 
     ``resume``: a ``last.pt`` / ``final.pt`` of the same stage and model config; training
     continues from its step with its optimiser, schedule and RNG states (``cfg`` may change
@@ -470,14 +480,38 @@ def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: boo
         own_group = True
     try:
         return _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler,
-                      TrainingSet, batch_to, collate, TrainTransform, total_loss)
+                      TrainingSet, batch_to, collate, TrainTransform, total_loss,
+                      overwrite=overwrite)
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
+#: The files of a run in ``train.out_dir``; a new run (not ``--resume``) refuses a folder holding
+#: any of them unless told to overwrite.
+RUN_FILES = ("final.pt", "last.pt", "log.csv", "val.csv")
+
+
+def _claim_out_dir(out_dir: Path, overwrite: bool, main: bool, note) -> None:
+    """Refuse (``overwrite=False``) or clear (``True``, rank 0) the run already in ``out_dir``."""
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise PFNError(f"{out_dir} already holds a training run ({', '.join(found)}); pass "
+                       f"--resume {out_dir / 'last.pt'} to continue it, --overwrite to replace "
+                       "it, or another --out")
+    if main:
+        for name in found:
+            (out_dir / name).unlink()
+        for events in (out_dir / "tb").glob("events.out.tfevents.*"):
+            events.unlink()
+        note(f"replacing the run in {out_dir} (deleted {', '.join(found)} and its TensorBoard "
+             "events)")
+
+
 def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, TrainingSet,
-           batch_to, collate, TrainTransform, total_loss) -> Path:
+           batch_to, collate, TrainTransform, total_loss, overwrite: bool = True) -> Path:
     from tqdm.auto import tqdm
 
     from .model.pfn import gated_counts
@@ -503,6 +537,15 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
         if stored.model != cfg.model or stored.data.classes != cfg.data.classes:
             raise CheckpointError(f"{resume}: stored model config differs from this run's; resume "
                                   "without --config (the stored config is used) or with the same one")
+        check_finite(ckpt["model"], resume)
+
+    # ---- the output folder: writable and not another finished run, before any work
+    check_output_dir(out_dir, "train.out_dir (--out)")
+    if not resume:
+        _claim_out_dir(out_dir, overwrite, info.main, note)
+    if info.main:
+        for stale in remove_stale_temporaries(out_dir):
+            note(f"removed {stale.name}, left by a run killed while saving")
 
     # ---- seeding: the same initial weights on every rank
     torch.manual_seed(t.seed)
@@ -581,8 +624,8 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
 
     # ---- outputs (rank 0)
     if info.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        atomic_write_text(out_dir / "config.yaml",
+                          yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     logger = _Logger(out_dir, info.main, step if ckpt is not None else None)
     plan = (f", count head trained separately from step {split}"
             + (" (its own schedule: the learning rate restarts there)" if restart else "")

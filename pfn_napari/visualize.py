@@ -4,12 +4,12 @@ precision/recall and loss curves. Matplotlib with the Agg backend: no screen nee
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from .output import atomic_write
 from .structures import STRIDE, Instances, NetworkOutput
 
 
@@ -68,16 +68,41 @@ def _label_point(mask: np.ndarray) -> tuple[float, float]:
 
 
 def _atomic_savefig(fig, path: Path, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png",
+                                                  dpi=dpi, bbox_inches="tight", pad_inches=0.05))
+    finally:
+        _pyplot().close(fig)
+
+
+#: Overlays of larger images are drawn at this longest side (they are for looking at; the
+#: label PNGs and predictions.json keep the full resolution).
+OVERLAY_MAX_SIDE = 2048
+
+
+def shrink_for_display(image: np.ndarray, instances: Instances, max_side: int = OVERLAY_MAX_SIDE
+                       ) -> tuple[np.ndarray, Instances]:
+    """``image`` (H, W, 3) and ``instances`` subsampled (nearest pixel) so that the longest
+    side is at most ``max_side``; unchanged when already small enough."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image, instances
+    scale = max_side / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    rows = ((np.arange(nh) + 0.5) * h / nh).astype(np.int64)  # (nh,) source row of each row
+    cols = ((np.arange(nw) + 0.5) * w / nw).astype(np.int64)  # (nw,)
+    masks = instances.masks[:, rows][:, :, cols]  # (K, nh, nw)
+    return (image[rows][:, cols],
+            Instances(masks, instances.classes, instances.scores, instances.image_id))
 
 
 def save_overlay(path: str | Path, image: np.ndarray, instances: Instances,
-                 class_names: Sequence[str], title: str | None = None, dpi: int = 100) -> Path:
-    """Write a PNG of the instances over the image, each labelled ``class score``."""
+                 class_names: Sequence[str], title: str | None = None, dpi: int = 100,
+                 max_side: int = OVERLAY_MAX_SIDE) -> Path:
+    """Write a PNG of the instances over the image, each labelled ``class score``; images with
+    a side over ``max_side`` are drawn at that size (see :func:`shrink_for_display`)."""
     plt = _pyplot()
+    image, instances = shrink_for_display(image, instances, max_side)
     h, w = image.shape[:2]
     fig = plt.figure(figsize=(w / dpi, h / dpi), dpi=dpi)
     ax = fig.add_axes((0, 0, 1, 1))
@@ -202,14 +227,10 @@ def save_label_png(path: str | Path, labels: np.ndarray, palette: bool = False) 
     from PIL import Image
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if labels.max(initial=0) > 255:
         img = Image.fromarray(labels.astype(np.uint16))
     else:
         img = Image.fromarray(labels.astype(np.uint8), mode="P" if palette else "L")
         if palette:
             img.putpalette(voc_palette().reshape(-1).tolist())
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    img.save(tmp)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda fh: img.save(fh, format="PNG"))

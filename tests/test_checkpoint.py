@@ -163,3 +163,36 @@ def test_read_checkpoint_header(tmp_path, cfg, system):
     obj = read_checkpoint(_save(tmp_path / "h.pt", system, cfg))
     assert obj["format"] == FORMAT_TAG and obj["kind"] == "training"
     assert obj["config"]["model"]["backbone"] == "efficientnet_lite0"
+
+
+def test_load_refuses_non_finite_weights(tmp_path, cfg, system):
+    state = {k: v.clone() for k, v in system.state_dict().items()}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    path = save_checkpoint(tmp_path / "nan.pt", system_state=state, config=cfg,
+                           networks=networks_of(system))
+    with pytest.raises(CheckpointError, match=rf"nan\.pt: 1 weight tensor\(s\) hold NaN or "
+                                              rf"infinite values \({name}\); the run that wrote "
+                                              "it diverged"):
+        load_checkpoint(path)
+
+
+def test_atomic_save_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from pfn_napari import output
+    from pfn_napari.errors import OutputError
+
+    path = atomic_save({"format": FORMAT_TAG, "v": torch.arange(3)}, tmp_path / "last.pt")
+
+    def full(self, data):  # the disk fills up: torch.save turns this into a RuntimeError
+        self.error = self.error or OSError(errno.ENOSPC, "No space left on device")
+        raise self.error
+
+    monkeypatch.setattr(output._RecordingFile, "write", full)
+    with pytest.raises(OutputError, match=r"disk full while writing .*last\.pt; the previous "
+                                          "file is kept"):
+        atomic_save({"v": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.arange(3))

@@ -163,3 +163,49 @@ def test_crf_flags_and_settings_reach_the_networks(shapes_weights, tmp_path, mon
     for flags in ([], ["--crf", "--set", "crf.iterations=3"], ["--no-crf"]):
         assert main(["evaluate", *common, *flags]) == 0
     assert seen == [(None, 10), (True, 3), (False, 10)]
+
+
+def test_unwritable_out_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    from pfn_napari.cli import evaluate as cli_evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated although --out cannot be written")
+
+    monkeypatch.setattr(cli_evaluate, "evaluate_dataset", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        assert main(["evaluate", "--oracle", "--data", "synthetic:2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"pfn: error: --out {out}: "), err
+    monkeypatch.undo()
+    # a read-only or full disk found only when writing: the metrics are printed first
+    from pfn_napari.errors import OutputError
+
+    def full(path, text):
+        raise OutputError(f"disk full while writing {path}; free some space and run again")
+
+    monkeypatch.setattr("pfn_napari.evaluate.atomic_write_text", full)
+    assert main(["evaluate", "--oracle", "--data", "synthetic:2", "--out",
+                 str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "AP^r_vol 100.0" in captured.out
+    assert "pfn: error: disk full while writing" in captured.err
+
+
+def test_predictions_with_a_wrong_size_rle_are_refused(tmp_path, capsys):
+    """A 10x10 RLE under the image's own size header would change the mIoU silently."""
+    import pycocotools.mask as mask_utils
+
+    ds = open_dataset("synthetic:2@1", "val")
+    h, w = ds[0].class_map.shape
+    small = mask_utils.encode(np.asfortranarray(np.ones((10, 10), np.uint8)))
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps([{"image_id": ds[0].image_id, "category_id": 1, "score": 0.5,
+                                 "segmentation": {"size": [h, w],
+                                                  "counts": small["counts"].decode()}}]))
+    assert main(["evaluate", "--predictions", str(path), "--data", "synthetic:2@1", "--split",
+                 "val", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"pfn: error: {path}: entry 0") and \
+        f"RLE runs add up to 100 pixels, but the image has {h} x {w}" in err

@@ -160,3 +160,52 @@ def test_real_coco_as_voc_matches_voc_layout(shared_data: Path, voc_coco_root: P
         a, b = ds[index[int(stem)]], voc[voc.image_ids.index(stem)]
         assert np.array_equal(a.class_map, b.class_map)
         assert sorted(a.instance_classes.tolist()) == sorted(b.instance_classes.tolist())
+
+
+def _one_annotation(tmp_path: Path, segmentation) -> object:
+    ann, images = make_coco(tmp_path, [{"id": 21, "image_id": 7, "category_id": 5, "iscrowd": 0,
+                                        "segmentation": segmentation}])
+    return open_dataset(f"coco:{ann}:{images}")
+
+
+def test_coco_bad_rle_is_a_named_error_not_garbage(tmp_path: Path) -> None:
+    ds = _one_annotation(tmp_path, {"size": [H, W], "counts": ""})
+    with pytest.raises(DatasetError, match=r"annotation 21 of image 7: corrupt compressed RLE "
+                                           r"\(empty 'counts'\)"):
+        ds[0]
+    short = uncompressed_rle(box(2, 5, 2, 5))
+    short["counts"][-1] -= 7  # runs add up to 593 of 600 pixels
+    ds = _one_annotation(tmp_path, short)
+    with pytest.raises(DatasetError, match=r"RLE runs add up to 593 pixels, but the image has "
+                                           r"20 x 30 = 600"):
+        ds[0]
+    small = mask_utils.encode(np.asfortranarray(np.ones((10, 10), np.uint8)))
+    ds = _one_annotation(tmp_path, {"size": [H, W], "counts": small["counts"].decode()})
+    with pytest.raises(DatasetError, match=r"RLE runs add up to 100 pixels"):
+        ds[0]
+    ds = _one_annotation(tmp_path, {"size": [10, 10], "counts": small["counts"].decode()})
+    with pytest.raises(DatasetError, match=r"mask size \[10, 10\] \(height, width\) but the "
+                                           r"image is \[20, 30\]"):
+        ds[0]
+    ds = _one_annotation(tmp_path, rle(box(2, 5, 2, 5)))  # a good one still reads
+    assert ds[0].num_instances == 1 and (ds[0].instance_map == 1).sum() == 9
+
+
+def test_coco_ids_must_be_unique_integers_and_annotations_on_listed_images(tmp_path):
+    ann, images = make_coco(tmp_path)
+    data = json.loads(ann.read_text())
+    spec = f"coco:{ann}:{images}"
+    twice = dict(data, images=data["images"] + [data["images"][0]])
+    ann.write_text(json.dumps(twice))
+    with pytest.raises(DatasetError, match=r"image id\(s\) 7 listed more than once"):
+        open_dataset(spec)
+    orphan = dict(data, annotations=data["annotations"] + [dict(data["annotations"][0], id=99,
+                                                                image_id=42)])
+    ann.write_text(json.dumps(orphan))
+    with pytest.raises(DatasetError, match=r"annotation\(s\) 99 refer to image id\(s\) 42, "
+                                           r"not in 'images'"):
+        open_dataset(spec)
+    named = dict(data, images=[dict(data["images"][0], id="p1")] + data["images"][1:])
+    ann.write_text(json.dumps(named))
+    with pytest.raises(DatasetError, match=r"image 0 has id 'p1'; COCO ids must be integers"):
+        open_dataset(spec)

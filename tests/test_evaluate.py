@@ -342,7 +342,16 @@ def test_coco_results_round_trip(tmp_path):
      "entry 0: image_id 99 is not an image"),
     ('[{"image_id": 1, "category_id": 8, "score": 1, "segmentation": {}}]',
      "entry 0: category_id 8 unknown"),
-    ('[{"image_id": 1, "category_id": 7, "score": "x", "segmentation": {}}]', "must be numbers"),
+    ('[{"image_id": 1, "category_id": 7, "score": "x", "segmentation": {}}]',
+     "entry 0: score must be a number, got 'x'"),
+    ('[{"image_id": 1, "category_id": 7.7, "score": 1, "segmentation": {}}]',
+     "entry 0: category_id must be an integer, got 7.7"),
+    ('[{"image_id": 1, "category_id": true, "score": 1, "segmentation": {}}]',
+     "entry 0: category_id must be an integer, got True"),
+    ('[{"image_id": 1, "category_id": "7", "score": 1, "segmentation": {}}]',
+     "entry 0: category_id must be an integer, got '7'"),
+    ('[{"image_id": 1, "category_id": 7, "score": true, "segmentation": {}}]',
+     "entry 0: score must be a number, got True"),
 ])
 def test_read_coco_results_errors(tmp_path, content, message):
     gt = make_sample([box(4, 4, 0, 2, 0, 2)], [1], image_id=1)
@@ -389,3 +398,43 @@ def test_count_error_is_the_mean_absolute_error_per_image():
     m = evaluate([one, two], [pred_one, pred_two], ["cat", "dog"])
     # cat: |1 - 2| + |1 - 0| = 2 over 2 images; dog: |0 - 0| + |1 - 1| = 0
     assert m.count_error().tolist() == [1.0, 0.0]
+
+
+def test_read_coco_results_checks_rle_runs(tmp_path):
+    """An RLE whose runs do not cover the image (empty, a 10x10 mask under a 20x16 header,
+    uncompressed runs short of H x W) is a named error, not garbage decoded differently each
+    time."""
+    gt = make_sample([box(20, 16, 0, 2, 0, 2)], [1], image_id="a1")
+    ds = ListDataset([gt], ["a"], [1])
+    small = instances_to_coco_results([Instances(np.ones((1, 10, 10), bool), [1], [0.5], "a1")],
+                                      [1])[0]
+    path = tmp_path / "p.json"
+    cases = [
+        ({"size": [20, 16], "counts": ""},
+         r"entry 0 \(image_id 'a1'\): corrupt compressed RLE \(empty 'counts'\)"),
+        ({"size": [20, 16], "counts": small["segmentation"]["counts"]},
+         r"RLE runs add up to 100 pixels, but the image has 20 x 16 = 320"),
+        ({"size": [20, 16], "counts": [0, 2, 14]}, r"RLE runs add up to 16 pixels"),
+        ({"size": [20, 16], "counts": [0, -2, 322]}, r"negative run length \(-2\)"),
+        ({"size": [20, 16], "counts": "0P"},
+         r"corrupt compressed RLE \('counts' ends in the middle of a number"),
+    ]
+    for segmentation, message in cases:
+        path.write_text(json.dumps([{"image_id": "a1", "category_id": 1, "score": 0.5,
+                                     "segmentation": segmentation}]))
+        with pytest.raises(DatasetError, match=message):
+            read_coco_results(path, ds)
+
+
+def test_encoded_instances_evaluate_like_masks():
+    """RLEs (what a results file holds, never decoded all at once) give the same metrics as
+    the decoded masks, void included."""
+    from pfn_napari.evaluate import EncodedInstances, encode_masks
+
+    gts, prs = random_case(4)
+    encoded = [EncodedInstances(encode_masks(p.masks), p.classes, p.scores, p.image_size,
+                                p.image_id) for p in prs]
+    np.testing.assert_array_equal(encoded[0].class_map(), prs[0].class_map())
+    np.testing.assert_array_equal(encoded[1].to_instances().masks, prs[1].masks)
+    names = ["a", "b", "c"]
+    assert evaluate(gts, encoded, names).to_dict() == evaluate(gts, prs, names).to_dict()

@@ -113,3 +113,24 @@ def test_crf_class_map_is_the_one_the_grouping_reads(tiny_model_path, monkeypatc
     plain = inference.run_network(model, image, crf=False)
     assert plain.class_probs.max() < 1.0  # the network's own softmax, not the fake's one-hot
     assert not np.array_equal(plain.class_probs, net.class_probs)
+
+
+def test_resizing_is_torchs_and_copies_no_more_than_the_result():
+    """fit_image (one channel at a time) and resize_instances (by indexing) give what one
+    torch call on the whole array gives."""
+    import torch.nn.functional as F
+
+    from pfn_napari.structures import Instances
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1100, 700, 3), dtype=np.uint8)
+    out, _ = inference.fit_image(image, max_side=333)
+    t = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=out.shape[:2], mode="bilinear", align_corners=False, antialias=True)
+    np.testing.assert_array_equal(out, t[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy())
+    small = Instances(rng.random((2, 13, 17)) < 0.5, [1, 2], [0.5, 0.4])
+    for size in ((40, 56), (99, 101), (7, 9)):
+        big = inference.resize_instances(small, size).masks
+        ref = F.interpolate(torch.from_numpy(small.masks[None].astype(np.uint8)).float(),
+                            size=size, mode="nearest")[0] > 0.5
+        np.testing.assert_array_equal(big, ref.numpy())

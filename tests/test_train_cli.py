@@ -66,3 +66,53 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "missing.pt: checkpoint file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--stage", "bogus"])
+
+
+def test_out_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "final.pt").write_bytes(b"a finished run")
+    (out / "log.csv").write_text("step,loss\n1,0.5\n")
+    code = main(["train", "--config", "cpu-lite0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"pfn: error: {out} already holds a training run (final.pt, "
+                                 f"log.csv); pass --resume {out / 'last.pt'} to continue it, "
+                                 "--overwrite to replace it, or another --out\n")
+    assert (out / "final.pt").read_bytes() == b"a finished run"
+    assert _args("--overwrite").overwrite and not _args().overwrite
+
+
+def test_overwrite_clears_the_old_run_first(tmp_path):
+    from pfn_napari.train import _claim_out_dir
+
+    (tmp_path / "tb").mkdir()
+    for name in ("final.pt", "last.pt", "log.csv", "tb/events.out.tfevents.1.host", "keep.txt"):
+        (tmp_path / name).write_text("old")
+    notes: list[str] = []
+    _claim_out_dir(tmp_path, True, True, notes.append)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "tb"]
+    assert notes == [(f"replacing the run in {tmp_path} (deleted final.pt, last.pt, log.csv and "
+                      "its TensorBoard events)")]
+
+
+def test_out_that_is_a_file_and_stale_temporaries(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["train", "--config", "cpu-lite0", "--out", str(blocker)])
+    assert code == 2 and capsys.readouterr().err == (
+        f"pfn: error: train.out_dir (--out) {blocker}: is a file, not a folder; pass a folder\n")
+    # a .last.pt.PID.*.tmp of a process killed while saving is deleted at the next start
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".last.pt.{dead}.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    code = main(["train", "--config", "cpu-lite0", "--out", str(out),
+                 "--set", "data.train=nosuchkind:x"])  # stops at the data, after the clean-up
+    err = capsys.readouterr().err
+    assert code == 2 and f"removed .last.pt.{dead}.k1ll3d.tmp, left by a run killed" in err
+    assert os.listdir(out) == []

@@ -167,7 +167,7 @@ def predictions_producer(path: str, dataset: "PFNDataset") -> Producer:
     results = load_coco_results(path, dataset)
 
     def produce(index: int, sample: "Sample") -> "tuple[Instances, None]":
-        return results.instances(index, tuple(sample.class_map.shape)), None
+        return results.encoded(index, tuple(sample.class_map.shape)), None  # RLEs, not masks
 
     return produce
 
@@ -326,18 +326,21 @@ def evaluate_dataset(dataset: "PFNDataset", produce: Producer, thresholds: tuple
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import format_table, write_metrics
+    from ..output import check_output_dir
 
     thresholds = parse_thresholds(args.thresholds)
+    check_output_dir(args.out)  # before the work, not after it
     dataset = load_dataset(args)
     what, produce = make_producer(args, dataset)
     metrics = evaluate_dataset(dataset, produce, thresholds, args.ap_style)
-    json_path, md_path = write_metrics(metrics, args.out, dataset.classes)
     print(f"{what} on {getattr(dataset, 'name', args.data)} [{args.split}], "
           f"{metrics.num_images} images, {int(metrics.num_gt.sum())} ground-truth and "
           f"{int(metrics.num_pred.sum())} predicted instances, AP style {args.ap_style}:")
     print(format_table(metrics, dataset.classes))
     miou = metrics.miou
-    print(f"AP^r_vol {metrics.ap_r_vol:.1f}   mIoU {miou:.1f}   -> {json_path}, {md_path}")
+    print(f"AP^r_vol {metrics.ap_r_vol:.1f}   mIoU {miou:.1f}", flush=True)
+    json_path, md_path = write_metrics(metrics, args.out, dataset.classes)
+    print(f"-> {json_path}, {md_path}")
     if args.plot_pr:
         from pathlib import Path
 

@@ -12,7 +12,8 @@ Examples::
 ``--config`` takes a YAML file or a shipped name (paper-vgg16, paper-alexnet, cpu-lite0);
 ``--set section.key=value`` overrides any field (repeatable). With ``--resume`` and no
 ``--config`` the checkpoint's stored config is used (``--set`` may still change e.g.
-``train.max_steps``). Outputs: OUT/config.yaml, log.csv, val.csv, tb/, last.pt, final.pt.
+``train.max_steps``). Outputs: OUT/config.yaml, log.csv, val.csv, tb/, last.pt, final.pt. An
+OUT that already holds a run is refused unless ``--resume`` (continue it) or ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue from a training checkpoint (OUT/last.pt)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (train.out_dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoints and logs); without "
+                        "it, a folder holding a run is refused unless --resume")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--backbone-weights", default=None, metavar="PATH",
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import train
 
     cfg = build_config(args)
-    final = train(cfg, resume=args.resume, progress=not args.no_progress)
+    final = train(cfg, resume=args.resume, progress=not args.no_progress,
+                  overwrite=args.overwrite)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

@@ -1,7 +1,9 @@
 """COCO instances JSON: ``coco:ANNOTATIONS.json:IMAGE_DIR``.
 
-Masks are decoded by pycocotools (``COCO.annToMask``: polygons, compressed and uncompressed
-RLE). The JSON file is the split: ``split`` is not used (every image of the file is read, in the
+Masks are decoded by pycocotools (polygons, compressed and uncompressed RLE) after
+:func:`decode_segmentation` checks each RLE: its size is the image's and its runs add up to
+H x W. Ids are integers, each image is listed once and every annotation's image is listed;
+anything else is a :class:`DatasetError` naming the ids. The JSON file is the split: ``split`` is not used (every image of the file is read, in the
 file's order; images without annotations are background-only samples).
 
 * Classes: the JSON's categories in increasing id order, ``category_ids`` their COCO ids; or,
@@ -22,6 +24,7 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +41,106 @@ def split_coco_spec(rest: str) -> tuple[Path, Path]:
     if at < 0:
         raise DatasetError(f"coco:{rest}: expected coco:ANNOTATIONS.json:IMAGE_DIR")
     return Path(rest[:at + len(".json")]).expanduser(), Path(rest[at + len(marker):]).expanduser()
+
+
+def _compressed_runs(counts: bytes) -> np.ndarray:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``, in
+    NumPy): 6-bit characters from ``'0'``, 5 value bits + a continuation bit, sign-extended;
+    runs after the second are stored as differences to the run two before."""
+    if not counts:
+        raise ValueError("empty 'counts'")
+    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if c.min() < 0 or c.max() > 63:
+        raise ValueError("'counts' holds characters outside the RLE alphabet '0'..'o'")
+    end = (c & 0x20) == 0  # the last character of a number
+    if not end[-1]:
+        raise ValueError("'counts' ends in the middle of a number (truncated)")
+    group = np.concatenate([[0], np.cumsum(end)[:-1]])  # (L,) number each character belongs to
+    starts = np.flatnonzero(np.concatenate([[True], end[:-1]]))
+    k = np.arange(c.size) - starts[group]  # position of the character within its number
+    if k.max() > 11:
+        raise ValueError("'counts' holds a number too large for an image")
+    x = np.zeros(starts.size, dtype=np.int64)
+    np.add.at(x, group, (c & 0x1F) << (5 * k))
+    last = c[end]
+    negative = (last & 0x10) != 0
+    x[negative] -= np.int64(1) << (5 * (k[end][negative] + 1))  # sign extension
+    runs = x.copy()
+    runs[1::2] = np.cumsum(x[1::2])  # run i (i >= 3) = value i + run i-2
+    runs[2::2] = np.cumsum(x[2::2])
+    return runs
+
+
+def decode_segmentation(seg: Any, height: int, width: int, where: str,
+                        error: type[Exception] = DatasetError) -> np.ndarray:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as an ``(H, W)`` bool mask,
+    checked by :func:`segmentation_rle`."""
+    from pycocotools import mask as mask_utils
+
+    rle = segmentation_rle(seg, height, width, where, error)
+    try:
+        mask = mask_utils.decode(rle)
+    except Exception as exc:  # noqa: BLE001 - pycocotools raises bare TypeError/ValueError
+        raise error(f"{where}: unreadable segmentation ({exc})") from None
+    if mask.shape[:2] != (height, width):
+        raise error(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                    f"{width}x{height}")
+    return mask.astype(bool)
+
+
+def segmentation_rle(seg: Any, height: int, width: int, where: str,
+                     error: type[Exception] = DatasetError) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as a checked pycocotools
+    RLE (``{"size": [H, W], "counts": bytes}``), without decoding it.
+
+    An RLE must state ``size`` ``[height, width]`` and its runs must be non-negative and add up
+    to ``height * width`` (pycocotools decodes anything, even ``"counts": ""``, into garbage);
+    anything else raises ``error`` with ``where`` (the file and the entry) in the message.
+    """
+    from pycocotools import mask as mask_utils
+
+    try:
+        if isinstance(seg, dict):
+            size = seg.get("size")
+            if not (isinstance(size, list) and len(size) == 2
+                    and all(isinstance(s, int) and not isinstance(s, bool) for s in size)):
+                raise error(f"{where}: RLE 'size' must be [height, width], got {size!r}")
+            if size != [height, width]:
+                raise error(f"{where}: mask size {size} (height, width) but the image is "
+                            f"[{height}, {width}]")
+            counts = seg.get("counts")
+            if isinstance(counts, list):
+                if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+                    raise error(f"{where}: uncompressed RLE 'counts' must be integers")
+                runs = np.asarray(counts, dtype=np.int64)
+            elif isinstance(counts, (str, bytes)):
+                counts = counts.encode("ascii") if isinstance(counts, str) else counts
+                try:
+                    runs = _compressed_runs(counts)
+                except ValueError as exc:
+                    raise error(f"{where}: corrupt compressed RLE ({exc})") from None
+            else:
+                raise error(f"{where}: RLE 'counts' must be a string or a list of integers")
+            if runs.size and runs.min() < 0:
+                raise error(f"{where}: RLE has a negative run length ({int(runs.min())})")
+            if int(runs.sum()) != height * width:
+                raise error(f"{where}: RLE runs add up to {int(runs.sum())} pixels, but the "
+                            f"image has {height} x {width} = {height * width}")
+            rle = (mask_utils.frPyObjects(seg, height, width) if isinstance(counts, list)
+                   else {"size": size, "counts": counts})
+        elif isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+        else:
+            raise error(f"{where}: segmentation must be an RLE dict or a list of polygons")
+    except error:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pycocotools raises bare TypeError/ValueError
+        raise error(f"{where}: unreadable segmentation ({exc})") from None
+    return rle
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_coco(path: Path):
@@ -70,6 +173,7 @@ def load_coco(path: Path):
         raise DatasetError(f"{path}: an image, category or annotation entry lacks {exc} "
                            "(COCO needs images[id, file_name, height, width], categories[id, "
                            "name], annotations[image_id, category_id, segmentation])") from None
+    _check_ids(path, data)
     coco = COCO()
     coco.dataset = data
     try:
@@ -78,6 +182,35 @@ def load_coco(path: Path):
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{path}: inconsistent COCO file ({exc!r})") from None
     return coco
+
+
+def _check_ids(path: Path, data: dict) -> None:
+    """Integer ids, each image listed once, every annotation on a listed image."""
+    for kind, entries, key in (("image", data["images"], "id"),
+                               ("category", data["categories"], "id"),
+                               ("annotation", data["annotations"], "image_id"),
+                               ("annotation", data["annotations"], "category_id")):
+        for n, entry in enumerate(entries):
+            if not _is_int(entry[key]):
+                raise DatasetError(f"{path}: {kind} {n} has {key} {entry[key]!r}; COCO ids must "
+                                   "be integers")
+    seen: set[int] = set()
+    twice = sorted({im["id"] for im in data["images"] if im["id"] in seen or seen.add(im["id"])})
+    if twice:
+        raise DatasetError(f"{path}: image id(s) {_few(twice)} listed more than once in "
+                           "'images' (each image would be evaluated twice); keep one entry each")
+    orphans = sorted({a["image_id"] for a in data["annotations"]} - seen)
+    if orphans:
+        ann_ids = [a.get("id", n) for n, a in enumerate(data["annotations"])
+                   if a["image_id"] in set(orphans)]
+        raise DatasetError(f"{path}: annotation(s) {_few(ann_ids)} refer to image id(s) "
+                           f"{_few(orphans)}, not in 'images'; add the images or drop the "
+                           "annotations")
+
+
+def _few(values: Sequence[Any], n: int = 5) -> str:
+    shown = ", ".join(str(v) for v in values[:n])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
 class COCODataset(PFNDataset):
@@ -134,14 +267,9 @@ class COCODataset(PFNDataset):
             cls = self.cat_to_class.get(int(ann["category_id"]), 0)
             if cls == 0:
                 continue
-            try:
-                mask = self.coco.annToMask(ann).astype(bool)  # (H, W)
-            except Exception as exc:  # noqa: BLE001 - pycocotools raises many kinds
-                raise DatasetError(f"{self.annotation_file}: annotation {ann.get('id')} of image "
-                                   f"{image_id}: undecodable segmentation ({exc!r})") from None
-            if mask.shape != (h, w):
-                raise DatasetError(f"{self.annotation_file}: annotation {ann.get('id')} of image "
-                                   f"{image_id}: mask {mask.shape} for a {h}x{w} image")
+            mask = decode_segmentation(  # (H, W) bool
+                ann["segmentation"], h, w,
+                f"{self.annotation_file}: annotation {ann.get('id')} of image {image_id}")
             if ann.get("iscrowd", 0):
                 crowd.append(mask)
             else:
