@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count-minutes", type=float, default=10.0,
                     help="stage 3 wall clock: the count head alone, counts gated (0: skip)")
     ap.add_argument("--count-steps", type=int, default=1000, help="stage-3 steps")
+    ap.add_argument("--count-crop", type=int, default=641,
+                    help="stage-3 crop: 641 holds a whole 640-pixel photo, so every instance is "
+                         "whole and counts 1, as at test time")
+    ap.add_argument("--count-init", type=Path, default=None,
+                    help="with --from-weights: the instance checkpoint stage 3 starts from "
+                         "(default OUT/instance/final.pt)")
     ap.add_argument("--from-weights", type=Path, default=None,
                     help="skip stages 1-2: take the stage-2 weights this script wrote before "
                          "(their logs and times) and OUT/instance/final.pt, then run stage 3")
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = {**meta, "notes": [*meta.get("notes", []), *args.note],
                 "command": meta["command"] + " && python scripts/train_default_weights.py "
                 + " ".join(argv or sys.argv[1:])}
-        return finish(out / "instance" / "final.pt", out, spec, meta, args, baseline)
+        return finish(args.count_init or out / "instance" / "final.pt", out, spec, meta, args,
+                      baseline)
     t0 = time.perf_counter()
     ckpt, logs = train_two_stages(out, spec, category_steps=args.category_steps,
                                   instance_steps=args.instance_steps,
@@ -212,7 +219,8 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
             f"train.init={ckpt}", f"train.max_steps={args.count_steps}",
             f"train.max_minutes={args.count_minutes}", "model.count_gate=true",
             "train.frozen=[backbone.,location_head.]", "train.lr_new=0.005",
-            "train.lr_step_epochs=0"])
+            "train.lr_step_epochs=0", f"data.crop_size={args.count_crop}", "data.scale_min=1",
+            "data.scale_max=1", "data.copy_paste=0"])
         ckpt = train(cfg)
         rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
         meta = {**meta, "count_minutes": args.count_minutes,
