@@ -101,3 +101,16 @@ def add_image(widget, data, name="photo", **kw):
     layer = widget.viewer.add_image(data, name=name, **kw)
     widget.image_combo.setCurrentText(name)
     return layer
+
+
+@pytest.fixture(scope="session")
+def needs_gl(qapp) -> None:
+    """Skip when Qt cannot make an OpenGL context (offscreen without an X server)."""
+    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
+
+    ctx, surface = QOpenGLContext(), QOffscreenSurface()
+    surface.create()
+    if not (ctx.create() and ctx.makeCurrent(surface)):
+        pytest.skip("no OpenGL context for napari's canvas: run under Xvfb "
+                    "(xvfb-run -a python -m pytest ...; .ci/run starts one)")
+    ctx.doneCurrent()

@@ -17,25 +17,13 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_helpers import (COUNT, NAPARI_WARNINGS_ARE_ERRORS, PERSON, add_image,  # noqa: E402,F401
+from napari_helpers import (COUNT, NAPARI_WARNINGS_ARE_ERRORS, PERSON, add_image, needs_gl,  # noqa: E402,F401,E501
                             make_tiny_weights, small_image, tiny_weights, widget)
 
 from pfn_napari.napari import _layers as L  # noqa: E402
 
 pytestmark = [pytest.mark.gui, *NAPARI_WARNINGS_ARE_ERRORS]
 
-
-@pytest.fixture(scope="session")
-def needs_gl(qapp) -> None:
-    """Skip when Qt cannot make an OpenGL context (offscreen without an X server)."""
-    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
-
-    ctx, surface = QOpenGLContext(), QOffscreenSurface()
-    surface.create()
-    if not (ctx.create() and ctx.makeCurrent(surface)):
-        pytest.skip("no OpenGL context for napari's canvas: run under Xvfb "
-                    "(xvfb-run -a python -m pytest ...; .ci/run starts one)")
-    ctx.doneCurrent()
 
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_helpers import needs_gl  # noqa: F401  (fixture)
+
 from pfn_napari.config import GroupingConfig
 from pfn_napari.notebook import (StageView, display_problem, open_in_napari, oracle_view,
                                  plot_category, plot_instances, plot_locations, plot_refined,
@@ -271,18 +273,6 @@ def test_napari_helper_adds_the_plugin_layers(view):
     assert viewer.layers[L.LOCATIONS].data.shape == (6, 13, 17)
     assert not viewer.layers[L.CATEGORY].visible
 
-
-@pytest.fixture(scope="session")
-def needs_gl(qapp) -> None:
-    """Skip when Qt cannot make an OpenGL context (offscreen without an X server)."""
-    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
-
-    ctx, surface = QOpenGLContext(), QOffscreenSurface()
-    surface.create()
-    if not (ctx.create() and ctx.makeCurrent(surface)):
-        pytest.skip("no OpenGL context for napari's canvas: run under Xvfb "
-                    "(xvfb-run -a python -m pytest ...; .ci/run starts one)")
-    ctx.doneCurrent()
 
 
 @pytest.mark.gui
