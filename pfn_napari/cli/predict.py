@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             save_label_png(out / f"{path.stem}_instances.png", inst.label_map())
             save_label_png(out / f"{path.stem}_classes.png", inst.class_map(), palette=True)
             save_overlay(out / f"{path.stem}_overlay.png", image, inst, model.class_names,
-                         title=f"{path.name}: {len(inst)} instances")
+                         title=f"{path.name}: {len(inst)} instance{'' if len(inst) == 1 else 's'}")
             if args.arrows:
                 small, _ = fit_image(image)
                 save_arrows(out / f"{path.stem}_arrows.png", small, net,
