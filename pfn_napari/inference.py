@@ -228,12 +228,12 @@ def grid_cells(full: np.ndarray, stride: int = STRIDE) -> np.ndarray:
 def location_scale(encoding: str, size: tuple[int, int], padded: tuple[int, int]) -> np.ndarray:
     """``(L, 1, 1)`` factors taking locations normalised by the ``padded`` size to the image's
     own ``size``: x channels times ``Wp / W``, y channels times ``Hp / H``."""
-    from .config import ENCODING_CHANNELS
+    from .config import ENCODING_CHANNELS, X_CHANNELS
 
     (h, w), (hp, wp) = size, padded
     fx, fy = wp / w, hp / h
     names = ENCODING_CHANNELS[encoding]
-    factors = [fx if n in ("dx", "cx", "lx", "rx", "trx", "blx", "w") else fy for n in names]
+    factors = [fx if n in X_CHANNELS else fy for n in names]
     return np.asarray(factors, dtype=np.float32).reshape(-1, 1, 1)
 
 
