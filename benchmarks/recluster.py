@@ -5,7 +5,7 @@ On the 500 x 375 sample image (``pfn_napari/sample_data/skaters.jpg``) it times,
 * **full**: the networks (:func:`pfn_napari.inference.run_network`) plus a first grouping with a
   fresh :class:`~pfn_napari.grouping.Grouper` (what *Run PFN* costs, without loading weights);
 * for every grouping method, what the widget runs when a knob changes, through the widget's
-  own :class:`~pfn_napari.napari._session.PFNSession` (the Grouper, then the masks brought back
+  own :class:`~pfn_napari.napari.PFNSession` (the Grouper, then the masks brought back
   to the image): the first grouping with that method, a changed **count** of the largest
   class (only k-means re-runs), a changed **sigma** (affinity and embedding re-run), a changed
   **tau** and a changed **size threshold**;
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from pfn_napari.errors import PFNError
     from pfn_napari.grouping import GROUPING_METHODS, Grouper
     from pfn_napari.inference import default_weights_path, run_network
-    from pfn_napari.napari import _layers as L
-    from pfn_napari.napari._sample_data import SAMPLE_DIR
-    from pfn_napari.napari._session import PFNSession, TuneParams, predicted_centers
+    from pfn_napari.napari import PFNSession, TuneParams
+    from pfn_napari.napari import layers as L
+    from pfn_napari.demo import SAMPLE_DIR
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=None, help="weights file (default: the shipped weights)")
@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     def run_net() -> None:
         s.run_network(image)
         if oracle is not None:  # keep the timing of the networks, group the ground truth
-            s.net, s._grouper, s.clustering = oracle, None, None
-            s.centers = predicted_centers(oracle)
+            seconds = s.network_seconds
+            s.use_network_output(oracle)
+            s._network_seconds = seconds
 
     name = Path(args.image).name if oracle is None else args.oracle_id
     print(f"image {name} {image.shape[1]}x{image.shape[0]}, weights {s.model.path}{note}, device {s.model.device}, {args.threads} thread(s), "
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         first = s.recluster(params)
         t_first = time.perf_counter() - t0
-        refined = first.refined
+        refined = first.refined_class_map
         classes, cells = np.unique(refined[refined > 0], return_counts=True)
         cls = int(classes[cells.argmax()]) if len(classes) else 1
         k0 = max(1, int(round(float(s.net.counts[cls - 1]))))
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         def build_layers(_):
             c = s.clustering
             L.instances_layer(c.instances, s.class_names)
-            L.clusters_layer(c.assignment, s.geom)
-            L.vectors_layer(s.centers, c.refined > 0, c.assignment, s.geom)
+            L.clusters_layer(c.grid_labels, s.geom)
+            L.vectors_layer(s.centers, c.refined_class_map > 0, c.grid_labels, s.geom)
 
         t_layers = _median(build_layers, range(r))
         rows.append((method, t_first, t_count, t_sigma, t_tau, t_size, t_layers,

@@ -41,9 +41,9 @@ from pfn_napari.config import GroupingConfig  # noqa: E402
 from pfn_napari.data import ConcatDataset, open_dataset  # noqa: E402
 from pfn_napari.demo import DEMO_CLASSES, demo_train_spec, find_shared_data, real_specs, train_two_stages  # noqa: E402
 from pfn_napari.evaluate import Evaluator  # noqa: E402
-from pfn_napari.grouping import (Grouper, group, oracle_network_output,  # noqa: E402
-                                 with_true_locations)
-from pfn_napari.inference import load_model, resize_instances, run_network  # noqa: E402
+from pfn_napari.grouping import group, oracle_network_output, with_true_locations  # noqa: E402
+from pfn_napari.inference import load_model  # noqa: E402
+from pfn_napari.predictor import Predictor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,18 +63,29 @@ def metrics_row(m) -> dict:
             "miou": d["miou"], "images": d["num_images"]}
 
 
-def eval_pfn(model, samples, nets, gcfg: GroupingConfig, counts: bool = False) -> tuple[dict, float]:
-    """AP^r of PFN with the cached network outputs ``nets``; returns (row, grouping s/img)."""
+def eval_pfn(predictors, samples, gcfg: GroupingConfig, counts: bool = False) -> tuple[dict, float]:
+    """AP^r of PFN grouping the networks' cached outputs (one :class:`Predictor` per image,
+    image already set); returns (row, grouping s/img)."""
     ev = Evaluator(DEMO_CLASSES)
     spent = 0.0
-    for sample, net in zip(samples, nets):
+    for sample, predictor in zip(samples, predictors):
         override = ({c: int(np.sum(sample.instance_classes == c)) for c in range(1, len(DEMO_CLASSES) + 1)}
                     if counts else None)
         t = time.perf_counter()
-        inst = Grouper(net).run(gcfg, override).instances
+        inst = predictor.instances(gcfg, override)
         spent += time.perf_counter() - t
-        ev.add(sample, resize_instances(inst, sample.class_map.shape))
+        ev.add(sample, inst)
     return metrics_row(ev.result()), spent / max(1, len(samples))
+
+
+def predictors_on(model, samples) -> tuple[list, float]:
+    """One :class:`Predictor` per sample, networks run; returns them and network s/img."""
+    predictors = []
+    t = time.perf_counter()
+    for s in samples:
+        predictors.append(Predictor(model))
+        predictors[-1].set_image(s.image, image_id=s.image_id)
+    return predictors, (time.perf_counter() - t) / max(1, len(samples))
 
 
 def centers2_trained(out: Path, shared: Path, args, run: Path) -> Path:
@@ -167,12 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     val = val_set(shared)
     samples = [val[i] for i in range(len(val))]
     print(f"val: {len(samples)} images, {sum(s.num_instances for s in samples)} instances")
-    nets, net_time = [], 0.0
-    for s in samples:
-        t = time.perf_counter()
-        nets.append(run_network(model, s.image))
-        net_time += time.perf_counter() - t
-    net_time /= len(samples)
+    nets, net_time = predictors_on(model, samples)
     g = model.config.grouping
     rows: dict[str, dict] = {}
     timing: dict[str, float] = {"pfn_network_s": net_time}
@@ -185,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = extra_run / "summary.json"
         minutes = json.loads(summary.read_text()).get("train_minutes") if summary.is_file() else None
         m3 = load_model(extra_run / "instance" / "final.pt", "cpu")
-        t = time.perf_counter()
-        nets3 = [run_network(m3, s.image) for s in samples]
-        timing["extra_network_s"] = (time.perf_counter() - t) / len(samples)
+        nets3, timing["extra_network_s"] = predictors_on(m3, samples)
         for method in ("vote", "spectral"):
             name = f"PFN, {method}, {extra_run.name} ({minutes} min, not budget-matched)"
             rows[name], timing[name] = eval_pfn(m3, samples, nets3, replace(g, method=method))
@@ -221,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         "PFN + ground-truth counts (vote)": eval_pfn(model, samples, nets, replace(g, method="vote"),
                                                      counts=True)[0],
     }
-    truth_nets = [with_true_locations(net, s.instance_map) for s, net in zip(samples, nets)]
+    truth_nets = []
+    for s, predictor in zip(samples, nets):
+        truth = Predictor(model)
+        truth.set_network_output(with_true_locations(predictor.net, s.instance_map),
+                                 predictor.image, predictor.image_id)
+        truth_nets.append(truth)
     for method in ("vote", "spectral"):
         name = f"PFN + ground-truth locations on its own segmentation (paper's bound, {method})"
         bounds[name] = eval_pfn(model, samples, truth_nets, replace(g, method=method))[0]
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_row(ev.result())
     if not args.skip_centers2:
         m2 = load_model(centers2_trained(out, shared, args, run), "cpu")
-        nets2 = [run_network(m2, s.image) for s in samples]
+        nets2, _ = predictors_on(m2, samples)
         abl["centers (2) instead of 6-d (retrained stage 2)"] = eval_pfn(m2, samples, nets2, base)[0]
     res["ablations"], res["bounds"], res["timing"] = abl, bounds, timing
     (out / "results.json").write_text(json.dumps(res, indent=1))

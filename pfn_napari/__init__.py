@@ -3,8 +3,10 @@
 The Python API (imported lazily, so ``import pfn_napari`` stays cheap for napari)::
 
     import pfn_napari as pfn
-    model = pfn.load_model("weights/pfn-lite0-voc.pt")
-    instances = pfn.predict(model, image)          # image: (H, W, 3) uint8 RGB
+    predictor = pfn.Predictor("weights/pfn-lite0-voc.pt")   # or None: the shipped weights
+    predictor.set_image(image)                     # image: (H, W, 3) uint8 RGB; networks once
+    instances = predictor.instances()              # grouping; again with other settings: cheap
+    instances = pfn.predict(pfn.load_model(), image)   # the same in one call
     data = pfn.open_dataset("voc:/data/VOC2012", split="val")
     metrics = pfn.evaluate(list(data), [pfn.Instances.from_sample(s) for s in data], ...)
 """
@@ -26,7 +28,9 @@ _LAZY = {
     "evaluate": "pfn_napari.evaluate",
     "load_model": "pfn_napari.inference",
     "run_network": "pfn_napari.inference",
-    "predict": "pfn_napari.inference",
+    "predict": "pfn_napari.predictor",
+    "Predictor": "pfn_napari.predictor",
+    "evaluate_dataset": "pfn_napari.producers",
     "group": "pfn_napari.grouping",
 }
 

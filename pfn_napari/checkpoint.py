@@ -41,13 +41,13 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import ConfigError, PFNConfig, config_from_dict, config_to_dict, validate
+from .config import ConfigError, PFNConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError
 from .output import atomic_write
 
 FORMAT_TAG = "pfn-napari-checkpoint"
 FORMAT_VERSION = 1
-KINDS = ("training", "weights")
+FILE_KINDS = ("training", "weights")
 
 
 # --------------------------------------------------------------------------- random states
@@ -195,7 +195,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{obj.get('pfn_napari_version', '?')}), but this pfn-napari {__version__} reads "
             f"version {FORMAT_VERSION}; use a matching pfn-napari or re-export the weights")
     missing = [k for k in ("kind", "config", "networks", "model") if k not in obj]
-    if missing or obj["kind"] not in KINDS:
+    if missing or obj["kind"] not in FILE_KINDS:
         raise CheckpointError(f"{path}: damaged pfn-napari checkpoint (missing {missing or 'kind'})")
     return obj
 
@@ -204,7 +204,7 @@ def config_of(obj: Mapping[str, Any], path: str | Path) -> PFNConfig:
     """The :class:`PFNConfig` stored in a checkpoint dict."""
     try:
         cfg = config_from_dict(obj["config"], where=f"{path} (stored config)")
-        validate(cfg)
+        cfg.validate()
     except ConfigError as exc:
         raise CheckpointError(f"{path}: stored config does not fit this pfn-napari: {exc}") from None
     return cfg

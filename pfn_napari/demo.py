@@ -24,8 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .config import VOC_CLASSES, load_config
 from .errors import PFNError
 
@@ -183,11 +181,11 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
     """Run the demo and write the report folder; returns the combined metrics dict."""
     from tqdm import tqdm
 
-    from .cli.predict import read_image
+    from .data import read_image
     from .evaluate import Evaluator, write_metrics
-    from .grouping import group
-    from .inference import fit_image, load_model, resize_instances, run_network
-    from .visualize import plot_loss_curves, plot_pr_curves, save_arrows, save_overlay
+    from .predictor import Predictor
+    from .producers import evaluate_dataset, model_producer
+    from .visualize import plot_loss_curves, plot_pr_curves
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -196,37 +194,21 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
     logs: dict[str, Path] = {}
     if train:
         weights, logs = train_demo_model(out, quick, shared, device, progress)
-    model = load_model(weights, device)
-    gcfg = model.config.grouping if grouping is None else replace(model.config.grouping,
-                                                                  method=grouping)
+    predictor = Predictor(weights, device)
+    model = predictor.model
+    if grouping is not None:
+        predictor.grouping = replace(predictor.grouping, method=grouping)
+    gcfg = predictor.grouping
     classes = model.class_names
-    timings: dict[str, float] = {"network_s": 0.0, "grouping_s": 0.0, "images": 0}
-
-    def segment(image: np.ndarray, name: str):
-        t = time.perf_counter()
-        net = run_network(model, image, name=name)
-        t1 = time.perf_counter()
-        inst = resize_instances(group(net, gcfg), image.shape[:2])
-        timings["network_s"] += t1 - t
-        timings["grouping_s"] += time.perf_counter() - t1
-        timings["images"] += 1
-        return net, inst
+    pictures: list[tuple[str, str]] = []
 
     # 2. the shipped sample images
-    samples_dir = out / "samples"
     sample_files = sorted(SAMPLE_DIR.glob("*.jpg"))[: 1 if quick else None]
-    pictures: list[tuple[str, str]] = []
     for path in tqdm(sample_files, desc="sample images", unit="img", disable=not progress):
-        image = read_image(path)
-        net, inst = segment(image, str(path))
-        small, _ = fit_image(image)
+        inst = predictor.predict(read_image(path), name=str(path), image_id=path.stem)
         found = f"{len(inst)} instance{'' if len(inst) == 1 else 's'}"
-        pictures.append((f"samples/{path.stem}_overlay.png", f"{path.name}: {found}"))
-        save_overlay(samples_dir / f"{path.stem}_overlay.png", image, inst, classes,
-                     title=f"{path.name}: {found}")
-        save_arrows(samples_dir / f"{path.stem}_arrows.png", small, net,
-                    resize_instances(inst, net.image_size))
-        pictures.append((f"samples/{path.stem}_arrows.png", f"{path.name}: location arrows"))
+        pictures += save_pictures(predictor, inst, out / "samples", path.stem,
+                                  f"{path.name}: {found}")
 
     # 3. evaluation on every data set the model knows the classes of
     synth = EvalSet("synthetic", "synthetic:6" if quick else "synthetic:40", "val", None)
@@ -239,27 +221,19 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
         except PFNError as exc:
             print(f"pfn demo: skipping {es.name}: {exc}")
             continue
-        if ds is None:
+        if ds is None or len(ds) == 0:
             continue
-        ev = Evaluator(classes)
-        for i in tqdm(range(len(ds)), desc=f"evaluate {es.name}", unit="img", disable=not progress):
-            sample = ds[i]
-            net, inst = segment(sample.image, sample.source or str(sample.image_id))
-            ev.add(sample, inst)
-            combined.add(sample, inst)
+
+        def picture(i: int, sample, inst, es=es) -> None:
             if i < (1 if quick else 3):
                 name = f"{es.name}/{sample.image_id}"
-                save_overlay(out / es.name / f"{sample.image_id}_overlay.png", sample.image, inst,
-                             classes, title=f"{name}: {len(inst)} predicted, "
-                                            f"{sample.num_instances} true")
-                pictures.append((f"{es.name}/{sample.image_id}_overlay.png", name))
-                small, _ = fit_image(sample.image)
-                save_arrows(out / es.name / f"{sample.image_id}_arrows.png", small, net,
-                            resize_instances(inst, net.image_size))
-                pictures.append((f"{es.name}/{sample.image_id}_arrows.png", f"{name} arrows"))
-        if ev.num_images == 0:
-            continue
-        m = ev.result()
+                pictures.extend(save_pictures(predictor, inst, out / es.name,
+                                              str(sample.image_id),
+                                              f"{name}: {len(inst)} predicted, "
+                                              f"{sample.num_instances} true"))
+
+        m = evaluate_dataset(ds, model_producer(predictor, ds), desc=f"evaluate {es.name}",
+                             progress=progress, also=[combined], on_image=picture)
         write_metrics(m, out / es.name, classes)
         errors = m.count_error()[m.has_gt]
         per_set[es.name] = {"images": m.num_images, **{k: v for k, v in m.to_dict(False).items()
@@ -280,15 +254,30 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
     data["datasets"] = per_set
     data["model"] = {"weights": str(model.path), "backbone": model.config.model.backbone,
                      "grouping": gcfg.method, "device": str(model.device)}
-    n = max(1, timings["images"])
-    data["timing"] = {"images": timings["images"], "network_s_per_image": timings["network_s"] / n,
-                      "grouping_s_per_image": timings["grouping_s"] / n,
+    t = predictor.times
+    data["timing"] = {"images": t.images, "network_s_per_image": t.network_per_image,
+                      "grouping_s_per_image": t.grouping_per_image,
                       "total_s": time.perf_counter() - t0}
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, out / "metrics.json")
     write_report(out, data, per_set, pictures, bool(logs))
     return data
+
+
+def save_pictures(predictor, inst, folder: Path, stem: str, caption: str) -> list[tuple[str, str]]:
+    """The overlay and the Fig.-1 arrows of the predictor's current image, in ``folder``;
+    returns ``(path relative to the report, caption)`` of each."""
+    from .inference import fit_image, resize_instances
+    from .visualize import save_arrows, save_overlay
+
+    save_overlay(folder / f"{stem}_overlay.png", predictor.image, inst, predictor.class_names,
+                 title=caption)
+    small, _ = fit_image(predictor.image)
+    save_arrows(folder / f"{stem}_arrows.png", small, predictor.net,
+                resize_instances(inst, predictor.net.image_size))
+    return [(f"{folder.name}/{stem}_overlay.png", caption),
+            (f"{folder.name}/{stem}_arrows.png", f"{caption.split(':')[0]}: location arrows")]
 
 
 def write_report(out: Path, data: dict[str, Any], per_set: dict[str, Any],

@@ -621,10 +621,6 @@ class CocoResults:
     image_ids: list[str | int]
     entries: list[list[_Entry]] = field(default_factory=list)
 
-    @property
-    def num_entries(self) -> int:
-        return sum(len(e) for e in self.entries)
-
     def instances(self, index: int, image_size: tuple[int, int]) -> Instances:
         """The predictions of image ``index`` (of the dataset) as :class:`Instances` of
         ``image_size`` ``(H, W)``; a mask of another size is a :class:`DatasetError`."""

@@ -13,6 +13,7 @@ probabilities, and the grid's ``class_probs`` are then read from them at the cel
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import GroupingConfig, PFNConfig
+from .config import PFNConfig
 from .errors import CheckpointError, PFNError
 from .structures import STRIDE, Instances, NetworkOutput, grid_size, padded_size
 
@@ -73,6 +74,29 @@ class PFNModel:
     device: torch.device
     path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: What :func:`run_network` runs the networks with: ``'torch'`` (``system`` itself) or
+    #: ``'onnx'`` (the backbone trunks on ONNX Runtime, built from ``system``'s weights at the
+    #: first call; :mod:`pfn_napari.model.runtime`). :func:`load_model` chooses it.
+    runtime: str = "torch"
+    _runner: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def network(self) -> torch.nn.Module:
+        """The callable ``images (1, 3, H, W) 0..255 -> NetOutputs`` of :attr:`runtime`. The
+        ONNX one is built at the first call; if that fails, a one-line warning says why and
+        the model falls back to ``'torch'`` for good."""
+        if self.runtime != "onnx":
+            return self.system
+        if self._runner is None:
+            from .model.runtime import RuntimeUnavailable, onnx_system
+
+            try:
+                self._runner = onnx_system(self.system)
+            except RuntimeUnavailable as exc:
+                warnings.warn(f"ONNX runtime unavailable, running PyTorch instead: {exc}",
+                              RuntimeWarning, stacklevel=3)
+                self.runtime = "torch"
+                return self.system
+        return self._runner
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -96,8 +120,39 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | Path | None = None, device: str = "auto") -> PFNModel:
+def resolve_runtime(runtime: str | None, system: torch.nn.Module, device: torch.device) -> str:
+    """``'torch'`` or ``'onnx'`` for a ``runtime`` request (``None``/``'auto'``: ``$PFN_RUNTIME``
+    if set, else ``'onnx'`` on the CPU for a complete EfficientNet-Lite0 system when
+    onnxruntime is installed, else ``'torch'``). An explicit ``'onnx'`` that cannot apply (a
+    GPU, another backbone, no onnxruntime) warns in one line and gives ``'torch'``."""
+    from .model.runtime import RUNTIMES, onnx_available, supports
+
+    if runtime in (None, "", "auto"):
+        runtime = os.environ.get("PFN_RUNTIME", "auto") or "auto"
+    if runtime not in RUNTIMES:
+        raise PFNError(f"runtime {runtime!r}: choose one of {RUNTIMES}")
+    if runtime == "torch":
+        return "torch"
+    complete = getattr(system, "complete", False)
+    why = ("the ONNX path runs on the CPU only" if device.type != "cpu" else
+           "onnxruntime is not installed (pip install onnx onnxruntime)" if not onnx_available() else
+           "the ONNX path covers EfficientNet-Lite0 backbones only" if not supports(system) else
+           "the ONNX path needs a complete (stage-2 / unified) model" if not complete else "")
+    if not why:
+        return "onnx"
+    if runtime == "onnx":
+        warnings.warn(f"runtime 'onnx' asked for, running PyTorch instead: {why}",
+                      RuntimeWarning, stacklevel=3)
+    return "torch"
+
+
+def load_model(path: str | Path | None = None, device: str = "auto",
+               runtime: str = "auto") -> PFNModel:
     """Load a checkpoint or weights file (default: the shipped weights) for inference.
+
+    ``runtime``: what :func:`run_network` runs the networks with, ``'torch'``, ``'onnx'`` (the
+    backbone trunks on ONNX Runtime: about twice as fast on the CPU, the same outputs to
+    ~1e-5; docs/speed.md) or ``'auto'`` (see :func:`resolve_runtime`).
 
     Raises :class:`CheckpointError` with one line naming the file when it is missing,
     truncated, not a PFN file, or of another format version.
@@ -112,7 +167,8 @@ def load_model(path: str | Path | None = None, device: str = "auto") -> PFNModel
     system, cfg, meta = load_checkpoint(file, map_location="cpu")
     dev = pick_device(device)
     system = system.to(dev).eval()
-    return PFNModel(system=system, config=cfg, device=dev, path=file, meta=dict(meta or {}))
+    return PFNModel(system=system, config=cfg, device=dev, path=file, meta=dict(meta or {}),
+                    runtime=resolve_runtime(runtime, system, dev))
 
 
 def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -174,7 +230,7 @@ def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
                 name: str = "image") -> NetworkOutput:
     """Run the networks on one image.
@@ -188,7 +244,7 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
     rgb, _ = fit_image(as_rgb_uint8(image, name), name=name)
     h, w = rgb.shape[:2]
     gh, gw = grid_size(h), grid_size(w)
-    out = model.system(image_tensor(rgb, model.device))
+    out = model.network()(image_tensor(rgb, model.device))
     if out.seg_logits is None or out.locations is None or out.counts is None:
         raise CheckpointError(f"{model.path}: this checkpoint holds only the category network "
                               "(stage 1); instances need a stage-2 (instance) or unified checkpoint")
@@ -197,7 +253,7 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
     # cell i sits on pixel 8i: align_corners upsampling of the padded grid is exact
     hp, wp = padded_size(h), padded_size(w)
     full = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=True)
-    full_probs = torch.softmax(full, dim=1)[0, :, :h, :w].cpu().numpy()  # (C+1, H, W)
+    full_probs = torch.softmax(full, dim=1)[0, :, :h, :w].contiguous().cpu().numpy()  # (C+1, H, W)
     use_crf = model.config.crf.enabled if crf is None else crf
     if use_crf:
         from .model.crf import dense_crf
@@ -215,7 +271,7 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
         image_size=(h, w),
         encoding=model.encoding,
         stream_locations=streams,
-        full_class_probs=full_probs.astype(np.float32),
+        full_class_probs=full_probs.astype(np.float32, copy=False),
     )
 
 
@@ -254,22 +310,3 @@ def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:
     for k, mask in enumerate(instances.masks):
         masks[k] = mask[rows][:, cols]
     return Instances(masks, instances.classes, instances.scores, instances.image_id)
-
-
-def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None = None,
-            crf: bool | None = None, image_id: str | int = "",
-            count_override: dict[int, int] | None = None) -> Instances:
-    """One image in, its instances out (full resolution of the given image).
-
-    >>> model = load_model()                      # doctest: +SKIP
-    >>> inst = predict(model, image)              # doctest: +SKIP
-    >>> inst.masks.shape, inst.classes, inst.scores  # doctest: +SKIP
-    """
-    from .grouping import group
-
-    rgb = as_rgb_uint8(image)
-    net = run_network(model, rgb, crf=crf)
-    inst = group(net, grouping or model.config.grouping, count_override=count_override)
-    inst = resize_instances(inst, rgb.shape[:2])
-    inst.image_id = image_id
-    return inst

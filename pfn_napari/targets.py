@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import ENCODING_CHANNELS, VOID
-from .structures import STRIDE, Sample, Targets, grid_sample_indices
+from .structures import STRIDE, NetworkOutput, Sample, Targets, grid_sample_indices
 
 #: The encodings, in the order of the paper's ablation table.
 ENCODINGS: tuple[str, ...] = tuple(ENCODING_CHANNELS)
@@ -262,3 +262,14 @@ def build_targets(sample: Sample, num_classes: int, encoding: str = "box6",
         location_weight=location_weights(class_map, instance_map),  # (h, w)
         counts=instance_counts(visible_instance_classes(sample), num_classes),  # (C,)
     )
+
+
+def predicted_centers(net: NetworkOutput, pixels: bool = False) -> np.ndarray:
+    """``(2, gh, gw)`` float32 the instance center (x, y) each grid cell of ``net`` predicts:
+    normalised (x / W, y / H), or with ``pixels`` in pixel-index units (pixel j's center is j,
+    as matplotlib and napari draw them)."""
+    h, w = net.image_size
+    dec = decode_locations(net.locations, net.encoding, pixel_xy=grid_pixel_positions((h, w)))
+    if pixels:
+        return np.stack([dec["cx"] * w - 0.5, dec["cy"] * h - 0.5]).astype(np.float32)
+    return np.stack([dec["cx"], dec["cy"]]).astype(np.float32)

@@ -43,9 +43,10 @@ import dataclasses
 import hashlib
 import math
 import os
+import random
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,20 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .checkpoint import (capture_rng_state, check_finite, load_checkpoint, networks_of,
-                         read_checkpoint, config_of, restore_rng_state, save_checkpoint)
+from .checkpoint import (capture_rng_state, check_finite, config_of, load_checkpoint,
+                         networks_of, read_checkpoint, restore_rng_state, save_checkpoint)
 from .config import PFNConfig, config_to_dict
+from .data import open_dataset
+from .data.loader import EpochSampler, TrainingSet, batch_to, collate
+from .data.sbd import drop_sbd_images, read_exclude_ids
+from .data.transforms import TrainTransform
 from .errors import CheckpointError, PFNError
+from .losses import total_loss
+from .model import PFNSystem, build_network, load_backbone_weights
+from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries, write_error
 
 #: Fraction of the steps the location phase takes with ``count_finetune='separate'`` and
@@ -94,7 +104,7 @@ def dist_info() -> DistInfo:
     return DistInfo(world, rank, local)
 
 
-def pick_device(name: str, info: DistInfo) -> torch.device:
+def rank_device(name: str, info: DistInfo) -> torch.device:
     """``auto``: CUDA when available, else CPU; under DDP on GPUs each rank takes
     ``cuda:LOCAL_RANK``."""
     if name in ("", "auto"):
@@ -285,8 +295,6 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
                     ) -> tuple[nn.Module, nn.Module, str]:
     """``(system, trained network, kind)`` for the stage. ``resuming``: the weights will come
     from the checkpoint, so neither backbone weights nor ``train.init`` are read."""
-    from .model import PFNSystem, build_network, load_backbone_weights
-
     stage = cfg.train.stage
     if stage in ("category", "unified"):
         net = build_network(cfg.model, kind=stage)
@@ -346,8 +354,6 @@ def _continue_instance(net: nn.Module, previous: nn.Module, where: str) -> None:
 def _exclude_images(dataset, cfg: PFNConfig, note):
     """The training data without the SBD images ``data.train_exclude`` names (e.g. those of
     VOC 2012 val, the paper's test set); says how many of them overlapped."""
-    from .data.sbd import drop_sbd_images, read_exclude_ids
-
     d = cfg.data
     ids, source = read_exclude_ids(d.train_exclude, d.val, d.val_split)
     kept, dropped = drop_sbd_images(dataset, ids)
@@ -369,76 +375,36 @@ def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.SGD:
 # --------------------------------------------------------------------------- validation
 
 @torch.no_grad()
-def validate(system: nn.Module, cfg: PFNConfig, device: torch.device, note,
-             max_images: int | None = None) -> dict[str, float]:
-    """Metrics of ``system`` on ``cfg.data.val`` (split ``cfg.data.val_split``), in percent.
+def validation_metrics(system: nn.Module, cfg: PFNConfig, device: torch.device, note,
+                       max_images: int | None = None) -> dict[str, float]:
+    """Metrics of ``system`` on ``cfg.data.val`` (split ``cfg.data.val_split``), in percent,
+    through the :class:`~pfn_napari.predictor.Predictor` (no CRF) and
+    :func:`~pfn_napari.producers.evaluate_dataset`, as ``pfn evaluate`` computes them.
 
     ``mIoU`` of the category map always; ``APr@0.5`` and ``APr_vol`` (grouping with
-    ``cfg.grouping``, then :func:`pfn_napari.evaluate.Evaluator`) when the system predicts
-    instances. Skips AP^r with a note when grouping is not importable.
+    ``cfg.grouping``) when the system predicts instances.
     """
     from .data import open_dataset
-    from .evaluate import Evaluator
-    from .inference import PFNModel, resize_instances, run_network
-    from .structures import Instances
+    from .inference import PFNModel
+    from .predictor import Predictor
+    from .producers import evaluate_dataset, model_producer
 
-    group = None
-    if system_has_instances(system):
-        try:
-            from .grouping import group
-        except ImportError as exc:
-            note(f"validation: AP^r skipped, grouping not available ({exc})")
     data = open_dataset(cfg.data.val, cfg.data.val_split, cfg.data.classes)
-    n = len(data) if max_images is None else min(len(data), max_images)
     was_training = system.training
     system.eval()
-    model = PFNModel(system=system, config=cfg, device=device)
-    evaluator = Evaluator(cfg.data.classes)
+    predictor = Predictor(PFNModel(system=system, config=cfg, device=device), crf=False)
+    instances = system_has_instances(system)
     try:
-        for i in range(n):
-            sample = data[i]
-            size = sample.class_map.shape
-            out = _category_or_full_output(model, sample.image, run_network)
-            probs = torch.from_numpy(out.full_class_probs)  # (C+1, h, w) at the size seen
-            if tuple(probs.shape[1:]) != size:
-                probs = torch.nn.functional.interpolate(probs[None], size=size, mode="bilinear",
-                                                        align_corners=False)[0]
-            semantic = probs.argmax(0).numpy().astype(np.uint8)  # (H, W) 0..C
-            if group is not None:
-                inst = resize_instances(group(out, cfg.grouping), size)
-            else:
-                inst = Instances.empty(*size)
-            inst.image_id = sample.image_id
-            evaluator.add(sample, inst, semantic=semantic)
+        result = evaluate_dataset(data, model_producer(predictor, data,
+                                                       class_map_only=not instances),
+                                  limit=max_images, progress=False)
     finally:
         system.train(was_training)
-    result = evaluator.result()
     metrics = {"mIoU": float(result.miou)}
-    if group is not None:
+    if instances:
         metrics["APr@0.5"] = float(result.ap_r.get("0.5", float("nan")))
         metrics["APr_vol"] = float(result.ap_r_vol)
     return metrics
-
-
-def _category_or_full_output(model, image: np.ndarray, run_network):
-    """``run_network`` for a complete system; for a category-only system the same padding and
-    upsampling with dummy (empty) locations and counts, so only the class map is used."""
-    system = model.system
-    if system_has_instances(system):
-        return run_network(model, image, crf=False)
-    from .inference import as_rgb_uint8, fit_image, image_tensor
-    from .structures import NetworkOutput, grid_size, padded_size
-
-    rgb, _ = fit_image(as_rgb_uint8(image))
-    h, w = rgb.shape[:2]
-    logits = system(image_tensor(rgb, model.device)).seg_logits.float()  # (1, C+1, gh', gw')
-    full = torch.nn.functional.interpolate(logits, size=(padded_size(h), padded_size(w)),
-                                           mode="bilinear", align_corners=True)  # cell i: pixel 8i
-    probs = torch.softmax(full, dim=1)[0, :, :h, :w].cpu().numpy()  # (C+1, H, W)
-    gh, gw = grid_size(h), grid_size(w)
-    return NetworkOutput(class_probs=probs[:, ::8, ::8][:, :gh, :gw], locations=np.zeros((0, gh, gw),
-                         np.float32), counts=np.zeros(0, np.float32), image_size=(h, w),
-                         full_class_probs=probs)
 
 
 def system_has_instances(system: nn.Module) -> bool:
@@ -446,7 +412,7 @@ def system_has_instances(system: nn.Module) -> bool:
     return getattr(system, "instance", None) is not None
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the run
 
 def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: bool = True,
           overwrite: bool = True) -> Path:
@@ -462,29 +428,27 @@ def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: boo
     ``max_steps``, ``epochs``, logging and output settings, not the model).
     Under ``torchrun`` this runs data-parallel; call it on every rank.
     """
-    from torch.utils.data import DataLoader
-
-    from .data import open_dataset
-    from .data.loader import EpochSampler, TrainingSet, batch_to, collate
-    from .data.transforms import TrainTransform
-    from .losses import total_loss
-
-    t = cfg.train
     info = dist_info()
-    own_group = False
-    if info.enabled and not dist.is_initialized():
-        backend = "nccl" if (torch.cuda.is_available() and t.device in ("auto", "cuda")) else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
-        own_group = True
+    own_group = _init_process_group(info, cfg.train.device)
     try:
-        return _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler,
-                      TrainingSet, batch_to, collate, TrainTransform, total_loss,
-                      overwrite=overwrite)
+        run = _setup_run(cfg, resume, info, overwrite)
+        last_parts = _run_steps(run, progress)
+        return _finish(run, last_parts)
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _init_process_group(info: DistInfo, device: str) -> bool:
+    """Join the ``torchrun`` job (nccl for CUDA training, else gloo); ``True`` when this call
+    created the process group (and so destroys it at the end)."""
+    if not info.enabled or dist.is_initialized():
+        return False
+    backend = "nccl" if (torch.cuda.is_available() and device in ("auto", "cuda")) else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend=backend)
+    return True
 
 
 #: The files of a run in ``train.out_dir``; a new run (not ``--resume``) refuses a folder holding
@@ -510,89 +474,77 @@ def _claim_out_dir(out_dir: Path, overwrite: bool, main: bool, note) -> None:
              "events)")
 
 
-def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, TrainingSet,
-           batch_to, collate, TrainTransform, total_loss, overwrite: bool = True) -> Path:
-    from tqdm.auto import tqdm
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """The steps of a run: how many, how many per epoch, and which phase each belongs to."""
 
-    from .model.pfn import gated_counts
+    steps_per_epoch: int
+    total: int  # steps of the whole run (both phases)
+    split: int  # first step of the count phase (``total`` when training jointly)
+    separate: bool  # count_finetune='separate' in stage 'instance'
+    restart: bool  # the learning-rate schedule restarts at ``split`` (separate_schedule='full')
 
+    def phase_of(self, step: int) -> str:
+        """``all`` (joint training), ``locations`` or ``counts`` (see :func:`_set_phase`)."""
+        if not self.separate:
+            return "all"
+        return "locations" if step < self.split else "counts"
+
+
+@dataclasses.dataclass
+class _Run:
+    """What :func:`_setup_run` builds and the step loop drives; ``step`` counts optimiser
+    steps taken (restored on resume)."""
+
+    cfg: PFNConfig
+    info: DistInfo
+    device: torch.device
+    out_dir: Path
+    note: Callable[[str], None]
+    plan: _Plan
+    train_set: TrainingSet
+    sampler: EpochSampler
+    loader: DataLoader
+    system: nn.Module  # PFNSystem: what the checkpoints hold
+    net: nn.Module  # the network being trained (a part of ``system``)
+    kind: str  # its kind: category, instance or unified
+    optimizer: torch.optim.SGD
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    base_lrs: list[float]
+    logger: _Logger | None = None
+    step: int = 0
+
+    @property
+    def gate_counts(self) -> bool:
+        """Counts of the density head gated by the frozen category network (stage instance)."""
+        return (self.kind == "instance" and self.cfg.model.count_gate
+                and self.cfg.model.count_head == "density" and self.system.category is not None)
+
+
+def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
+               overwrite: bool) -> _Run:
+    """Everything before the first step, in an order that keeps resume exact: check the
+    checkpoint and the output folder, seed, build the data and the networks, restore the
+    training state, write ``config.yaml``, open the logs, seed (or restore) each rank's RNG."""
     t = cfg.train
     out_dir = Path(t.out_dir)
-    device = pick_device(t.device, info)
-
-    def note(msg: str) -> None:
-        if info.main:
-            tqdm.write(f"pfn train: {msg}", file=sys.stderr)
-
-    # ---- resume: check before building anything
-    ckpt: dict[str, Any] | None = None
-    if resume:
-        ckpt = read_checkpoint(resume)
-        if ckpt["kind"] != "training":
-            raise CheckpointError(f"{resume}: a weights-only file cannot be resumed; pass last.pt")
-        stored = config_of(ckpt, resume)
-        if stored.train.stage != t.stage:
-            raise CheckpointError(f"{resume}: a checkpoint of stage {stored.train.stage!r}, but "
-                                  f"this run is stage {t.stage!r}")
-        if stored.model != cfg.model or stored.data.classes != cfg.data.classes:
-            raise CheckpointError(f"{resume}: stored model config differs from this run's; resume "
-                                  "without --config (the stored config is used) or with the same one")
-        check_finite(ckpt["model"], resume)
-
-    # ---- the output folder: writable and not another finished run, before any work
-    check_output_dir(out_dir, "train.out_dir (--out)")
-    if not resume:
-        _claim_out_dir(out_dir, overwrite, info.main, note)
-    if info.main:
-        for stale in remove_stale_temporaries(out_dir):
-            note(f"removed {stale.name}, left by a run killed while saving")
-
-    # ---- seeding: the same initial weights on every rank
-    torch.manual_seed(t.seed)
-    np.random.seed(t.seed % 2**32)
-    import random
-
-    random.seed(t.seed)
-
-    # ---- data
-    classes = tuple(cfg.data.classes)
-    dataset = open_dataset(cfg.data.train, cfg.data.train_split, classes)
-    if cfg.data.train_exclude:
-        dataset = _exclude_images(dataset, cfg, note)
-    transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
-                               cfg.data.flip)
-    train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
-                            seed=t.seed, copy_paste=cfg.data.copy_paste)
-    sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)
-    per_rank = len(sampler)
-    spe = per_rank // t.batch_size  # steps per epoch (incomplete batches dropped)
-    if spe < 1:
-        raise PFNError(f"data.train={cfg.data.train!r} has {len(train_set)} images: too few for "
-                       f"batch {t.batch_size} x {info.world} process(es); lower train.batch_size")
-    separate = t.stage == "instance" and t.count_finetune == "separate"
-    restart = separate and t.separate_schedule == "full"
-    total, split = phase_plan(t.max_steps if t.max_steps > 0 else t.epochs * spe, separate,
-                              t.separate_schedule)
-    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
-                        num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=True,
-                        pin_memory=device.type == "cuda",
-                        # own generator: building an iterator must not move the global RNG
-                        generator=torch.Generator().manual_seed(t.seed))
-
-    # ---- networks and optimiser
+    device = rank_device(t.device, info)
+    note = _note_function(info.main)
+    ckpt = _read_resume_checkpoint(resume, cfg) if resume else None
+    _prepare_out_dir(out_dir, claim=not resume, overwrite=overwrite, main=info.main, note=note)
+    _seed_everything(t.seed)  # the same initial weights on every rank
+    train_set, sampler, loader, plan = _build_data(cfg, info, device, note)
     system, net, kind = _build_networks(cfg, note, resuming=ckpt is not None)
     system.to(device)
     if t.frozen:
-        _set_phase(net, "all", t.frozen)
-        names = [n for n, p in net.named_parameters() if n.startswith(tuple(t.frozen))]
-        if not names:
-            raise PFNError(f"train.frozen={list(t.frozen)}: no parameter of the {kind} network "
-                           "starts with these prefixes")
-        note(f"frozen: {len(names)} parameter tensors ({', '.join(t.frozen)})")
+        _freeze(net, t.frozen, kind, note)
     optimizer = _optimizer(net, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-        schedule_step(step, split, restart), spe, t.lr_step_epochs, t.lr_gamma))
+        schedule_step(step, plan.split, plan.restart), plan.steps_per_epoch, t.lr_step_epochs,
+        t.lr_gamma))
     use_amp = bool(t.amp) and device.type == "cuda"
     if t.amp and not use_amp:
         note("train.amp ignored: mixed precision is used on CUDA only")
@@ -600,215 +552,348 @@ def _train(cfg, resume, progress, info, DataLoader, open_dataset, EpochSampler, 
     if t.count_finetune == "separate" and kind != "instance":
         note(f"train.count_finetune=separate applies to stage 'instance' only; stage {kind!r} "
              "trains jointly")
-
-    def phase_of(step: int) -> str:
-        if not separate:
-            return "all"
-        return "locations" if step < split else "counts"
-
-    step = 0
+    run = _Run(cfg=cfg, info=info, device=device, out_dir=out_dir, note=note, plan=plan,
+               train_set=train_set, sampler=sampler, loader=loader, system=system, net=net,
+               kind=kind, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+               use_amp=use_amp, base_lrs=base_lrs)
     if ckpt is not None:
-        try:
-            system.load_state_dict(ckpt["model"], strict=True)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{resume}: cannot restore the training state "
-                                  f"({str(exc).splitlines()[0][:160]})") from None
-        step = int(ckpt["step"])
-        note(f"resumed from {resume} at step {step}")
-    if step >= total:
-        note(f"nothing to do: step {step} >= {total} steps")
-
-    # ---- outputs (rank 0)
+        _restore_training_state(run, ckpt, resume)
+    if run.step >= plan.total:
+        note(f"nothing to do: step {run.step} >= {plan.total} steps")
     if info.main:
         atomic_write_text(out_dir / "config.yaml",
                           yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    logger = _Logger(out_dir, info.main, step if ckpt is not None else None)
-    plan = (f", count head trained separately from step {split}"
-            + (" (its own schedule: the learning rate restarts there)" if restart else "")
-            if separate else "")
-    note(f"stage {t.stage}: {len(train_set)} images, {spe} steps/epoch, {total} steps, "
-         f"batch {t.batch_size} x {info.world}, device {device}{plan}")
-
-    # ---- per-rank RNG: restore on resume, else a rank-specific dropout stream
+    run.logger = _Logger(out_dir, info.main, run.step if ckpt is not None else None)
+    _note_plan(run)
     if ckpt is not None:
-        per_rank_rng = (ckpt.get("extra") or {}).get("rng_per_rank")
-        if per_rank_rng and len(per_rank_rng) == info.world:
-            restore_rng_state(per_rank_rng[info.rank])
-        else:
-            if info.enabled:
-                note("checkpoint has no RNG state per rank for this world size: "
-                     "continuing with rank 0's")
-            restore_rng_state(ckpt["rng"])
-    else:
+        _restore_rank_rng(ckpt, info, note)
+    else:  # a rank-specific dropout stream
         torch.manual_seed(t.seed + 1000003 * info.rank)
+    return run
 
-    # ---- DDP wrapper (rebuilt when the set of trained parameters changes)
-    current_phase: str | None = None
-    model: nn.Module = net
 
-    def enter_phase(phase: str) -> nn.Module:
-        _set_phase(net, phase, t.frozen)
+def _note_function(main: bool) -> Callable[[str], None]:
+    """``note(msg)``: one line ``pfn train: msg`` on stderr from rank 0 (kept clear of the
+    progress bar); silent on the other ranks."""
+    def note(msg: str) -> None:
+        if main:
+            tqdm.write(f"pfn train: {msg}", file=sys.stderr)
+
+    return note
+
+
+def _read_resume_checkpoint(resume: str | os.PathLike, cfg: PFNConfig) -> dict[str, Any]:
+    """The training checkpoint to resume from, checked against this run before anything is
+    built: same stage, same model and classes, finite weights."""
+    t = cfg.train
+    ckpt = read_checkpoint(resume)
+    if ckpt["kind"] != "training":
+        raise CheckpointError(f"{resume}: a weights-only file cannot be resumed; pass last.pt")
+    stored = config_of(ckpt, resume)
+    if stored.train.stage != t.stage:
+        raise CheckpointError(f"{resume}: a checkpoint of stage {stored.train.stage!r}, but "
+                              f"this run is stage {t.stage!r}")
+    if stored.model != cfg.model or stored.data.classes != cfg.data.classes:
+        raise CheckpointError(f"{resume}: stored model config differs from this run's; resume "
+                              "without --config (the stored config is used) or with the same one")
+    check_finite(ckpt["model"], resume)
+    return ckpt
+
+
+def _prepare_out_dir(out_dir: Path, claim: bool, overwrite: bool, main: bool, note) -> None:
+    """The output folder: writable and not another finished run (``claim``: a new run, not a
+    resumed one), before any work; rank 0 removes temporaries of a run killed while saving."""
+    check_output_dir(out_dir, "train.out_dir (--out)")
+    if claim:
+        _claim_out_dir(out_dir, overwrite, main, note)
+    if main:
+        for stale in remove_stale_temporaries(out_dir):
+            note(f"removed {stale.name}, left by a run killed while saving")
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed torch, NumPy's legacy global generator and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
+                ) -> tuple[TrainingSet, EpochSampler, DataLoader, _Plan]:
+    """The training set, this rank's sampler, its loader and the step plan of the run."""
+    t = cfg.train
+    dataset = open_dataset(cfg.data.train, cfg.data.train_split, tuple(cfg.data.classes))
+    if cfg.data.train_exclude:
+        dataset = _exclude_images(dataset, cfg, note)
+    transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
+                               cfg.data.flip)
+    train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
+                            seed=t.seed, copy_paste=cfg.data.copy_paste)
+    sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)
+    spe = len(sampler) // t.batch_size  # steps per epoch (incomplete batches dropped)
+    if spe < 1:
+        raise PFNError(f"data.train={cfg.data.train!r} has {len(train_set)} images: too few for "
+                       f"batch {t.batch_size} x {info.world} process(es); lower train.batch_size")
+    separate = t.stage == "instance" and t.count_finetune == "separate"
+    total, split = phase_plan(t.max_steps if t.max_steps > 0 else t.epochs * spe, separate,
+                              t.separate_schedule)
+    plan = _Plan(steps_per_epoch=spe, total=total, split=split, separate=separate,
+                 restart=separate and t.separate_schedule == "full")
+    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
+                        num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=True,
+                        pin_memory=device.type == "cuda",
+                        # own generator: building an iterator must not move the global RNG
+                        generator=torch.Generator().manual_seed(t.seed))
+    return train_set, sampler, loader, plan
+
+
+def _freeze(net: nn.Module, frozen: tuple[str, ...], kind: str, note) -> None:
+    """Stop the parameters named by the ``train.frozen`` prefixes from training."""
+    _set_phase(net, "all", frozen)
+    names = [n for n, p in net.named_parameters() if n.startswith(tuple(frozen))]
+    if not names:
+        raise PFNError(f"train.frozen={list(frozen)}: no parameter of the {kind} network "
+                       "starts with these prefixes")
+    note(f"frozen: {len(names)} parameter tensors ({', '.join(frozen)})")
+
+
+def _restore_training_state(run: _Run, ckpt: Mapping[str, Any], resume) -> None:
+    """Weights, optimiser, scheduler, scaler and step of the checkpoint we resume from."""
+    try:
+        run.system.load_state_dict(ckpt["model"], strict=True)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{resume}: cannot restore the training state "
+                              f"({str(exc).splitlines()[0][:160]})") from None
+    run.step = int(ckpt["step"])
+    run.note(f"resumed from {resume} at step {run.step}")
+
+
+def _restore_rank_rng(ckpt: Mapping[str, Any], info: DistInfo, note) -> None:
+    """This rank's RNG states as saved (rank 0's when the world size changed)."""
+    per_rank_rng = (ckpt.get("extra") or {}).get("rng_per_rank")
+    if per_rank_rng and len(per_rank_rng) == info.world:
+        restore_rng_state(per_rank_rng[info.rank])
+    else:
         if info.enabled:
-            return nn.parallel.DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None)
-        return net
+            note("checkpoint has no RNG state per rank for this world size: "
+                 "continuing with rank 0's")
+        restore_rng_state(ckpt["rng"])
 
-    loss_cfg_all = cfg.loss
-    gate_counts = (kind == "instance" and cfg.model.count_gate
-                   and cfg.model.count_head == "density" and system.category is not None)
-    loss_cfg_loc = dataclasses.replace(cfg.loss, count_weight=0.0)
 
-    def save(path_name: str, epoch: int, extra: dict[str, Any] | None = None) -> Path | None:
-        rng = capture_rng_state()
-        states = [None] * info.world
-        if info.enabled:
-            dist.all_gather_object(states, rng)
-        else:
-            states = [rng]
-        if not info.main:
-            return None
-        return save_checkpoint(
-            out_dir / path_name, system_state=system.state_dict(), config=cfg,
-            networks=networks_of(system), optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if use_amp else None,
-            step=step, epoch=epoch, rng=rng,
-            extra={"rng_per_rank": states, "world_size": info.world, **(extra or {})})
+def _note_plan(run: _Run) -> None:
+    t, plan = run.cfg.train, run.plan
+    phases = (f", count head trained separately from step {plan.split}"
+              + (" (its own schedule: the learning rate restarts there)" if plan.restart else "")
+              if plan.separate else "")
+    run.note(f"stage {t.stage}: {len(run.train_set)} images, {plan.steps_per_epoch} steps/epoch, "
+             f"{plan.total} steps, batch {t.batch_size} x {run.info.world}, device {run.device}"
+             f"{phases}")
 
-    def run_validation(epoch: int) -> None:
-        if info.main:
-            with _rng_preserved():
-                try:
-                    metrics = validate(_unwrap(system), cfg, device, note)
-                except PFNError as exc:
-                    note(f"validation skipped: {exc}")
-                    metrics = {}
-            if metrics:
-                logger.row("val.csv", {"step": step, "epoch": epoch, **metrics})
-                note(f"validation at step {step}: "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-        if info.enabled:
-            dist.barrier()
 
-    bar = tqdm(total=total, initial=step, disable=not (progress and info.main),
+# --------------------------------------------------------------------------- the steps
+
+def _run_steps(run: _Run, progress: bool) -> dict[str, float]:
+    """Train from ``run.step`` to the end of the plan (or until ``train.max_minutes``), logging,
+    checkpointing and validating on the way; return the loss parts of the last step."""
+    t = run.cfg.train
+    spe, total = run.plan.steps_per_epoch, run.plan.total
+    bar = tqdm(total=total, initial=run.step, disable=not (progress and run.info.main),
                desc=f"pfn train {t.stage}", unit="step", dynamic_ncols=True)
     window_images, window_time = 0, 0.0
     last_parts: dict[str, float] = {}
-    flag = torch.zeros(1, device=device)
+    flag = torch.zeros(1, device=run.device)  # 1 on a rank whose loss is not finite
     started = time.perf_counter()
-
-    def out_of_time() -> bool:
-        """``train.max_minutes`` reached (rank 0's clock decides, so all ranks stop together)."""
-        if t.max_minutes <= 0:
-            return False
-        late = (time.perf_counter() - started) / 60.0 >= t.max_minutes
-        if info.enabled:
-            stop = torch.tensor([1.0 if late else 0.0], device=device)
-            dist.broadcast(stop, src=0)
-            late = stop.item() > 0
-        return late
-
+    phase: str | None = None
+    model: nn.Module = run.net  # DDP-wrapped under torchrun, rebuilt when the phase changes
     try:
-        while step < total:
-            epoch, skip = divmod(step, spe)
-            train_set.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip * t.batch_size)
+        while run.step < total:
+            epoch, skip = divmod(run.step, spe)
+            run.train_set.set_epoch(epoch)
+            run.sampler.set_epoch(epoch, skip * t.batch_size)
             tic = time.perf_counter()
-            for batch in loader:
-                phase = phase_of(step)
-                if phase != current_phase:
-                    model = enter_phase(phase)
-                    current_phase = phase
-                    if separate:
-                        note(f"step {step}: training {'the locations (count head frozen)' if phase == 'locations' else 'the count head only'}")
-                _train_mode(net, phase)
-                batch = batch_to(batch, device)
-                with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-                    out = model(batch["image"])  # NetOutputs on the stride-8 grid
-                    if gate_counts:  # counts where the frozen category network sees the class
-                        with torch.no_grad():
-                            seg = system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
-                        out.counts = gated_counts(out.count_density, seg)  # (B, C)
-                    loss, parts = total_loss(out, batch, loss_cfg_loc if phase == "locations"
-                                             else loss_cfg_all, kind)
-                finite = bool(torch.isfinite(loss.detach()).all())
-                if info.enabled:
-                    flag.fill_(0.0 if finite else 1.0)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    finite = flag.item() == 0.0
-                if not finite:
-                    bad = [k for k, v in parts.items() if not math.isfinite(_item(v))]
-                    raise PFNError(
-                        f"non-finite loss at step {step + 1} (epoch {epoch}): "
-                        f"{', '.join(bad) or 'loss'} = "
-                        f"{', '.join(str(_item(parts[k])) for k in bad) or _item(loss)}"
-                        f"; lower train.lr / train.lr_new, set train.grad_clip, or check the data"
-                        + (f"; last good checkpoint: {out_dir / 'last.pt'}"
-                           if (out_dir / "last.pt").is_file() else ""))
-                lrs = [g["lr"] for g in optimizer.param_groups]  # the lr of this step
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if t.grad_clip > 0:  # global norm over the trained parameters
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], t.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                n_img = batch["image"].shape[0] * info.world
+            for batch in run.loader:
+                if run.plan.phase_of(run.step) != phase:
+                    phase = run.plan.phase_of(run.step)
+                    model = _enter_phase(run, phase)
+                _train_mode(run.net, phase)
+                lrs, loss, parts, n_img = _train_step(run, model, batch, phase, epoch, flag)
                 now = time.perf_counter()
-                window_images += n_img
+                window_images += n_img * run.info.world
                 window_time += now - tic
                 tic = now
                 last_parts = {"loss": _item(loss), **{k: _item(v) for k, v in parts.items()
                                                       if k not in ("loss", "total")}}
-                if step < total and out_of_time():
-                    note(f"train.max_minutes={t.max_minutes:g} reached at step {step}")
-                    total = step  # log this step, save, stop
-                if step % max(1, t.log_every) == 0 or step == total:
+                if run.step < total and _out_of_time(run, started):
+                    run.note(f"train.max_minutes={t.max_minutes:g} reached at step {run.step}")
+                    total = run.step  # log this step, save, stop
+                if run.step % max(1, t.log_every) == 0 or run.step == total:
                     ips = window_images / max(window_time, 1e-9)
-                    logger.row("log.csv", {"step": step, "epoch": epoch, "lr": lrs[0],
-                                           "lr_new": lrs[-1], **last_parts,
-                                           "images_per_s": ips})
+                    run.logger.row("log.csv", {"step": run.step, "epoch": epoch, "lr": lrs[0],
+                                               "lr_new": lrs[-1], **last_parts,
+                                               "images_per_s": ips})
                     bar.set_postfix({k: f"{v:.4g}" for k, v in last_parts.items() if "/" not in k}
                                     | {"img/s": f"{ips:.1f}"}, refresh=False)
                     window_images, window_time = 0, 0.0
                 bar.update(1)
-                end_of_epoch = step % spe == 0
-                if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < total:
-                    save("last.pt", step // spe)
-                if end_of_epoch:
-                    done_epoch = step // spe
-                    if t.checkpoint_every <= 0 and step < total:
-                        save("last.pt", done_epoch)
-                    if t.val_every > 0 and done_epoch % t.val_every == 0 and step < total:
-                        run_validation(done_epoch)
+                if t.checkpoint_every > 0 and run.step % t.checkpoint_every == 0 \
+                        and run.step < total:
+                    _save(run, "last.pt", run.step // spe)
+                if run.step % spe == 0:  # end of an epoch
+                    if t.checkpoint_every <= 0 and run.step < total:
+                        _save(run, "last.pt", run.step // spe)
+                    if t.val_every > 0 and (run.step // spe) % t.val_every == 0 \
+                            and run.step < total:
+                        _validate_and_log(run, run.step // spe)
                     break  # next epoch: new permutation
-                if step >= total:
+                if run.step >= total:
                     break
     finally:
         bar.close()
+    return last_parts
 
-    # ---- the end: hashes of every rank, last.pt + final.pt, validation
-    hashes = [param_sha256(net)]
-    if info.enabled:
-        gathered: list[Any] = [None] * info.world
+
+def _enter_phase(run: _Run, phase: str) -> nn.Module:
+    """Set which parameters train in ``phase``; the module to call (a new DDP wrapper under
+    torchrun, since the set of trained parameters changed)."""
+    _set_phase(run.net, phase, run.cfg.train.frozen)
+    model = run.net
+    if run.info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    if run.plan.separate:
+        run.note(f"step {run.step}: training "
+                 + ("the locations (count head frozen)" if phase == "locations"
+                    else "the count head only"))
+    return model
+
+
+def _train_step(run: _Run, model: nn.Module, batch: dict[str, torch.Tensor], phase: str,
+                epoch: int, flag: torch.Tensor
+                ) -> tuple[list[float], torch.Tensor, dict[str, Any], int]:
+    """One optimiser step on ``batch`` (``run.step`` advances by one); returns the learning
+    rates of the step, the loss, its parts and the number of images of this rank."""
+    t = run.cfg.train
+    batch = batch_to(batch, run.device)
+    loss_cfg = (dataclasses.replace(run.cfg.loss, count_weight=0.0) if phase == "locations"
+                else run.cfg.loss)
+    with torch.autocast("cuda", dtype=torch.float16) if run.use_amp else nullcontext():
+        out = model(batch["image"])  # NetOutputs on the stride-8 grid
+        if run.gate_counts:  # counts where the frozen category network sees the class
+            with torch.no_grad():
+                seg = run.system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
+            out.counts = gated_counts(out.count_density, seg)  # (B, C)
+        loss, parts = total_loss(out, batch, loss_cfg, run.kind)
+    _stop_unless_finite(run, loss, parts, epoch, flag)
+    lrs = [g["lr"] for g in run.optimizer.param_groups]  # the lr of this step
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if t.grad_clip > 0:  # global norm over the trained parameters
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in run.optimizer.param_groups for p in g["params"]], t.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.step += 1
+    return lrs, loss, parts, batch["image"].shape[0]
+
+
+def _stop_unless_finite(run: _Run, loss: torch.Tensor, parts: Mapping[str, Any], epoch: int,
+                        flag: torch.Tensor) -> None:
+    """Raise :class:`PFNError` naming the step and the loss parts when the loss of any rank is
+    not finite (all ranks stop together)."""
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if run.info.enabled:
+        flag.fill_(0.0 if finite else 1.0)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        finite = flag.item() == 0.0
+    if finite:
+        return
+    bad = [k for k, v in parts.items() if not math.isfinite(_item(v))]
+    last = run.out_dir / "last.pt"
+    raise PFNError(
+        f"non-finite loss at step {run.step + 1} (epoch {epoch}): "
+        f"{', '.join(bad) or 'loss'} = "
+        f"{', '.join(str(_item(parts[k])) for k in bad) or _item(loss)}"
+        f"; lower train.lr / train.lr_new, set train.grad_clip, or check the data"
+        + (f"; last good checkpoint: {last}" if last.is_file() else ""))
+
+
+def _out_of_time(run: _Run, started: float) -> bool:
+    """``train.max_minutes`` reached (rank 0's clock decides, so all ranks stop together)."""
+    max_minutes = run.cfg.train.max_minutes
+    if max_minutes <= 0:
+        return False
+    late = (time.perf_counter() - started) / 60.0 >= max_minutes
+    if run.info.enabled:
+        stop = torch.tensor([1.0 if late else 0.0], device=run.device)
+        dist.broadcast(stop, src=0)
+        late = stop.item() > 0
+    return late
+
+
+# --------------------------------------------------------------------------- checkpoints, the end
+
+def _save(run: _Run, name: str, epoch: int, extra: dict[str, Any] | None = None) -> Path | None:
+    """Write ``out_dir/name`` (rank 0) with the training state and every rank's RNG states
+    (gathered from all ranks, so every rank must call this)."""
+    rng = capture_rng_state()
+    states = [None] * run.info.world
+    if run.info.enabled:
+        dist.all_gather_object(states, rng)
+    else:
+        states = [rng]
+    if not run.info.main:
+        return None
+    return save_checkpoint(
+        run.out_dir / name, system_state=run.system.state_dict(), config=run.cfg,
+        networks=networks_of(run.system), optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict() if run.use_amp else None,
+        step=run.step, epoch=epoch, rng=rng,
+        extra={"rng_per_rank": states, "world_size": run.info.world, **(extra or {})})
+
+
+def _validate_and_log(run: _Run, epoch: int) -> None:
+    """Validation metrics (rank 0, global RNGs untouched) into ``val.csv``; the other ranks
+    wait for it."""
+    if run.info.main:
+        with _rng_preserved():
+            try:
+                metrics = validation_metrics(_unwrap(run.system), run.cfg, run.device, run.note)
+            except PFNError as exc:
+                run.note(f"validation skipped: {exc}")
+                metrics = {}
+        if metrics:
+            run.logger.row("val.csv", {"step": run.step, "epoch": epoch, **metrics})
+            run.note(f"validation at step {run.step}: "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    if run.info.enabled:
+        dist.barrier()
+
+
+def _finish(run: _Run, last_parts: dict[str, float]) -> Path:
+    """The end: every rank's parameter hash, ``last.pt`` and ``final.pt``, a last validation."""
+    hashes = [param_sha256(run.net)]
+    if run.info.enabled:
+        gathered: list[Any] = [None] * run.info.world
         dist.all_gather_object(gathered, hashes[0])
         hashes = [str(h) for h in gathered]
         if len(set(hashes)) != 1:
-            note(f"WARNING: ranks ended with different weights: {hashes}")
-    _set_phase(net, "all", t.frozen)
+            run.note(f"WARNING: ranks ended with different weights: {hashes}")
+    _set_phase(run.net, "all", run.cfg.train.frozen)
     extra = {"rank_param_sha256": hashes, "final_loss": last_parts,
-             "base_lrs": base_lrs, "steps_per_epoch": spe}
-    save("last.pt", step // spe, extra)
-    final = out_dir / "final.pt"
-    save("final.pt", step // spe, extra)
-    run_validation(step // spe)
-    logger.close()
-    if info.main:
-        note(f"done: {step} steps; final checkpoint {final}")
+             "base_lrs": run.base_lrs, "steps_per_epoch": run.plan.steps_per_epoch}
+    epoch = run.step // run.plan.steps_per_epoch
+    _save(run, "last.pt", epoch, extra)
+    final = run.out_dir / "final.pt"
+    _save(run, "final.pt", epoch, extra)
+    _validate_and_log(run, epoch)
+    run.logger.close()
+    if run.info.main:
+        run.note(f"done: {run.step} steps; final checkpoint {final}")
     return final

@@ -11,6 +11,7 @@ import numpy as np
 
 from .output import atomic_write
 from .structures import STRIDE, Instances, NetworkOutput
+from .targets import predicted_centers
 
 
 def _pyplot():
@@ -125,16 +126,6 @@ def save_overlay(path: str | Path, image: np.ndarray, instances: Instances,
     return out
 
 
-def predicted_centers(net: NetworkOutput) -> np.ndarray:
-    """``(2, h, w)`` predicted instance center (x, y) per grid cell, in pixel-index units
-    (pixel j's center is j, as matplotlib and napari draw them)."""
-    from .targets import decode_locations, grid_pixel_positions
-
-    h, w = net.image_size
-    dec = decode_locations(net.locations, net.encoding, grid_pixel_positions((h, w)))
-    return np.stack([dec["cx"] * w - 0.5, dec["cy"] * h - 0.5]).astype(np.float32)  # (2, gh, gw)
-
-
 def grid_pixel_xy(grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Pixel (x, y) under each stride-8 grid cell: ``(gh, gw)`` arrays."""
     gh, gw = grid_hw
@@ -148,7 +139,7 @@ def save_arrows(path: str | Path, image: np.ndarray, net: NetworkOutput,
     center it predicts, coloured by the instance the pixel was grouped into."""
     plt = _pyplot()
     h, w = net.image_size
-    centers = predicted_centers(net)  # (2, gh, gw)
+    centers = predicted_centers(net, pixels=True)  # (2, gh, gw)
     xs, ys = grid_pixel_xy(centers.shape[1:])
     fg = net.class_probs.argmax(0) > 0  # (gh, gw)
     sel = np.zeros_like(fg)

@@ -30,8 +30,6 @@ def _show_oracle(widget, voc_root: str, sample_key: str) -> None:
     """Replace the widget's network output by the sample's ground truth and redraw."""
     from pfn_napari.data import open_dataset
     from pfn_napari.grouping import oracle_network_output
-    from pfn_napari.napari._layers import Geometry
-    from pfn_napari.napari._session import predicted_centers
 
     s = widget.session
     ds = open_dataset(f"voc:{voc_root}", "trainval", s.class_names)
@@ -41,10 +39,7 @@ def _show_oracle(widget, voc_root: str, sample_key: str) -> None:
         raise SystemExit(f"screenshots: error: {image_id} is {sample.image.shape}, the sample "
                          f"image {s.image.shape}")
     net = oracle_network_output(sample, len(s.class_names), s.model.encoding, full_classes=True)
-    s.net, s._grouper, s.clustering = net, None, None
-    s.geom = Geometry(s.image.shape[:2], tuple(net.image_size))
-    s.centers = predicted_centers(net)
-    s.network_seconds = 0.0
+    s.use_network_output(net)
     widget.weights_edit.setText(f"(oracle: ground truth of COCO {int(image_id)})")
     widget._build_count_spins()
     widget._show_network_layers()
@@ -67,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="show the sample's ground truth as the network output (no weights needed)")
     args = ap.parse_args(argv)
 
-    import torch  # before napari's OpenGL context (see pfn_napari.napari._hide_triton)
+    import torch  # before napari's OpenGL context (see pfn_napari.napari)
 
     torch.set_num_threads(2)
     import napari
 
     from pfn_napari.inference import default_weights_path
     from pfn_napari.napari import PFNWidget
-    from pfn_napari.napari import _layers as L
+    from pfn_napari.napari import layers as L
 
     weights = args.weights or str(default_weights_path())
     if args.oracle:

@@ -16,6 +16,7 @@ and writes the model card (README.md beside the weights) from those numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import json
 import platform
@@ -91,7 +92,7 @@ truncated or other-version file gives one line naming it (`CheckpointError`).
 | training data | split `train` of: the 60 COCO photos in VOC layout (repeated 3x), 136 Penn-Fudan pedestrian photos, 223 Weizmann horse photos, {meta.get('synthetic', 100)} synthetic images; no val image is trained on |
 | recipe | `cpu-demo` (pfn_napari/configs/cpu-demo.yaml): crops 257, scale 0.6-1.4, flips, Simple Copy-Paste (p 0.5), batch 4, SGD momentum 0.9, wd 5e-4, lr {meta.get('category_lr', '0.002,0.01')} (pre-trained,new) x0.1 after 70% of each stage, gradient norm clipped at 10; location loss in 32-pixel units (lambda 1), Caffe's per-image Euclidean count loss |
 | stages | 1: the category network; 2: the instance network from it; 3: the count head alone (everything else frozen), its per-cell counts weighted by the category network's probabilities (`model.count_gate`), as the shipped model reads them |
-| training time | {meta['train_minutes']} min = {meta['train_minutes'] / 60:.2f} hours on this project's 2-core CPU ({meta['machine']}): stage 1 {steps.get('category')} steps, stage 2 {steps.get('instance')} steps, stage 3 {steps.get('counts', 0)} steps (bounds: {meta['category_minutes']:g} + {meta['instance_minutes']:g} + {meta.get('count_minutes', 0):g} min) |
+| training time | {meta['train_minutes']} min = {meta['train_minutes'] / 60:.2f} hours on this project's 2-core CPU ({meta['machine']}): {', '.join(f'{k} {v} steps' for k, v in steps.items())} (stage 1 category, stage 2 instance, stage 3 counts; bounds: {meta['category_minutes']:g} + {meta['instance_minutes']:g} + {meta.get('count_minutes', 0):g} min) |
 | command | `{meta['command']}` |
 | grouping default | `vote` (the fast grouping; `--grouping spectral` for the paper's) |
 | size | {weights.stat().st_size / 1e6:.1f} MB (float16; cast to float32 on load) |
@@ -149,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-weights", type=Path, default=None,
                     help="skip stages 1-2: take the stage-2 weights this script wrote before "
                          "(their logs and times) and OUT/instance/final.pt, then run stage 3")
+    ap.add_argument("--continue-from", type=Path, default=None,
+                    help="skip stage 1: continue stage 2 from this instance (or stage-3) checkpoint "
+                         "for --instance-steps/--instance-minutes at --instance-lr, then stage 3; "
+                         "the model card adds this run to the history in --continue-meta")
+    ap.add_argument("--continue-meta", type=Path, default=None,
+                    help="with --continue-from: the weights file of the run being continued "
+                         "(default: the shipped weights), for its logs, steps and hours")
+    ap.add_argument("--instance-lr", default="0.002,0.01",
+                    help="stage-2 learning rates (pre-trained,new)")
     ap.add_argument("--note", action="append", default=[],
                     help="a sentence for the model card about this run (repeatable)")
     ap.add_argument("--card-only", action="store_true",
@@ -186,16 +196,18 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(argv or sys.argv[1:])}
         return finish(args.count_init or out / "instance" / "final.pt", out, spec, meta, args,
                       baseline)
+    if args.continue_from is not None:
+        return continue_run(args, argv, out, spec, decay, baseline)
     t0 = time.perf_counter()
     ckpt, logs = train_two_stages(out, spec, category_steps=args.category_steps,
                                   instance_steps=args.instance_steps,
                                   category_minutes=args.category_minutes,
                                   instance_minutes=args.instance_minutes,
                                   stage_overrides={
-                                      "category": [f"train.lr={args.category_lr.split(',')[0]}",
-                                                   f"train.lr_new={args.category_lr.split(',')[1]}",
+                                      "category": [*_lr(args.category_lr),
                                                    decay(args.category_steps)],
-                                      "instance": [decay(args.instance_steps)]})
+                                      "instance": [*_lr(args.instance_lr),
+                                                   decay(args.instance_steps)]})
     minutes = (time.perf_counter() - t0) / 60
     history = {stage: list(csv.DictReader(open(path, newline=""))) for stage, path in logs.items()}
     meta = {"data": spec.replace(str(shared), "shared/data"),
@@ -206,6 +218,35 @@ def main(argv: list[str] | None = None) -> int:
             "train_minutes": round(minutes, 1), "machine": f"{platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
             "history": history, "notes": list(args.note)}
+    return finish(ckpt, out, spec, meta, args, baseline)
+
+
+def _lr(pair: str) -> list[str]:
+    """``"0.002,0.01"`` -> the settings of the pre-trained and the new layers' learning rates."""
+    old, new = pair.split(",")
+    return [f"train.lr={old}", f"train.lr_new={new}"]
+
+
+def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None) -> int:
+    """More of stage 2 from ``--continue-from`` (its category network stays), then stage 3;
+    the weights' ``meta`` adds this run's steps, minutes and logs to the continued run's."""
+    _, _, old = load_checkpoint(args.continue_meta or default_weights_path())
+    t0 = time.perf_counter()
+    ckpt, logs = train_two_stages(out, spec, instance_steps=args.instance_steps,
+                                  instance_minutes=args.instance_minutes, init=args.continue_from,
+                                  stage_overrides={"instance": [*_lr(args.instance_lr),
+                                                                decay(args.instance_steps)]})
+    rows = list(csv.DictReader(open(logs["instance"], newline="")))
+    minutes = (time.perf_counter() - t0) / 60
+    meta = {**old, "notes": [*old.get("notes", []), *args.note],
+            "command": old["command"] + " ; then python scripts/train_default_weights.py "
+            + " ".join(argv or sys.argv[1:]),
+            "instance_minutes": old["instance_minutes"] + args.instance_minutes,
+            "steps": {**old["steps"], "instance_continued": int(rows[-1]["step"]) if rows else 0},
+            "train_minutes": round(old["train_minutes"] + minutes, 1),
+            "history": {**old["history"], "instance_continued": rows}}
+    for key in ("kind", "format_version", "pfn_napari_version", "networks", "dtype"):
+        meta.pop(key, None)  # written again by save_weights
     return finish(ckpt, out, spec, meta, args, baseline)
 
 
@@ -223,11 +264,15 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
             "data.scale_max=1", "data.copy_paste=0"])
         ckpt = train(cfg)
         rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
-        meta = {**meta, "count_minutes": args.count_minutes,
+        key = "counts_continued" if args.continue_from is not None else "counts"
+        meta = {**meta, "count_minutes": meta.get("count_minutes", 0) + args.count_minutes,
                 "train_minutes": round(meta["train_minutes"] + (time.perf_counter() - t0) / 60, 1),
-                "steps": {**meta["steps"], "counts": int(rows[-1]["step"]) if rows else 0},
-                "history": {**meta["history"], "counts": rows}}
+                "steps": {**meta["steps"], key: int(rows[-1]["step"]) if rows else 0},
+                "history": {**meta["history"], key: rows}}
     system, cfg, _ = load_checkpoint(ckpt)
+    if args.continue_from is not None:  # keep the grouping settings chosen for the continued run
+        _, old_cfg, _ = load_checkpoint(args.continue_meta or default_weights_path())
+        cfg = dataclasses.replace(cfg, grouping=old_cfg.grouping)
     path = save_weights(args.weights, system, cfg, meta, half=True)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min "
           "of training")

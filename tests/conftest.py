@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if "PFN_CACHE_DIR" not in os.environ:  # the ONNX graphs of the shipped model: not in ~/.cache
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PFN_CACHE_DIR"] = tempfile.mkdtemp(prefix="pfn-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PFN_CACHE_DIR"], True)
 
 
 def _one_qt_binding() -> None:

@@ -166,12 +166,12 @@ def test_crf_flags_and_settings_reach_the_networks(shapes_weights, tmp_path, mon
 
 
 def test_unwritable_out_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
-    from pfn_napari.cli import evaluate as cli_evaluate
+    from pfn_napari import producers
 
     def never(*args, **kwargs):
         raise AssertionError("evaluated although --out cannot be written")
 
-    monkeypatch.setattr(cli_evaluate, "evaluate_dataset", never)
+    monkeypatch.setattr(producers, "evaluate_dataset", never)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     for out in (blocker, blocker / "sub"):

@@ -46,7 +46,7 @@ def test_predict_goes_on_after_an_image_too_large_or_any_other_failure(tmp_path,
     """A decompression bomb (here: Pillow's limit lowered to 1000 pixels) or an unexpected
     error on one image is reported like a bad image; the later images and predictions.json
     are still written."""
-    from pfn_napari.cli import predict
+    import pfn_napari.data as data
 
     weights = tiny_weights(tmp_path)
     images = tmp_path / "images"
@@ -55,14 +55,14 @@ def test_predict_goes_on_after_an_image_too_large_or_any_other_failure(tmp_path,
                         ("c.png", (24, 24, 3))):
         Image.fromarray(np.full(shape, 120, np.uint8)).save(images / name)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 56 > 2 x 1000: a "bomb"
-    real = predict.read_image
+    real = data.read_image
 
     def read(path):
         if path.name == "b_oom.png":
             raise MemoryError("Unable to allocate 11.2 GiB")
         return real(path)
 
-    monkeypatch.setattr(predict, "read_image", read)
+    monkeypatch.setattr(data, "read_image", read)
     out = tmp_path / "out"
     assert main(["predict", str(weights), str(images), "--out", str(out), "--device", "cpu"]) == 1
     err = capsys.readouterr().err

@@ -126,7 +126,7 @@ def test_coco_bad_inputs_name_the_file(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(images / "p2.jpg")
     with pytest.raises(DatasetError, match=r"p2\.jpg: 5x5 pixels but instances\.json says 30x20"):
         ds[1]
-    assert len(ds.validate()) == 1
+    assert len(ds.check_files()) == 1
     with pytest.warns(UserWarning, match=r"skipped 1 bad sample.*p2\.jpg"):
         good = list(ds.iter_valid())
     assert [s.image_id for s in good] == [7] and len(ds.skipped) == 1

@@ -23,7 +23,7 @@ def test_sequence_protocol() -> None:
     assert [s.image_id for s in ds.subset([4, 0])] == [ds.image_ids[4], ds.image_ids[0]]
     with pytest.raises(IndexError):
         ds[6]
-    assert ds.validate() == []
+    assert ds.check_files() == []
     assert ds.drop_bad() is ds
 
 

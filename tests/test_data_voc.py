@@ -93,7 +93,7 @@ def test_voc_errors_name_the_file(tmp_path: Path) -> None:
     (voc / "JPEGImages" / "img0.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(DatasetError, match=r"img0\.jpg: corrupt or truncated image"):
         ds[0]
-    assert len(ds.validate()) == 2
+    assert len(ds.check_files()) == 2
     with pytest.warns(UserWarning, match="skipped 2 bad"):
         assert len(ds.drop_bad()) == 0
 

@@ -4,7 +4,7 @@ test, marked slow)."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -379,6 +379,81 @@ def test_eager_grouper_has_the_embedding_for_one_instance_classes():
     assert vecs.shape == (len(eager_data), 1 + 8)
     assert len(eager.run(GroupingConfig(sigma=0.5), count_override={1: 2}).instances) == 2
     assert eager_data.cache[key] is vecs
+
+
+def _changed(value):
+    """Another valid value of a GroupingConfig field."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2
+    raise TypeError(f"no other value known for {value!r}")
+
+
+def _three_box_grouper() -> Grouper:
+    sample = make_sample([(1, 0, 24, 0, 24), (1, 0, 24, 32, 64), (1, 24, 40, 8, 56)])
+    return Grouper(oracle_network_output(sample, 1, noise=0.02, rng=1, full_classes=True))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_declared_cache_field_recomputes_and_others_reuse(method, monkeypatch):
+    entry = GROUPING_METHODS[method]
+    assert entry.cache_fields and set(entry.cache_fields) <= {f.name for f in
+                                                              fields(GroupingConfig)}
+    calls = []
+
+    def counting(data, k, cfg):
+        calls.append(cfg)
+        return entry.fn(data, k, cfg)
+
+    monkeypatch.setitem(GROUPING_METHODS, method, replace(entry, fn=counting))
+    grouper = _three_box_grouper()
+    cfg = GroupingConfig(method=method)
+    grouper.run(cfg)
+    grouper.run(cfg)
+    assert len(calls) == 1  # the same settings: the cached clustering
+    for name in entry.cache_fields:
+        calls.clear()
+        grouper.run(replace(cfg, **{name: _changed(getattr(cfg, name))}))
+        assert len(calls) == 1, f"{method}: a changed {name} served the cached clustering"
+    calls.clear()
+    # settings that only the Grouper reads (on the same class cells) reuse the clustering
+    for change in ({"tau": 0.9}, {"size_filter": False}, {"min_size_frac": 0.01},
+                   {"scoring": "ones"}, {"assign": "location"}):
+        grouper.run(replace(cfg, **change))
+    assert calls == []
+
+
+class RecordingConfig:
+    """A GroupingConfig that records the fields read from it."""
+
+    def __init__(self, cfg: GroupingConfig) -> None:
+        self._cfg = cfg
+        self.read: set[str] = set()
+
+    def __getattr__(self, name: str):
+        self.read.add(name)
+        return getattr(self._cfg, name)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_method_reads_only_the_fields_it_declares(method):
+    entry = GROUPING_METHODS[method]
+    grouper = _three_box_grouper()
+    data = grouper.class_data(1, grouper.grid_class == 1)
+    read: set[str] = set()
+    for use_coords in (True, False):
+        for k in (1, 2, 3, 5):
+            for eager in (False, True):
+                fresh = replace(data, cache={"eager": eager})
+                cfg = RecordingConfig(GroupingConfig(method=method, use_coords=use_coords))
+                entry(fresh, k, cfg)
+                read |= cfg.read
+    undeclared = read - set(entry.cache_fields)
+    assert not undeclared, f"{method} reads {sorted(undeclared)} but does not declare them"
+    assert read == set(entry.cache_fields)  # and declares nothing it never reads
 
 
 def test_widget_scale_recluster_is_fast():

@@ -80,7 +80,9 @@ def test_predict_returns_masks_at_the_given_size(tiny_model_path, monkeypatch):
     monkeypatch.setattr(inference, "MAX_SIDE", 64)
     image = np.random.default_rng(1).integers(0, 255, (60, 130, 3), dtype=np.uint8)
     assert inference.run_network(model, image).image_size == (30, 64)  # resized for the networks
-    inst = inference.predict(model, image, image_id="x")
+    from pfn_napari.predictor import predict
+
+    inst = predict(model, image, image_id="x")
     assert inst.masks.shape[1:] == (60, 130) and inst.image_id == "x"
     assert len(inst.scores) == len(inst.classes) == len(inst.masks)
 

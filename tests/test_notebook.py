@@ -63,7 +63,7 @@ def test_oracle_recluster_gives_back_the_ground_truth(view):
            for m in result.instances.masks}
     assert got == {(r0, c0, r1, c1) for _, r0, r1, c0, c1 in RECTS}
     assert result.instances.image_size == (97, 129)
-    assert result.assignment.shape == (13, 17)  # grid_size(97), grid_size(129)
+    assert result.grid_labels.shape == (13, 17)  # grid_size(97), grid_size(129)
     assert view.present_classes() == [1, 2]
     assert view.counts_by_name() == {"square": 2.0, "bar": 1.0}
 
@@ -134,7 +134,7 @@ def test_stage_figures_have_the_expected_axes_and_titles(view):
                       "rx: box right edge, column", "ry: box bottom edge, row"]
     assert len(fig.axes) == 7  # six channels and the colour bar
     # every 2nd foreground cell in each direction gets an arrow
-    fg = result.refined > 0
+    fg = result.refined_class_map > 0
     arrows = int(fg[::2, ::2].sum())
     assert [a.get_title() for a in plot_vectors(view, result).axes] == \
         [f"velocity vectors ({arrows} arrows)"]

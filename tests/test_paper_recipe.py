@@ -51,7 +51,8 @@ def test_new_choices_are_checked_with_the_bad_value_named():
 
 @pytest.mark.slow
 def test_paper_recipe_one_step_per_stage(tmp_path):
-    from pfn_napari.inference import load_model, predict
+    from pfn_napari.inference import load_model
+    from pfn_napari.predictor import predict
     from pfn_napari.train import train
 
     cat = train(load_config("paper-vgg16", TINY + ["train.stage=category",

@@ -237,9 +237,9 @@ def test_set_phase_freezes_the_right_parameters():
 
 
 def test_non_finite_loss_stops_with_the_step_and_the_part(tmp_path, monkeypatch):
-    import pfn_napari.losses as losses
+    import pfn_napari.train as train_module
 
-    real = losses.total_loss
+    real = train_module.total_loss
     calls = {"n": 0}
 
     def poisoned(out, batch, cfg, kind):
@@ -253,7 +253,7 @@ def test_non_finite_loss_stops_with_the_step_and_the_part(tmp_path, monkeypatch)
             poisoned.key = key
         return loss, parts
 
-    monkeypatch.setattr(losses, "total_loss", poisoned)
+    monkeypatch.setattr(train_module, "total_loss", poisoned)
     cfg = tiny_cfg(tmp_path, "nan", "train.max_steps=3")
     with pytest.raises(PFNError, match=r"non-finite loss at step 2 .*") as info:
         train(cfg, progress=False)
@@ -274,16 +274,16 @@ def test_instance_stage_with_size_consistent_heads_and_gated_counts(category_run
                                                                      monkeypatch):
     """The shipped recipe's instance settings: unit locations, density counts gated by the
     frozen category network during training (the logged count loss uses the gated counts)."""
-    from pfn_napari.model import pfn as pfn_module
+    import pfn_napari.train as train_module
 
     calls = []
-    real = pfn_module.gated_counts
+    real = train_module.gated_counts
 
     def spy(density, seg):
         calls.append(tuple(seg.shape))
         return real(density, seg)
 
-    monkeypatch.setattr(pfn_module, "gated_counts", spy)
+    monkeypatch.setattr(train_module, "gated_counts", spy)
     _, cat_final = category_run
     cfg = tiny_cfg(tmp_path, "gated", "train.stage=instance", "train.max_steps=2",
                    f"train.init={cat_final}", "model.location_unit=32",

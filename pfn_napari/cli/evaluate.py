@@ -31,21 +31,11 @@ see docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
     from ..data import PFNDataset
-    from ..structures import Instances, Sample
-
-#: A producer turns image ``index`` of the dataset (and its sample) into the prediction to
-#: evaluate: the instances and, optionally, an ``(H, W)`` class map for the mean IoU (``None``:
-#: the instances' class map). New ways of predicting (a checkpoint, oracle locations, oracle
-#: counts) are new producers; see :func:`make_producer`.
-Producer = Callable[[int, "Sample"], "tuple[Instances, np.ndarray | None]"]
-
+    from ..producers import Producer
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="AP^r / AP^r_vol / mIoU of predictions on a dataset",
@@ -131,7 +121,7 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def load_dataset(args: argparse.Namespace) -> "PFNDataset":
+def load_dataset(args: argparse.Namespace) -> PFNDataset:
     """The dataset named by ``--data/--split/--classes`` (cut to ``--limit`` images)."""
     from ..data import open_dataset
     from ..errors import PFNError
@@ -149,118 +139,48 @@ def load_dataset(args: argparse.Namespace) -> "PFNDataset":
     return dataset
 
 
-def oracle_producer() -> Producer:
-    """The ground truth as the prediction (``Instances.from_sample``, scores 1.0)."""
-    from ..structures import Instances
-
-    def produce(index: int, sample: "Sample") -> "tuple[Instances, None]":
-        return Instances.from_sample(sample), None
-
-    return produce
-
-
-def predictions_producer(path: str, dataset: "PFNDataset") -> Producer:
-    """Instances read from a COCO results file (checked against the dataset up front, masks
-    decoded image by image)."""
-    from ..evaluate import load_coco_results
-
-    results = load_coco_results(path, dataset)
-
-    def produce(index: int, sample: "Sample") -> "tuple[Instances, None]":
-        return results.encoded(index, tuple(sample.class_map.shape)), None  # RLEs, not masks
-
-    return produce
-
-
 def _grouping_config(args: argparse.Namespace, base=None):
     """The grouping settings: the model's (or the defaults), then --grouping and --set."""
     from dataclasses import replace
 
-    from ..config import PFNConfig, apply_overrides, config_from_dict, config_to_dict, validate
+    from ..config import PFNConfig, apply_overrides, config_from_dict, config_to_dict
 
     cfg = base or PFNConfig()
     overrides = list(getattr(args, "overrides", None) or [])
     if overrides:
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
-        validate(cfg)
+        cfg.validate()
     gcfg = cfg.grouping
     if getattr(args, "grouping", None):
         gcfg = replace(gcfg, method=args.grouping)
-    from ..grouping import check_config
-
-    check_config(gcfg)
+    gcfg.validate()
     return cfg, gcfg
 
 
-def model_producer(args: argparse.Namespace, dataset: "PFNDataset") -> Producer:
-    """A checkpoint's networks + grouping; ``--oracle-counts`` swaps in the true counts,
-    ``--oracle-locations`` the true locations (:func:`~pfn_napari.grouping.with_true_locations`)."""
+def model_producer(args: argparse.Namespace, dataset: PFNDataset) -> Producer:
+    """A checkpoint through a :class:`~pfn_napari.predictor.Predictor`; ``--oracle-counts``
+    swaps in the true counts, ``--oracle-locations`` the true locations."""
     from dataclasses import replace
 
-    import numpy as np
+    from ..predictor import Predictor
+    from ..producers import model_producer as produce_with
 
-    from ..errors import PFNError
-    from ..grouping import Grouper, with_true_locations
-    from ..inference import load_model, resize_instances, run_network
-
-    model = load_model(None if args.checkpoint == "default" else args.checkpoint, args.device)
-    if tuple(model.class_names) != tuple(dataset.classes):
-        known = set(model.class_names)
-        if not known & set(dataset.classes):
-            raise PFNError(f"{args.checkpoint}: the model's classes ({', '.join(model.class_names)}) "
-                           f"share none with the data's ({', '.join(dataset.classes)})")
-    cfg, gcfg = _grouping_config(args, model.config)
-    model.config = replace(model.config, crf=cfg.crf)  # --set crf.KEY=VALUE reaches the CRF
-    lut = np.array([0] + [dataset.classes.index(n) + 1 if n in dataset.classes else 0
-                          for n in model.class_names])
-    rng = np.random.default_rng(args.seed)
-
-    def produce(index: int, sample: "Sample") -> "tuple[Instances, np.ndarray]":
-        from ..structures import Instances
-
-        net = run_network(model, sample.image, crf=args.crf, name=str(sample.image_id))
-        if args.oracle_locations:
-            net = with_true_locations(net, sample.instance_map, args.noise, rng)
-        override = None
-        if args.oracle_counts:
-            override = {c: int(np.sum(sample.instance_classes == c))
-                        for c in range(1, model.num_classes + 1)}
-        inst = Grouper(net).run(gcfg, override).instances
-        inst = resize_instances(inst, sample.class_map.shape)
-        keep = lut[inst.classes] > 0  # classes of the model the data does not know are dropped
-        inst = Instances(inst.masks[keep], lut[inst.classes[keep]], inst.scores[keep], sample.image_id)
-        semantic = lut[np.asarray(net.full_class_probs.argmax(0))].astype(np.uint8)
-        if semantic.shape != sample.class_map.shape:
-            import torch
-            import torch.nn.functional as F
-
-            t = torch.from_numpy(semantic)[None, None].float()
-            semantic = F.interpolate(t, size=sample.class_map.shape, mode="nearest")[0, 0]
-            semantic = semantic.numpy().astype(np.uint8)
-        return inst, semantic
-
-    return produce
+    predictor = Predictor(args.checkpoint, args.device, crf=args.crf)
+    cfg, gcfg = _grouping_config(args, predictor.model.config)
+    predictor.model.config = replace(predictor.model.config, crf=cfg.crf)  # --set crf.KEY=VALUE
+    predictor.grouping = gcfg
+    return produce_with(predictor, dataset, oracle_counts=args.oracle_counts,
+                        oracle_locations=args.oracle_locations, noise=args.noise, seed=args.seed)
 
 
-def oracle_locations_producer(args: argparse.Namespace, dataset: "PFNDataset") -> Producer:
+def oracle_locations_producer(args: argparse.Namespace, dataset: PFNDataset) -> Producer:
     """Ground-truth classes and location vectors (+ noise) through the grouping."""
-    import numpy as np
-
-    from ..grouping import group, oracle_network_output
+    from ..producers import oracle_locations_producer as produce_with
 
     cfg, gcfg = _grouping_config(args)
-    encoding = args.encoding or cfg.model.encoding
-    rng = np.random.default_rng(args.seed)
-    num_classes = len(dataset.classes)
-
-    def produce(index: int, sample: "Sample") -> "tuple[Instances, None]":
-        net = oracle_network_output(sample, num_classes, encoding, noise=args.noise, rng=rng,
-                                    stride=args.stride or 8, full_classes=not args.grid_classes)
-        inst = group(net, gcfg)
-        inst.image_id = sample.image_id
-        return inst, None
-
-    return produce
+    return produce_with(len(dataset.classes), gcfg, args.encoding or cfg.model.encoding,
+                        noise=args.noise, seed=args.seed, stride=args.stride or 8,
+                        full_classes=not args.grid_classes)
 
 
 def describe_model_run(args: argparse.Namespace) -> str:
@@ -276,9 +196,10 @@ def describe_model_run(args: argparse.Namespace) -> str:
     return what
 
 
-def make_producer(args: argparse.Namespace, dataset: "PFNDataset") -> tuple[str, Producer]:
+def make_producer(args: argparse.Namespace, dataset: PFNDataset) -> tuple[str, Producer]:
     """Pick the producer from the options: returns ``(description, producer)``."""
     from ..errors import PFNError
+    from ..producers import oracle_producer, predictions_producer
 
     chosen = [name for name, on in (("--oracle", args.oracle),
                                     ("--predictions", bool(args.predictions)),
@@ -308,25 +229,10 @@ def make_producer(args: argparse.Namespace, dataset: "PFNDataset") -> tuple[str,
                    "--predictions PRED.json")
 
 
-def evaluate_dataset(dataset: "PFNDataset", produce: Producer, thresholds: tuple[float, ...],
-                     ap_style: str, desc: str = "evaluate"):
-    """Run ``produce`` on every image (tqdm bar) and evaluate; returns ``Metrics``."""
-    from tqdm import tqdm
-
-    from ..evaluate import Evaluator
-
-    evaluator = Evaluator(dataset.classes, thresholds, ap_style)
-    bar = tqdm(range(len(dataset)), desc=desc, unit="img")
-    for index in bar:
-        sample = dataset[index]
-        instances, semantic = produce(index, sample)
-        evaluator.add(sample, instances, semantic)
-    return evaluator.result()
-
-
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import format_table, write_metrics
     from ..output import check_output_dir
+    from ..producers import evaluate_dataset
 
     thresholds = parse_thresholds(args.thresholds)
     check_output_dir(args.out)  # before the work, not after it

@@ -28,10 +28,8 @@ def run(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
     except ValueError as exc:
         raise PFNError(f"--size: {exc}") from None
-    try:
-        from ..checkpoint import load_checkpoint
-    except ImportError:
-        raise PFNError("pfn_napari.checkpoint is not available in this install") from None
+    from ..checkpoint import load_checkpoint
+
     system, cfg, _meta = load_checkpoint(Path(args.checkpoint), map_location="cpu")
     paths = export_system(system, args.out, size=size, onnx=not args.no_onnx)
     for kind, path in paths.items():

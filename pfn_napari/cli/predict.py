@@ -65,30 +65,6 @@ def collect_images(items: list[str]) -> list[Path]:
     return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
-def read_image(path: Path):
-    """Read an image file as (H, W, 3) uint8 RGB; a clear error for anything unreadable."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from ..errors import PFNError
-    from ..inference import as_rgb_uint8
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img).astype(np.uint16)
-            else:  # (no copy of an image already RGB: big images are read once)
-                arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    except UnidentifiedImageError:
-        raise PFNError(f"{path}: not an image file PIL can read") from None
-    except Image.DecompressionBombError as exc:
-        raise PFNError(f"{path}: too large to read ({exc}); shrink the image first") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise PFNError(f"{path}: unreadable or truncated image ({exc})") from None
-    return as_rgb_uint8(arr, str(path))
-
-
 PREDICTIONS = "predictions.json"
 LOCK = ".pfn-predict.lock"
 
@@ -135,16 +111,17 @@ def read_previous(out: Path) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
     from dataclasses import replace
 
     from tqdm import tqdm
 
-    from ..config import apply_overrides, config_from_dict, config_to_dict, validate
+    from ..config import apply_overrides, config_from_dict, config_to_dict
     from ..errors import PFNError
     from ..evaluate import instances_to_coco_results
-    from ..grouping import group
-    from ..inference import fit_image, load_model, resize_instances, run_network
+    from ..inference import fit_image, resize_instances
     from ..output import atomic_write_text, check_output_dir, remove_stale_temporaries
+    from ..predictor import Predictor
     from ..visualize import save_arrows, save_label_png, save_overlay
 
     images = collect_images(args.images)
@@ -152,33 +129,39 @@ def run(args: argparse.Namespace) -> int:
     lock = lock_output(out)  # noqa: F841 - held until the process ends
     remove_stale_temporaries(out)
     previous = read_previous(out)
-    model = load_model(None if args.checkpoint == "default" else args.checkpoint, args.device)
+    predictor = Predictor(args.checkpoint, args.device, crf=args.crf)
+    model = predictor.model
     cfg = model.config
     if args.overrides:
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), args.overrides))
-        validate(cfg)
-    gcfg = replace(cfg.grouping, method=args.grouping) if args.grouping else cfg.grouping
+        cfg.validate()
+    predictor.grouping = replace(cfg.grouping, method=args.grouping) if args.grouping \
+        else cfg.grouping
     model.config = replace(model.config, crf=cfg.crf)  # --set crf.KEY=VALUE reaches the CRF
     results: list[dict] = []
     done_ids: set[str] = set()
     failures: list[str] = []
     category_ids = list(range(1, model.num_classes + 1))
-    bar = tqdm(images, desc="predict", unit="img")
-    for path in bar:
-        bar.set_postfix_str(path.name[-30:])
+    bar = tqdm(total=len(images), desc="predict", unit="img")
+    start = time.perf_counter()
+    for item in predictor.predict_files(images):
+        path, inst = item.path, item.instances
+        bar.update(1)
+        rate = bar.n / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix_str(f"{rate:.2f} img/s, {path.name[-30:]}")
+        if item.error is not None:
+            failures.append(item.error)
+            tqdm.write(f"pfn: skipped {path}: {item.error}", file=sys.stderr)
+            continue
         try:
-            image = read_image(path)
-            net = run_network(model, image, crf=args.crf, name=str(path))
-            inst = resize_instances(group(net, gcfg), image.shape[:2])
-            inst.image_id = path.stem
             save_label_png(out / f"{path.stem}_instances.png", inst.label_map())
             save_label_png(out / f"{path.stem}_classes.png", inst.class_map(), palette=True)
-            save_overlay(out / f"{path.stem}_overlay.png", image, inst, model.class_names,
+            save_overlay(out / f"{path.stem}_overlay.png", item.image, inst, model.class_names,
                          title=f"{path.name}: {len(inst)} instance{'' if len(inst) == 1 else 's'}")
             if args.arrows:
-                small, _ = fit_image(image)
-                save_arrows(out / f"{path.stem}_arrows.png", small, net,
-                            resize_instances(inst, net.image_size))
+                small, _ = fit_image(item.image)
+                save_arrows(out / f"{path.stem}_arrows.png", small, item.net,
+                            resize_instances(inst, item.net.image_size))
             results += instances_to_coco_results([inst], category_ids)
             done_ids.add(path.stem)
         except Exception as exc:  # noqa: BLE001 - any failure on one image: report, go on
@@ -187,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
             failures.append(message)
             tqdm.write(f"pfn: skipped {path}: {message}", file=sys.stderr)
         finally:
-            image = net = inst = None  # free this image before reading the next
+            item = inst = None  # free this image before reading the next
+    bar.close()
+    seconds = time.perf_counter() - start
     done = len(images) - len(failures)
     if done == 0:
         kept = f"; the existing {out / PREDICTIONS} is left as it was" if previous else ""
@@ -198,9 +183,12 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / PREDICTIONS, json.dumps(kept + results))
     merged = (f"; kept {len(kept)} entries of {len({str(e['image_id']) for e in kept})} other "
               f"image(s) already in {PREDICTIONS}" if kept else "")
+    t = predictor.times
     print(f"wrote {done} of {len(images)} images ({len(results)} instances) to {out}/ "
           f"({PREDICTIONS}, *_instances.png, *_classes.png, *_overlay.png"
           f"{', *_arrows.png' if args.arrows else ''}){merged}")
+    print(f"{len(images) / max(seconds, 1e-9):.2f} images/s in all ({seconds:.1f} s); per image: "
+          f"networks {t.network_per_image:.3f} s, grouping {t.grouping_per_image:.3f} s")
     if failures:
         print(f"pfn: {len(failures)} image(s) failed; see the messages above", file=sys.stderr)
         return 1

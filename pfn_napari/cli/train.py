@@ -53,7 +53,7 @@ def build_config(args: argparse.Namespace):
     """The run's :class:`PFNConfig`: config file (or the resumed checkpoint's stored config),
     then ``--set`` overrides, then the dedicated flags."""
     from ..checkpoint import read_checkpoint
-    from ..config import apply_overrides, config_from_dict, config_to_dict, load_config, validate
+    from ..config import apply_overrides, config_from_dict, config_to_dict, load_config
 
     overrides = list(args.overrides)
     flags = {"train.stage": args.stage, "train.out_dir": args.out,
@@ -72,7 +72,7 @@ def build_config(args: argparse.Namespace):
             section, name = key.split(".")
             values[section][name] = str(value)
     cfg = config_from_dict(values)
-    validate(cfg)
+    cfg.validate()
     return cfg
 
 

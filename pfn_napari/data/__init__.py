@@ -27,10 +27,10 @@ from .base import (CLASS_ALIASES, ConcatDataset, PFNDataset, SubsetDataset, clas
 
 __all__ = ["open_dataset", "PFNDataset", "DatasetError", "SubsetDataset", "ConcatDataset",
            "CLASS_ALIASES", "class_lookup", "compact_instances", "normalise_class_name",
-           "read_image", "KINDS"]
+           "read_image", "DATASET_KINDS"]
 
 #: The spec prefixes :func:`open_dataset` understands.
-KINDS = ("voc", "sbd", "coco", "folder", "synthetic")
+DATASET_KINDS = ("voc", "sbd", "coco", "folder", "synthetic")
 
 
 def open_dataset(spec: str, split: str = "train",
@@ -63,9 +63,9 @@ def open_dataset(spec: str, split: str = "train",
 def _open_one(spec: str, split: str, classes: Sequence[str] | None) -> PFNDataset:
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
-    if not sep or kind not in KINDS or not rest:
+    if not sep or kind not in DATASET_KINDS or not rest:
         raise DatasetError(f"dataset spec {spec!r}: expected one of "
-                           + ", ".join(f"{k}:..." for k in KINDS)
+                           + ", ".join(f"{k}:..." for k in DATASET_KINDS)
                            + " (see docs/data.md)")
     if kind == "synthetic":
         from .synthetic import SyntheticDataset, parse_synthetic_spec

@@ -5,7 +5,7 @@ no decoding); ``dataset[i]`` decodes image ``i`` and its annotation. Every probl
 cause (a missing file, a corrupt image, an inconsistent annotation) raises
 :class:`~pfn_napari.errors.DatasetError` naming the file.
 
-Skipping bad images (``skip_bad`` mode): :meth:`PFNDataset.validate` decodes every sample and
+Skipping bad images (``skip_bad`` mode): :meth:`PFNDataset.check_files` decodes every sample and
 returns one message per bad image instead of raising; :meth:`PFNDataset.drop_bad` returns the
 dataset without them (warning once with their count and names); :meth:`PFNDataset.iter_valid`
 iterates once, skipping bad samples and warning at the end. Indexing a bad sample always raises.
@@ -154,8 +154,9 @@ def _open(path: Path, what: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-            Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: too large to read ({exc}); shrink the image first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"{path}: corrupt or truncated {what} ({exc})") from None
     return image
 
@@ -269,13 +270,13 @@ class PFNDataset(Sequence[Sample]):
         """The samples at ``indices`` (a view: nothing is decoded)."""
         return SubsetDataset(self, indices)
 
-    def validate(self, progress: bool = False) -> list[str]:
+    def check_files(self, progress: bool = False) -> list[str]:
         """Decode every sample; return one ``"file: problem"`` message per bad sample (empty
         when all are good). Nothing is raised for bad samples."""
         return [msg for _, msg in self._scan(progress)]
 
     def drop_bad(self, progress: bool = False) -> "PFNDataset":
-        """This dataset without its bad samples (see :meth:`validate`); warns once with the
+        """This dataset without its bad samples (see :meth:`check_files`); warns once with the
         count and the files skipped. Returns ``self`` when every sample is good."""
         bad = self._scan(progress)
         if not bad:

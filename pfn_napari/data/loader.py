@@ -26,9 +26,6 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from ..structures import Sample, Targets
 from .transforms import copy_paste
 
-#: Keys of one item / batch and their shapes (S = crop size, h = w = grid_size(S)).
-ITEM_KEYS = ("image", "class_map", "locations", "location_weight", "counts")
-
 
 class TrainingSet(Dataset):
     """Augmented crops with their stride-8 targets, as tensors.

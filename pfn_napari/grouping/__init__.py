@@ -7,20 +7,20 @@ Pure numpy / scipy / scikit-learn: nothing here imports the model. See ``docs/gr
 >>> instances = group(net, cfg.grouping)                                     # doctest: +SKIP
 """
 
-from .grouper import GroupingResult, Grouper, check_config, group
-from .methods import DEFAULT_ASSIGN, GROUPING_METHODS, ClassData, Clustering
+from .grouper import Grouper, GroupingResult, group, grouping_method
+from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
 from .oracle import oracle_network_output, with_true_locations
 from .refine import present_classes, refine_class_map
 
 __all__ = [
-    "DEFAULT_ASSIGN",
     "GROUPING_METHODS",
     "ClassData",
     "Clustering",
     "Grouper",
+    "GroupingMethod",
     "GroupingResult",
-    "check_config",
     "group",
+    "grouping_method",
     "oracle_network_output",
     "present_classes",
     "refine_class_map",

@@ -29,22 +29,20 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from ..config import VOID, ConfigError, GroupingConfig
+from ..config import VOID, GroupingConfig
 from ..errors import PFNError
 from ..structures import Instances, NetworkOutput
 from ..targets import decode_locations
 from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
-from .methods import DEFAULT_ASSIGN, GROUPING_METHODS, ClassData, Clustering
+from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
 from .refine import refine_class_map
 from .spectral import normalise_by_max
 
-SCORINGS = ("mean_prob", "prob_x_similarity", "ones")
-ASSIGNS = ("auto", "cell", "location")
 #: Per-class entries kept by a Grouper before the oldest are forgotten.
 MAX_CACHED_CLASSES = 64
 
@@ -90,19 +88,13 @@ def _descriptors(locations: np.ndarray, encoding: str, xy: np.ndarray) -> np.nda
     return np.stack([dec[name][:, 0] for name in names], axis=1)  # (n, D)
 
 
-def check_config(cfg: GroupingConfig) -> None:
-    """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist."""
-    if cfg.method not in GROUPING_METHODS:
-        raise ConfigError(f"grouping.method={cfg.method!r}: choose one of "
-                          f"{tuple(GROUPING_METHODS)}")
-    if cfg.scoring not in SCORINGS:
-        raise ConfigError(f"grouping.scoring={cfg.scoring!r}: choose one of {SCORINGS}")
-    if cfg.assign not in ASSIGNS:
-        raise ConfigError(f"grouping.assign={cfg.assign!r}: choose one of {ASSIGNS}")
-    if not cfg.sigma > 0:
-        raise ConfigError(f"grouping.sigma={cfg.sigma}: must be > 0")
-    if cfg.n_init < 1:
-        raise ConfigError(f"grouping.n_init={cfg.n_init}: at least 1")
+def grouping_method(name: str) -> GroupingMethod:
+    """The :data:`GROUPING_METHODS` entry of ``name``. A bare function registered there (a
+    benchmark's) is taken as reading every field, so its cached clusterings are never stale."""
+    entry = GROUPING_METHODS[name]
+    if isinstance(entry, GroupingMethod):
+        return entry
+    return GroupingMethod(entry, tuple(f.name for f in fields(GroupingConfig)))
 
 
 class Grouper:
@@ -252,18 +244,21 @@ class Grouper:
         return counts
 
     def cluster(self, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
-        """Cached clustering of one class's cells into (up to) ``k`` clusters."""
-        key = (data.key, cfg.method, k, cfg.sigma, cfg.use_coords, cfg.n_init, cfg.seed)
+        """Cached clustering of one class's cells into (up to) ``k`` clusters; the cache key
+        holds the fields of ``cfg`` the method declares (``GroupingMethod.cache_fields``)."""
+        method = grouping_method(cfg.method)
+        settings = tuple((name, getattr(cfg, name)) for name in method.cache_fields)
+        key = (data.key, cfg.method, k, settings)
         result = self._clusterings.get(key)
         if result is None:
-            result = GROUPING_METHODS[cfg.method](data, k, cfg)
+            result = method(data, k, cfg)
             self._remember(self._clusterings, key, result)
         return result
 
     def run(self, cfg: GroupingConfig, count_override: dict[int, int] | None = None
             ) -> GroupingResult:
         """Group the cached network output with ``cfg`` (see the module docstring)."""
-        check_config(cfg)
+        cfg.validate()
         timings: dict[str, float] = {}
         start = time.perf_counter()
         counts = self.counts_used(count_override)
@@ -273,7 +268,7 @@ class Grouper:
             grid_map = refine_class_map(grid_map, counts, cfg.tau)
             full_map = refine_class_map(full_map, counts, cfg.tau)
         timings["class_maps"] = time.perf_counter() - start
-        assign = DEFAULT_ASSIGN.get(cfg.method, "cell") if cfg.assign == "auto" else cfg.assign
+        assign = grouping_method(cfg.method).assign if cfg.assign == "auto" else cfg.assign
         big_h, big_w = self.image_size
         grid_labels = np.zeros(self.grid_shape, dtype=np.int32)
         masks, classes, scores, centers, boxes = [], [], [], [], []

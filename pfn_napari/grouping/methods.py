@@ -1,9 +1,12 @@
-"""Grouping methods: one class's grid cells -> clusters. A plain dict registry.
+"""Grouping methods: one class's grid cells -> clusters. A plain dict registry of
+:class:`GroupingMethod` entries.
 
 Every method is ``fn(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering``. ``data``
 holds one class's cells on the grid (their raw locations, decoded box descriptors, normalised
 features) and a ``cache`` dict the method may fill (affinities, embeddings) so that
-:class:`~pfn_napari.grouping.Grouper` re-runs only what a changed setting invalidates.
+:class:`~pfn_napari.grouping.Grouper` re-runs only what a changed setting invalidates. Its
+entry declares the ``GroupingConfig`` fields ``fn`` reads (``cache_fields``): the Grouper's
+cache of clusterings is keyed by them, so a method must read no other field (a test holds it).
 
 =================  ==========================================================================
 ``spectral``       the paper: dense similarity graph over all pairs, NJW spectral embedding,
@@ -167,19 +170,31 @@ def kmeans_tq(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
 
 Method = Callable[[ClassData, int, GroupingConfig], Clustering]
 
-#: name -> method. ``spectral`` is the paper's (the config default).
-GROUPING_METHODS: dict[str, Method] = {
-    "spectral": spectral,
-    "vote": vote,
-    "knn-spectral": knn_spectral,
-    "kmeans": kmeans_tq,
-}
 
-#: How each method's clusters reach full resolution when ``cfg.assign == "auto"``:
-#: ``"cell"`` (nearest grid cell of the class) or ``"location"`` (nearest cluster box).
-DEFAULT_ASSIGN: dict[str, str] = {
-    "spectral": "cell",
-    "vote": "location",
-    "knn-spectral": "cell",
-    "kmeans": "cell",
+@dataclass(frozen=True)
+class GroupingMethod:
+    """A grouping method and what its result depends on.
+
+    ``cache_fields``: every :class:`~pfn_napari.config.GroupingConfig` field ``fn`` reads; the
+    :class:`~pfn_napari.grouping.Grouper` keys its cached clusterings by ``(cells, method, k)``
+    and these fields, so a field read but not declared would serve stale clusters.
+    ``assign``: how the clusters reach full resolution when ``grouping.assign='auto'``:
+    ``'cell'`` (nearest grid cell of the class) or ``'location'`` (nearest cluster box).
+    Calling the entry calls ``fn``.
+    """
+
+    fn: Method
+    cache_fields: tuple[str, ...]
+    assign: str = "cell"
+
+    def __call__(self, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
+        return self.fn(data, k, cfg)
+
+
+#: name -> method. ``spectral`` is the paper's (the config default).
+GROUPING_METHODS: dict[str, GroupingMethod] = {
+    "spectral": GroupingMethod(spectral, ("sigma", "use_coords", "n_init", "seed")),
+    "vote": GroupingMethod(vote, ("sigma", "n_init", "seed"), assign="location"),
+    "knn-spectral": GroupingMethod(knn_spectral, ("sigma", "use_coords", "n_init", "seed")),
+    "kmeans": GroupingMethod(kmeans_tq, ("sigma", "use_coords", "n_init", "seed")),
 }

@@ -19,6 +19,10 @@ with pad ``k // 2``). The stride-8 features ``pool3`` and ``fc7`` are returned w
 ``grid_size(H) x grid_size(W)`` cells for any ``H, W`` (see :func:`align_to_grid`); ``pool1``
 and ``pool2`` keep their own size (``>= grid_size(H, s)``) and the location streams bring their
 predictions onto the stride-8 grid.
+
+Each backbone is one entry of :data:`pfn_napari.config.BACKBONES`, which names its builder
+here (``build_vgg16`` ...) and its weight loader in ``weights.py``; :func:`build_backbone`
+reads that entry.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..config import BACKBONES
 from ..structures import STRIDE, grid_size
 
 #: DeepLab's (Caffe VGG) mean, BGR order, on 0..255 input.
@@ -70,7 +75,8 @@ class Backbone(nn.Module):
     """Interface: ``forward(images (B,3,H,W) 0..255 RGB) -> dict[str, Tensor]`` (keys above).
 
     Attributes: ``channels`` (key -> channels), ``strides`` (key -> stride), ``new_prefixes``
-    (parameter-name prefixes of layers that no ImageNet file initialises).
+    (parameter-name prefixes of layers that no ImageNet file initialises), ``name`` (its key
+    in :data:`pfn_napari.config.BACKBONES`, by which its weights are loaded).
     """
 
     channels: dict[str, int]
@@ -329,19 +335,34 @@ class EfficientNetLite0(Backbone):
         return F.linear(head.mean(dim=(2, 3)), fc_weight, fc_bias)
 
 
-#: Default ``fc7`` width of each backbone (``ModelConfig.fc7_channels = 0``).
-DEFAULT_FC7 = {"vgg16": 1024, "alexnet": 1024, "efficientnet_lite0": 256}
+# --- the builders named by config.BACKBONES --------------------------------------------------
+# Each takes the same keywords (see config.BackboneSpec) and ignores those that do not apply.
+
+def build_vgg16(fc7_channels: int, *, ceil_mode: bool = True, pool5_avg: bool = False,
+                dropout: float = 0.5, output_stride: int = 8) -> VGG16LargeFOV:
+    return VGG16LargeFOV(fc7_channels, ceil_mode=ceil_mode, pool5_avg=pool5_avg, dropout=dropout)
+
+
+def build_alexnet(fc7_channels: int, *, ceil_mode: bool = True, pool5_avg: bool = False,
+                  dropout: float = 0.5, output_stride: int = 8) -> AlexNetLargeFOV:
+    return AlexNetLargeFOV(fc7_channels, ceil_mode=ceil_mode, pool5_avg=pool5_avg, dropout=dropout)
+
+
+def build_efficientnet_lite0(fc7_channels: int, *, ceil_mode: bool = True,
+                             pool5_avg: bool = False, dropout: float = 0.5,
+                             output_stride: int = 8) -> EfficientNetLite0:
+    """Lite0 has no pools to switch and keeps its own dropout (0): only the stride applies."""
+    return EfficientNetLite0(fc7_channels, output_stride=output_stride)
 
 
 def build_backbone(name: str, fc7_channels: int = 0, ceil_mode: bool = True,
                    pool5_avg: bool = False, dropout: float = 0.5,
                    output_stride: int = 8) -> Backbone:
-    """A backbone by name (``config.BACKBONES``); ``fc7_channels`` 0 takes its default."""
-    fc7 = fc7_channels or DEFAULT_FC7.get(name, 1024)
-    if name == "vgg16":
-        return VGG16LargeFOV(fc7, ceil_mode=ceil_mode, pool5_avg=pool5_avg, dropout=dropout)
-    if name == "alexnet":
-        return AlexNetLargeFOV(fc7, ceil_mode=ceil_mode, pool5_avg=pool5_avg, dropout=dropout)
-    if name == "efficientnet_lite0":
-        return EfficientNetLite0(fc7, output_stride=output_stride)
-    raise ValueError(f"backbone {name!r}: choose one of {tuple(DEFAULT_FC7)}")
+    """A backbone by name, from its entry in :data:`pfn_napari.config.BACKBONES` (which names
+    its builder); ``fc7_channels`` 0 takes the entry's default."""
+    spec = BACKBONES.get(name)
+    if spec is None:
+        raise ValueError(f"backbone {name!r}: choose one of {tuple(BACKBONES)}")
+    build = spec.resolve("build")
+    return build(fc7_channels or spec.fc7_channels, ceil_mode=ceil_mode, pool5_avg=pool5_avg,
+                 dropout=dropout, output_stride=output_stride)

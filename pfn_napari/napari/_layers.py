@@ -24,7 +24,7 @@ from ..structures import STRIDE, Instances, NetworkOutput
 from ..visualize import instance_colors, voc_palette
 
 #: Base names of the PFN layers. The widget names its layers ``"<base>: <image layer>"``
-#: (:func:`layer_name`) and tags them with :data:`OWNER_KEYS` in their metadata, so a re-run
+#: (:func:`layer_name`) and tags them with :data:`LAYER_KEY` and :data:`IMAGE_KEY` in their metadata, so a re-run
 #: on the same image updates them in place and every image keeps its own set.
 CATEGORY = "PFN category map"
 REFINED = "PFN refined category map"
@@ -37,7 +37,7 @@ LAYER_NAMES = (CATEGORY, REFINED, LOCATIONS, VECTORS, CLUSTERS, INSTANCES)
 #: the locations image lowest (it is opaque), the arrows on top.
 STACK_ORDER = (LOCATIONS, CATEGORY, REFINED, CLUSTERS, INSTANCES, VECTORS)
 #: Metadata keys of a widget-made layer: which PFN layer it is, and the image layer it shows.
-OWNER_KEYS = ("pfn_layer", "pfn_image")
+LAYER_KEY, IMAGE_KEY = "pfn_layer", "pfn_image"
 
 
 def layer_name(base: str, image: str, channel: str | None = None) -> str:

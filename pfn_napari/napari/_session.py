@@ -1,14 +1,11 @@
-"""The widget's state without the widget: model, image, cached network output, grouping.
+"""The widget's state without the widget: a predictor, the image notes, the last grouping.
 
 :class:`PFNSession` is what the dock widget drives and what ``benchmarks/recluster.py`` times.
-It only wires library calls together:
-
-* :func:`pfn_napari.inference.load_model` / :func:`~pfn_napari.inference.run_network` once per
-  image (the slow part: the networks);
-* :class:`pfn_napari.grouping.Grouper` on the cached :class:`~pfn_napari.structures.NetworkOutput`
-  for every change of sigma, tau, size threshold, method or instance counts (the fast part);
-* :func:`pfn_napari.inference.resize_instances` back to the viewer image when the networks saw
-  it resized (images over :data:`pfn_napari.inference.MAX_SIDE`).
+It holds a :class:`pfn_napari.predictor.Predictor` (the one path from image to instances the
+command line uses too): the networks run once per image (the slow part), and every change of
+sigma, tau, size threshold, method or instance counts re-runs only the grouping on the cached
+output (:func:`recluster`, the fast part), masks brought back to the viewer image when the
+networks saw it resized (images over :data:`pfn_napari.inference.MAX_SIDE`).
 """
 
 from __future__ import annotations
@@ -94,29 +91,38 @@ def prepare_image(data: Any, rgb: bool | None = None, name: str = "image") -> tu
     return rgb_image, notes
 
 
-def predicted_centers(net: NetworkOutput) -> np.ndarray:
-    """``(2, gh, gw)`` normalised (x, y) instance center each grid cell predicts."""
-    from ..targets import decode_locations, grid_pixel_positions
-
-    dec = decode_locations(net.locations, net.encoding, pixel_xy=grid_pixel_positions(net.image_size))
-    return np.stack([dec["cx"], dec["cy"]]).astype(np.float32)
-
-
 @dataclass
-class Clustering:
-    """One re-clustering's outcome, everything the layers need, at the viewer's resolution."""
+class Reclustering:
+    """One re-clustering's outcome: the grouping's maps (named as in
+    :class:`~pfn_napari.grouping.GroupingResult`) and the instances at the viewer's size."""
 
     instances: Instances  # (N, H, W) masks of the viewer image
-    refined: np.ndarray  # (gh, gw) uint8 grid class map after refinement by the counts
-    refined_full: np.ndarray  # (h, w) uint8 the same at the network image's resolution
-    assignment: np.ndarray  # (gh, gw) int32 instance id 1..N of each grid cell (0 none/dropped)
+    refined_class_map: np.ndarray  # (gh, gw) uint8 grid class map after refinement by the counts
+    full_class_map: np.ndarray  # (h, w) uint8 the same at the network image's resolution
+    grid_labels: np.ndarray  # (gh, gw) int32 instance id 1..N of each grid cell (0 none/dropped)
     params: TuneParams
     seconds: float  # wall time of the grouping (and the resize back)
     timings: dict[str, float] = field(default_factory=dict)  # Grouper's steps -> seconds
 
 
+def recluster(grouper: Any, base: GroupingConfig, params: TuneParams,
+              image_size: tuple[int, int]) -> Reclustering:
+    """``params`` on ``base`` through a cached :class:`~pfn_napari.grouping.Grouper`, masks
+    brought to ``image_size`` (the viewer's): what the widget and the notebook both run."""
+    from ..inference import resize_instances
+
+    t0 = time.perf_counter()
+    result = grouper.run(params.grouping_config(base), params.overrides())
+    instances = resize_instances(result.instances, image_size)
+    return Reclustering(instances, np.asarray(result.refined_class_map, np.uint8),
+                        np.asarray(result.full_class_map, np.uint8),
+                        np.asarray(result.grid_labels, np.int32), params,
+                        time.perf_counter() - t0, dict(result.timings))
+
+
 class PFNSession:
-    """Model + image + cached network output + grouper; no Qt.
+    """A :class:`~pfn_napari.predictor.Predictor` (model, image, cached network output and
+    grouper) and what the layers need besides; no Qt.
 
     >>> s = PFNSession()                                   # doctest: +SKIP
     >>> s.load_model("weights/pfn-lite0-voc.pt", "cpu")    # doctest: +SKIP
@@ -125,24 +131,33 @@ class PFNSession:
     """
 
     def __init__(self) -> None:
-        self.model = None  # inference.PFNModel
+        self.predictor: Any = None  # predictor.Predictor, eager (a new count re-runs k-means only)
         self.model_key: tuple[str, str] | None = None  # (weights path or '', device asked)
-        self.image: np.ndarray | None = None  # (H, W, 3) uint8, the viewer image
         self.notes = ImageNotes()
-        self.net: NetworkOutput | None = None
         self.geom: Geometry | None = None
         self.centers: np.ndarray | None = None  # (2, gh, gw) normalised (x, y)
-        self.network_seconds = 0.0
-        self._grouper: Any = None
-        self.clustering: Clustering | None = None
+        self.clustering: Reclustering | None = None
+        self._network_seconds = 0.0
 
     # ------------------------------------------------------------------ model
+    @property
+    def model(self):
+        """The loaded :class:`~pfn_napari.inference.PFNModel` (None before the first run)."""
+        return self.predictor.model if self.predictor is not None else None
+
+    @model.setter
+    def model(self, model) -> None:
+        from ..predictor import Predictor
+
+        self.predictor = Predictor(model, eager=True)
+        self.geom = self.centers = self.clustering = None
+
     def load_model(self, weights: str | Path | None = None, device: str = "auto"):
         """Load (or keep, when unchanged) the model; ``weights`` None/'' = shipped default."""
         from ..inference import load_model
 
         key = (str(weights or ""), device)
-        if self.model is None or key != self.model_key:
+        if self.predictor is None or key != self.model_key:
             self.model = load_model(str(weights) if weights else None, device)
             self.model_key = key
         return self.model
@@ -156,23 +171,51 @@ class PFNSession:
         return TuneParams(method=g.method, sigma=g.sigma, tau=g.tau, min_size_frac=g.min_size_frac)
 
     # ------------------------------------------------------------------ network
+    @property
+    def net(self) -> NetworkOutput | None:
+        """The cached network output of the current image."""
+        return self.predictor.net if self.predictor is not None else None
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """``(H, W, 3)`` uint8, the viewer image as the networks got it."""
+        return self.predictor.image if self.predictor is not None else None
+
+    @property
+    def network_seconds(self) -> float:
+        """Wall time of the networks on the current image."""
+        return self._network_seconds
+
     def run_network(self, data: Any, rgb: bool | None = None, name: str = "image") -> NetworkOutput:
         """Run the networks once on a layer's data; caches the output for re-clustering."""
-        from ..inference import run_network
+        from ..targets import predicted_centers
 
-        if self.model is None:
+        if self.predictor is None:
             raise PFNError("no model loaded: choose weights first")
         image, notes = prepare_image(data, rgb, name)
         t0 = time.perf_counter()
-        net = run_network(self.model, image, name=name)
-        self.network_seconds = time.perf_counter() - t0
-        if tuple(net.image_size) != image.shape[:2]:
+        net = self.predictor.set_image(image, name=name)
+        self._network_seconds = time.perf_counter() - t0
+        if self.predictor.resized:
             notes.resized_to = tuple(int(v) for v in net.image_size)
-        self.image, self.notes, self.net = image, notes, net
+        self.notes = notes
         self.geom = Geometry(image.shape[:2], tuple(int(v) for v in net.image_size))
         self.centers = predicted_centers(net)
-        self._grouper, self.clustering = None, None
+        self.clustering = None
         return net
+
+    def use_network_output(self, net: NetworkOutput) -> None:
+        """Group ``net`` in place of the networks' output on the current image (e.g. the
+        ground truth as an oracle, :func:`pfn_napari.grouping.oracle_network_output`)."""
+        from ..targets import predicted_centers
+
+        if self.image is None:
+            raise PFNError("run the network first: the oracle replaces the output on its image")
+        self.predictor.set_network_output(net)
+        self.geom = Geometry(self.image.shape[:2], tuple(int(v) for v in net.image_size))
+        self.centers = predicted_centers(net)
+        self.clustering = None
+        self._network_seconds = 0.0
 
     def predicted_counts(self) -> np.ndarray:
         """``(C,)`` the count network's raw instance numbers."""
@@ -181,27 +224,15 @@ class PFNSession:
     # ------------------------------------------------------------------ grouping
     @property
     def grouper(self):
-        """The :class:`~pfn_napari.grouping.Grouper` of the cached output (it caches per-class
-        data, affinities and clusterings, so a changed count re-runs only k-means)."""
-        from ..grouping import Grouper
+        """The predictor's :class:`~pfn_napari.grouping.Grouper` of the cached output (it
+        caches per-class data, affinities and clusterings, so a changed count re-runs only
+        k-means)."""
+        return self.predictor.grouper
 
-        if self._grouper is None:
-            self._grouper = Grouper(self.net, eager=True)
-        return self._grouper
-
-    def recluster(self, params: TuneParams) -> Clustering:
+    def recluster(self, params: TuneParams) -> Reclustering:
         """Test-time steps only (refinement, clustering, size filter) on the cached output."""
-        from ..inference import resize_instances
-
         if self.net is None or self.model is None:
             raise PFNError("run the network first (no cached network output)")
-        cfg = params.grouping_config(self.model.config.grouping)
-        t0 = time.perf_counter()
-        result = self.grouper.run(cfg, params.overrides())
-        inst = resize_instances(result.instances, self.image.shape[:2])
-        seconds = time.perf_counter() - t0
-        self.clustering = Clustering(inst, np.asarray(result.refined_class_map, np.uint8),
-                                     np.asarray(result.full_class_map, np.uint8),
-                                     np.asarray(result.grid_labels, np.int32), params, seconds,
-                                     dict(result.timings))
+        self.clustering = recluster(self.grouper, self.model.config.grouping, params,
+                                    self.image.shape[:2])
         return self.clustering

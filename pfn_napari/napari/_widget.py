@@ -60,10 +60,8 @@ SAMPLE_MENU = "File > Open Sample > PFN instance segmentation"
 
 def grouping_methods() -> tuple[str, ...]:
     """Names of the grouping methods the library offers (``grouping.GROUPING_METHODS``)."""
-    try:
-        from ..grouping import GROUPING_METHODS
-    except ImportError:  # grouping not installed yet: only the paper's method
-        return ("spectral",)
+    from ..grouping import GROUPING_METHODS
+
     return tuple(GROUPING_METHODS)
 
 
@@ -75,7 +73,7 @@ def available_devices() -> tuple[str, ...]:
 
 def _is_pfn_layer(layer: Any) -> bool:
     """A layer the plugin (or :mod:`pfn_napari.notebook`) made, not an image of the user's."""
-    return "pfn_layer" in layer.metadata or layer.name in L.LAYER_NAMES
+    return L.LAYER_KEY in layer.metadata or layer.name in L.LAYER_NAMES
 
 
 def _label_cmap(cmap: dict):
@@ -97,7 +95,6 @@ class PFNWidget(QWidget):
         self.last_message = ""
         self._worker: Any = None
         self._pending_recluster = False
-        self._instances_layer_edited = False
         self._image_layer_name: str | None = None  # the image of the last Run
         self._running_image: str | None = None  # the image of the Run in progress
         self._count_spins: dict[int, QSpinBox] = {}
@@ -409,7 +406,6 @@ class PFNWidget(QWidget):
         s = self.session
         self._set_param_widgets(params)
         self._build_count_spins()
-        self._instances_layer_edited = False
         self.keep_edits_check.setChecked(False)
         self._show_network_layers()
         self._show_clustering(force_instances=True)
@@ -527,9 +523,9 @@ class PFNWidget(QWidget):
         untagged = None
         for layer in self.viewer.layers:
             md = layer.metadata
-            if md.get("pfn_layer") == base and md.get("pfn_image") == image:
+            if md.get(L.LAYER_KEY) == base and md.get(L.IMAGE_KEY) == image:
                 return layer
-            if layer.name == base and "pfn_layer" not in md:
+            if layer.name == base and L.LAYER_KEY not in md:
                 untagged = layer
         return untagged
 
@@ -542,7 +538,7 @@ class PFNWidget(QWidget):
         if "colormap" in kwargs and isinstance(kwargs["colormap"], dict):
             kwargs["colormap"] = _label_cmap(kwargs["colormap"])
         image = self._image_layer_name
-        kwargs["metadata"] = {**kwargs.get("metadata", {}), "pfn_layer": base, "pfn_image": image}
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), L.LAYER_KEY: base, L.IMAGE_KEY: image}
         name = L.layer_name(base, image, channel)
         layers = self.viewer.layers
         layer = self.layer(base)
@@ -636,9 +632,9 @@ class PFNWidget(QWidget):
         s = self.session
         c = s.clustering
         first = self.layer(L.REFINED) is None
-        data, kw = L.refined_layer(c.refined_full, s.geom, s.class_names)
+        data, kw = L.refined_layer(c.full_class_map, s.geom, s.class_names)
         self._upsert(L.REFINED, "labels", data, kw, visible=False if first else None)
-        data, kw = L.clusters_layer(c.assignment, s.geom)
+        data, kw = L.clusters_layer(c.grid_labels, s.geom)
         self._upsert(L.CLUSTERS, "labels", data, kw, visible=False if first else None)
         keep = self.keep_edits_check.isChecked() and not force_instances
         if not keep:
@@ -647,8 +643,8 @@ class PFNWidget(QWidget):
                               "params": c.params}
             layer = self._upsert(L.INSTANCES, "labels", data, kw)
             self._watch_edits(layer)
-        fg = c.refined > 0
-        data, kw = L.vectors_layer(s.centers, fg, c.assignment, s.geom)
+        fg = c.refined_class_map > 0
+        data, kw = L.vectors_layer(s.centers, fg, c.grid_labels, s.geom)
         self._upsert(L.VECTORS, "vectors", data, kw)
         if force_instances:  # a Run: the set goes (back) on top of its image
             self._place_above_image()
@@ -678,7 +674,6 @@ class PFNWidget(QWidget):
         self._watched_layers.add(id(layer))
 
     def _on_paint(self, *_: Any) -> None:
-        self._instances_layer_edited = True
         if not self.keep_edits_check.isChecked():
             self.keep_edits_check.setChecked(True)
             self.last_message = ("hand edits on 'PFN instances' are kept: re-clustering no longer "

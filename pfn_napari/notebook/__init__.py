@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ..inference import load_model
 from ..napari._sample_data import SAMPLES, load_sample
-from ..napari._session import Clustering, TuneParams
+from ..napari._session import Reclustering, TuneParams
 from .controls import Explorer, compare_with_oracle, explore
 from .plots import (TITLES, figure_png, plot_category, plot_clusters, plot_instances,
                     plot_locations, plot_refined, plot_stages, plot_vectors)
@@ -31,7 +31,7 @@ from .viewer import add_layers, display_problem, open_in_napari
 from .views import StageView, annotated_sample, oracle_view, run_pfn, shared_data_dir
 
 __all__ = [
-    "Clustering",
+    "Reclustering",
     "Explorer",
     "SAMPLES",
     "StageView",

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import PFNError
-from ..napari._session import Clustering, TuneParams
+from ..napari._session import Reclustering, TuneParams
 from ..structures import Sample
 from .plots import figure_png, instances_title, label_instances
 from .views import StageView, oracle_view, run_pfn
@@ -60,7 +60,7 @@ class _Panel:
         self.artist = self.ax.imshow(view.image)
         self.texts: list = []
 
-    def draw(self, view: StageView, clustering: Clustering) -> bytes:
+    def draw(self, view: StageView, clustering: Reclustering) -> bytes:
         from ..visualize import overlay
 
         self.artist.set_data(overlay(view.image, clustering.instances))
@@ -137,7 +137,7 @@ class Explorer:
         self.status = W.HTML()
         self._panels = [_Panel(v, width) for v in self.views]
         self.panels = [W.Image(format="png") for _ in self.views]
-        self.clusterings: list[Clustering] = []
+        self.clusterings: list[Reclustering] = []
         self.recluster_seconds = 0.0
         self.draw_seconds = 0.0
         self.error: str | None = None
@@ -181,12 +181,12 @@ class Explorer:
             raise PFNError(f"class {name_or_id!r} has no count box (classes present: {have})")
         return int(cls)
 
-    def set_count(self, name_or_id: int | str, number: int) -> list[Clustering]:
+    def set_count(self, name_or_id: int | str, number: int) -> list[Reclustering]:
         """Type ``number`` in a class's count box (re-clusters); returns the new clusterings."""
         self.counts[self.class_id(name_or_id)].value = int(number)
         return self.clusterings
 
-    def reset_knobs(self) -> list[Clustering]:
+    def reset_knobs(self) -> list[Reclustering]:
         """Knobs and counts back to the first view's config and predictions; re-clusters once."""
         p = self.views[0].default_params()
         self._paused = True
@@ -206,7 +206,7 @@ class Explorer:
     def _on_noise(self, change: dict) -> None:
         self.set_noise(float(change["new"]))
 
-    def set_noise(self, noise: float) -> list[Clustering]:
+    def set_noise(self, noise: float) -> list[Reclustering]:
         """Rebuild the ground-truth view with location noise ``noise`` and re-cluster."""
         if self.oracle_sample is None:
             raise PFNError("this explorer has no ground-truth view (use compare_with_oracle)")
@@ -221,7 +221,7 @@ class Explorer:
         return self.update()
 
     # ------------------------------------------------------------------ the work
-    def update(self) -> list[Clustering]:
+    def update(self) -> list[Reclustering]:
         """Re-cluster every view with the knobs (networks not re-run) and redraw the panels."""
         params = self.params()
         try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..napari import _layers as L
-from ..napari._session import Clustering
+from ..napari._session import Reclustering
 from ..structures import Instances
 from ..visualize import _label_point, instance_colors, overlay, voc_palette
 from .views import StageView
@@ -112,11 +112,11 @@ def plot_category(view: StageView, ax: "Axes | None" = None) -> "Figure":
     return ax.figure
 
 
-def plot_refined(view: StageView, clustering: Clustering, ax: "Axes | None" = None) -> "Figure":
+def plot_refined(view: StageView, clustering: Reclustering, ax: "Axes | None" = None) -> "Figure":
     """The category map after refinement by the counts (what is clustered); the title gives
     tau and the classes present."""
     ax = _new_axes(ax, view)
-    refined = clustering.refined_full
+    refined = clustering.full_class_map
     ax.imshow(view.image)
     ax.imshow(class_rgba(refined), extent=_extent(refined.shape, view), interpolation="nearest")
     _class_legend(ax, refined, view.class_names)
@@ -167,13 +167,13 @@ def plot_locations(view: StageView, channels: Sequence[str] | None = None,
     return fig
 
 
-def plot_vectors(view: StageView, clustering: Clustering, step: int = 2,
+def plot_vectors(view: StageView, clustering: Reclustering, step: int = 2,
                  ax: "Axes | None" = None) -> "Figure":
     """The paper's Fig. 1: from every ``step``-th foreground grid cell an arrow to the instance
     center it predicts, coloured like the instance the cell joined (grey: none)."""
     ax = _new_axes(ax, view)
-    fg = clustering.refined > 0  # (gh, gw)
-    data, kw = L.vectors_layer(view.centers, fg, clustering.assignment, view.geometry, step)
+    fg = clustering.refined_class_map > 0  # (gh, gw)
+    data, kw = L.vectors_layer(view.centers, fg, clustering.grid_labels, view.geometry, step)
     faded = (0.6 * view.image.astype(np.float32) + 0.4 * 255).astype(np.uint8)
     ax.imshow(faded)
     if len(data):
@@ -185,10 +185,10 @@ def plot_vectors(view: StageView, clustering: Clustering, step: int = 2,
     return ax.figure
 
 
-def plot_clusters(view: StageView, clustering: Clustering, ax: "Axes | None" = None) -> "Figure":
+def plot_clusters(view: StageView, clustering: Reclustering, ax: "Axes | None" = None) -> "Figure":
     """Each grid cell's cluster (after the size filter), before the masks go to full resolution."""
     ax = _new_axes(ax, view)
-    labels = clustering.assignment  # (gh, gw)
+    labels = clustering.grid_labels  # (gh, gw)
     colors = np.vstack([[0, 0, 0], instance_colors(max(int(labels.max(initial=0)), 1))]) / 255.0
     rgba = np.concatenate([colors[labels], np.where(labels > 0, 0.75, 0.0)[..., None]], -1)
     ax.imshow(view.image)
@@ -213,7 +213,7 @@ def label_instances(ax: "Axes", instances: Instances, names: Sequence[str],
     return texts
 
 
-def instances_title(view: StageView, clustering: Clustering) -> str:
+def instances_title(view: StageView, clustering: Reclustering) -> str:
     p = clustering.params
     head = f"{view.title}: " if view.title else ""
     n = len(clustering.instances)
@@ -221,7 +221,7 @@ def instances_title(view: StageView, clustering: Clustering) -> str:
             f"({p.method}, sigma {p.sigma:.3g}, {clustering.seconds * 1000:.0f} ms)")
 
 
-def plot_instances(view: StageView, clustering: Clustering, ax: "Axes | None" = None) -> "Figure":
+def plot_instances(view: StageView, clustering: Reclustering, ax: "Axes | None" = None) -> "Figure":
     """The instances over the photograph, each in its own colour, labelled ``class score``."""
     ax = _new_axes(ax, view)
     ax.imshow(overlay(view.image, clustering.instances))
@@ -230,7 +230,7 @@ def plot_instances(view: StageView, clustering: Clustering, ax: "Axes | None" = 
     return ax.figure
 
 
-def plot_stages(view: StageView, clustering: Clustering, channel: str = "cx") -> "Figure":
+def plot_stages(view: StageView, clustering: Reclustering, channel: str = "cx") -> "Figure":
     """All stages on one figure, 2 x 3: category map, refined map, one location channel,
     velocity vectors, clusters on the grid, instances."""
     import matplotlib.pyplot as plt

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from ..napari import _layers as L
-from ..napari._session import Clustering
+from ..napari._session import Reclustering
 from .views import StageView
 
 
@@ -51,7 +51,7 @@ def _labels_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def add_layers(viewer: Any, view: StageView, clustering: Clustering,
+def add_layers(viewer: Any, view: StageView, clustering: Reclustering,
                image_name: str | None = None) -> dict[str, Any]:
     """Add the image and the plugin's six layers of ``view`` / ``clustering`` to ``viewer``
     (a ``napari.Viewer`` or a window-less ``napari.components.ViewerModel``).
@@ -64,12 +64,12 @@ def add_layers(viewer: Any, view: StageView, clustering: Clustering,
     layers = {name: viewer.add_image(view.image, name=name, rgb=True)}
     specs = [
         (L.CATEGORY, "labels", L.category_layer(net, geom, names), False),
-        (L.REFINED, "labels", L.refined_layer(clustering.refined_full, geom, names), False),
+        (L.REFINED, "labels", L.refined_layer(clustering.full_class_map, geom, names), False),
         (L.LOCATIONS, "image", L.locations_layer(net, geom), False),
-        (L.CLUSTERS, "labels", L.clusters_layer(clustering.assignment, geom), False),
+        (L.CLUSTERS, "labels", L.clusters_layer(clustering.grid_labels, geom), False),
         (L.INSTANCES, "labels", L.instances_layer(clustering.instances, names), True),
-        (L.VECTORS, "vectors", L.vectors_layer(view.centers, clustering.refined > 0,
-                                               clustering.assignment, geom), True),
+        (L.VECTORS, "vectors", L.vectors_layer(view.centers, clustering.refined_class_map > 0,
+                                               clustering.grid_labels, geom), True),
     ]
     for layer_name, kind, (data, kwargs), visible in specs:
         kwargs = _labels_kwargs(kwargs) if kind == "labels" else dict(kwargs)
@@ -81,7 +81,7 @@ def add_layers(viewer: Any, view: StageView, clustering: Clustering,
     return layers
 
 
-def open_in_napari(view: StageView, clustering: Clustering | None = None, viewer: Any = None,
+def open_in_napari(view: StageView, clustering: Reclustering | None = None, viewer: Any = None,
                    dock_widget: bool = True, allow_offscreen: bool = False) -> Any:
     """Open ``view`` and its grouping in a napari viewer, as the plugin shows them.
 

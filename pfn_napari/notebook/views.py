@@ -7,7 +7,7 @@ holds after *Run PFN*: the image, the cached :class:`~pfn_napari.structures.Netw
 (:func:`oracle_view`, :func:`pfn_napari.grouping.oracle_network_output`); either way
 :meth:`StageView.recluster` runs only the test-time grouping, the plugin's
 :class:`~pfn_napari.napari._session.TuneParams` in, its
-:class:`~pfn_napari.napari._session.Clustering` out.
+:class:`~pfn_napari.napari._session.Reclustering` out.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 from ..config import GroupingConfig
 from ..errors import PFNError
 from ..napari._layers import Geometry
-from ..napari._session import Clustering, PFNSession, TuneParams, predicted_centers
+from ..napari._session import PFNSession, Reclustering, TuneParams, recluster
+from ..targets import predicted_centers
 from ..structures import NetworkOutput, Sample
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,7 +102,7 @@ class StageView:
         return {self.class_names[c - 1]: round(float(counts[c - 1]), 2)
                 for c in self.present_classes(tau)}
 
-    def recluster(self, params: TuneParams | None = None, **changes: Any) -> Clustering:
+    def recluster(self, params: TuneParams | None = None, **changes: Any) -> Reclustering:
         """Group the cached network output: refinement, clustering, size filter; no networks.
 
         Args:
@@ -110,26 +111,16 @@ class StageView:
                 ``count_override={15: 3}`` (a dict is accepted for the counts).
 
         Returns:
-            The plugin's :class:`Clustering`: instances at the image's full resolution, the
+            The plugin's :class:`Reclustering`: instances at the image's full resolution, the
             refined class map on the grid and at full resolution, each grid cell's instance, the
             wall time in seconds.
         """
-        from ..inference import resize_instances
-
         params = params or self.default_params()
         if "count_override" in changes and isinstance(changes["count_override"], dict):
             changes["count_override"] = tuple(sorted(
                 (int(c), int(n)) for c, n in changes["count_override"].items()))
         params = replace(params, **changes) if changes else params
-        cfg = params.grouping_config(self.grouping)
-        t0 = time.perf_counter()
-        result = self.grouper.run(cfg, params.overrides())
-        instances = resize_instances(result.instances, self.image.shape[:2])
-        seconds = time.perf_counter() - t0
-        return Clustering(instances, np.asarray(result.refined_class_map, np.uint8),
-                          np.asarray(result.full_class_map, np.uint8),
-                          np.asarray(result.grid_labels, np.int32), params, seconds,
-                          dict(result.timings))
+        return recluster(self.grouper, self.grouping, params, self.image.shape[:2])
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

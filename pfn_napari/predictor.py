@@ -1,0 +1,283 @@
+"""One path from image to instances: set the image once, run the networks once, group often.
+
+:class:`Predictor` (in the spirit of segment-anything's ``SamPredictor``) is what ``pfn
+predict``, ``pfn evaluate``, ``pfn demo``, validation during training, the benchmarks and the
+napari session all use::
+
+    >>> predictor = Predictor("weights/pfn-lite0-voc.pt", device="cpu")   # doctest: +SKIP
+    >>> predictor.set_image(image)           # the networks, once (the slow part)
+    >>> predictor.instances()                # grouping with the model's settings
+    >>> predictor.instances(replace(predictor.grouping, sigma=0.2), count_override={15: 3})
+
+The steps, each a library function of its own module:
+
+1. :func:`~pfn_napari.inference.run_network`: fit the image to ``MAX_SIDE``, pad to the
+   8k+1 grid, both networks (+ dense CRF when asked) -> :class:`NetworkOutput`;
+2. :class:`~pfn_napari.grouping.Grouper` on that output: refinement by the counts, per-class
+   clustering, full-resolution masks; it caches per-class data and clusterings, so a new
+   count or sigma re-runs only what depends on it;
+3. :func:`~pfn_napari.inference.resize_instances` back to the image's own size when the
+   networks saw it resized.
+
+``predict_files`` runs a list of image files with the next file decoded in a background
+thread while the networks run on the current one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import inference  # inference.run_network is looked up at each call (tests replace it)
+from .config import GroupingConfig
+from .errors import CheckpointError, PFNError
+from .grouping import Grouper, GroupingResult
+from .inference import PFNModel, as_rgb_uint8, fit_image, image_tensor, load_model, resize_instances
+from .structures import Instances, NetworkOutput, grid_size, padded_size
+
+
+@dataclass
+class PredictorTimes:
+    """Seconds spent, summed over the images a predictor has seen."""
+
+    images: int = 0
+    network_s: float = 0.0
+    grouping_s: float = 0.0  # grouping and the resize back, per :meth:`Predictor.instances`
+    per_step: dict[str, float] = field(default_factory=dict)  # the Grouper's steps
+
+    @property
+    def network_per_image(self) -> float:
+        return self.network_s / max(1, self.images)
+
+    @property
+    def grouping_per_image(self) -> float:
+        return self.grouping_s / max(1, self.images)
+
+
+class Predictor:
+    """A loaded model, the current image and its cached network output.
+
+    Args:
+        model: a :class:`PFNModel`, a checkpoint or weights path, or ``None``/``"default"``
+            for the shipped weights.
+        device: ``"auto"`` (CUDA when there is a GPU), ``"cpu"``, ``"cuda:1"``... (ignored when
+            ``model`` is already loaded).
+        grouping: the grouping settings :meth:`instances` uses by default (default: the
+            model's own, ``model.config.grouping``).
+        crf: refine the category map with the dense CRF (``None``: the model's
+            ``crf.enabled``).
+        eager: compute spectral embeddings even for classes of one instance, so that raising a
+            count later re-runs only k-means (the napari widget's setting).
+    """
+
+    def __init__(self, model: PFNModel | str | Path | None = None, device: str = "auto",
+                 grouping: GroupingConfig | None = None, crf: bool | None = None,
+                 eager: bool = False) -> None:
+        if not isinstance(model, PFNModel):
+            model = load_model(None if model in (None, "", "default") else model, device)
+        self.model = model
+        self.grouping = grouping or model.config.grouping
+        self.crf = crf
+        self.eager = eager
+        self.times = PredictorTimes()
+        self.image: np.ndarray | None = None  # (H, W, 3) uint8, the image as given
+        self.image_id: str | int = ""
+        self.net: NetworkOutput | None = None
+        self._grouper: Grouper | None = None
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.model.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    # ------------------------------------------------------------------ the image
+    def set_image(self, image: np.ndarray, name: str = "image",
+                  image_id: str | int = "") -> NetworkOutput:
+        """Run the networks on ``image`` ``(H, W, 3)`` (uint8 RGB preferred; grayscale, RGBA,
+        16-bit and float are converted) and keep the output for :meth:`instances`."""
+        rgb = as_rgb_uint8(image, name)
+        t0 = time.perf_counter()
+        if getattr(self.model.system, "instance", None) is None:  # stage 1: class map only
+            net = _category_output(self.model, rgb)
+        else:
+            net = inference.run_network(self.model, rgb, crf=self.crf, name=name)
+        self.times.network_s += time.perf_counter() - t0
+        self.times.images += 1
+        self.image, self.image_id = rgb, image_id
+        self.set_network_output(net)
+        return net
+
+    def set_network_output(self, net: NetworkOutput, image: np.ndarray | None = None,
+                           image_id: str | int | None = None) -> None:
+        """Use ``net`` as the current network output (e.g. the model's with the true
+        locations swapped in, :func:`~pfn_napari.grouping.with_true_locations`), on ``image``
+        (default: the current one) named ``image_id`` (default: the current one)."""
+        if image is not None:
+            self.image = as_rgb_uint8(image)
+        if image_id is not None:
+            self.image_id = image_id
+        self.net = net
+        self._grouper = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image given to :meth:`set_image` (the networks may have seen it
+        smaller: ``self.net.image_size``)."""
+        self._require()
+        return tuple(self.image.shape[:2]) if self.image is not None else tuple(self.net.image_size)
+
+    @property
+    def resized(self) -> bool:
+        """Whether the networks saw the image resized (a side over ``MAX_SIDE``)."""
+        return tuple(self.net.image_size) != self.image_size
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether the model predicts instances (a stage-1 checkpoint has only the category
+        network: :meth:`class_map` works, :meth:`instances` does not)."""
+        return getattr(self.model.system, "instance", None) is not None
+
+    def _require(self) -> None:
+        if self.net is None:
+            raise PFNError("no image set: call Predictor.set_image(image) first")
+
+    # ------------------------------------------------------------------ grouping
+    @property
+    def grouper(self) -> Grouper:
+        """The :class:`Grouper` of the current output (it caches per-class data, affinities
+        and clusterings)."""
+        self._require()
+        if not self.has_instances:
+            raise CheckpointError(f"{self.model.path}: this checkpoint holds only the category "
+                                  "network (stage 1); instances need a stage-2 (instance) or "
+                                  "unified checkpoint")
+        if self._grouper is None:
+            self._grouper = Grouper(self.net, eager=self.eager)
+        return self._grouper
+
+    def group(self, grouping: GroupingConfig | None = None,
+              count_override: dict[int, int] | None = None) -> GroupingResult:
+        """The grouping at the networks' resolution, with everything it produced (refined
+        class maps, the instance of each grid cell, mean boxes, timings)."""
+        result = self.grouper.run(grouping or self.grouping, count_override)
+        for step, seconds in result.timings.items():
+            self.times.per_step[step] = self.times.per_step.get(step, 0.0) + seconds
+        return result
+
+    def instances(self, grouping: GroupingConfig | None = None,
+                  count_override: dict[int, int] | None = None) -> Instances:
+        """Instances of the current image at its own size (``image_id`` set)."""
+        t0 = time.perf_counter()
+        inst = resize_instances(self.group(grouping, count_override).instances, self.image_size)
+        inst.image_id = self.image_id
+        self.times.grouping_s += time.perf_counter() - t0
+        return inst
+
+    def class_map(self) -> np.ndarray:
+        """``(H, W)`` uint8 the category network's class of every pixel (0 background), at the
+        image's own size: the argmax of ``full_class_probs`` (the CRF's when it ran)."""
+        self._require()
+        full = np.asarray(self.net.full_class_probs).argmax(0).astype(np.uint8)  # (h, w)
+        size = self.image_size
+        if full.shape == size:
+            return full
+        return resize_labels(full, size)
+
+    # ------------------------------------------------------------------ one call
+    def predict(self, image: np.ndarray, grouping: GroupingConfig | None = None,
+                count_override: dict[int, int] | None = None, name: str = "image",
+                image_id: str | int = "") -> Instances:
+        """:meth:`set_image` then :meth:`instances`."""
+        self.set_image(image, name=name, image_id=image_id)
+        return self.instances(grouping, count_override)
+
+    def predict_files(self, paths: Iterable[Path], grouping: GroupingConfig | None = None
+                      ) -> Iterator[FileResult]:
+        """Each file in turn: read (the next one in a background thread while the networks
+        run), networks, grouping. A failure on one file (unreadable, too large, out of
+        memory, ...) is returned as its ``error``, and the others go on."""
+        from .data import read_image
+
+        paths = list(paths)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(read_image, paths[0]) if paths else None
+            for i, path in enumerate(paths):
+                future, pending = pending, (pool.submit(read_image, paths[i + 1])
+                                            if i + 1 < len(paths) else None)
+                try:
+                    image = future.result()
+                    inst = self.predict(image, grouping, name=str(path), image_id=Path(path).stem)
+                    yield FileResult(Path(path), image, inst, self.net, None)
+                except Exception as exc:  # noqa: BLE001 - any failure on one image: report it
+                    message = str(exc) if isinstance(exc, PFNError) else \
+                        f"{path}: {type(exc).__name__}: {exc}"
+                    yield FileResult(Path(path), None, None, None, message)
+                finally:
+                    image = inst = None  # free this image before reading the next
+
+
+@dataclass
+class FileResult:
+    """One file of :meth:`Predictor.predict_files`: its image and instances, or the error."""
+
+    path: Path
+    image: np.ndarray | None  # (H, W, 3) uint8
+    instances: Instances | None
+    net: NetworkOutput | None
+    error: str | None  # one line naming the file, when it failed
+
+
+def _category_output(model: PFNModel, rgb: np.ndarray) -> NetworkOutput:
+    """:func:`run_network` for a category-only (stage-1) system: the same fitting, padding and
+    upsampling, with empty locations and counts, so only the class maps are there."""
+    import torch
+    import torch.nn.functional as F
+
+    rgb, _ = fit_image(rgb)
+    h, w = rgb.shape[:2]
+    with torch.no_grad():
+        logits = model.system(image_tensor(rgb, model.device)).seg_logits.float()  # (1, C+1, ., .)
+        full = F.interpolate(logits, size=(padded_size(h), padded_size(w)), mode="bilinear",
+                             align_corners=True)  # cell i sits on pixel 8i
+        probs = torch.softmax(full, dim=1)[0, :, :h, :w].cpu().numpy()  # (C+1, H, W)
+    gh, gw = grid_size(h), grid_size(w)
+    return NetworkOutput(class_probs=np.ascontiguousarray(probs[:, ::8, ::8][:, :gh, :gw]),
+                         locations=np.zeros((0, gh, gw), np.float32),
+                         counts=np.zeros(0, np.float32), image_size=(h, w),
+                         encoding=model.encoding, full_class_probs=probs)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``(h, w)`` label map to ``size = (H, W)`` (torch's
+    "nearest" rule, as :func:`~pfn_napari.inference.resize_instances`)."""
+    h, w = labels.shape
+    big_h, big_w = size
+    rows = np.minimum(np.floor(np.arange(big_h, dtype=np.float32) * np.float32(h / big_h)),
+                      h - 1).astype(np.int64)  # (H,)
+    cols = np.minimum(np.floor(np.arange(big_w, dtype=np.float32) * np.float32(w / big_w)),
+                      w - 1).astype(np.int64)  # (W,)
+    return labels[rows][:, cols]
+
+
+def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None = None,
+            crf: bool | None = None, image_id: str | int = "",
+            count_override: dict[int, int] | None = None) -> Instances:
+    """One image in, its instances out (full resolution of the given image).
+
+    >>> model = load_model()                      # doctest: +SKIP
+    >>> inst = predict(model, image)              # doctest: +SKIP
+    >>> inst.masks.shape, inst.classes, inst.scores  # doctest: +SKIP
+
+    For several groupings of one image, keep a :class:`Predictor` instead.
+    """
+    return Predictor(model, grouping=grouping, crf=crf).predict(
+        image, count_override=count_override, image_id=image_id)
