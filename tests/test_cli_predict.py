@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import torch
@@ -92,8 +93,12 @@ def test_predict_keeps_other_runs_predictions_and_never_writes_an_empty_file(tmp
     # image a again: its old entry is replaced, image x (another run's) is kept
     assert main(["predict", str(weights), str(images / "a.png"), "--out", str(out),
                  "--device", "cpu"]) == 0
-    assert "kept 1 entries of 1 other image(s) already in predictions.json" \
-        in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "kept 1 entries of 1 other image(s) already in predictions.json" in captured.out
+    rate = re.search(r"\n([0-9.]+) images/s in all \(([0-9.]+) s\); per image: networks "
+                     r"([0-9.]+) s, grouping ([0-9.]+) s", captured.out)
+    assert rate and float(rate.group(1)) > 0 and float(rate.group(3)) > 0, captured.out
+    assert re.search(r"[0-9.]+ img/s, a\.png", captured.err)  # the progress bar's rate
     merged = json.loads((out / "predictions.json").read_text())
     assert merged[0] == previous[0] and all(e["image_id"] == "a" for e in merged[1:])
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
