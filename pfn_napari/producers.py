@@ -92,9 +92,9 @@ def model_producer(predictor: Predictor, dataset: PFNDataset, oracle_counts: boo
             predictor.set_network_output(with_true_locations(predictor.net, sample.instance_map,
                                                              noise, rng))
         override = None
-        if oracle_counts:
-            override = {c: int(np.sum(sample.instance_classes == c))
-                        for c in range(1, predictor.num_classes + 1)}
+        if oracle_counts:  # model class m is data class lut[m]; classes the data lacks keep theirs
+            override = {m: int(np.sum(sample.instance_classes == lut[m]))
+                        for m in range(1, predictor.num_classes + 1) if lut[m] > 0}
         if class_map_only:
             inst = Instances.empty(*predictor.image_size, image_id=sample.image_id)
         else:

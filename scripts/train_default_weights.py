@@ -231,13 +231,20 @@ def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None)
     """More of stage 2 from ``--continue-from`` (its category network stays), then stage 3;
     the weights' ``meta`` adds this run's steps, minutes and logs to the continued run's."""
     _, _, old = load_checkpoint(args.continue_meta or default_weights_path())
-    t0 = time.perf_counter()
-    ckpt, logs = train_two_stages(out, spec, instance_steps=args.instance_steps,
-                                  instance_minutes=args.instance_minutes, init=args.continue_from,
-                                  stage_overrides={"instance": [*_lr(args.instance_lr),
-                                                                decay(args.instance_steps)]})
+    done = out / "instance" / "final.pt"
+    if done.is_file():  # stage 2 of this continuation finished before (e.g. stage 3 failed)
+        ckpt, logs = done, {"instance": out / "instance" / "log.csv"}
+        minutes = (done.stat().st_mtime - (out / "instance" / "config.yaml").stat().st_mtime) / 60
+        print(f"stage 2 already done: {done} ({minutes:.0f} min); going on with stage 3")
+    else:
+        t0 = time.perf_counter()
+        ckpt, logs = train_two_stages(out, spec, instance_steps=args.instance_steps,
+                                      instance_minutes=args.instance_minutes,
+                                      init=args.continue_from,
+                                      stage_overrides={"instance": [*_lr(args.instance_lr),
+                                                                    decay(args.instance_steps)]})
+        minutes = (time.perf_counter() - t0) / 60
     rows = list(csv.DictReader(open(logs["instance"], newline="")))
-    minutes = (time.perf_counter() - t0) / 60
     meta = {**old, "notes": [*old.get("notes", []), *args.note],
             "command": old["command"] + " ; then python scripts/train_default_weights.py "
             + " ".join(argv or sys.argv[1:]),
@@ -264,14 +271,19 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
             "data.scale_max=1", "data.copy_paste=0"])
         ckpt = train(cfg)
         rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
-        key = "counts_continued" if args.continue_from is not None else "counts"
+        key, n = "counts", 1  # a stage 3 run again on earlier weights gets its own entry
+        while key in meta["steps"]:
+            n += 1
+            key = f"counts_{n}"
         meta = {**meta, "count_minutes": meta.get("count_minutes", 0) + args.count_minutes,
                 "train_minutes": round(meta["train_minutes"] + (time.perf_counter() - t0) / 60, 1),
                 "steps": {**meta["steps"], key: int(rows[-1]["step"]) if rows else 0},
                 "history": {**meta["history"], key: rows}}
     system, cfg, _ = load_checkpoint(ckpt)
-    if args.continue_from is not None:  # keep the grouping settings chosen for the continued run
-        _, old_cfg, _ = load_checkpoint(args.continue_meta or default_weights_path())
+    earlier = args.from_weights or (args.continue_meta or default_weights_path()
+                                     if args.continue_from is not None else None)
+    if earlier is not None:  # keep the grouping settings chosen for the run continued
+        _, old_cfg, _ = load_checkpoint(earlier)
         cfg = dataclasses.replace(cfg, grouping=old_cfg.grouping)
     path = save_weights(args.weights, system, cfg, meta, half=True)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min "
