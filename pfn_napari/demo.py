@@ -268,14 +268,11 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
 def save_pictures(predictor, inst, folder: Path, stem: str, caption: str) -> list[tuple[str, str]]:
     """The overlay and the Fig.-1 arrows of the predictor's current image, in ``folder``;
     returns ``(path relative to the report, caption)`` of each."""
-    from .inference import fit_image, resize_instances
-    from .visualize import save_arrows, save_overlay
+    from .visualize import save_overlay
 
     save_overlay(folder / f"{stem}_overlay.png", predictor.image, inst, predictor.class_names,
                  title=caption)
-    small, _ = fit_image(predictor.image)
-    save_arrows(folder / f"{stem}_arrows.png", small, predictor.net,
-                resize_instances(inst, predictor.net.image_size))
+    predictor.save_arrows(folder / f"{stem}_arrows.png", inst)
     return [(f"{folder.name}/{stem}_overlay.png", caption),
             (f"{folder.name}/{stem}_arrows.png", f"{caption.split(':')[0]}: location arrows")]
 

@@ -232,7 +232,7 @@ def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @torch.inference_mode()
 def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
-                name: str = "image") -> NetworkOutput:
+                name: str = "image", class_maps_only: bool = False) -> NetworkOutput:
     """Run the networks on one image.
 
     ``image`` is ``(H, W, 3)`` (uint8 RGB preferred; grayscale/RGBA/16-bit are converted).
@@ -240,12 +240,15 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
     ``NetworkOutput.image_size`` is the size the networks saw. ``crf``: refine the category map
     with the dense CRF (``None``: the model config's ``crf.enabled``); then ``full_class_probs``
     are the CRF's marginals and ``class_probs`` those marginals at the grid's cells.
+    ``class_maps_only``: accept a category-only (stage-1) system; its output has empty
+    locations and counts (otherwise such a system raises :class:`CheckpointError`).
     """
     rgb, _ = fit_image(as_rgb_uint8(image, name), name=name)
     h, w = rgb.shape[:2]
     gh, gw = grid_size(h), grid_size(w)
     out = model.network()(image_tensor(rgb, model.device))
-    if out.seg_logits is None or out.locations is None or out.counts is None:
+    stage1 = out.locations is None or out.counts is None
+    if out.seg_logits is None or (stage1 and not class_maps_only):
         raise CheckpointError(f"{model.path}: this checkpoint holds only the category network "
                               "(stage 1); instances need a stage-2 (instance) or unified checkpoint")
     logits = out.seg_logits.float()  # (1, C+1, hp, wp)
@@ -261,13 +264,18 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
         full_probs = dense_crf(rgb, full_probs, model.config.crf)  # (C+1, H, W)
         probs = torch.from_numpy(grid_cells(full_probs))  # (C+1, gh, gw): the CRF's map
     # the networks normalise locations by the padded size: bring them to the image's own
-    scale = location_scale(model.encoding, (h, w), (hp, wp))  # (L, 1, 1)
-    streams = {k: v[0, :, :gh, :gw].float().cpu().numpy() * scale
-               for k, v in out.stream_locations.items()}
+    if stage1:
+        locations, counts, streams = np.zeros((0, gh, gw), np.float32), np.zeros(0, np.float32), {}
+    else:
+        scale = location_scale(model.encoding, (h, w), (hp, wp))  # (L, 1, 1)
+        streams = {k: v[0, :, :gh, :gw].float().cpu().numpy() * scale
+                   for k, v in out.stream_locations.items()}
+        locations = out.locations[0, :, :gh, :gw].float().cpu().numpy() * scale  # (L, gh, gw)
+        counts = out.counts[0].float().cpu().numpy()  # (C,)
     return NetworkOutput(
         class_probs=probs.cpu().numpy().astype(np.float32),
-        locations=out.locations[0, :, :gh, :gw].float().cpu().numpy() * scale,  # (L, gh, gw)
-        counts=out.counts[0].float().cpu().numpy(),  # (C,)
+        locations=locations,
+        counts=counts,
         image_size=(h, w),
         encoding=model.encoding,
         stream_locations=streams,
@@ -293,19 +301,33 @@ def location_scale(encoding: str, size: tuple[int, int], padded: tuple[int, int]
     return np.asarray(factors, dtype=np.float32).reshape(-1, 1, 1)
 
 
+def nearest_indices(size: tuple[int, int], new_size: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows (H,), cols (W,))`` int64: the source row and column of every row and column of
+    ``new_size = (H, W)`` under torch's "nearest" rule (source = floor(dst * in / out), in
+    float32), so that indexing resizes without a float copy of the image."""
+    (h, w), (big_h, big_w) = size, new_size
+    rows = np.minimum(np.floor(np.arange(big_h, dtype=np.float32) * np.float32(h / big_h)),
+                      h - 1).astype(np.int64)
+    cols = np.minimum(np.floor(np.arange(big_w, dtype=np.float32) * np.float32(w / big_w)),
+                      w - 1).astype(np.int64)
+    return rows, cols
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``(h, w)`` label map to ``size = (H, W)``."""
+    rows, cols = nearest_indices(labels.shape, size)
+    return labels[rows][:, cols]
+
+
 def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:
     """Nearest-neighbour resize of instance masks to ``size = (H, W)``."""
     if instances.image_size == tuple(size) or len(instances) == 0:
         if len(instances) == 0:
             return Instances.empty(*size, image_id=instances.image_id)
         return instances
-    (h, w), (big_h, big_w) = instances.image_size, size
-    # torch's "nearest" rule (source = floor(dst * in / out), in float32), by indexing: the
-    # only full-size array made is the (N, H, W) bool result
-    rows = np.minimum(np.floor(np.arange(big_h, dtype=np.float32) * np.float32(h / big_h)),
-                      h - 1).astype(np.int64)  # (H,)
-    cols = np.minimum(np.floor(np.arange(big_w, dtype=np.float32) * np.float32(w / big_w)),
-                      w - 1).astype(np.int64)  # (W,)
+    rows, cols = nearest_indices(instances.image_size, size)  # (H,), (W,)
+    big_h, big_w = size
     masks = np.empty((len(instances), big_h, big_w), dtype=bool)
     for k, mask in enumerate(instances.masks):
         masks[k] = mask[rows][:, cols]

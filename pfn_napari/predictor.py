@@ -37,8 +37,9 @@ from . import inference  # inference.run_network is looked up at each call (test
 from .config import GroupingConfig
 from .errors import CheckpointError, PFNError
 from .grouping import Grouper, GroupingResult
-from .inference import PFNModel, as_rgb_uint8, fit_image, image_tensor, load_model, resize_instances
-from .structures import Instances, NetworkOutput, grid_size, padded_size
+from .inference import (PFNModel, as_rgb_uint8, fit_image, load_model, resize_instances,
+                        resize_labels)
+from .structures import Instances, NetworkOutput
 
 
 @dataclass
@@ -106,10 +107,8 @@ class Predictor:
         16-bit and float are converted) and keep the output for :meth:`instances`."""
         rgb = as_rgb_uint8(image, name)
         t0 = time.perf_counter()
-        if getattr(self.model.system, "instance", None) is None:  # stage 1: class map only
-            net = _category_output(self.model, rgb)
-        else:
-            net = inference.run_network(self.model, rgb, crf=self.crf, name=name)
+        stage1 = {} if self.has_instances else {"class_maps_only": True}
+        net = inference.run_network(self.model, rgb, crf=self.crf, name=name, **stage1)
         self.times.network_s += time.perf_counter() - t0
         self.times.images += 1
         self.image, self.image_id = rgb, image_id
@@ -186,11 +185,23 @@ class Predictor:
         """``(H, W)`` uint8 the category network's class of every pixel (0 background), at the
         image's own size: the argmax of ``full_class_probs`` (the CRF's when it ran)."""
         self._require()
-        full = np.asarray(self.net.full_class_probs).argmax(0).astype(np.uint8)  # (h, w)
+        if self.has_instances:  # the grouper's unrefined full map: the same argmax, cached
+            full = self.grouper.full_class  # (h, w)
+        else:
+            full = np.asarray(self.net.full_class_probs).argmax(0).astype(np.uint8)  # (h, w)
         size = self.image_size
         if full.shape == size:
             return full
         return resize_labels(full, size)
+
+    def save_arrows(self, path: str | Path, instances: Instances) -> Path:
+        """The paper's Fig. 1 picture of the current image: an arrow from sampled foreground
+        pixels to the center each predicts, coloured by ``instances`` (at the image's size),
+        drawn at the size the networks saw."""
+        from .visualize import save_arrows
+
+        small, _ = fit_image(self.image)
+        return save_arrows(path, small, self.net, resize_instances(instances, self.net.image_size))
 
     # ------------------------------------------------------------------ one call
     def predict(self, image: np.ndarray, grouping: GroupingConfig | None = None,
@@ -234,38 +245,6 @@ class FileResult:
     instances: Instances | None
     net: NetworkOutput | None
     error: str | None  # one line naming the file, when it failed
-
-
-def _category_output(model: PFNModel, rgb: np.ndarray) -> NetworkOutput:
-    """:func:`run_network` for a category-only (stage-1) system: the same fitting, padding and
-    upsampling, with empty locations and counts, so only the class maps are there."""
-    import torch
-    import torch.nn.functional as F
-
-    rgb, _ = fit_image(rgb)
-    h, w = rgb.shape[:2]
-    with torch.no_grad():
-        logits = model.system(image_tensor(rgb, model.device)).seg_logits.float()  # (1, C+1, ., .)
-        full = F.interpolate(logits, size=(padded_size(h), padded_size(w)), mode="bilinear",
-                             align_corners=True)  # cell i sits on pixel 8i
-        probs = torch.softmax(full, dim=1)[0, :, :h, :w].cpu().numpy()  # (C+1, H, W)
-    gh, gw = grid_size(h), grid_size(w)
-    return NetworkOutput(class_probs=np.ascontiguousarray(probs[:, ::8, ::8][:, :gh, :gw]),
-                         locations=np.zeros((0, gh, gw), np.float32),
-                         counts=np.zeros(0, np.float32), image_size=(h, w),
-                         encoding=model.encoding, full_class_probs=probs)
-
-
-def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an ``(h, w)`` label map to ``size = (H, W)`` (torch's
-    "nearest" rule, as :func:`~pfn_napari.inference.resize_instances`)."""
-    h, w = labels.shape
-    big_h, big_w = size
-    rows = np.minimum(np.floor(np.arange(big_h, dtype=np.float32) * np.float32(h / big_h)),
-                      h - 1).astype(np.int64)  # (H,)
-    cols = np.minimum(np.floor(np.arange(big_w, dtype=np.float32) * np.float32(w / big_w)),
-                      w - 1).astype(np.int64)  # (W,)
-    return labels[rows][:, cols]
 
 
 def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None = None,

@@ -119,10 +119,9 @@ def run(args: argparse.Namespace) -> int:
     from ..config import apply_overrides, config_from_dict, config_to_dict
     from ..errors import PFNError
     from ..evaluate import instances_to_coco_results
-    from ..inference import fit_image, resize_instances
     from ..output import atomic_write_text, check_output_dir, remove_stale_temporaries
     from ..predictor import Predictor
-    from ..visualize import save_arrows, save_label_png, save_overlay
+    from ..visualize import save_label_png, save_overlay
 
     images = collect_images(args.images)
     out = check_output_dir(args.out)
@@ -158,10 +157,8 @@ def run(args: argparse.Namespace) -> int:
             save_label_png(out / f"{path.stem}_classes.png", inst.class_map(), palette=True)
             save_overlay(out / f"{path.stem}_overlay.png", item.image, inst, model.class_names,
                          title=f"{path.name}: {len(inst)} instance{'' if len(inst) == 1 else 's'}")
-            if args.arrows:
-                small, _ = fit_image(item.image)
-                save_arrows(out / f"{path.stem}_arrows.png", small, item.net,
-                            resize_instances(inst, item.net.image_size))
+            if args.arrows:  # the generator has not moved on: the predictor holds this image
+                predictor.save_arrows(out / f"{path.stem}_arrows.png", inst)
             results += instances_to_coco_results([inst], category_ids)
             done_ids.add(path.stem)
         except Exception as exc:  # noqa: BLE001 - any failure on one image: report, go on
