@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{rate:.2f} img/s, {path.name[-30:]}")
         if item.error is not None:
             failures.append(item.error)
-            tqdm.write(f"pfn: skipped {path}: {item.error}", file=sys.stderr)
+            tqdm.write(f"pfn: skipped: {item.error}", file=sys.stderr)
             continue
         try:
             save_label_png(out / f"{path.stem}_instances.png", inst.label_map())
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             message = str(exc) if isinstance(exc, PFNError) else \
                 f"{path}: {type(exc).__name__}: {exc}"
             failures.append(message)
-            tqdm.write(f"pfn: skipped {path}: {message}", file=sys.stderr)
+            tqdm.write(f"pfn: skipped: {message}", file=sys.stderr)
         finally:
             item = inst = None  # free this image before reading the next
     bar.close()
