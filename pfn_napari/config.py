@@ -139,6 +139,10 @@ class DataConfig:
     # Simple Copy-Paste (Ghiasi et al., CVPR 2021): probability that a training crop gets a
     # random subset of the instances of another (augmented) training crop pasted on top.
     copy_paste: float = 0.0
+    # Count targets of a training crop: 'whole' (the paper: every instance with a visible pixel
+    # counts 1) or 'share' (each counts the share of its pixels the crop keeps, so a density
+    # count head learns on crops what it is asked on whole images).
+    count_targets: str = "whole"
     # Image ids dropped from the SBD part of the training data (SBD's train list shares images
     # with VOC 2012 val, the paper's test set): '' keeps every image; 'val': the images of
     # data.val (its data.val_split list); or a path: a VOC root (its
@@ -150,6 +154,8 @@ class DataConfig:
         _check([
             (self.crop_size >= 9, f"data.crop_size={self.crop_size}: at least 9"),
             (0 <= self.copy_paste <= 1, f"data.copy_paste={self.copy_paste}: in [0, 1]"),
+            (self.count_targets in ("whole", "share"),
+             f"data.count_targets={self.count_targets!r}: 'whole' or 'share'"),
         ])
 
 

@@ -54,6 +54,9 @@ class Sample:
     instance_classes: np.ndarray  # (K,) int64, class 1..C of instance id k at index k - 1
     image_id: str | int  # file stem (VOC, SBD, folder, synthetic) or COCO id
     source: str = ""  # the file it came from, for error messages
+    # (K,) float32 share of each instance's pixels that lies inside the training crop (set by
+    # TrainTransform(count_share=True)); None: every instance counts whole
+    instance_share: np.ndarray | None = None
 
     @property
     def num_instances(self) -> int:

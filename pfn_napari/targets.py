@@ -216,21 +216,34 @@ def location_weights(class_map: np.ndarray, instance_map: np.ndarray | None = No
     return on.astype(np.float32)
 
 
-def instance_counts(instance_classes: np.ndarray, num_classes: int) -> np.ndarray:
+def instance_counts(instance_classes: np.ndarray, num_classes: int,
+                    weights: np.ndarray | None = None) -> np.ndarray:
     """``(C,)`` float32: how many instances of each class 1..C (``instance_classes`` holds
-    classes 1..C; other values are an error)."""
+    classes 1..C; other values are an error); with ``weights`` ``(K,)`` each instance counts
+    its weight instead of 1."""
     classes = np.asarray(instance_classes, dtype=np.int64).reshape(-1)
     if classes.size and (classes.min() < 1 or classes.max() > num_classes):
         raise ValueError(f"instance classes must be in 1..{num_classes}, got {classes.tolist()}")
-    return np.bincount(classes - 1, minlength=num_classes).astype(np.float32)[:num_classes]
+    counts = np.bincount(classes - 1, weights=weights, minlength=num_classes)
+    return counts.astype(np.float32)[:num_classes]
 
 
-def visible_instance_classes(sample: Sample) -> np.ndarray:
-    """Classes of the instances of ``sample`` with at least one visible pixel (``(K',)``)."""
+def visible_instance_ids(sample: Sample) -> np.ndarray:
+    """``(K',)`` int64 the ids 1..K of ``sample`` with at least one visible pixel."""
     k = sample.num_instances
     ids = sample.instance_map[(sample.instance_map > 0) & (sample.instance_map <= k)]
-    present = np.unique(ids).astype(np.int64)  # instance ids 1..K seen
-    return np.asarray(sample.instance_classes, dtype=np.int64)[present - 1]
+    return np.unique(ids).astype(np.int64)
+
+
+def count_targets(sample: Sample, num_classes: int) -> np.ndarray:
+    """``(C,)`` float32 the count target of ``sample``: its visible instances of each class,
+    each counting 1, or its ``instance_share`` (the part of it inside the crop) when recorded."""
+    ids = visible_instance_ids(sample)  # (K',)
+    classes = np.asarray(sample.instance_classes, dtype=np.int64)[ids - 1]
+    weights = None
+    if sample.instance_share is not None:
+        weights = np.asarray(sample.instance_share, np.float64)[ids - 1]
+    return instance_counts(classes, num_classes, weights)
 
 
 def build_targets(sample: Sample, num_classes: int, encoding: str = "box6",
@@ -239,7 +252,8 @@ def build_targets(sample: Sample, num_classes: int, encoding: str = "box6",
 
     Locations are encoded at full resolution (boxes over the visible pixels), then all maps
     are sampled at pixels ``stride * i`` (``h = grid_size(H)``). Counts are the instances of
-    each class with at least one visible pixel.
+    each class with at least one visible pixel (:func:`count_targets`: each counts its
+    ``instance_share`` when the sample records one).
 
     Returns:
         :class:`~pfn_napari.structures.Targets` with ``class_map`` ``(h, w)`` int64 (0..C, 255
@@ -260,7 +274,7 @@ def build_targets(sample: Sample, num_classes: int, encoding: str = "box6",
         class_map=class_map,
         locations=np.ascontiguousarray(locations[:, rows][:, :, cols]),  # (L, h, w)
         location_weight=location_weights(class_map, instance_map),  # (h, w)
-        counts=instance_counts(visible_instance_classes(sample), num_classes),  # (C,)
+        counts=count_targets(sample, num_classes),  # (C,)
     )
 
 

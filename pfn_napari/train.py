@@ -626,7 +626,7 @@ def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
     if cfg.data.train_exclude:
         dataset = _exclude_images(dataset, cfg, note)
     transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
-                               cfg.data.flip)
+                               cfg.data.flip, count_share=cfg.data.count_targets == "share")
     train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
                             seed=t.seed, copy_paste=cfg.data.copy_paste)
     sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)

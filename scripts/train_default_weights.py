@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count-crop", type=int, default=641,
                     help="stage-3 crop: 641 holds a whole 640-pixel photo, so every instance is "
                          "whole and counts 1, as at test time")
+    ap.add_argument("--count-scale", default="1,1",
+                    help="stage-3 scale range MIN,MAX (smaller crops at random scales are "
+                         "cheaper steps; the recipe's count targets (data.count_targets=share) "
+                         "count the part of each instance inside the crop)")
     ap.add_argument("--count-init", type=Path, default=None,
                     help="with --from-weights: the instance checkpoint stage 3 starts from "
                          "(default OUT/instance/final.pt)")
@@ -267,8 +271,9 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
             f"train.init={ckpt}", f"train.max_steps={args.count_steps}",
             f"train.max_minutes={args.count_minutes}", "model.count_gate=true",
             "train.frozen=[backbone.,location_head.]", "train.lr_new=0.005",
-            "train.lr_step_epochs=0", f"data.crop_size={args.count_crop}", "data.scale_min=1",
-            "data.scale_max=1", "data.copy_paste=0"])
+            "train.lr_step_epochs=0", f"data.crop_size={args.count_crop}",
+            f"data.scale_min={args.count_scale.split(',')[0]}",
+            f"data.scale_max={args.count_scale.split(',')[1]}", "data.copy_paste=0"])
         ckpt = train(cfg)
         rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
         key, n = "counts", 1  # a stage 3 run again on earlier weights gets its own entry

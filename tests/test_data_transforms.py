@@ -164,3 +164,43 @@ def test_training_set_copy_paste_is_a_function_of_seed_epoch_index() -> None:
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_crop_shares_follow_the_instances_through_crop_flip_and_paste() -> None:
+    from pfn_napari.data.transforms import copy_paste, crop_shares
+    from pfn_napari.targets import count_targets
+
+    sample = make_sample()  # id 1 (class 2) 4x4 at [2:6, 2:6], 2 (class 1) 6x8, 3 (class 3)
+    window = (slice(0, 10), slice(4, 24))
+    shares = crop_shares(sample.instance_map, sample.num_instances, window)
+    np.testing.assert_allclose(shares, [8 / 16, 24 / 48, 0.0])  # half of 1 and of 2, none of 3
+    cut = crop(Sample(sample.image, sample.class_map, sample.instance_map, sample.instance_classes,
+                      "toy", "toy.png", shares), 0, 4, 10, 20)
+    assert cut.instance_classes.tolist() == [2, 1]  # id 3 dropped, its share with it
+    np.testing.assert_allclose(hflip(cut).instance_share, [0.5, 0.5])
+    np.testing.assert_allclose(count_targets(cut, 3), [0.5, 0.5, 0.0])  # per class 1..3
+    np.testing.assert_allclose(count_targets(sample, 3), [1.0, 1.0, 1.0])  # no share: whole
+    # pasted instances without a recorded share count whole; the occluded ones keep theirs
+    src = make_sample()
+    src_inst = np.where(src.instance_map == 2, 1, 0).astype(np.int32)
+    source = Sample(src.image, np.where(src_inst > 0, 3, 0).astype(np.uint8), src_inst,
+                    np.array([3], np.int64), "src")
+    pasted = copy_paste(pad_to(cut, 20, 30), source, np.random.default_rng(0), keep_prob=1.0)
+    np.testing.assert_allclose(pasted.instance_share, [0.5, 0.5, 1.0])
+    np.testing.assert_allclose(count_targets(pasted, 3), [0.5, 0.5, 1.0])
+
+
+def test_train_transform_records_crop_shares_only_when_asked() -> None:
+    from pfn_napari.targets import count_targets
+
+    rng = np.random.default_rng(0)
+    assert TrainTransform(17, 1.0, 1.0)(make_sample(), rng).instance_share is None
+    for seed in range(5):
+        out = TrainTransform(17, 1.0, 1.0, count_share=True)(make_sample(),
+                                                              np.random.default_rng(seed))
+        assert out.instance_share.shape == (out.num_instances,)
+        assert ((out.instance_share > 0) & (out.instance_share <= 1)).all()
+        whole = np.bincount(out.instance_classes - 1, minlength=3)
+        assert (count_targets(out, 3) <= whole + 1e-6).all()
+    big = TrainTransform(33, 1.0, 1.0, count_share=True)(make_sample(), rng)  # holds it all
+    np.testing.assert_allclose(big.instance_share, [1.0, 1.0, 1.0])

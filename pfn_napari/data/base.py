@@ -61,6 +61,15 @@ def class_lookup(native: Sequence[str], target: Sequence[str]) -> np.ndarray:
     return lut
 
 
+def kept_instance_ids(instance_map: np.ndarray, instance_classes: np.ndarray) -> np.ndarray:
+    """``(K',)`` int64 the ids 1..K that :func:`compact_instances` keeps, in order: those with a
+    pixel in ``instance_map`` and a class other than 0."""
+    classes = np.asarray(instance_classes, dtype=np.int64).reshape(-1)
+    present = np.bincount(np.asarray(instance_map).ravel().clip(0, 255), minlength=256)
+    ids = np.arange(1, len(classes) + 1)
+    return ids[(present[ids] > 0) & (classes > 0)]
+
+
 def compact_instances(instance_map: np.ndarray, instance_classes: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Drop instance ids with no pixel (or with class 0) and renumber the rest 1..K in order.
@@ -71,15 +80,11 @@ def compact_instances(instance_map: np.ndarray, instance_classes: np.ndarray
     """
     instance_map = np.asarray(instance_map)
     classes = np.asarray(instance_classes, dtype=np.int64).reshape(-1)
+    kept = kept_instance_ids(instance_map, classes)  # (K',)
     lut = np.zeros(256, dtype=np.int32)
     lut[VOID] = VOID
-    present = np.bincount(instance_map.ravel().clip(0, 255), minlength=256)
-    new_classes = []
-    for k in range(1, len(classes) + 1):
-        if present[k] > 0 and classes[k - 1] > 0:
-            new_classes.append(classes[k - 1])
-            lut[k] = len(new_classes)
-    return lut[instance_map], np.asarray(new_classes, dtype=np.int64)
+    lut[kept] = np.arange(1, kept.size + 1)
+    return lut[instance_map], classes[kept - 1]
 
 
 def remap_sample_classes(sample: Sample, lut: np.ndarray) -> Sample:

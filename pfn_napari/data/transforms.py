@@ -16,12 +16,14 @@ Randomness comes only from the ``numpy.random.Generator`` passed in, drawn in a 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from PIL import Image
 
 from ..config import VOID
 from ..structures import Sample, padded_size
-from .base import compact_instances
+from .base import compact_instances, kept_instance_ids
 
 #: RGB pad colour of images: the ImageNet mean (123.7, 116.3, 103.5) ~ DeepLab's (122.7, 116.7,
 #: 104.0), rounded.
@@ -30,8 +32,22 @@ PAD_COLOUR: tuple[int, int, int] = (123, 116, 104)
 
 def _renumber(sample: Sample, image: np.ndarray, class_map: np.ndarray,
               instance_map: np.ndarray) -> Sample:
+    share = sample.instance_share
+    if share is not None:  # (K,) -> (K',) following the kept ids
+        share = np.asarray(share, np.float32)[kept_instance_ids(instance_map,
+                                                                sample.instance_classes) - 1]
     instance_map, classes = compact_instances(instance_map, sample.instance_classes)
-    return Sample(image, class_map, instance_map, classes, sample.image_id, sample.source)
+    return Sample(image, class_map, instance_map, classes, sample.image_id, sample.source, share)
+
+
+def crop_shares(instance_map: np.ndarray, num_instances: int, window: tuple[slice, slice]
+                ) -> np.ndarray:
+    """``(K,)`` float32: the share of each instance's pixels that lies inside ``window`` (ids
+    1..K of ``instance_map``; 0 for an id with no pixel)."""
+    ids = np.asarray(instance_map).clip(0, VOID)
+    whole = np.bincount(ids.ravel(), minlength=VOID + 1)[1:num_instances + 1]  # (K,)
+    inside = np.bincount(ids[window].ravel(), minlength=VOID + 1)[1:num_instances + 1]  # (K,)
+    return (inside / np.maximum(whole, 1)).astype(np.float32)
 
 
 def _nearest_indices(n_out: int, n_in: int) -> np.ndarray:
@@ -80,7 +96,7 @@ def pad_to(sample: Sample, height: int, width: int,
     instance_map = np.full((h + ph, w + pw), VOID, dtype=np.int32)
     instance_map[:h, :w] = sample.instance_map
     return Sample(image, class_map, instance_map, sample.instance_classes.copy(),
-                  sample.image_id, sample.source)
+                  sample.image_id, sample.source, sample.instance_share)
 
 
 def crop(sample: Sample, top: int, left: int, height: int, width: int) -> Sample:
@@ -98,7 +114,7 @@ def hflip(sample: Sample) -> Sample:
     """Mirror left-right (ids and classes unchanged)."""
     return Sample(sample.image[:, ::-1].copy(), sample.class_map[:, ::-1].copy(),
                   sample.instance_map[:, ::-1].copy(), sample.instance_classes.copy(),
-                  sample.image_id, sample.source)
+                  sample.image_id, sample.source, sample.instance_share)
 
 
 class TrainTransform:
@@ -110,18 +126,22 @@ class TrainTransform:
         scale_min, scale_max: the scale factor is uniform in [scale_min, scale_max].
         flip: mirror with probability 1/2.
         pad_colour: RGB of padded image pixels (labels are padded with void).
+        count_share: record in ``instance_share`` the share of each instance's pixels (at the
+            drawn scale) that the crop keeps, so its count target can be that share instead of
+            1 (``data.count_targets='share'``, docs/training.md).
 
     Call: ``transform(sample, rng) -> Sample`` of shape ``(crop_size, crop_size)``.
     """
 
     def __init__(self, crop_size: int = 321, scale_min: float = 0.5, scale_max: float = 1.5,
-                 flip: bool = True, pad_colour: tuple[int, int, int] = PAD_COLOUR) -> None:
+                 flip: bool = True, pad_colour: tuple[int, int, int] = PAD_COLOUR,
+                 count_share: bool = False) -> None:
         if crop_size < 1 or (crop_size - 1) % 8:
             raise ValueError(f"crop_size={crop_size}: must be 8k+1 (e.g. 321, 129)")
         if not 0 < scale_min <= scale_max:
             raise ValueError(f"scale range [{scale_min}, {scale_max}]: need 0 < min <= max")
         self.crop_size, self.scale_min, self.scale_max = crop_size, scale_min, scale_max
-        self.flip, self.pad_colour = flip, pad_colour
+        self.flip, self.pad_colour, self.count_share = flip, pad_colour, count_share
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         scale = float(rng.uniform(self.scale_min, self.scale_max))
@@ -132,6 +152,10 @@ class TrainTransform:
         top = int(rng.integers(0, h - c + 1))
         left = int(rng.integers(0, w - c + 1))
         do_flip = bool(rng.random() < 0.5)
+        if self.count_share:
+            window = (slice(top, top + c), slice(left, left + c))
+            shares = crop_shares(sample.instance_map, sample.num_instances, window)  # (K,)
+            sample = dataclasses.replace(sample, instance_share=shares)
         sample = crop(sample, top, left, c, c)
         if self.flip and do_flip:
             sample = hflip(sample)
@@ -139,7 +163,7 @@ class TrainTransform:
 
     def __repr__(self) -> str:
         return (f"TrainTransform(crop_size={self.crop_size}, scale=[{self.scale_min}, "
-                f"{self.scale_max}], flip={self.flip})")
+                f"{self.scale_max}], flip={self.flip}, count_share={self.count_share})")
 
 
 def copy_paste(target: Sample, source: Sample, rng: np.random.Generator,
@@ -151,7 +175,8 @@ def copy_paste(target: Sample, source: Sample, rng: np.random.Generator,
     replace the target's image, class and instance labels; target instances hidden under them
     lose those pixels, and one hidden entirely is dropped. Source void and background pixels are
     not pasted. Ids are renumbered, so the boxes and counts built afterwards describe what is
-    visible. Draws from ``rng`` in a fixed order (the kept subset, then the fallback choice).
+    visible; an occluded instance keeps its ``instance_share`` (it still counts as in the crop).
+    Draws from ``rng`` in a fixed order (the kept subset, then the fallback choice).
     """
     if source.class_map.shape != target.class_map.shape:
         raise ValueError(f"copy_paste: source {source.class_map.shape} and target "
@@ -176,8 +201,19 @@ def copy_paste(target: Sample, source: Sample, rng: np.random.Generator,
     instance_map = np.where(pasted, new_ids, target.instance_map).astype(np.int32)
     classes = np.concatenate([target.instance_classes,
                               np.asarray(source.instance_classes, np.int64)[kept - 1]])
-    merged = Sample(image, class_map, instance_map, classes, target.image_id, target.source)
+    share = None  # target's shares, then the pasted instances' (whole where not recorded)
+    if target.instance_share is not None or source.instance_share is not None:
+        share = np.concatenate([_shares(target), _shares(source)[kept - 1]])
+    merged = Sample(image, class_map, instance_map, classes, target.image_id, target.source,
+                    share)
     return _renumber(merged, image, class_map, instance_map)
+
+
+def _shares(sample: Sample) -> np.ndarray:
+    """``(K,)`` float32 ``instance_share``, or ones where it is not recorded."""
+    if sample.instance_share is None:
+        return np.ones(sample.num_instances, np.float32)
+    return np.asarray(sample.instance_share, np.float32)
 
 
 class EvalTransform:
