@@ -11,6 +11,7 @@ from pfn_napari.config import (ConfigError, CRFConfig, DataConfig, GroupingConfi
 @pytest.mark.parametrize("section, message", [
     (DataConfig(crop_size=8), "data.crop_size=8: at least 9"),
     (DataConfig(copy_paste=1.5), r"data.copy_paste=1.5: in \[0, 1\]"),
+    (DataConfig(count_targets="visible"), r"data.count_targets='visible': 'whole' or 'share'"),
     (ModelConfig(backbone="resnet"), "model.backbone='resnet': choose one of"),
     (ModelConfig(fusion="mean"), "model.fusion='mean'"),
     (ModelConfig(num_classes=0), "model.num_classes=0: at least 1"),
