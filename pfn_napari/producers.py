@@ -99,12 +99,17 @@ def model_producer(predictor: Predictor, dataset: PFNDataset, oracle_counts: boo
             inst = Instances.empty(*predictor.image_size, image_id=sample.image_id)
         else:
             inst = predictor.instances(grouping, override)
-        keep = lut[inst.classes] > 0  # classes of the model the data does not know are dropped
-        inst = Instances(inst.masks[keep], lut[inst.classes[keep]], inst.scores[keep],
-                         sample.image_id)
-        return inst, lut[predictor.class_map()].astype(np.uint8)
+        return to_data_classes(inst, lut, sample.image_id), lut[predictor.class_map()].astype(
+            np.uint8)
 
     return produce
+
+
+def to_data_classes(inst: Instances, lut: np.ndarray, image_id: str | int) -> Instances:
+    """``inst`` with the model's class ids turned into the data's by ``lut``
+    (:func:`class_lut`); instances of classes the data does not know are dropped."""
+    keep = lut[inst.classes] > 0  # (K,)
+    return Instances(inst.masks[keep], lut[inst.classes[keep]], inst.scores[keep], image_id)
 
 
 def oracle_locations_producer(num_classes: int, grouping: GroupingConfig, encoding: str = "box6",
