@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default=None, help="grouping method (default: the model's)")
     ap.add_argument("--sigma", type=float, default=None, help="grouping sigma (default: the model's)")
     ap.add_argument("--size", default="1280x1000", help="window size WxH")
+    ap.add_argument("--count", type=int, default=None,
+                    help="the count override shown last: this many instances of the largest "
+                         "class (default: one more than found), e.g. the true number")
     ap.add_argument("--oracle", default=None, metavar="VOC_ROOT",
                     help="show the sample's ground truth as the network output (no weights needed)")
     args = ap.parse_args(argv)
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         shot(f"teach_{k + 1}_{name}")
     widget.teach_check.setChecked(False)
 
-    # 8. an annotator's count override: one more instance of the largest class
+    # 8. an annotator's count override: --count instances of the largest class (default +1)
     s = widget.session
     c = s.clustering
     if len(c.instances):
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                       key=lambda k: int((c.instances.classes == k).sum())))
         before = int((c.instances.classes == cls).sum())
         widget.synchronous = True
-        widget.set_count(cls, before + 1)
+        widget.set_count(cls, before + 1 if args.count is None else args.count)
         widget.synchronous = False
         for name in L.LAYER_NAMES:
             widget.layer(name).visible = name == L.INSTANCES
