@@ -48,6 +48,9 @@ from .output import atomic_write
 FORMAT_TAG = "pfn-napari-checkpoint"
 FORMAT_VERSION = 1
 FILE_KINDS = ("training", "weights")
+#: The file's own entries that :func:`load_checkpoint` puts into ``meta``; :func:`save_weights`
+#: writes them again, so :func:`run_meta` leaves them out of a meta being saved anew.
+HEADER_KEYS = ("kind", "format_version", "pfn_napari_version", "networks", "dtype")
 
 
 # --------------------------------------------------------------------------- random states
@@ -168,6 +171,12 @@ def save_weights(path: str | Path, system: torch.nn.Module, config: PFNConfig,
     return atomic_save(obj, path)
 
 
+def run_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` from :func:`load_checkpoint` without the file's header entries
+    (:data:`HEADER_KEYS`): what to pass to :func:`save_weights` when a file is written anew."""
+    return {k: v for k, v in meta.items() if k not in HEADER_KEYS}
+
+
 # --------------------------------------------------------------------------- reading
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -260,8 +269,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{path}: stored weights do not fit the network built from its "
                               f"config ({' '.join(first[:2])[:200]})") from None
     system.to(map_location).eval()
-    meta: dict[str, Any] = {k: obj[k] for k in ("kind", "format_version", "pfn_napari_version",
-                                                 "networks", "dtype") if k in obj}
+    meta: dict[str, Any] = {k: obj[k] for k in HEADER_KEYS if k in obj}
     if obj["kind"] == "training":
         for key in ("step", "epoch", "optimizer", "scheduler", "scaler", "rng", "extra"):
             meta[key] = obj.get(key)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pfn_napari.checkpoint import load_checkpoint, save_weights
+from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
 from pfn_napari.config import load_config
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instance-steps", type=int, default=2700, help="stage-2 steps")
     ap.add_argument("--decay-at", type=float, default=0.7,
                     help="fraction of each stage's steps after which the lr drops x0.1")
-    ap.add_argument("--category-lr", default="0.002,0.01",
+    ap.add_argument("--category-lr", default="0.002,0.01", type=number_pair,
                     help="stage-1 learning rates, pre-trained,new (stage 2 keeps the recipe's)")
     ap.add_argument("--synthetic", type=int, default=100, help="synthetic training images")
     ap.add_argument("--out", default="runs/default-weights", help="training folder")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count-crop", type=int, default=641,
                     help="stage-3 crop: 641 holds a whole 640-pixel photo, so every instance is "
                          "whole and counts 1, as at test time")
-    ap.add_argument("--count-scale", default="1,1",
+    ap.add_argument("--count-scale", default="1,1", type=number_pair,
                     help="stage-3 scale range MIN,MAX (smaller crops at random scales are "
                          "cheaper steps; the recipe's count targets (data.count_targets=share) "
                          "count the part of each instance inside the crop)")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--continue-meta", type=Path, default=None,
                     help="with --continue-from: the weights file of the run being continued "
                          "(default: the shipped weights), for its logs, steps and hours")
-    ap.add_argument("--instance-lr", default="0.002,0.01",
+    ap.add_argument("--instance-lr", default="0.002,0.01", type=number_pair,
                     help="stage-2 learning rates (pre-trained,new)")
     ap.add_argument("--note", action="append", default=[],
                     help="a sentence for the model card about this run (repeatable)")
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_weights is not None:
         _, _, meta = load_checkpoint(args.from_weights)
-        meta = {**meta, "notes": [*meta.get("notes", []), *args.note],
+        meta = {**run_meta(meta), "notes": [*meta.get("notes", []), *args.note],
                 "command": meta["command"] + " && python scripts/train_default_weights.py "
                 + " ".join(argv or sys.argv[1:])}
         return finish(args.count_init or out / "instance" / "final.pt", out, spec, meta, args,
@@ -223,6 +223,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
             "history": history, "notes": list(args.note)}
     return finish(ckpt, out, spec, meta, args, baseline)
+
+
+def number_pair(text: str) -> str:
+    """argparse type of the ``A,B`` options (learning rates, scale ranges): two positive
+    numbers, comma-separated; kept as the text given (it goes into the model card)."""
+    parts = text.split(",")
+    try:
+        ok = len(parts) == 2 and all(float(p) > 0 for p in parts)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r}: need two positive numbers, comma-separated "
+                                         "(e.g. 0.002,0.01 or 0.6,1.4)")
+    return text
 
 
 def _lr(pair: str) -> list[str]:
@@ -256,9 +270,7 @@ def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None)
             "steps": {**old["steps"], "instance_continued": int(rows[-1]["step"]) if rows else 0},
             "train_minutes": round(old["train_minutes"] + minutes, 1),
             "history": {**old["history"], "instance_continued": rows}}
-    for key in ("kind", "format_version", "pfn_napari_version", "networks", "dtype"):
-        meta.pop(key, None)  # written again by save_weights
-    return finish(ckpt, out, spec, meta, args, baseline)
+    return finish(ckpt, out, spec, run_meta(meta), args, baseline)
 
 
 def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | None) -> int:
@@ -272,8 +284,9 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
             f"train.max_minutes={args.count_minutes}", "model.count_gate=true",
             "train.frozen=[backbone.,location_head.]", "train.lr_new=0.005",
             "train.lr_step_epochs=0", f"data.crop_size={args.count_crop}",
-            f"data.scale_min={args.count_scale.split(',')[0]}",
-            f"data.scale_max={args.count_scale.split(',')[1]}", "data.copy_paste=0"])
+            *(f"data.scale_{end}={x}" for end, x in zip(("min", "max"),
+                                                        args.count_scale.split(","))),
+            "data.copy_paste=0"])
         ckpt = train(cfg)
         rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
         key, n = "counts", 1  # a stage 3 run again on earlier weights gets its own entry

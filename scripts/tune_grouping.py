@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pfn_napari.checkpoint import load_checkpoint, save_weights
+from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
 from pfn_napari.demo import find_shared_data, open_set, real_specs
+from pfn_napari.errors import PFNError
 from pfn_napari.evaluate import Evaluator
 from pfn_napari.predictor import Predictor
 from pfn_napari.producers import class_lut, to_data_classes
@@ -84,10 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         print("tune_grouping: the real data (../shared/data or $PFN_SHARED_DATA) was not found",
               file=sys.stderr)
         return 2
-    if args.save is not None and (args.save.exists() or args.save.resolve() == args.weights.resolve()):
+    if args.save is not None and args.save.exists():  # also when it names --weights
         print(f"tune_grouping: {args.save} exists; --save writes a new file", file=sys.stderr)
         return 2
-    system, cfg, meta = load_checkpoint(args.weights)
+    try:
+        system, cfg, meta = load_checkpoint(args.weights)
+    except PFNError as exc:  # missing, truncated or foreign file: one line naming it
+        print(f"tune_grouping: {exc}", file=sys.stderr)
+        return 2
     settings = settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
                              args.method or [cfg.grouping.method])
     results = evaluate_settings(Predictor(str(args.weights)), settings, shared, args.limit)
@@ -106,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best (mean AP^r@0.5 {max(means):.1f}): method={best.method} tau={best.tau:g} "
           f"sigma={best.sigma:g} min_size_frac={best.min_size_frac:g}")
     if args.save is not None:
-        meta = {k: v for k, v in meta.items()  # the file's header is written again
-                if k not in ("kind", "format_version", "pfn_napari_version", "networks", "dtype")}
+        meta = run_meta(meta)
         meta["notes"] = [*meta.get("notes", []), f"Grouping defaults chosen on the val splits by "
                          f"scripts/tune_grouping.py: tau {best.tau:g}, sigma {best.sigma:g}, "
                          f"min_size_frac {best.min_size_frac:g} (mean AP^r@0.5 {max(means):.1f})."]

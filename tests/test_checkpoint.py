@@ -13,7 +13,7 @@ import torch
 from pfn_napari import __version__
 from pfn_napari.checkpoint import (FORMAT_TAG, FORMAT_VERSION, atomic_save, capture_rng_state,
                                    load_checkpoint, networks_of, read_checkpoint,
-                                   restore_rng_state, save_checkpoint, save_weights)
+                                   restore_rng_state, run_meta, save_checkpoint, save_weights)
 from pfn_napari.config import load_config
 from pfn_napari.errors import CheckpointError
 
@@ -88,6 +88,11 @@ def test_weights_file_half_precision(tmp_path, cfg, system):
             assert torch.equal(w, v)
     _, _, meta32 = load_checkpoint(full)
     assert meta32["trained_on"] == "synthetic" and meta32["dtype"] == "float32"
+    # written anew (half precision) from what was loaded: the new header wins, the rest is kept
+    again = save_weights(tmp_path / "again.pt", loaded, cfg, run_meta(meta32), half=True)
+    _, _, meta_again = load_checkpoint(again)
+    assert run_meta(meta32) == {"trained_on": "synthetic"}
+    assert meta_again["trained_on"] == "synthetic" and meta_again["dtype"] == "float16"
 
 
 def test_missing_truncated_foreign_and_other_version_files(tmp_path, cfg, system):

@@ -61,3 +61,5 @@ def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
     _, tuned, meta = load_checkpoint(out)
     assert tuned.grouping == cfg.grouping and "tune_grouping" in meta["notes"][-1]
     assert tune.main([*argv, "--save", str(out)]) == 2  # never overwrites
+    assert tune.main(["--weights", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt: checkpoint file not found" in capsys.readouterr().err

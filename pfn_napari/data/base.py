@@ -70,17 +70,19 @@ def kept_instance_ids(instance_map: np.ndarray, instance_classes: np.ndarray) ->
     return ids[(present[ids] > 0) & (classes > 0)]
 
 
-def compact_instances(instance_map: np.ndarray, instance_classes: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def compact_instances(instance_map: np.ndarray, instance_classes: np.ndarray,
+                      kept: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Drop instance ids with no pixel (or with class 0) and renumber the rest 1..K in order.
 
     ``instance_map`` ``(H, W)`` int (0 background, ids, 255 void); ``instance_classes[k - 1]`` is
     the class of id ``k``. Returns a new ``(H, W)`` int32 map and ``(K,)`` int64 classes.
-    Pixels of a dropped id (class 0) become background.
+    Pixels of a dropped id (class 0) become background. ``kept``: the ids
+    :func:`kept_instance_ids` gives, when the caller has them already.
     """
     instance_map = np.asarray(instance_map)
     classes = np.asarray(instance_classes, dtype=np.int64).reshape(-1)
-    kept = kept_instance_ids(instance_map, classes)  # (K',)
+    if kept is None:
+        kept = kept_instance_ids(instance_map, classes)  # (K',)
     lut = np.zeros(256, dtype=np.int32)
     lut[VOID] = VOID
     lut[kept] = np.arange(1, kept.size + 1)

@@ -32,11 +32,11 @@ PAD_COLOUR: tuple[int, int, int] = (123, 116, 104)
 
 def _renumber(sample: Sample, image: np.ndarray, class_map: np.ndarray,
               instance_map: np.ndarray) -> Sample:
+    kept = kept_instance_ids(instance_map, sample.instance_classes)  # (K',) ids 1..K
     share = sample.instance_share
     if share is not None:  # (K,) -> (K',) following the kept ids
-        share = np.asarray(share, np.float32)[kept_instance_ids(instance_map,
-                                                                sample.instance_classes) - 1]
-    instance_map, classes = compact_instances(instance_map, sample.instance_classes)
+        share = np.asarray(share, np.float32)[kept - 1]
+    instance_map, classes = compact_instances(instance_map, sample.instance_classes, kept)
     return Sample(image, class_map, instance_map, classes, sample.image_id, sample.source, share)
 
 
