@@ -226,6 +226,9 @@ class LossConfig:
     loc_weight: float = 10.0  # lambda in L = lambda * Lo + Ln
     count_weight: float = 1.0
     seg_weight: float = 1.0  # used by the category stage and the unified network
+    # < 1: bootstrapped cross-entropy, the mean over this fraction of each image's hardest
+    # cells (small and rare classes weigh more); 1: plain cross-entropy (the paper)
+    seg_top_k: float = 1.0
     smooth_l1_beta: float = 1.0
     # 0: location errors in normalised units (x / W, y / H of the input); > 0: in units of this
     # many pixels, so the loss does not depend on the crop size and content offsets are O(1).
@@ -238,6 +241,7 @@ class LossConfig:
         """Raise :class:`ConfigError` for a choice that does not exist or a value out of range."""
         _check([
             (self.loc_unit >= 0, f"loss.loc_unit={self.loc_unit}: 0 (normalised) or > 0 px"),
+            (0 < self.seg_top_k <= 1, f"loss.seg_top_k={self.seg_top_k}: a fraction in (0, 1]"),
             (self.count_reduction in ("mean", "sum"),
              f"loss.count_reduction={self.count_reduction!r}: 'mean' or 'sum'"),
         ])
@@ -270,7 +274,7 @@ class TrainConfig:
     val_every: int = 0  # epochs between validations (0: only at the end)
     checkpoint_every: int = 0  # steps between checkpoints (0: each epoch)
     out_dir: str = "runs/pfn"
-    init: str = ""  # stage-1 checkpoint for the instance stage
+    init: str = ""  # instance stage: the stage-1 checkpoint; category stage: a network to continue
     backbone_weights: str = ""  # user's ImageNet file (torchvision VGG-16, AlexNet, lite0)
     device: str = "auto"
 

@@ -93,13 +93,16 @@ def open_set(es: EvalSet, split: str, classes: tuple[str, ...], limit: int | Non
 TRAIN_REPEATS = {"coco-voc": 3, "pennfudan": 1, "horses": 1}
 
 
-def demo_train_spec(shared: Path | None, synthetic: int = 300) -> str:
+def demo_train_spec(shared: Path | None, synthetic: int = 300,
+                    repeats: dict[str, int] | None = None) -> str:
     """The ``cpu-demo`` training data: synthetic shapes (none when ``synthetic`` is 0), plus
-    the real data when present (COCO photos repeated, :data:`TRAIN_REPEATS`)."""
+    the real data when present, each set repeated :data:`TRAIN_REPEATS` times (``repeats``
+    overrides some of them, e.g. ``{"coco-voc": 8}``)."""
+    times = {**TRAIN_REPEATS, **(repeats or {})}
     parts = [f"synthetic:{synthetic}"] if synthetic > 0 else []
     for es in real_specs(shared):
         spec = es.spec if es.classes is None else f"{es.spec}:{','.join(es.classes)}"
-        parts += [spec] * TRAIN_REPEATS.get(es.name, 1)
+        parts += [spec] * times.get(es.name, 1)
     if not parts:
         raise PFNError("no training data: no synthetic images asked for and no real data found")
     return "+".join(parts)

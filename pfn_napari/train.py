@@ -4,6 +4,8 @@ Three stages (``cfg.train.stage``), as in the paper's section 3 plus one ablatio
 
 * ``category``: the category-level network (``build_network(kind='category')``) trained with
   pixel-wise cross-entropy on the stride-8 class map. Checkpoint: ``PFNSystem(category=net)``.
+  With ``cfg.train.init`` it continues the category network of that checkpoint (fine-tuning
+  the one of shipped weights) instead of starting from ImageNet weights.
 * ``instance``: the instance-level network, initialised from a category-stage checkpoint
   (``cfg.train.init``, via ``PFNNet.init_from``), trained with ``lambda * Lo + Ln``. The
   checkpoint holds ``PFNSystem(category=<stage-1 network, frozen>, instance=<trained>)`` so one
@@ -291,6 +293,24 @@ def _train_mode(net: nn.Module, phase: str) -> None:
                     m.eval()
 
 
+def _init_system(cfg: PFNConfig) -> PFNSystem:
+    """The system of ``cfg.train.init``, checked: it holds a category network trained with
+    this run's model settings and classes (else one :class:`CheckpointError` naming the file)."""
+    cat_system, cat_cfg, _ = load_checkpoint(cfg.train.init)
+    if getattr(cat_system, "category", None) is None:
+        raise CheckpointError(f"{cfg.train.init}: holds no category network; --init needs a "
+                              "checkpoint of stage 'category' or 'instance'")
+    for field in ("backbone", "num_classes", "ceil_mode", "pool5_avg"):
+        a, b = getattr(cat_cfg.model, field), getattr(cfg.model, field)
+        if a != b:
+            raise CheckpointError(f"{cfg.train.init}: was trained with model.{field}={a!r}, but this "
+                                  f"run has model.{field}={b!r}; use the same model settings")
+    if tuple(cat_cfg.data.classes) != tuple(cfg.data.classes):
+        raise CheckpointError(f"{cfg.train.init}: trained on classes {list(cat_cfg.data.classes)}, "
+                              f"this run on {list(cfg.data.classes)}")
+    return cat_system
+
+
 def _build_networks(cfg: PFNConfig, note, resuming: bool = False
                     ) -> tuple[nn.Module, nn.Module, str]:
     """``(system, trained network, kind)`` for the stage. ``resuming``: the weights will come
@@ -298,7 +318,10 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
     stage = cfg.train.stage
     if stage in ("category", "unified"):
         net = build_network(cfg.model, kind=stage)
-        if not resuming:  # Lite0 falls back to the packaged ImageNet file, VGG/AlexNet warn
+        if not resuming and stage == "category" and cfg.train.init:
+            net.load_state_dict(_init_system(cfg).category.state_dict())
+            note(f"category network continued from the one in {cfg.train.init}")
+        elif not resuming:  # Lite0 falls back to the packaged ImageNet file, VGG/AlexNet warn
             used = load_backbone_weights(net, cfg.train.backbone_weights or None)
             note(f"backbone weights: {used or 'none (He init)'}")
         system = PFNSystem(net, None) if stage == "category" else PFNSystem(None, net)
@@ -313,19 +336,8 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
     if not cfg.train.init:
         raise PFNError("stage 'instance' starts from a category-stage checkpoint: pass "
                        "--init runs/category/final.pt (train.init)")
-    cat_system, cat_cfg, _ = load_checkpoint(cfg.train.init)
-    category = getattr(cat_system, "category", None)
-    if category is None:
-        raise CheckpointError(f"{cfg.train.init}: holds no category network; --init needs a "
-                              "checkpoint of stage 'category'")
-    for field in ("backbone", "num_classes", "ceil_mode", "pool5_avg"):
-        a, b = getattr(cat_cfg.model, field), getattr(cfg.model, field)
-        if a != b:
-            raise CheckpointError(f"{cfg.train.init}: was trained with model.{field}={a!r}, but this "
-                                  f"run has model.{field}={b!r}; use the same model settings")
-    if tuple(cat_cfg.data.classes) != tuple(cfg.data.classes):
-        raise CheckpointError(f"{cfg.train.init}: trained on classes {list(cat_cfg.data.classes)}, "
-                              f"this run on {list(cfg.data.classes)}")
+    cat_system = _init_system(cfg)
+    category = cat_system.category
     net = build_network(cfg.model, kind="instance")
     previous = getattr(cat_system, "instance", None)
     if previous is not None:  # an instance checkpoint: continue its instance network

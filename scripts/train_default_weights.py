@@ -31,6 +31,7 @@ from pfn_napari.config import load_config
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
 from pfn_napari.inference import default_weights_path
+from pfn_napari.model import PFNSystem
 from pfn_napari.train import train
 
 
@@ -161,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--continue-meta", type=Path, default=None,
                     help="with --continue-from: the weights file of the run being continued "
                          "(default: the shipped weights), for its logs, steps and hours")
+    ap.add_argument("--category-from", type=Path, default=None,
+                    help="stage 1 again, continuing the category network of these weights; their "
+                         "instance network is kept, then stage 3 (the count gate reads the new "
+                         "category network)")
+    ap.add_argument("--category-overrides", action="append", default=[],
+                    help="a setting for stage 1 only (e.g. loss.seg_top_k=0.25); repeatable")
+    ap.add_argument("--coco-repeats", type=int, default=None,
+                    help="times the COCO train photos are repeated (default: demo.TRAIN_REPEATS)")
     ap.add_argument("--instance-lr", default="0.002,0.01", type=number_pair,
                     help="stage-2 learning rates (pre-trained,new)")
     ap.add_argument("--note", action="append", default=[],
@@ -181,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         print("scripts/train_default_weights.py: the real data (../shared/data or $PFN_SHARED_DATA) "
               "was not found; the shipped weights are trained on it", file=sys.stderr)
         return 2
-    spec = demo_train_spec(shared, args.synthetic)
+    spec = demo_train_spec(shared, args.synthetic,
+                           None if args.coco_repeats is None else {"coco-voc": args.coco_repeats})
     out = Path(args.out)
     if args.card_only:
         path = Path(args.weights)
@@ -202,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                       baseline)
     if args.continue_from is not None:
         return continue_run(args, argv, out, spec, decay, baseline)
+    if args.category_from is not None:
+        return continue_category(args, argv, out, spec, decay, baseline)
     t0 = time.perf_counter()
     ckpt, logs = train_two_stages(out, spec, category_steps=args.category_steps,
                                   instance_steps=args.instance_steps,
@@ -262,15 +274,44 @@ def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None)
                                       stage_overrides={"instance": [*_lr(args.instance_lr),
                                                                     decay(args.instance_steps)]})
         minutes = (time.perf_counter() - t0) / 60
-    rows = list(csv.DictReader(open(logs["instance"], newline="")))
+    meta = continued_meta(old, args, argv, "instance", logs["instance"], minutes,
+                          args.instance_minutes)
+    return finish(ckpt, out, spec, meta, args, baseline)
+
+
+def continued_meta(old: dict, args, argv, stage: str, log: Path, minutes: float,
+                   bound: float) -> dict:
+    """The ``meta`` of a run continued from weights whose ``meta`` is ``old``: this run's
+    notes, command, minutes (``bound``: its wall-clock bound of ``stage``) and log added."""
+    rows = list(csv.DictReader(open(log, newline="")))
+    key = f"{stage}_continued"
     meta = {**old, "notes": [*old.get("notes", []), *args.note],
             "command": old["command"] + " ; then python scripts/train_default_weights.py "
             + " ".join(argv or sys.argv[1:]),
-            "instance_minutes": old["instance_minutes"] + args.instance_minutes,
-            "steps": {**old["steps"], "instance_continued": int(rows[-1]["step"]) if rows else 0},
+            f"{stage}_minutes": old[f"{stage}_minutes"] + bound,
+            "steps": {**old["steps"], key: int(rows[-1]["step"]) if rows else 0},
             "train_minutes": round(old["train_minutes"] + minutes, 1),
-            "history": {**old["history"], "instance_continued": rows}}
-    return finish(ckpt, out, spec, run_meta(meta), args, baseline)
+            "history": {**old["history"], key: rows}}
+    return run_meta(meta)
+
+
+def continue_category(args, argv, out: Path, spec: str, decay, baseline: dict | None) -> int:
+    """Stage 1 again from the category network of ``--category-from`` (with
+    ``--category-overrides``), joined with that file's instance network, then stage 3."""
+    system, cfg, old = load_checkpoint(args.category_from)
+    t0 = time.perf_counter()
+    settings = ["train.stage=category", f"data.train={spec}", f"train.out_dir={out / 'category'}",
+                f"train.init={args.category_from}", f"train.max_steps={args.category_steps}",
+                f"train.max_minutes={args.category_minutes}", *_lr(args.category_lr),
+                decay(args.category_steps), *args.category_overrides]
+    category, _, _ = load_checkpoint(train(load_config("cpu-demo", settings)))
+    minutes = (time.perf_counter() - t0) / 60
+    joined = save_weights(out / "joined.pt", PFNSystem(category.category, system.instance), cfg,
+                          run_meta(old))
+    meta = continued_meta(old, args, argv, "category", out / "category" / "log.csv", minutes,
+                          args.category_minutes)
+    args.from_weights = args.category_from  # finish() keeps its grouping settings
+    return finish(args.count_init or joined, out, spec, meta, args, baseline)
 
 
 def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | None) -> int:

@@ -19,6 +19,7 @@ from pfn_napari.config import (ConfigError, CRFConfig, DataConfig, GroupingConfi
     (ModelConfig(location_unit=-1.0), r"model.location_unit=-1.0: 0 \(normalised\) or > 0 px"),
     (ModelConfig(count_gate=True), "model.count_gate=true needs model.count_head=density"),
     (LossConfig(count_reduction="max"), "loss.count_reduction='max': 'mean' or 'sum'"),
+    (LossConfig(seg_top_k=0.0), r"loss.seg_top_k=0.0: a fraction in \(0, 1\]"),
     (TrainConfig(separate_schedule="half"), "train.separate_schedule='half': 'split' or 'full'"),
     (GroupingConfig(method="nope"), "grouping.method='nope': choose one of"),
     (GroupingConfig(scoring="max"), "grouping.scoring='max'"),

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pfn_napari.demo import SHAPE_CLASSES, train_two_stages
+from pfn_napari.demo import SHAPE_CLASSES, demo_train_spec, train_two_stages
 
 TINY = ["data.crop_size=65", "train.batch_size=2", "data.classes=[disc,square,triangle]",
         "model.num_classes=3", "train.checkpoint_every=0"]
@@ -39,3 +39,17 @@ def test_demo_writes_report_from_the_run(tiny_weights, tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     assert list((out / "samples").glob("*_overlay.png")) and list((out / "samples").glob("*_arrows.png"))
     assert "AP^r" in (out / "report.md").read_text()
+
+
+def test_demo_train_spec_repeats_each_real_set(tmp_path):
+    """The COCO photos are repeated TRAIN_REPEATS times unless ``repeats`` says otherwise;
+    synthetic images come first, and no real data gives only them."""
+    voc = tmp_path / "coco128-train" / "voc" / "VOC2012"
+    voc.mkdir(parents=True)
+    (tmp_path / "pennfudan" / "PNGImages").mkdir(parents=True)
+    default = demo_train_spec(tmp_path, 5).split("+")
+    assert default[0] == "synthetic:5"
+    assert default.count(f"voc:{voc}") == 3 and len(default) == 5  # + Penn-Fudan once
+    more = demo_train_spec(tmp_path, 0, {"coco-voc": 6}).split("+")
+    assert more.count(f"voc:{voc}") == 6 and more[-1].endswith(":person")
+    assert demo_train_spec(None, 7) == "synthetic:7"

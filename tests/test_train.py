@@ -100,6 +100,25 @@ def test_resume_refuses_another_model_or_stage(category_run, tmp_path):
         train(cfg, resume=final, progress=False)
 
 
+def test_category_stage_continues_the_network_of_init(category_run, tmp_path):
+    """train.init on stage 1: the category network of that file is the starting point (0 steps
+    of training would give it back), not ImageNet weights; another class list is refused."""
+    _, final = category_run
+    cfg = tiny_cfg(tmp_path, "again", "train.max_steps=1", f"train.init={final}",
+                   "train.lr=0", "train.lr_new=0", "loss.seg_top_k=0.5")
+    again = train(cfg, progress=False)
+    before, after = read_checkpoint(final)["model"], read_checkpoint(again)["model"]
+    weights = [k for k in before if k.endswith(".weight") and "bn" not in k]
+    assert weights and all(torch.equal(before[k], after[k]) for k in weights)  # lr 0: kept
+    fresh = train(tiny_cfg(tmp_path, "fresh", "train.max_steps=1", "train.lr=0",
+                           "train.lr_new=0"), progress=False)
+    assert any(not torch.equal(before[k], read_checkpoint(fresh)["model"][k]) for k in weights)
+    other = tiny_cfg(tmp_path, "other", "train.max_steps=1", f"train.init={final}",
+                     "model.num_classes=2", "data.classes=[disc,square]")
+    with pytest.raises(CheckpointError, match="num_classes"):
+        train(other, progress=False)
+
+
 def test_instance_stage_needs_init(tmp_path):
     cfg = tiny_cfg(tmp_path, "inst", "train.stage=instance", "train.max_steps=1")
     with pytest.raises(PFNError, match="--init"):
