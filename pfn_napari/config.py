@@ -305,12 +305,19 @@ class GroupingConfig:
     scoring: str = "mean_prob"  # 'mean_prob' | 'prob_x_similarity' | 'ones'
     seed: int = 0
     assign: str = "auto"  # full-res pixels: 'cell' (nearest grid cell), 'location', or the method's
+    # k of each class: 'head' (the count head, the paper), 'votes' (distinct boxes the cells
+    # vote for) or 'mean' of both (grouping/votes.py); the vote_* settings tune the votes
+    count_source: str = "head"
+    vote_iou: float = 0.5  # two votes agree above this box IoU
+    vote_min_frac: float = 0.05  # a vote cluster needs this fraction of the class's cells
+    vote_merge_iou: float = 0.3  # clusters whose mean boxes overlap above this count once
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
         or a value out of range (``Grouper.run`` calls this too)."""
         # imported here: the grouping package imports this module (numpy / scipy, no torch)
         from .grouping.methods import GROUPING_METHODS
+        from .grouping.votes import COUNT_SOURCES
 
         _check([
             (self.method in GROUPING_METHODS,
@@ -321,6 +328,13 @@ class GroupingConfig:
             (self.sigma > 0, f"grouping.sigma={self.sigma}: must be > 0"),
             (0 <= self.min_size_frac < 1, f"grouping.min_size_frac={self.min_size_frac}: in [0, 1)"),
             (self.n_init >= 1, f"grouping.n_init={self.n_init}: at least 1"),
+            (self.count_source in COUNT_SOURCES,
+             f"grouping.count_source={self.count_source!r}: one of {COUNT_SOURCES}"),
+            (0 <= self.vote_iou < 1, f"grouping.vote_iou={self.vote_iou}: in [0, 1)"),
+            (0 <= self.vote_min_frac < 1,
+             f"grouping.vote_min_frac={self.vote_min_frac}: in [0, 1)"),
+            (0 <= self.vote_merge_iou <= 1,
+             f"grouping.vote_merge_iou={self.vote_merge_iou}: in [0, 1]"),
         ])
 
 

@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                          "category network)")
     ap.add_argument("--category-overrides", action="append", default=[],
                     help="a setting for stage 1 only (e.g. loss.seg_top_k=0.25); repeatable")
+    ap.add_argument("--instance-overrides", action="append", default=[],
+                    help="a setting for stage 2 only (e.g. data.scale_min=0.4); repeatable")
     ap.add_argument("--coco-repeats", type=int, default=None,
                     help="times the COCO train photos are repeated (default: demo.TRAIN_REPEATS)")
     ap.add_argument("--instance-lr", default="0.002,0.01", type=number_pair,
@@ -221,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                                   instance_minutes=args.instance_minutes,
                                   stage_overrides={
                                       "category": [*_lr(args.category_lr),
-                                                   decay(args.category_steps)],
+                                                   decay(args.category_steps),
+                                                   *args.category_overrides],
                                       "instance": [*_lr(args.instance_lr),
-                                                   decay(args.instance_steps)]})
+                                                   decay(args.instance_steps),
+                                                   *args.instance_overrides]})
     minutes = (time.perf_counter() - t0) / 60
     history = {stage: list(csv.DictReader(open(path, newline=""))) for stage, path in logs.items()}
     meta = {"data": spec.replace(str(shared), "shared/data"),
@@ -272,7 +276,8 @@ def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None)
                                       instance_minutes=args.instance_minutes,
                                       init=args.continue_from,
                                       stage_overrides={"instance": [*_lr(args.instance_lr),
-                                                                    decay(args.instance_steps)]})
+                                                                    decay(args.instance_steps),
+                                                                    *args.instance_overrides]})
         minutes = (time.perf_counter() - t0) / 60
     meta = continued_meta(old, args, argv, "instance", logs["instance"], minutes,
                           args.instance_minutes)

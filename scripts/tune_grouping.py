@@ -6,8 +6,8 @@ then every grouping setting of a small grid groups the same output.
         --save runs/v6/pfn-lite0-voc-tuned.pt      # a copy of W with the best setting
 
 Prints one row per setting: AP^r@0.5 on each real val split of ``../shared/data`` (COCO photos
-in VOC layout, Penn-Fudan, Weizmann horses), their mean (the choice), and the mean absolute
-error of the per-image person count on Penn-Fudan. Tune on these val splits only: the photos
+in VOC layout, Penn-Fudan, Weizmann horses), their mean (the choice), the person AP^r@0.5 of
+the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan. Tune on these val splits only: the photos
 the shipped weights are checked on are kept elsewhere. ``--save`` writes a new file (never
 the weights read) with the best setting as its ``grouping`` config; everything else is copied.
 """
@@ -31,10 +31,34 @@ from pfn_napari.predictor import Predictor
 from pfn_napari.producers import class_lut, to_data_classes
 
 
-def settings_grid(base, taus, sigmas, min_sizes, methods) -> list:
-    """Every combination of the given values over ``base`` (a ``GroupingConfig``)."""
-    return [dataclasses.replace(base, tau=t, sigma=s, min_size_frac=m, method=meth)
-            for t, s, m, meth in itertools.product(taus, sigmas, min_sizes, methods)]
+#: ``GroupingConfig`` fields the grid varies, in the table's column order.
+GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "count_source", "vote_iou",
+               "vote_min_frac", "vote_merge_iou")
+#: Fields that only matter when the count source is not the head.
+VOTE_FIELDS = ("vote_iou", "vote_min_frac", "vote_merge_iou")
+
+
+def settings_grid(base, taus, sigmas, min_sizes, methods, **more) -> list:
+    """Every combination of the given values over ``base`` (a ``GroupingConfig``); ``more``
+    maps other fields to their values (e.g. ``count_source=["head", "votes"]``). Settings that
+    differ only in the vote fields of the head's count source are listed once."""
+    values = {"tau": taus, "sigma": sigmas, "min_size_frac": min_sizes, "method": methods,
+              **{k: v for k, v in more.items() if v}}
+    grid, seen = [], set()
+    for combo in itertools.product(*values.values()):
+        g = dataclasses.replace(base, **dict(zip(values, combo)))
+        if g.count_source == "head":
+            g = dataclasses.replace(g, **{k: getattr(base, k) for k in VOTE_FIELDS})
+        if g not in seen:
+            seen.add(g)
+            grid.append(g)
+    return grid
+
+
+def describe(g) -> str:
+    """The grid fields of a setting as ``key=value`` words."""
+    return " ".join(f"{k}={getattr(g, k):g}" if isinstance(getattr(g, k), float)
+                    else f"{k}={getattr(g, k)}" for k in GRID_FIELDS)
 
 
 def evaluate_settings(predictor: Predictor, settings: list, shared: Path,
@@ -61,6 +85,12 @@ def evaluate_settings(predictor: Predictor, settings: list, shared: Path,
     return out
 
 
+def person_ap(metrics) -> float:
+    """AP^r@0.5 of the person class, percent (NaN without people)."""
+    names = list(metrics.class_names)
+    return float(metrics.ap[0.5][names.index("person")] * 100) if "person" in names else np.nan
+
+
 def person_count_error(metrics) -> float:
     """Mean absolute error of the per-image person count (NaN without people)."""
     names = list(metrics.class_names)
@@ -76,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="grouping.min_size_frac values")
     ap.add_argument("--method", nargs="+", default=None,
                     help="grouping methods (default: the weights' own)")
+    ap.add_argument("--count-source", nargs="+", default=None,
+                    help="grouping.count_source values: head, votes, mean (default: the weights' own)")
+    ap.add_argument("--vote-iou", type=float, nargs="+", default=None)
+    ap.add_argument("--vote-min-frac", type=float, nargs="+", default=None)
+    ap.add_argument("--vote-merge-iou", type=float, nargs="+", default=None)
     ap.add_argument("--limit", type=int, default=None, help="the first N images of each split")
     ap.add_argument("--save", type=Path, default=None,
                     help="write a copy of the weights with the best setting (a new file)")
@@ -94,27 +129,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tune_grouping: {exc}", file=sys.stderr)
         return 2
     settings = settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
-                             args.method or [cfg.grouping.method])
+                             args.method or [cfg.grouping.method],
+                             count_source=args.count_source, vote_iou=args.vote_iou,
+                             vote_min_frac=args.vote_min_frac, vote_merge_iou=args.vote_merge_iou)
     results = evaluate_settings(Predictor(str(args.weights)), settings, shared, args.limit)
     names = list(results)
-    print("| method | tau | sigma | min size | " + " | ".join(names)
-          + " | mean | PF person count error |")
-    print("|---|---:|---:|---:|" + "---:|" * (len(names) + 2))
+    print("| method | tau | sigma | min size | count source | vote iou | vote min | vote merge | "
+          + " | ".join(names) + " | mean | COCO person AP | PF person count error |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|" + "---:|" * (len(names) + 3))
     means = []
     for i, g in enumerate(settings):
         aps = [results[n][i].ap_r["0.5"] for n in names]
         means.append(float(np.mean(aps)))
         pf = person_count_error(results["pennfudan"][i]) if "pennfudan" in results else np.nan
-        print(f"| {g.method} | {g.tau:g} | {g.sigma:g} | {g.min_size_frac:g} | "
-              + " | ".join(f"{a:.1f}" for a in aps) + f" | {means[-1]:.1f} | {pf:.2f} |")
+        coco = person_ap(results["coco-voc"][i]) if "coco-voc" in results else np.nan
+        votes = ("-",) * 3 if g.count_source == "head" else \
+            tuple(f"{getattr(g, k):g}" for k in VOTE_FIELDS)
+        print(f"| {g.method} | {g.tau:g} | {g.sigma:g} | {g.min_size_frac:g} | {g.count_source} | "
+              + " | ".join(votes) + " | " + " | ".join(f"{a:.1f}" for a in aps)
+              + f" | {means[-1]:.1f} | {coco:.1f} | {pf:.2f} |")
     best = settings[int(np.argmax(means))]
-    print(f"best (mean AP^r@0.5 {max(means):.1f}): method={best.method} tau={best.tau:g} "
-          f"sigma={best.sigma:g} min_size_frac={best.min_size_frac:g}")
+    print(f"best (mean AP^r@0.5 {max(means):.1f}): {describe(best)}")
     if args.save is not None:
         meta = run_meta(meta)
         meta["notes"] = [*meta.get("notes", []), f"Grouping defaults chosen on the val splits by "
-                         f"scripts/tune_grouping.py: tau {best.tau:g}, sigma {best.sigma:g}, "
-                         f"min_size_frac {best.min_size_frac:g} (mean AP^r@0.5 {max(means):.1f})."]
+                         f"scripts/tune_grouping.py: {describe(best)} "
+                         f"(mean AP^r@0.5 {max(means):.1f})."]
         path = save_weights(args.save, system, dataclasses.replace(cfg, grouping=best), meta,
                             half=True)
         print(f"wrote {path}")

@@ -30,6 +30,11 @@ def test_grid_holds_every_combination_over_the_base() -> None:
     grid = load_script().settings_grid(base, [0.2, 0.5], [0.5, 1.0], [0.001], ["vote"])
     assert {(g.tau, g.sigma) for g in grid} == {(0.2, 0.5), (0.2, 1.0), (0.5, 0.5), (0.5, 1.0)}
     assert all(g.n_init == 7 and g.method == "vote" for g in grid)
+    # the head's count ignores the vote settings: one row for it, one per vote setting
+    grid = load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
+                                       count_source=["head", "votes"], vote_iou=[0.4, 0.6])
+    assert [(g.count_source, g.vote_iou) for g in grid] == \
+        [("head", base.vote_iou), ("votes", 0.4), ("votes", 0.6)]
 
 
 def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
@@ -58,6 +63,7 @@ def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
     assert tune.main([*argv, "--save", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"min_size_frac={cfg.grouping.min_size_frac:g}" in printed.splitlines()[-2]  # best
+    assert f"count_source={cfg.grouping.count_source}" in printed.splitlines()[-2]
     _, tuned, meta = load_checkpoint(out)
     assert tuned.grouping == cfg.grouping and "tune_grouping" in meta["notes"][-1]
     assert tune.main([*argv, "--save", str(out)]) == 2  # never overwrites

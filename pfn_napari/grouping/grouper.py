@@ -12,7 +12,8 @@ Steps of :meth:`Grouper.run`:
    ``class_probs``. Both are refined by the counts (:func:`refine_class_map`,
    ``cfg.refine``).
 2. For each class ``c`` of the refined grid map: k = max(1, floor(g_c + 0.5)) (or the
-   override), cluster its cells with ``GROUPING_METHODS[cfg.method]``; clusters with fewer
+   override; ``cfg.count_source`` 'votes' / 'mean': the number of distinct boxes its cells
+   vote for, or the mean of both, :mod:`~pfn_napari.grouping.votes`), cluster its cells with ``GROUPING_METHODS[cfg.method]``; clusters with fewer
    cells than ``cfg.min_size_frac`` of the class's cells are dropped (``cfg.size_filter``).
 3. Full resolution: every pixel of class ``c`` in the refined full map takes a cluster of
    class ``c``: ``assign="cell"``: the cluster of the nearest class-``c`` grid cell (exact
@@ -42,6 +43,7 @@ from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilin
 from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
 from .refine import refine_class_map
 from .spectral import normalise_by_max
+from .votes import combine_counts, vote_count
 
 #: Per-class entries kept by a Grouper before the oldest are forgotten.
 MAX_CACHED_CLASSES = 64
@@ -243,6 +245,20 @@ class Grouper:
             counts[int(cls) - 1] = float(num)
         return counts
 
+    def instance_number(self, data: ClassData, count: float, cfg: GroupingConfig,
+                        overridden: bool = False) -> int:
+        """``k`` of one class: ``count`` (the head's, or the user's override: always used as
+        given) rounded, or combined with the boxes its cells vote for
+        (``cfg.count_source``, :mod:`~pfn_napari.grouping.votes`; center-only encodings have
+        no boxes and keep the head's count). The vote count is cached per setting."""
+        if overridden or cfg.count_source == "head" or data.descriptors.shape[1] < 6:
+            return combine_counts(count, 0, "head")
+        key = ("votes", cfg.vote_iou, cfg.vote_min_frac, cfg.vote_merge_iou)
+        if key not in data.cache:
+            data.cache[key] = vote_count(data.descriptors[:, 2:6], cfg.vote_iou,
+                                         cfg.vote_min_frac, cfg.vote_merge_iou)
+        return combine_counts(count, data.cache[key], cfg.count_source)
+
     def cluster(self, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
         """Cached clustering of one class's cells into (up to) ``k`` clusters; the cache key
         holds the fields of ``cfg`` the method declares (``GroupingMethod.cache_fields``)."""
@@ -262,6 +278,7 @@ class Grouper:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         counts = self.counts_used(count_override)
+        overridden = {int(c) for c in (count_override or {})}
         grid_map = self.grid_class
         full_map = self.full_class
         if cfg.refine:
@@ -279,10 +296,10 @@ class Grouper:
             if cls == 0 or cls == VOID or cls > self.num_classes:
                 continue
             cell_mask = grid_map == cls
-            k = max(1, int(np.floor(counts[cls - 1] + 0.5)))
-            cluster_counts[cls] = k
             t0 = time.perf_counter()
             data = self.class_data(cls, cell_mask)
+            k = self.instance_number(data, float(counts[cls - 1]), cfg, cls in overridden)
+            cluster_counts[cls] = k
             clustering = self.cluster(data, k, cfg)
             t1 = time.perf_counter()
             labels = clustering.labels

@@ -103,6 +103,9 @@ class Reclustering:
     params: TuneParams
     seconds: float  # wall time of the grouping (and the resize back)
     timings: dict[str, float] = field(default_factory=dict)  # Grouper's steps -> seconds
+    # class -> the number of clusters it was split into (the override, the head's rounded
+    # count, or the votes': grouping.count_source)
+    cluster_counts: dict[int, int] = field(default_factory=dict)
 
 
 def recluster(grouper: Any, base: GroupingConfig, params: TuneParams,
@@ -117,7 +120,8 @@ def recluster(grouper: Any, base: GroupingConfig, params: TuneParams,
     return Reclustering(instances, np.asarray(result.refined_class_map, np.uint8),
                         np.asarray(result.full_class_map, np.uint8),
                         np.asarray(result.grid_labels, np.int32), params,
-                        time.perf_counter() - t0, dict(result.timings))
+                        time.perf_counter() - t0, dict(result.timings),
+                        dict(result.cluster_counts))
 
 
 class PFNSession:

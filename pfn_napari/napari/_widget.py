@@ -472,12 +472,17 @@ class PFNWidget(QWidget):
         tau = self.tau_spin.value()
         present = [c for c in range(1, len(counts) + 1) if counts[c - 1] > tau or c in on_map]
         names = s.class_names
+        used = s.clustering.cluster_counts if s.clustering is not None else {}
+        source = s.model.config.grouping.count_source
         for c in present:
             spin = QSpinBox(minimum=0, maximum=99)
-            default = max(1, int(round(float(counts[c - 1]))))
+            # the number the grouping used: the head's count rounded, or the votes'
+            default = used.get(c, max(1, int(round(float(counts[c - 1])))))
             spin.setValue(default)
-            spin.setToolTip(f"Cluster {names[c - 1]} into this many instances (predicted "
-                            f"{counts[c - 1]:.2f}); change it to override the count network. The "
+            how = ("" if source == "head" else
+                   f"; {default} from the boxes its pixels vote for (grouping.count_source={source})")
+            spin.setToolTip(f"Cluster {names[c - 1]} into this many instances (count network: "
+                            f"{counts[c - 1]:.2f}{how}); change it to override. The "
                             "override also feeds the refinement: 0 (or at most tau) takes the "
                             "class out when another class is present")
             spin.valueChanged.connect(self._schedule_recluster)
