@@ -66,6 +66,7 @@ def test_oracle_recluster_gives_back_the_ground_truth(view):
     assert result.grid_labels.shape == (13, 17)  # grid_size(97), grid_size(129)
     assert view.present_classes() == [1, 2]
     assert view.counts_by_name() == {"square": 2.0, "bar": 1.0}
+    assert result.cluster_counts == {1: 2, 2: 1}  # the k the grouping used, per class
 
 
 @pytest.mark.parametrize("method", ["spectral", "kmeans"])

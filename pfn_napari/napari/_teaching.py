@@ -35,8 +35,10 @@ STAGES: tuple[Stage, ...] = (
           "whose center falls outside the image stops at the border."),
     Stage("5. Clustering", L.CLUSTERS,
           "Per class, the cells are grouped by their predicted locations and positions (similarity "
-          "width sigma) into as many clusters as the counts say (change a count in the widget to "
-          "see it re-cluster). Each grid cell shows the cluster it joined."),
+          "width sigma) into as many clusters as the count boxes say: the count network's number, "
+          "or (grouping.count_source) one read off how many distinct boxes the pixels vote for. "
+          "Change a count in the widget to see it re-cluster. Each grid cell shows the cluster it "
+          "joined."),
     Stage("6. Instances", L.INSTANCES,
           "Clusters smaller than the size threshold are dropped and the rest are brought to full "
           "resolution: the instance segmentation, scored by mean class probability. Paint or "
