@@ -84,6 +84,9 @@ def test_grouper_takes_k_from_the_count_source(source, k):
     fixed = Grouper(net).run(GroupingConfig(method="vote", count_source=source),
                              count_override={1: 2})
     assert fixed.cluster_counts == {1: 2}
+    # without clustering: the same k (what the napari count boxes start at)
+    assert Grouper(net).instance_numbers(GroupingConfig(count_source=source)) == {1: k}
+    assert Grouper(net).instance_numbers(GroupingConfig(count_source=source), {1: 5}) == {1: 5}
 
 
 def test_center_only_encodings_keep_the_heads_count():

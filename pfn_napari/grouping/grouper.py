@@ -259,6 +259,23 @@ class Grouper:
                                          cfg.vote_min_frac, cfg.vote_merge_iou)
         return combine_counts(count, data.cache[key], cfg.count_source)
 
+    def instance_numbers(self, cfg: GroupingConfig,
+                         count_override: dict[int, int] | None = None) -> dict[int, int]:
+        """``{class: k}`` for every class the grouping clusters (the refined grid map's
+        classes), without clustering: what the napari count boxes start at."""
+        counts = self.counts_used(count_override)
+        overridden = {int(c) for c in (count_override or {})}
+        grid_map = refine_class_map(self.grid_class, counts, cfg.tau) if cfg.refine \
+            else self.grid_class
+        out = {}
+        for cls in np.unique(grid_map):
+            cls = int(cls)
+            if cls == 0 or cls == VOID or cls > self.num_classes:
+                continue
+            data = self.class_data(cls, grid_map == cls)
+            out[cls] = self.instance_number(data, float(counts[cls - 1]), cfg, cls in overridden)
+        return out
+
     def cluster(self, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
         """Cached clustering of one class's cells into (up to) ``k`` clusters; the cache key
         holds the fields of ``cfg`` the method declares (``GroupingMethod.cache_fields``)."""

@@ -233,6 +233,13 @@ class PFNSession:
         k-means)."""
         return self.predictor.grouper
 
+    def instance_numbers(self, params: TuneParams) -> dict[int, int]:
+        """``{class: k}`` the grouping uses with ``params``' knobs and no count override: the
+        head's rounded count, or the votes' (``grouping.count_source``)."""
+        if self.net is None or self.model is None:
+            return {}
+        return self.grouper.instance_numbers(params.grouping_config(self.model.config.grouping))
+
     def recluster(self, params: TuneParams) -> Reclustering:
         """Test-time steps only (refinement, clustering, size filter) on the cached output."""
         if self.net is None or self.model is None:

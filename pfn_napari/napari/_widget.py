@@ -472,7 +472,7 @@ class PFNWidget(QWidget):
         tau = self.tau_spin.value()
         present = [c for c in range(1, len(counts) + 1) if counts[c - 1] > tau or c in on_map]
         names = s.class_names
-        used = s.clustering.cluster_counts if s.clustering is not None else {}
+        used = s.instance_numbers(self.params())  # the knobs' k, before any override
         source = s.model.config.grouping.count_source
         for c in present:
             spin = QSpinBox(minimum=0, maximum=99)
