@@ -70,7 +70,7 @@ def grouping_row(g) -> str:
 
 
 def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, report: Path,
-                     baseline: dict | None = None, grouping=None) -> Path:
+                     baseline: dict | None = None) -> Path:
     """weights/README.md from the run's own numbers (and the previous model's, when given)."""
     def row(name: str, d: dict) -> str:
         return (f"| {name} | {d['images']} | {_f(d['ap_r'].get('0.5'))} | {_f(d['ap_r'].get('0.7'))} | "
@@ -108,7 +108,7 @@ truncated or other-version file gives one line naming it (`CheckpointError`).
 | stages | 1: the category network; 2: the instance network from it; 3: the count head alone (everything else frozen), its per-cell counts weighted by the category network's probabilities (`model.count_gate`), as the shipped model reads them |
 | training time | {meta['train_minutes']} min = {meta['train_minutes'] / 60:.2f} hours on this project's 2-core CPU ({meta['machine']}): {', '.join(f'{k} {v} steps' for k, v in steps.items())} (stage 1 category, stage 2 instance, stage 3 counts; bounds: {meta['category_minutes']:g} + {meta['instance_minutes']:g} + {meta.get('count_minutes', 0):g} min) |
 | command | `{meta['command']}` |
-| grouping default | {grouping_row(grouping or load_checkpoint(weights)[1].grouping)} |
+| grouping default | {grouping_row(load_checkpoint(weights)[1].grouping)} |
 | size | {weights.stat().st_size / 1e6:.1f} MB (float16; cast to float32 on load) |
 
 ## AP^r on the val splits (SDS protocol, percent)

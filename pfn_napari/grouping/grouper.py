@@ -13,7 +13,8 @@ Steps of :meth:`Grouper.run`:
    ``cfg.refine``).
 2. For each class ``c`` of the refined grid map: k = max(1, floor(g_c + 0.5)) (or the
    override; ``cfg.count_source`` 'votes' / 'mean': the number of distinct boxes its cells
-   vote for, or the mean of both, :mod:`~pfn_napari.grouping.votes`), cluster its cells with ``GROUPING_METHODS[cfg.method]``; clusters with fewer
+   vote for, or the mean of both, :mod:`~pfn_napari.grouping.votes`), cluster its cells with
+   ``GROUPING_METHODS[cfg.method]``; clusters with fewer
    cells than ``cfg.min_size_frac`` of the class's cells are dropped (``cfg.size_filter``).
 3. Full resolution: every pixel of class ``c`` in the refined full map takes a cluster of
    class ``c``: ``assign="cell"``: the cluster of the nearest class-``c`` grid cell (exact
@@ -295,7 +296,6 @@ class Grouper:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         counts = self.counts_used(count_override)
-        overridden = {int(c) for c in (count_override or {})}
         grid_map = self.grid_class
         full_map = self.full_class
         if cfg.refine:
@@ -306,17 +306,13 @@ class Grouper:
         big_h, big_w = self.image_size
         grid_labels = np.zeros(self.grid_shape, dtype=np.int32)
         masks, classes, scores, centers, boxes = [], [], [], [], []
-        cluster_counts: dict[int, int] = {}
-        t_cluster = t_full = 0.0
-        for cls in np.unique(grid_map):
-            cls = int(cls)
-            if cls == 0 or cls == VOID or cls > self.num_classes:
-                continue
+        t0 = time.perf_counter()
+        cluster_counts = self.instance_numbers(cfg, count_override)  # {class: k}, grid_map's
+        t_cluster, t_full = time.perf_counter() - t0, 0.0
+        for cls, k in cluster_counts.items():
             cell_mask = grid_map == cls
             t0 = time.perf_counter()
-            data = self.class_data(cls, cell_mask)
-            k = self.instance_number(data, float(counts[cls - 1]), cfg, cls in overridden)
-            cluster_counts[cls] = k
+            data = self.class_data(cls, cell_mask)  # cached by instance_numbers
             clustering = self.cluster(data, k, cfg)
             t1 = time.perf_counter()
             labels = clustering.labels
