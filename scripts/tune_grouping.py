@@ -7,9 +7,10 @@ then every grouping setting of a small grid groups the same output.
 
 Prints one row per setting: AP^r@0.5 on each real val split of ``../shared/data`` (COCO photos
 in VOC layout, Penn-Fudan, Weizmann horses), their mean (the choice), the person AP^r@0.5 of
-the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan. Tune on these val splits only: the photos
-the shipped weights are checked on are kept elsewhere. ``--save`` writes a new file (never
-the weights read) with the best setting as its ``grouping`` config; everything else is copied.
+the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan. Tune
+on these val splits only: the photos the shipped weights are checked on are kept elsewhere.
+``--save`` writes a new file (never the weights read) with the best setting as its
+``grouping`` config; everything else is copied.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Test-time grouping (paper section 3.4): class-map refinement by the counts, per-class
 clustering of the predicted instance locations, instances at full resolution.
 
-Pure numpy / scipy / scikit-learn: nothing here imports the model. See ``docs/grouping.md``.
+Pure numpy / scipy / scikit-learn (and pycocotools for box IoU): nothing here imports the
+model. See ``docs/grouping.md``.
 
 >>> from pfn_napari.grouping import group, Grouper, oracle_network_output   # doctest: +SKIP
 >>> instances = group(net, cfg.grouping)                                     # doctest: +SKIP

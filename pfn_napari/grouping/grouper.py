@@ -265,9 +265,15 @@ class Grouper:
         """``{class: k}`` for every class the grouping clusters (the refined grid map's
         classes), without clustering: what the napari count boxes start at."""
         counts = self.counts_used(count_override)
-        overridden = {int(c) for c in (count_override or {})}
         grid_map = refine_class_map(self.grid_class, counts, cfg.tau) if cfg.refine \
             else self.grid_class
+        return self._instance_numbers(grid_map, counts, count_override, cfg)
+
+    def _instance_numbers(self, grid_map: np.ndarray, counts: np.ndarray,
+                          count_override: dict[int, int] | None, cfg: GroupingConfig
+                          ) -> dict[int, int]:
+        """:meth:`instance_numbers` on an already refined ``grid_map`` and its ``counts``."""
+        overridden = {int(c) for c in (count_override or {})}
         out = {}
         for cls in np.unique(grid_map):
             cls = int(cls)
@@ -307,7 +313,7 @@ class Grouper:
         grid_labels = np.zeros(self.grid_shape, dtype=np.int32)
         masks, classes, scores, centers, boxes = [], [], [], [], []
         t0 = time.perf_counter()
-        cluster_counts = self.instance_numbers(cfg, count_override)  # {class: k}, grid_map's
+        cluster_counts = self._instance_numbers(grid_map, counts, count_override, cfg)
         t_cluster, t_full = time.perf_counter() - t0, 0.0
         for cls, k in cluster_counts.items():
             cell_mask = grid_map == cls

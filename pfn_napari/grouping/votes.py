@@ -18,7 +18,7 @@ votes with their support as the score:
 :func:`combine_counts` turns the head's count and the votes into the ``k`` of the clustering.
 Measured on the real val splits (docs/grouping.md) the votes count pedestrians better than the
 shipped count head, which under-counts crowds; the head stays the default of every recipe
-(the paper). Pure numpy; O(n^2) in the cells of a class, so at most ``max_voters`` cells vote
+(the paper). numpy + pycocotools' box IoU; O(n^2) in the cells of a class, so at most ``max_voters`` cells vote
 (an even subsample of a larger class).
 """
 
@@ -29,19 +29,19 @@ import numpy as np
 #: ``grouping.count_source`` choices.
 COUNT_SOURCES: tuple[str, ...] = ("head", "votes", "mean")
 #: Cells of one class that vote at most (an even subsample of larger classes): 1,000 cells
-#: make a 1M-entry agreement matrix (about 30 ms on one core).
+#: make a 1M-entry agreement matrix (vote_count of 3,000 cells: about 15 ms here).
 MAX_VOTERS = 1000
 
 
 def box_iou_matrix(boxes: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(n, n)`` pairwise IoU (0 for empty boxes)."""
-    b = np.asarray(boxes, dtype=np.float32)
-    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)  # (n,)
-    iw = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
-    ih = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
-    inter = iw * ih  # (n, n)
-    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-12)
+    """``(n, 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(n, n)`` pairwise IoU (0 for empty boxes),
+    by pycocotools (C; 3x numpy broadcasting for 1,000 boxes)."""
+    from pycocotools import mask as mask_utils
+
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xywh = np.concatenate([b[:, :2], np.clip(b[:, 2:] - b[:, :2], 0, None)], axis=1)  # (n, 4)
+    return np.asarray(mask_utils.iou(xywh, xywh, [0] * len(b)), dtype=np.float64).reshape(
+        len(b), len(b))
 
 
 def vote_count(boxes: np.ndarray, iou: float = 0.5, min_frac: float = 0.05,
