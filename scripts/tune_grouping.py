@@ -7,7 +7,8 @@ then every grouping setting of a small grid groups the same output.
 
 Prints one row per setting: AP^r@0.5 on each real val split of ``../shared/data`` (COCO photos
 in VOC layout, Penn-Fudan, Weizmann horses), their mean (the choice), the person AP^r@0.5 of
-the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan. Tune
+the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan, then
+each split's mIoU (the category map, which no grouping setting changes). Tune
 on these val splits only: the photos the shipped weights are checked on are kept elsewhere.
 ``--save`` writes a new file (never the weights read) with the best setting as its
 ``grouping`` config; everything else is copied.
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
               + " | ".join(votes) + " | " + " | ".join(f"{a:.1f}" for a in aps)
               + f" | {means[-1]:.1f} | {coco:.1f} | {pf:.2f} |")
     best = settings[int(np.argmax(means))]
+    print("mIoU (the category map, the same for every setting): "
+          + ", ".join(f"{n} {results[n][0].miou:.1f}" for n in names))
     print(f"best (mean AP^r@0.5 {max(means):.1f}): {describe(best)}")
     if args.save is not None:
         meta = run_meta(meta)

@@ -64,6 +64,9 @@ def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
     printed = capsys.readouterr().out
     assert f"min_size_frac={cfg.grouping.min_size_frac:g}" in printed.splitlines()[-2]  # best
     assert f"count_source={cfg.grouping.count_source}" in printed.splitlines()[-2]
+    assert printed.splitlines()[-3] == ("mIoU (the category map, the same for every setting): "
+                                        + ", ".join(f"{n} {results[n][0].miou:.1f}"
+                                                    for n in results))
     _, tuned, meta = load_checkpoint(out)
     assert tuned.grouping == cfg.grouping and "tune_grouping" in meta["notes"][-1]
     assert tune.main([*argv, "--save", str(out)]) == 2  # never overwrites
