@@ -1,9 +1,11 @@
 """The numbers of docs/RESULTS.md, with one command.
 
     python benchmarks/results.py --budget-min 20 [--pfn-run runs/default-weights] [--out runs/results]
+    python benchmarks/results.py --markdown-only --out runs/results   # the page again, from results.json
 
-On the real data in ../shared/data with a fixed split (train: 60 COCO-VOC + 136 Penn-Fudan
-images + 300 synthetic; val: 17 COCO-VOC + 34 Penn-Fudan images), this
+On the real data in ../shared/data with a fixed split (train: the ``cpu-demo`` data of
+``pfn_napari.demo.demo_train_spec``, 300 synthetic shapes and the train splits of COCO-VOC,
+Penn-Fudan and the Weizmann horses; val: 17 COCO-VOC + 34 Penn-Fudan + 55 horse images), this
 
 1. trains PFN (EfficientNet-Lite0, recipe ``cpu-demo``, both stages) for ``--budget-min``
    minutes of wall clock, or reuses a run of ``scripts/train_default_weights.py`` (``--pfn-run``:
@@ -48,9 +50,11 @@ from pfn_napari.predictor import Predictor  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def val_set(shared: Path):
-    parts = [open_dataset(es.spec, "val", es.classes) for es in real_specs(shared)]
-    return ConcatDataset(parts, DEMO_CLASSES)
+def val_set(shared: Path) -> tuple[ConcatDataset, list[str]]:
+    """The val images of every real set, and the set each one comes from."""
+    parts = {es.name: open_dataset(es.spec, "val", es.classes) for es in real_specs(shared)}
+    names = [name for name, part in parts.items() for _ in range(len(part))]
+    return ConcatDataset(list(parts.values()), DEMO_CLASSES), names
 
 
 def train_set(shared: Path, synthetic: int):
@@ -60,22 +64,38 @@ def train_set(shared: Path, synthetic: int):
 def metrics_row(m) -> dict:
     d = m.to_dict(curves=False)
     return {"ap50": d["ap_r"]["0.5"], "ap70": d["ap_r"]["0.7"], "ap_vol": d["ap_r_vol"],
-            "miou": d["miou"], "images": d["num_images"]}
+            "miou": d["miou"], "images": d["num_images"], "classes": int(np.sum(m.has_gt))}
 
 
-def eval_pfn(predictors, samples, gcfg: GroupingConfig, counts: bool = False) -> tuple[dict, float]:
-    """AP^r of PFN grouping the networks' cached outputs (one :class:`Predictor` per image,
-    image already set); returns (row, grouping s/img)."""
+def scored(samples, instances, splits: list[str] | None = None) -> dict:
+    """The row of ``instances`` (one per sample) against ``samples``; with ``splits`` (the set
+    of each sample) also ``row["splits"]``: AP^r@0.5 of each set alone, whose classes are not
+    drowned by the rare COCO classes of the pooled mean."""
     ev = Evaluator(DEMO_CLASSES)
+    per: dict[str, Evaluator] = {}
+    for i, (sample, inst) in enumerate(zip(samples, instances)):
+        ev.add(sample, inst)
+        if splits is not None:
+            per.setdefault(splits[i], Evaluator(DEMO_CLASSES)).add(sample, inst)
+    row = metrics_row(ev.result())
+    if splits is not None:
+        row["splits"] = {name: e.result().ap_r["0.5"] for name, e in per.items()}
+    return row
+
+
+def eval_pfn(predictors, samples, gcfg: GroupingConfig, counts: bool = False,
+             splits: list[str] | None = None) -> tuple[dict, float]:
+    """AP^r of PFN grouping the networks' cached outputs (one :class:`Predictor` per image,
+    image already set); returns (row, grouping s/img). ``splits``: see :func:`scored`."""
+    found = []
     spent = 0.0
     for sample, predictor in zip(samples, predictors):
         override = ({c: int(np.sum(sample.instance_classes == c)) for c in range(1, len(DEMO_CLASSES) + 1)}
                     if counts else None)
         t = time.perf_counter()
-        inst = predictor.instances(gcfg, override)
+        found.append(predictor.instances(gcfg, override))
         spent += time.perf_counter() - t
-        ev.add(sample, inst)
-    return metrics_row(ev.result()), spent / max(1, len(samples))
+    return scored(samples, found, splits), spent / max(1, len(samples))
 
 
 def predictors_on(model, samples) -> tuple[list, float]:
@@ -124,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-min", type=float, default=20.0, help="training wall clock per system")
     ap.add_argument("--pfn-run", default=None, help="reuse a scripts/train_default_weights.py run folder")
     ap.add_argument("--extra-pfn-run", default=None,
-                    help="another train_default_weights.py run (e.g. the shipped weights when they "
-                         "were trained longer) to list beside, marked as not budget-matched")
+                    help="another train_default_weights.py run folder, or a weights file (e.g. "
+                         "weights/pfn-lite0-voc.pt), to list beside, marked as not budget-matched")
     ap.add_argument("--conditions", default="",
                     help="a sentence on the conditions of the run, printed under the machine line")
     ap.add_argument("--synthetic", type=int, default=300)
@@ -137,7 +157,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="run one expensive part alone (its result is cached in OUT and reused), "
                          "e.g. in parallel with scripts/train_default_weights.py")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite --results-md from OUT/results.json (no training, no evaluation)")
     args = ap.parse_args(argv)
+    if args.markdown_only:
+        done = Path(args.out) / "results.json"
+        if not done.is_file():
+            print(f"benchmarks/results.py: {done} not found (run without --markdown-only first)",
+                  file=sys.stderr)
+            return 2
+        res = json.loads(done.read_text())
+        stored = res.get("argv", [])  # the run's own arguments say what its page says
+        write_markdown(Path(args.results_md), res, ap.parse_args(stored), stored)
+        print(f"wrote {args.results_md} from {done}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     shared = find_shared_data()
@@ -154,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "centers2":
         centers2_trained(out, shared, args, Path(args.pfn_run or out / "pfn"))
         return 0
-    res: dict = {"budget_min": args.budget_min, "seed": args.seed,
+    res: dict = {"budget_min": args.budget_min, "seed": args.seed, "argv": sys.argv[1:],
                  "machine": {"cpu": platform.processor() or platform.machine(),
                              "cores": torch.get_num_threads(), "torch": torch.__version__,
                              "python": platform.python_version()}}
@@ -173,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                                    category_minutes=0.4 * args.budget_min,
                                    instance_minutes=0.6 * args.budget_min)
         pfn_minutes = (time.perf_counter() - t0) / 60
+        (run / "summary.json").write_text(json.dumps({"train_minutes": round(pfn_minutes, 1)}))
     res["pfn_train_minutes"] = pfn_minutes
     model = load_model(ckpt, "cpu")
-    val = val_set(shared)
+    val, splits = val_set(shared)
+    res["data"] = {"train": len(train_set(shared, args.synthetic)),
+                   "val": {es.name: len(open_dataset(es.spec, "val", es.classes))
+                           for es in real_specs(shared)}}
     samples = [val[i] for i in range(len(val))]
     print(f"val: {len(samples)} images, {sum(s.num_instances for s in samples)} instances")
     nets, net_time = predictors_on(model, samples)
@@ -184,17 +221,24 @@ def main(argv: list[str] | None = None) -> int:
     timing: dict[str, float] = {"pfn_network_s": net_time}
     for name, gcfg in [("PFN, vote grouping", replace(g, method="vote")),
                        ("PFN, spectral grouping (paper)", replace(g, method="spectral"))]:
-        rows[name], timing[name] = eval_pfn(model, samples, nets, gcfg)
+        rows[name], timing[name] = eval_pfn(nets, samples, gcfg, splits=splits)
         print(name, rows[name], f"grouping {timing[name]:.3f} s/img")
     if args.extra_pfn_run:
         extra_run = Path(args.extra_pfn_run)
-        summary = extra_run / "summary.json"
-        minutes = json.loads(summary.read_text()).get("train_minutes") if summary.is_file() else None
-        m3 = load_model(extra_run / "instance" / "final.pt", "cpu")
+        if extra_run.is_file():  # a weights file, e.g. the shipped one: its meta has the minutes
+            m3 = load_model(extra_run, "cpu")
+            minutes = m3.meta.get("train_minutes")
+        else:
+            summary = extra_run / "summary.json"
+            minutes = (json.loads(summary.read_text()).get("train_minutes")
+                       if summary.is_file() else None)
+            m3 = load_model(extra_run / "instance" / "final.pt", "cpu")
         nets3, timing["extra_network_s"] = predictors_on(m3, samples)
         for method in ("vote", "spectral"):
             name = f"PFN, {method}, {extra_run.name} ({minutes} min, not budget-matched)"
-            rows[name], timing[name] = eval_pfn(m3, samples, nets3, replace(g, method=method))
+            rows[name], timing[name] = eval_pfn(nets3, samples,  # its own grouping defaults
+                                                replace(m3.config.grouping, method=method),
+                                                splits=splits)
             print(name, rows[name])
     res["pfn"] = rows
 
@@ -202,27 +246,25 @@ def main(argv: list[str] | None = None) -> int:
     mr, stats = maskrcnn_trained(out, shared, args, 60 * (pfn_minutes or args.budget_min))
     from maskrcnn_peer import predict_maskrcnn
 
-    ev = Evaluator(DEMO_CLASSES)
     t = time.perf_counter()
-    for s in samples:
-        ev.add(s, predict_maskrcnn(mr, s.image, s.image_id))
+    found = [predict_maskrcnn(mr, s.image, s.image_id) for s in samples]
     timing["maskrcnn_s"] = (time.perf_counter() - t) / len(samples)
-    res["maskrcnn"] = {"row": metrics_row(ev.result()), "train": stats}
+    res["maskrcnn"] = {"row": scored(samples, found, splits), "train": stats}
     print("Mask R-CNN", res["maskrcnn"])
 
     # 3. upper bounds and ablations (same PFN model)
     base = replace(g, method="spectral")
     abl = {
         "PFN (spectral)": rows["PFN, spectral grouping (paper)"],  # computed above
-        "w/o coordinates": eval_pfn(model, samples, nets, replace(base, use_coords=False))[0],
-        "w/o size filter": eval_pfn(model, samples, nets, replace(base, size_filter=False))[0],
-        "w/o refinement": eval_pfn(model, samples, nets, replace(base, refine=False))[0],
-        "w/o refinement and size filter": eval_pfn(model, samples, nets,
+        "w/o coordinates": eval_pfn(nets, samples, replace(base, use_coords=False))[0],
+        "w/o size filter": eval_pfn(nets, samples, replace(base, size_filter=False))[0],
+        "w/o refinement": eval_pfn(nets, samples, replace(base, refine=False))[0],
+        "w/o refinement and size filter": eval_pfn(nets, samples,
                                                    replace(base, refine=False, size_filter=False))[0],
     }
     bounds = {
-        "PFN + ground-truth counts (spectral)": eval_pfn(model, samples, nets, base, counts=True)[0],
-        "PFN + ground-truth counts (vote)": eval_pfn(model, samples, nets, replace(g, method="vote"),
+        "PFN + ground-truth counts (spectral)": eval_pfn(nets, samples, base, counts=True)[0],
+        "PFN + ground-truth counts (vote)": eval_pfn(nets, samples, replace(g, method="vote"),
                                                      counts=True)[0],
     }
     truth_nets = []
@@ -233,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         truth_nets.append(truth)
     for method in ("vote", "spectral"):
         name = f"PFN + ground-truth locations on its own segmentation (paper's bound, {method})"
-        bounds[name] = eval_pfn(model, samples, truth_nets, replace(g, method=method))[0]
+        bounds[name] = eval_pfn(truth_nets, samples, replace(g, method=method))[0]
     for method in ("vote", "spectral"):
         ev = Evaluator(DEMO_CLASSES)
         for s in samples:
@@ -244,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_centers2:
         m2 = load_model(centers2_trained(out, shared, args, run), "cpu")
         nets2, _ = predictors_on(m2, samples)
-        abl["centers (2) instead of 6-d (retrained stage 2)"] = eval_pfn(m2, samples, nets2, base)[0]
+        abl["centers (2) instead of 6-d (retrained stage 2)"] = eval_pfn(nets2, samples, base)[0]
     res["ablations"], res["bounds"], res["timing"] = abl, bounds, timing
     (out / "results.json").write_text(json.dumps(res, indent=1))
     write_markdown(Path(args.results_md), res, args)
@@ -266,30 +308,67 @@ def f1(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def write_markdown(path: Path, res: dict, args) -> None:
+def split_table(pfn_rows: dict, peer: dict, best: dict, level: float = 0.5) -> list[str]:
+    """Markdown lines: AP^r@0.5 of each system on each val set alone, and who leads on each at
+    the same budget (``best``: the budget-matched PFN row); none for an older results.json."""
+    names = list(peer.get("splits", {}))
+    if not names:
+        return []
+    lines = [f"The pooled AP^r above is the mean over the {peer.get('classes', 'several')} "
+             "classes of the val photos, most of them COCO classes with one to three val "
+             "instances each; each set alone (AP^r@0.5 over its own classes):", "",
+             "| system | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for name, row in [*pfn_rows.items(), ("Mask R-CNN, Lite0-FPN (torchvision)", peer)]:
+        lines.append(f"| {name} | " + " | ".join(f1(row.get("splits", {}).get(n)) for n in names)
+                     + " |")
+    leads = []
+    for n in names:
+        a, b = best.get("splits", {}).get(n) or 0.0, peer["splits"][n] or 0.0
+        leads.append(f"level on {n}" if abs(a - b) < level else
+                     f"{'PFN' if a > b else 'Mask R-CNN'} ahead on {n} by {abs(a - b):.1f}")
+    return lines + ["", "Each set alone, at the same budget: " + "; ".join(leads) + ".", ""]
+
+
+def standing(pfn: dict, peer: dict, level: float = 0.5) -> str:
+    """One sentence per metric: who is ahead of whom by how much (within ``level``: level)."""
+    parts = []
+    for key, label in (("ap50", "AP^r@0.5"), ("ap_vol", "AP^r_vol"), ("miou", "mIoU")):
+        a, b = pfn[key] or 0.0, peer[key] or 0.0
+        if abs(a - b) < level:
+            parts.append(f"level on {label} ({a:.1f} and {b:.1f})")
+        else:
+            who = "PFN" if a > b else "Mask R-CNN"
+            parts.append(f"{who} ahead on {label} by {abs(a - b):.1f} ({a:.1f} against {b:.1f})")
+    return "PFN and Mask R-CNN are " + parts[0] + "; " + "; ".join(parts[1:]) + "."
+
+
+def write_markdown(path: Path, res: dict, args, argv: list[str] | None = None) -> None:
+    """docs/RESULTS.md from ``res``; ``argv``: the command's arguments (default: this one's)."""
+    argv = sys.argv[1:] if argv is None else argv
     t = res["timing"]
     pfn_rows = res["pfn"]
     mr = res["maskrcnn"]["row"]
     lines = [
         "# Results",
         "",
-        "Every number below was produced by one command on this project's CI machine:",
+        "Every number below was produced by one command on this project's CI machine " + (
+            f"(PFN's training reused from the run folder {args.pfn_run}; then Mask R-CNN for the "
+            "same wall clock and the ablations, one after the other):" if args.pfn_run else
+            "(PFN, then Mask R-CNN for the same wall clock, then the ablations: one after the "
+            "other in one process, so each trains with the machine to itself):"),
         "",
         "```bash",
-        "# PFN for a 25-minute budget (10 + 15 min, 1 thread), while Mask R-CNN trains beside it:",
-        "python scripts/train_default_weights.py --category-minutes 10 --instance-minutes 15 "
-        "--threads 1 --out runs/default-weights --weights runs/default-weights/pfn.pt",
-        "python benchmarks/results.py --budget-min 25 --only maskrcnn --threads 1 --out runs/results",
-        "# then everything else (cached runs are reused):",
-        "python benchmarks/results.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "python benchmarks/results.py " + " ".join(shlex.quote(a) for a in argv),
         "```",
         "",
         f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} torch threads (2 cores), no GPU; "
         f"torch {res['machine']['torch']}, Python {res['machine']['python']}. Seed {res['seed']}.",
         *([args.conditions, ""] if args.conditions else []),
-        "Data (../shared/data, fixed split): train = 60 COCO images in VOC layout (train.txt) + 136 "
-        "Penn-Fudan images (every 5th to val) + 300 synthetic shapes; val = 17 COCO-VOC + 34 Penn-Fudan "
-        "images. 23 classes (20 VOC + 3 shapes); AP^r is the SDS protocol (docs/evaluation.md), "
+        f"Data (../shared/data, fixed split): train = {res['data']['train']} images (the `cpu-demo` "
+        f"data of `pfn_napari.demo.demo_train_spec`: {args.synthetic} synthetic shapes and the train "
+        "splits of the real sets, COCO-VOC repeated as in the recipe); val = "
+        + " + ".join(f"{n} {k}" for k, n in res["data"]["val"].items()) + " images. "
+        "23 classes (20 VOC + 3 shapes); AP^r is the SDS protocol (docs/evaluation.md), "
         "averaged over the classes present in val. These are a few hundred images, for checking that "
         "every part works on real photos; they do not reproduce the paper's VOC numbers.",
         "",
@@ -312,14 +391,12 @@ def write_markdown(path: Path, res: dict, args) -> None:
                  f"{t['maskrcnn_s']:.3f} s |")
     best = max((r for n, r in pfn_rows.items() if "not budget-matched" not in n),
                key=lambda r: r["ap50"] or 0)
-    lines += ["", "Where PFN stands: " + (
-        f"Mask R-CNN is ahead by {mr['ap50'] - best['ap50']:.1f} AP^r@0.5 at the same budget."
-        if (mr["ap50"] or 0) > (best["ap50"] or 0) else
-        f"PFN is ahead by {best['ap50'] - mr['ap50']:.1f} AP^r@0.5 at the same budget.")
+    lines += ["", "Where PFN stands, at the same budget: " + standing(best, mr)
         + f" PFN's grouping costs {100 * t.get('PFN, spectral grouping (paper)', 0) / (t['pfn_network_s'] + t.get('PFN, spectral grouping (paper)', 0)):.0f}% "
         "of its time with the paper's spectral clustering"
         f" and {100 * t.get('PFN, vote grouping', 0) / (t['pfn_network_s'] + t.get('PFN, vote grouping', 0)):.0f}% with the vote grouping.",
-        "", "## Upper bounds (same val images)", "", UPPER_BOUNDS_NOTE, "",
+        "", *split_table(pfn_rows, mr, best),
+        "## Upper bounds (same val images)", "", UPPER_BOUNDS_NOTE, "",
         "| | AP^r@0.5 | AP^r@0.7 | AP^r_vol |", "|---|---:|---:|---:|"]
     for name, row in res["bounds"].items():
         lines.append(f"| {name} | {f1(row['ap50'])} | {f1(row['ap70'])} | {f1(row['ap_vol'])} |")
