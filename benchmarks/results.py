@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(ckpt, "cpu")
     val, splits = val_set(shared)
     res["data"] = {"train": len(train_set(shared, args.synthetic)),
-                   "val": {es.name: len(open_dataset(es.spec, "val", es.classes))
-                           for es in real_specs(shared)}}
+                   "val": {name: splits.count(name) for name in dict.fromkeys(splits)}}
     samples = [val[i] for i in range(len(val))]
     print(f"val: {len(samples)} images, {sum(s.num_instances for s in samples)} instances")
     nets, net_time = predictors_on(model, samples)
