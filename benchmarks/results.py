@@ -320,25 +320,23 @@ def split_table(pfn_rows: dict, peer: dict, best: dict, level: float = 0.5) -> l
     for name, row in [*pfn_rows.items(), ("Mask R-CNN, Lite0-FPN (torchvision)", peer)]:
         lines.append(f"| {name} | " + " | ".join(f1(row.get("splits", {}).get(n)) for n in names)
                      + " |")
-    leads = []
-    for n in names:
-        a, b = best.get("splits", {}).get(n) or 0.0, peer["splits"][n] or 0.0
-        leads.append(f"level on {n}" if abs(a - b) < level else
-                     f"{'PFN' if a > b else 'Mask R-CNN'} ahead on {n} by {abs(a - b):.1f}")
+    leads = [f"{n}: {lead(best.get('splits', {}).get(n), peer['splits'][n], level)}"
+             for n in names]
     return lines + ["", "Each set alone, at the same budget: " + "; ".join(leads) + ".", ""]
 
 
+def lead(pfn: float | None, peer: float | None, level: float = 0.5) -> str:
+    """Who is ahead and by how much (closer than ``level``: level), with both values."""
+    a, b = pfn or 0.0, peer or 0.0
+    if abs(a - b) < level:
+        return f"level ({a:.1f} and {b:.1f})"
+    return f"{'PFN' if a > b else 'Mask R-CNN'} ahead by {abs(a - b):.1f} ({a:.1f} against {b:.1f})"
+
+
 def standing(pfn: dict, peer: dict, level: float = 0.5) -> str:
-    """One sentence per metric: who is ahead of whom by how much (within ``level``: level)."""
-    parts = []
-    for key, label in (("ap50", "AP^r@0.5"), ("ap_vol", "AP^r_vol"), ("miou", "mIoU")):
-        a, b = pfn[key] or 0.0, peer[key] or 0.0
-        if abs(a - b) < level:
-            parts.append(f"level on {label} ({a:.1f} and {b:.1f})")
-        else:
-            who = "PFN" if a > b else "Mask R-CNN"
-            parts.append(f"{who} ahead on {label} by {abs(a - b):.1f} ({a:.1f} against {b:.1f})")
-    return "PFN and Mask R-CNN are " + parts[0] + "; " + "; ".join(parts[1:]) + "."
+    """:func:`lead` on each headline metric, as one sentence."""
+    return "; ".join(f"{label}: {lead(pfn[key], peer[key], level)}" for key, label in
+                     (("ap50", "AP^r@0.5"), ("ap_vol", "AP^r_vol"), ("miou", "mIoU"))) + "."
 
 
 def write_markdown(path: Path, res: dict, args, argv: list[str] | None = None) -> None:

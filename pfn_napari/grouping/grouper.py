@@ -14,8 +14,8 @@ Steps of :meth:`Grouper.run`:
 2. For each class ``c`` of the refined grid map: k = max(1, floor(g_c + 0.5)) (or the
    override; ``cfg.count_source`` 'votes' / 'mean': the number of distinct boxes its cells
    vote for, or the mean of both, :mod:`~pfn_napari.grouping.votes`), cluster its cells with
-   ``GROUPING_METHODS[cfg.method]``; clusters with fewer
-   cells than ``cfg.min_size_frac`` of the class's cells are dropped (``cfg.size_filter``).
+   ``GROUPING_METHODS[cfg.method]``; clusters with fewer cells than ``cfg.min_size_frac`` of
+   the class's cells are dropped (``cfg.size_filter``).
 3. Full resolution: every pixel of class ``c`` in the refined full map takes a cluster of
    class ``c``: ``assign="cell"``: the cluster of the nearest class-``c`` grid cell (exact
    Euclidean distance transform); ``assign="location"``: the cluster whose mean box is nearest
