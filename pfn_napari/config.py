@@ -230,6 +230,11 @@ class LossConfig:
     # cells (small and rare classes weigh more); 1: plain cross-entropy (the paper)
     seg_top_k: float = 1.0
     smooth_l1_beta: float = 1.0
+    # Per-instance balance of the location loss: each cell of an instance with n cells in the
+    # crop weighs n^-loc_balance (rescaled so the crop's weights still sum to its foreground
+    # cells). 0: every cell the same (the paper), so large instances dominate; 0.5: small
+    # instances (people far away in a crowd) count more; 1: every instance the same in total.
+    loc_balance: float = 0.0
     # 0: location errors in normalised units (x / W, y / H of the input); > 0: in units of this
     # many pixels, so the loss does not depend on the crop size and content offsets are O(1).
     loc_unit: float = 0.0
@@ -242,6 +247,7 @@ class LossConfig:
         _check([
             (self.loc_unit >= 0, f"loss.loc_unit={self.loc_unit}: 0 (normalised) or > 0 px"),
             (0 < self.seg_top_k <= 1, f"loss.seg_top_k={self.seg_top_k}: a fraction in (0, 1]"),
+            (0 <= self.loc_balance <= 1, f"loss.loc_balance={self.loc_balance}: in [0, 1]"),
             (self.count_reduction in ("mean", "sum"),
              f"loss.count_reduction={self.count_reduction!r}: 'mean' or 'sum'"),
         ])

@@ -20,6 +20,7 @@ from pfn_napari.config import (ConfigError, CRFConfig, DataConfig, GroupingConfi
     (ModelConfig(count_gate=True), "model.count_gate=true needs model.count_head=density"),
     (LossConfig(count_reduction="max"), "loss.count_reduction='max': 'mean' or 'sum'"),
     (LossConfig(seg_top_k=0.0), r"loss.seg_top_k=0.0: a fraction in \(0, 1\]"),
+    (LossConfig(loc_balance=1.5), r"loss.loc_balance=1.5: in \[0, 1\]"),
     (TrainConfig(separate_schedule="half"), "train.separate_schedule='half': 'split' or 'full'"),
     (GroupingConfig(method="nope"), "grouping.method='nope': choose one of"),
     (GroupingConfig(scoring="max"), "grouping.scoring='max'"),

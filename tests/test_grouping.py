@@ -12,7 +12,7 @@ import pytest
 from pfn_napari.config import VOC_CLASSES, ConfigError, GroupingConfig
 from pfn_napari.errors import PFNError
 from pfn_napari.grouping import (GROUPING_METHODS, Grouper, group, oracle_network_output,
-                                 refine_class_map, with_true_locations)
+                                 own_box_share, refine_class_map, with_true_locations)
 from pfn_napari.grouping.geometry import (infer_stride, nearest_cell_index, upsample_bilinear)
 from pfn_napari.grouping.kmeans import kmeans_runs
 from pfn_napari.grouping.spectral import (dense_affinity, normalise_by_max,
@@ -160,6 +160,24 @@ def test_with_true_locations_keeps_the_predicted_map_and_counts():
     noisy = with_true_locations(net, sample.instance_map, noise=0.05, rng=1)
     np.testing.assert_allclose(noisy.locations[:, 2, 4], 0.3)
     assert 0 < np.abs(noisy.locations[:, 1, 2] - box_a).max() < 0.25
+
+
+def test_own_box_share_scores_separation():
+    """The truth's locations separate both boxes (1.0 each, A with its 2 x 3 cells); locations
+    that all point at box A leave B's cells nearer A (0.0); half of B's cells moved to B's
+    box give 0.5; an id without a grid cell is left out."""
+    sample, net = two_box_output(full_classes=False)
+    shares = own_box_share(net, sample.instance_map, [1, 2, 7])
+    assert shares == {1: (1.0, 6), 2: (1.0, 6)}
+    box_a = net.locations[:, 1, 2].copy()  # (L,)
+    flat = replace(net, locations=np.broadcast_to(box_a[:, None, None],
+                                                  net.locations.shape).copy())
+    assert own_box_share(flat, sample.instance_map, [1, 2]) == {1: (1.0, 6), 2: (0.0, 6)}
+    half = flat.locations.copy()
+    half[:, 3:5, 5] = net.locations[:, 4, 7][:, None]  # 2 of B's 6 cells...
+    half[:, 3, 6] = net.locations[:, 4, 7]  # ...and a third: 3 of 6
+    shares = own_box_share(replace(net, locations=half), sample.instance_map, [1, 2])
+    assert shares[2] == (0.5, 6)
 
 
 # ------------------------------------------------------------------ grouping

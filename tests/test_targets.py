@@ -147,6 +147,24 @@ def test_location_weights():
     assert location_weights(cm).dtype == np.float32
 
 
+def test_location_weights_balanced_per_instance():
+    """An instance of 9 pixels beside one of 1: with balance 0.5 each of the big one's pixels
+    weighs 1/3 of the small one's; with 1 both instances weigh the same in total; the crop's
+    total stays its 10 foreground pixels either way."""
+    im = np.zeros((4, 5), np.int32)
+    im[0:3, 0:3] = 1
+    im[3, 4] = 2
+    cm = np.where(im > 0, 15, 0).astype(np.uint8)
+    half = location_weights(cm, im, balance=0.5)
+    assert half[0, 0] == pytest.approx(half[3, 4] / 3)
+    assert half.sum() == pytest.approx(10)
+    assert half[0, 0] == pytest.approx(10 / (9 / 3 + 1) / 3)  # 0.833: 9 x 0.833 + 2.5 = 10
+    full = location_weights(cm, im, balance=1.0)
+    assert full[im == 1].sum() == pytest.approx(full[3, 4]) == pytest.approx(5)
+    np.testing.assert_array_equal(location_weights(cm, im, balance=0.0), im > 0)
+    assert location_weights(np.zeros_like(cm), im, balance=1.0).sum() == 0  # no foreground
+
+
 def test_instance_counts():
     np.testing.assert_array_equal(instance_counts(np.array([1, 3, 3, 4]), 4), [1, 0, 2, 1])
     c = instance_counts(np.zeros(0, np.int64), 3)

@@ -10,7 +10,7 @@ model. See ``docs/grouping.md``.
 
 from .grouper import Grouper, GroupingResult, group, grouping_method
 from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
-from .oracle import oracle_network_output, with_true_locations
+from .oracle import oracle_network_output, own_box_share, with_true_locations
 from .refine import present_classes, refine_class_map
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "group",
     "grouping_method",
     "oracle_network_output",
+    "own_box_share",
     "present_classes",
     "refine_class_map",
     "with_true_locations",
