@@ -136,7 +136,7 @@ def resolve_runtime(runtime: str | None, system: torch.nn.Module, device: torch.
     complete = getattr(system, "complete", False)
     why = ("the ONNX path runs on the CPU only" if device.type != "cpu" else
            "onnxruntime is not installed (pip install onnx onnxruntime)" if not onnx_available() else
-           "the ONNX path covers EfficientNet-Lite0 backbones only" if not supports(system) else
+           "the ONNX path covers EfficientNet-Lite backbones only" if not supports(system) else
            "the ONNX path needs a complete (stage-2 / unified) model" if not complete else "")
     if not why:
         return "onnx"

@@ -66,7 +66,7 @@ def cache_dir() -> Path:
 
 class TrunkGraph(nn.Module):
     """What goes to ONNX: ``images (B, 3, H, W) 0..255 RGB -> (pool1 (B, 16, H/2, W/2),
-    pool2 (B, 24, H/4, W/4), pool3 (B, 40, H/8, W/8), head (B, F, H/os, W/os))``, the
+    pool2 (B, 24, H/4, W/4), pool3 (B, 40 or 48, H/8, W/8), head (B, F, H/os, W/os))``, the
     stage ends of :meth:`EfficientNetLite.forward_trunk` and its head feature through the
     ``project`` conv (ceil-mode sizes: the conv strides of the backbone)."""
 
@@ -174,7 +174,7 @@ def onnx_available() -> bool:
 
 
 def supports(system: nn.Module) -> bool:
-    """True when every network of ``system`` has an EfficientNet-Lite0 backbone."""
+    """True when every network of ``system`` has an EfficientNet-Lite (0, 1 or 2) backbone."""
     nets = [n for n in (getattr(system, "category", None), getattr(system, "instance", None))
             if n is not None]
     return bool(nets) and all(isinstance(n.backbone, EfficientNetLite) for n in nets)
@@ -185,13 +185,13 @@ def onnx_system(system: nn.Module, use_disk_cache: bool = True) -> nn.Module:
     run on ONNX Runtime (CPU); same call, same :class:`NetOutputs`. The copy is taken now: later
     changes to ``system``'s weights do not reach it.
 
-    Raises :class:`RuntimeUnavailable` when onnxruntime is missing, a backbone is not
-    EfficientNet-Lite0, or the export fails.
+    Raises :class:`RuntimeUnavailable` when onnxruntime is missing, a backbone is not an
+    EfficientNet-Lite, or the export fails.
     """
     if not onnx_available():
         raise RuntimeUnavailable("onnxruntime is not installed (pip install onnx onnxruntime)")
     if not supports(system):
-        raise RuntimeUnavailable("the ONNX runtime path covers EfficientNet-Lite0 backbones only")
+        raise RuntimeUnavailable("the ONNX runtime path covers EfficientNet-Lite backbones only")
     fast = copy.deepcopy(system).cpu().eval()
     for net in (fast.category, fast.instance):
         if net is None:
