@@ -30,6 +30,7 @@ from pfn_napari.checkpoint import join_networks, load_checkpoint, run_meta, save
 from pfn_napari.config import load_config
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
+from pfn_napari.errors import PFNError
 from pfn_napari.inference import default_weights_path
 from pfn_napari.model import PFNSystem
 from pfn_napari.train import train
@@ -249,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
             print("scripts/train_default_weights.py: --join-category needs --from-weights (the "
                   "file whose instance network joins it)", file=sys.stderr)
             return 2
-        return join_category(args, argv, out, spec, baseline)
+        try:
+            return join_category(args, argv, out, spec, baseline)
+        except PFNError as exc:  # a missing or unfit file: one line naming it
+            print(f"scripts/train_default_weights.py: {exc}", file=sys.stderr)
+            return 2
     if args.from_weights is not None:
         _, _, meta = load_checkpoint(args.from_weights)
         meta = {**run_meta(meta), "notes": [*meta.get("notes", []), *args.note],
