@@ -10,11 +10,18 @@ non-person object of the val photos, reports the VOC class with the most evidenc
 object's pixels and the evidence for the true class: a prior the category head could be given.
 Measured on the 17 COCO val photos: 7 of 14 non-person objects have their own class on top
 (cat, both buses, aeroplane, dog, bird, motorbike; the category network finds 1 of them), the
-furniture and bottles do not (the 118 dog synsets win there). Fused into the shipped category
-logits it raised COCO val mIoU to 14-17 but lowered every AP^r (docs/model.md, "Tried and not
-kept"), so the model does not use it.
+furniture and bottles do not (the 118 dog synsets win there). Fused into the category logits
+everywhere it raised COCO val mIoU to 14-17 but lowered every AP^r; the shipped model uses it
+only where the category map says background (``pfn_napari.model.imagenet_prior``,
+``pfn_napari.grouping.prior``; docs/model.md, "The ImageNet prior").
 
     python benchmarks/imagenet_prior.py [--data voc:../shared/data/coco128-train/voc/VOC2012]
+
+``--picture OUT.png [--weights W]`` instead draws what a model's prior names (the shipped
+model's by default): up to ``--max`` photos of the split where it names something, the objects
+it added tinted and labelled; ``--data`` may also name a real val set of ``pfn demo``
+(``coco-voc``, ``pennfudan``, ``horses``). docs/images/prior-pennfudan.png is
+``python benchmarks/imagenet_prior.py --data pennfudan --picture docs/images/prior-pennfudan.png``.
 """
 
 from __future__ import annotations
@@ -31,48 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pfn_napari.data import open_dataset  # noqa: E402
 from pfn_napari.model.backbones import EfficientNetLite0  # noqa: E402
+from pfn_napari.model.imagenet_prior import imagenet_names, synset_indices  # noqa: E402
 from pfn_napari.model.weights import lite0_weights_file  # noqa: E402
 
 DEFAULT_DATA = "voc:" + str(Path(__file__).resolve().parents[2] / "shared" / "data" /
                             "coco128-train" / "voc" / "VOC2012")
-#: ImageNet-1k class names (lower case) or index ranges standing for each VOC class.
-VOC_SYNSETS: dict[str, tuple] = {
-    "aeroplane": ("airliner", "warplane", "wing", "airship"),
-    "bicycle": ("mountain bike", "bicycle-built-for-two", "tricycle"),
-    "bird": (range(7, 25), range(80, 101), range(127, 147)),
-    "boat": ("canoe", "catamaran", "container ship", "fireboat", "gondola", "lifeboat", "liner",
-             "schooner", "speedboat", "trimaran", "yawl", "pirate", "aircraft carrier"),
-    "bottle": ("beer bottle", "pop bottle", "water bottle", "wine bottle", "pill bottle",
-               "water jug", "whiskey jug"),
-    "bus": ("minibus", "school bus", "trolleybus"),
-    "car": ("ambulance", "beach wagon", "cab", "convertible", "jeep", "limousine", "minivan",
-            "model t", "racer", "sports car", "police van", "pickup", "car wheel", "grille"),
-    "cat": ("tabby", "tiger cat", "persian cat", "siamese cat", "egyptian cat"),
-    "chair": ("barber chair", "folding chair", "rocking chair", "throne"),
-    "cow": ("ox", "water buffalo", "bison"),
-    "diningtable": ("dining table",),
-    "dog": (range(151, 269),),
-    "horse": ("sorrel",),
-    "motorbike": ("moped", "motor scooter"),
-    "pottedplant": ("pot", "vase"),
-    "sheep": ("ram", "bighorn"),
-    "sofa": ("studio couch",),
-    "train": ("passenger car", "electric locomotive", "steam locomotive", "freight car",
-              "streetcar", "bullet train"),
-    "tvmonitor": ("television", "monitor", "screen", "desktop computer"),
-}
-
-
-def synset_indices(names: list[str]) -> dict[str, list[int]]:
-    """``VOC_SYNSETS`` as ImageNet indices (``names``: the 1000 class names)."""
-    lower = [n.lower() for n in names]
-    out = {}
-    for voc, keys in VOC_SYNSETS.items():
-        out[voc] = sorted({i for k in keys for i in (k if isinstance(k, range) else
-                                                    [lower.index(k)])})
-    return out
-
-
 def imagenet_classifier() -> tuple[EfficientNetLite0, torch.Tensor, torch.Tensor]:
     """The ImageNet Lite0 trunk (stride 32, frozen) and its classifier's weight and bias."""
     sd = torch.load(lite0_weights_file(), map_location="cpu")
@@ -92,14 +62,84 @@ def voc_evidence(net, weight, bias, image: np.ndarray, synsets: dict[str, list[i
     return F.interpolate(ev[None], size=image.shape[:2], mode="bilinear")[0].numpy()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from torchvision.models import ResNet50_Weights  # the ImageNet-1k names, shipped offline
+def draw_fills(data: str, split: str, weights: str | None, out: Path, most: int) -> int:
+    """A grid of the photos where the model's ImageNet prior names objects, those tinted red
+    and labelled with their class; prints which classes it named on how many photos."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pfn_napari.predictor import Predictor
+
+    predictor = Predictor(weights)
+    if predictor.grouping.prior_weight <= 0:
+        print(f"{predictor.model.path}: its grouping has no ImageNet prior (prior_weight 0)",
+              file=sys.stderr)
+        return 2
+    from pfn_napari.demo import find_shared_data, open_set, real_specs
+
+    sets = {es.name: es for es in real_specs(find_shared_data())}
+    ds = open_set(sets[data], split, predictor.class_names) if data in sets else \
+        open_dataset(data, split, predictor.class_names)
+    shown, named = [], {}
+    for i in range(len(ds)):
+        s = ds[i]
+        predictor.set_image(s.image)
+        labels = predictor.group().prior_labels  # (H, W) at the networks' size
+        classes = [predictor.class_names[c - 1] for c in np.unique(labels) if c] \
+            if labels is not None else []
+        for c in classes:
+            named[c] = named.get(c, 0) + 1
+        if classes and len(shown) < most:
+            shown.append((s, labels, classes))
+    print(f"{sum(1 for _ in named)} classes named: "
+          + ", ".join(f"{c} on {n} photo(s)" for c, n in sorted(named.items())))
+    if not shown:
+        print("nothing named on this split: no picture written")
+        return 0
+    cols = min(3, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (s, labels, classes) in zip(axes.ravel(), shown):
+        image = s.image.copy()
+        if labels.shape != image.shape[:2]:
+            from pfn_napari.inference import resize_labels
+
+            labels = resize_labels(labels, image.shape[:2])
+        tint = labels > 0
+        image[tint] = (0.45 * image[tint] + 0.55 * np.array([230, 30, 30])).astype(np.uint8)
+        ax.imshow(image)
+        ax.set_title(f"{s.image_id}: {', '.join(classes)}", fontsize=9)
+    fig.suptitle("named by the ImageNet prior (red); the networks' own objects not shown",
+                 fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=70)
+    plt.close(fig)
+    Image.open(tmp).convert("RGB").quantize(256).save(tmp, optimize=True)  # 256 colours, small
+    tmp.replace(out)
+    print(f"-> {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--split", default="val")
+    ap.add_argument("--picture", type=Path, default=None,
+                    help="draw what the model's prior names on the split's photos (PNG)")
+    ap.add_argument("--weights", default=None, help="with --picture: the model (default: shipped)")
+    ap.add_argument("--max", type=int, default=6, help="with --picture: at most this many photos")
     args = ap.parse_args(argv)
-    synsets = synset_indices(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    if args.picture is not None:
+        return draw_fills(args.data, args.split, args.weights, args.picture, args.max)
+    synsets = synset_indices(imagenet_names())
     net, weight, bias = imagenet_classifier()
     ds = open_dataset(args.data, args.split)
     voc = list(synsets)

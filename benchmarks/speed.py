@@ -8,6 +8,8 @@ rounds, ``--repeat`` rounds timed:
 * ``PFN torch``: ``load_model(runtime='torch')``, the networks in eager PyTorch (the old path);
 * ``PFN onnx``: ``load_model(runtime='onnx')``, the backbone trunks on ONNX Runtime
   (docs/speed.md);
+* ``PFN onnx no prior``: the fast path without the ImageNet prior (``grouping.prior_weight``
+  0: no ImageNet classifier run, no fill; docs/model.md), when the model has it;
 * ``Mask R-CNN``: torchvision's Mask R-CNN on the same EfficientNet-Lite0 backbone
   (benchmarks/maskrcnn_peer.py), ``--peer-weights`` if given, else untrained (its time then
   depends on how many boxes survive; the count is printed).
@@ -28,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
           f"fast path ready in {w + fw:.1f} s (export or cache read), runtime {new.runtime!r}")
     old, new = Predictor(old), Predictor(new)
     paths = {"PFN torch": lambda: pfn_step(old, image), "PFN onnx": lambda: pfn_step(new, image)}
+    if new.grouping.prior_weight > 0:
+        bare = Predictor(new.model, grouping=replace(new.grouping, prior_weight=0.0))
+        paths["PFN onnx no prior"] = lambda: pfn_step(bare, image)
     peer_boxes = None
     if not args.no_peer:
         from maskrcnn_peer import build_maskrcnn, predict_maskrcnn
@@ -127,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     def total(name: str, i: int) -> float:
         return statistics.median(t["network"][i] + t["grouping"][i] for t in rounds[name])
 
-    print(f"\n{'path':<15} {'network s':>10} {'grouping s':>11} {'total s':>8} {'cpu s':>7} "
+    print(f"\n{'path':<18} {'network s':>10} {'grouping s':>11} {'total s':>8} {'cpu s':>7} "
           f"{'/ peer':>7} {'/ few':>6} {'vs torch':>9}")
     base = total("PFN torch", 0)
     peer_total = total("Mask R-CNN", 0) if "Mask R-CNN" in rounds else float("nan")
     few_total = total("Mask R-CNN few", 0) if "Mask R-CNN few" in rounds else float("nan")
     for name in rounds:
         tot = total(name, 0)
-        print(f"{name:<15} {med(name, 'network', 0):>10.3f} {med(name, 'grouping', 0):>11.3f} "
+        print(f"{name:<18} {med(name, 'network', 0):>10.3f} {med(name, 'grouping', 0):>11.3f} "
               f"{tot:>8.3f} {total(name, 1):>7.3f} {tot / peer_total:>6.2f}x "
               f"{tot / few_total:>5.2f}x {base / tot:>8.2f}x")
     if peer_boxes is not None:

@@ -337,6 +337,15 @@ class GroupingConfig:
     vote_iou: float = 0.5  # two votes agree above this box IoU
     vote_min_frac: float = 0.05  # a vote cluster needs this fraction of the class's cells
     vote_merge_iou: float = 0.3  # clusters whose mean boxes overlap above this count once
+    # Beyond the paper: name objects the category map left as background with the ImageNet
+    # classifier's evidence e (model/imagenet_prior.py, grouping/prior.py): the bonus
+    # prior_weight * log(1 + e / prior_eps) on the log-probabilities (0: off, the paper); a
+    # named region becomes an instance when it covers prior_min_frac of the image and at most
+    # prior_touch of its outline lies on the objects the networks found.
+    prior_weight: float = 0.0
+    prior_eps: float = 0.1
+    prior_min_frac: float = 0.02
+    prior_touch: float = 0.25
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
@@ -361,6 +370,11 @@ class GroupingConfig:
              f"grouping.vote_min_frac={self.vote_min_frac}: in [0, 1)"),
             (0 <= self.vote_merge_iou <= 1,
              f"grouping.vote_merge_iou={self.vote_merge_iou}: in [0, 1]"),
+            (self.prior_weight >= 0, f"grouping.prior_weight={self.prior_weight}: must be >= 0"),
+            (self.prior_eps > 0, f"grouping.prior_eps={self.prior_eps}: must be > 0"),
+            (0 <= self.prior_min_frac < 1,
+             f"grouping.prior_min_frac={self.prior_min_frac}: in [0, 1)"),
+            (0 <= self.prior_touch <= 1, f"grouping.prior_touch={self.prior_touch}: in [0, 1]"),
         ])
 
 

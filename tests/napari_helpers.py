@@ -23,7 +23,7 @@ PERSON = 15  # VOC class index of 'person'
 COUNT = 2.0
 
 
-def make_tiny_weights(path: Path, method: str = "kmeans") -> Path:
+def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 0.0) -> Path:
     import torch
 
     from pfn_napari.checkpoint import save_weights
@@ -35,7 +35,7 @@ def make_tiny_weights(path: Path, method: str = "kmeans") -> Path:
         data=DataConfig(),
         model=ModelConfig(backbone="efficientnet_lite0", num_classes=20, streams=("fc7",),
                           stream_channels=8, count_channels=8, count_hidden=16, fc7_channels=64),
-        grouping=GroupingConfig(method=method),
+        grouping=GroupingConfig(method=method, prior_weight=prior_weight),
     )
     system = build_system(cfg.model, "unified").eval()
     net = system.instance

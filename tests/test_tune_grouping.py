@@ -35,6 +35,11 @@ def test_grid_holds_every_combination_over_the_base() -> None:
                                        count_source=["head", "votes"], vote_iou=[0.4, 0.6])
     assert [(g.count_source, g.vote_iou) for g in grid] == \
         [("head", base.vote_iou), ("votes", 0.4), ("votes", 0.6)]
+    # likewise the prior's settings matter only with a prior weight
+    grid = load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
+                                       prior_weight=[0.0, 5.0], prior_touch=[0.25, 0.5])
+    assert [(g.prior_weight, g.prior_touch) for g in grid] == \
+        [(0.0, base.prior_touch), (5.0, 0.25), (5.0, 0.5)]
 
 
 def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
@@ -64,9 +69,10 @@ def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
     printed = capsys.readouterr().out
     assert f"min_size_frac={cfg.grouping.min_size_frac:g}" in printed.splitlines()[-2]  # best
     assert f"count_source={cfg.grouping.count_source}" in printed.splitlines()[-2]
-    assert printed.splitlines()[-3] == ("mIoU (the category map, the same for every setting): "
-                                        + ", ".join(f"{n} {results[n][0].miou:.1f}"
-                                                    for n in results))
+    rows = [line for line in printed.splitlines() if line.startswith(f"| {cfg.grouping.method} |")]
+    assert len(rows) == 2  # each row ends with its own setting's mIoU per split
+    assert rows[0].endswith(" | " + " | ".join(f"{results[n][0].miou:.1f}" for n in results)
+                            + " |")
     _, tuned, meta = load_checkpoint(out)
     assert tuned.grouping == cfg.grouping and "tune_grouping" in meta["notes"][-1]
     assert tune.main([*argv, "--save", str(out)]) == 2  # never overwrites

@@ -25,6 +25,9 @@ Steps of :meth:`Grouper.run`:
 4. Scores (``cfg.scoring``): ``mean_prob``: mean probability of the class over the instance's
    full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
    similarity; ``ones``: 1.
+5. With ``cfg.prior_weight > 0`` and ``net.prior_evidence``: the ImageNet prior names objects
+   on the refined map's background (:func:`~pfn_napari.grouping.prior.prior_fill`); they are
+   appended as instances (scored by their mean evidence) and painted into ``full_class_map``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from ..structures import Instances, NetworkOutput
 from ..targets import decode_locations
 from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
 from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
+from .prior import prior_fill
 from .refine import refine_class_map
 from .spectral import normalise_by_max
 from .votes import combine_counts, vote_count
@@ -55,7 +59,8 @@ class GroupingResult:
     """Everything one grouping run produced, for evaluation and for napari layers.
 
     Instance ``n`` (1-based in the label maps) is ``instances.masks[n - 1]``; instances are
-    ordered by class, then by cluster (first cell in row-major order first).
+    ordered by class, then by cluster (first cell in row-major order first), then come the
+    objects the ImageNet prior named (no grid cells; ``prior_labels``).
     """
 
     instances: Instances  # (N, H, W) masks at full resolution, classes, scores
@@ -68,6 +73,7 @@ class GroupingResult:
     cluster_counts: dict[int, int]  # class -> clusters asked for (k)
     stride: int  # grid stride of the input
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    prior_labels: np.ndarray | None = None  # (H, W) uint8 classes the prior named, 0 elsewhere
 
     @property
     def label_map(self) -> np.ndarray:
@@ -135,6 +141,7 @@ class Grouper:
         self.grid_class = probs.argmax(0).astype(np.uint8)  # (h, w)
         self._full_probs: np.ndarray | None = None
         self._full_class: np.ndarray | None = None
+        self._evidence: np.ndarray | None = None
         self._class_data: dict[str, ClassData] = {}
         self._full_data: dict[str, dict[str, Any]] = {}
         self._clusterings: dict[tuple, Clustering] = {}
@@ -158,6 +165,24 @@ class Grouper:
         if self._full_class is None:
             self._full_class = self.full_probs.argmax(0).astype(np.uint8)
         return self._full_class
+
+    @property
+    def evidence(self) -> np.ndarray | None:
+        """``(C, H, W)`` float32 the ImageNet evidence upsampled to the image (None without)."""
+        ev = self.net.prior_evidence
+        if ev is None:
+            return None
+        if self._evidence is None:
+            ev = np.asarray(ev, dtype=np.float32)
+            if ev.ndim != 3 or len(ev) != self.num_classes:
+                raise PFNError(f"NetworkOutput: prior_evidence {ev.shape} is not (C, h, w) with "
+                               f"C = {self.num_classes}")
+            try:
+                stride = infer_stride(ev.shape[1:], self.image_size)
+            except ValueError as exc:
+                raise PFNError(f"NetworkOutput: prior_evidence: {exc}") from None
+            self._evidence = upsample_bilinear(ev, self.image_size, stride)
+        return self._evidence
 
     def _remember(self, store: dict, key: Any, value: Any) -> Any:
         if len(store) >= MAX_CACHED_CLASSES:
@@ -370,6 +395,24 @@ class Grouper:
             t_full += time.perf_counter() - t1
         timings["cluster"] = t_cluster
         timings["full_resolution"] = t_full
+        prior_labels = None
+        if cfg.prior_weight > 0 and self.evidence is not None:
+            t0 = time.perf_counter()
+            ev = self.evidence  # (C, H, W)
+            covered = np.asarray(self.net.prior_evidence).reshape(len(ev), -1).max(1) > 0  # (C,)
+            fill = prior_fill(full_map, self.full_probs, ev, covered,
+                              cfg.prior_weight, cfg.prior_eps, cfg.prior_min_frac,
+                              cfg.prior_touch)
+            for mask, cls, score in zip(fill.masks, fill.classes, fill.scores):
+                ys, xs = np.nonzero(mask)
+                masks.append(mask)
+                classes.append(int(cls))
+                scores.append(float(score))
+                centers.append((xs.mean(), ys.mean()))
+                boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+            full_map = np.where(fill.labels > 0, fill.labels, full_map)
+            prior_labels = fill.labels
+            timings["prior"] = time.perf_counter() - t0
         if masks:
             instances = Instances(np.stack(masks), np.array(classes), np.array(scores),
                                   image_id="")
@@ -387,6 +430,7 @@ class Grouper:
             cluster_counts=cluster_counts,
             stride=self.stride,
             timings=timings,
+            prior_labels=prior_labels,
         )
 
 

@@ -194,17 +194,25 @@ def onnx_system(system: nn.Module, use_disk_cache: bool = True) -> nn.Module:
         raise RuntimeUnavailable("the ONNX runtime path covers EfficientNet-Lite backbones only")
     fast = copy.deepcopy(system).cpu().eval()
     for net in (fast.category, fast.instance):
-        if net is None:
-            continue
-        bb = net.backbone
-        key = weights_key(bb)
-        try:
-            graph = _graph(bb, key, use_disk_cache)
-            _session(key, graph, max(1, torch.get_num_threads()))  # fail here, not mid-run
-        except Exception as exc:  # the exporter and ORT raise many kinds
-            raise RuntimeUnavailable(f"ONNX export of the trunk failed ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-        bb.forward_trunk = OnnxTrunk(bb, key, graph)  # instance attribute: shadows the method
-        bb.project = nn.Identity()  # already applied inside the graph
-        bb._blocks = nn.ModuleList()  # the trunk's torch weights are not needed any more
+        if net is not None:
+            onnx_backbone(net.backbone, use_disk_cache)
     return fast
+
+
+def onnx_backbone(bb: EfficientNetLite, use_disk_cache: bool = True) -> None:
+    """Move ``bb``'s trunk (and its ``project`` conv) onto ONNX Runtime, in place: its
+    ``forward_trunk`` then returns the projected head (the ImageNet prior sets ``project`` to
+    an identity first, so its head stays the 1280 ImageNet features). Raises
+    :class:`RuntimeUnavailable` when the export or the session fails."""
+    if not onnx_available():
+        raise RuntimeUnavailable("onnxruntime is not installed (pip install onnx onnxruntime)")
+    key = weights_key(bb)
+    try:
+        graph = _graph(bb, key, use_disk_cache)
+        _session(key, graph, max(1, torch.get_num_threads()))  # fail here, not mid-run
+    except Exception as exc:  # the exporter and ORT raise many kinds
+        raise RuntimeUnavailable(f"ONNX export of the trunk failed ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    bb.forward_trunk = OnnxTrunk(bb, key, graph)  # instance attribute: shadows the method
+    bb.project = nn.Identity()  # already applied inside the graph
+    bb._blocks = nn.ModuleList()  # the trunk's torch weights are not needed any more

@@ -35,13 +35,17 @@ class TuneParams:
     tau: float = 0.5
     min_size_frac: float = 0.001
     count_override: tuple[tuple[int, int], ...] = ()
+    # name objects the category map missed with the ImageNet prior (False: off; True / None:
+    # the model's own grouping.prior_weight, which is 0 for a model without it)
+    prior: bool | None = None
 
     def overrides(self) -> dict[int, int] | None:
         return dict(self.count_override) or None
 
     def grouping_config(self, base: GroupingConfig) -> GroupingConfig:
         return replace(base, method=self.method, sigma=float(self.sigma), tau=float(self.tau),
-                       min_size_frac=float(self.min_size_frac))
+                       min_size_frac=float(self.min_size_frac),
+                       prior_weight=0.0 if self.prior is False else base.prior_weight)
 
 
 @dataclass
@@ -172,7 +176,8 @@ class PFNSession:
 
     def default_params(self) -> TuneParams:
         g = self.model.config.grouping if self.model is not None else GroupingConfig()
-        return TuneParams(method=g.method, sigma=g.sigma, tau=g.tau, min_size_frac=g.min_size_frac)
+        return TuneParams(method=g.method, sigma=g.sigma, tau=g.tau, min_size_frac=g.min_size_frac,
+                          prior=g.prior_weight > 0)
 
     # ------------------------------------------------------------------ network
     @property

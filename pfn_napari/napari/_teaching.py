@@ -41,6 +41,9 @@ STAGES: tuple[Stage, ...] = (
           "joined."),
     Stage("6. Instances", L.INSTANCES,
           "Clusters smaller than the size threshold are dropped and the rest are brought to full "
-          "resolution: the instance segmentation, scored by mean class probability. Paint or "
-          "erase to fix it; Export writes an instance-id PNG and a COCO JSON."),
+          "resolution: the instance segmentation, scored by mean class probability. With "
+          "'Name missed objects' ticked (the shipped model), the ImageNet classifier also names "
+          "objects the category map left as background (a bus, a dog), one instance per region; "
+          "the objects found above stay as they are. Paint or erase to fix it; Export writes an "
+          "instance-id PNG and a COCO JSON."),
 )

@@ -165,6 +165,12 @@ class PFNWidget(QWidget):
                                         suffix=" %")
         self.size_spin.setToolTip("Clusters smaller than this share of their class mask are dropped")
         form.addRow("Size threshold", self.size_spin)
+        self.prior_check = QCheckBox("Name missed objects (ImageNet prior)")
+        self.prior_check.setToolTip("Objects the category network left as background, named by "
+                                    "the ImageNet classifier (bus, dog, aeroplane ...); the "
+                                    "objects the networks found never change. Only for models "
+                                    "whose grouping has a prior_weight (the shipped one)")
+        form.addRow(self.prior_check)
         self.keep_edits_check = QCheckBox("Keep hand edits of 'PFN instances'")
         self.keep_edits_check.setToolTip("Ticked by painting on the instance layer: re-clustering "
                                          "then leaves it alone (Run always replaces it)")
@@ -177,6 +183,7 @@ class PFNWidget(QWidget):
         for w in (self.sigma_spin, self.tau_spin, self.size_spin):
             w.valueChanged.connect(self._schedule_recluster)
         self.method_combo.currentIndexChanged.connect(self._schedule_recluster)
+        self.prior_check.toggled.connect(self._schedule_recluster)
 
         self.counts_box = QGroupBox("Instance counts")
         self.counts_form = QFormLayout(self.counts_box)
@@ -232,7 +239,8 @@ class PFNWidget(QWidget):
 
     def _set_param_widgets(self, p: TuneParams) -> None:
         """Show ``p`` in the knobs without triggering a re-clustering."""
-        widgets = (self.sigma_spin, self.tau_spin, self.size_spin, self.method_combo)
+        widgets = (self.sigma_spin, self.tau_spin, self.size_spin, self.method_combo,
+                   self.prior_check)
         for w in widgets:
             w.blockSignals(True)
         try:
@@ -242,6 +250,7 @@ class PFNWidget(QWidget):
             if self.method_combo.findText(p.method) < 0:
                 self.method_combo.addItem(p.method)
             self.method_combo.setCurrentText(p.method)
+            self.prior_check.setChecked(p.prior is not False)
         finally:
             for w in widgets:
                 w.blockSignals(False)
@@ -252,12 +261,14 @@ class PFNWidget(QWidget):
                                 if spin.value() != self._count_defaults.get(c)))
         return TuneParams(method=self.method_combo.currentText(), sigma=self.sigma_spin.value(),
                           tau=self.tau_spin.value(), min_size_frac=self.size_spin.value() / 100.0,
-                          count_override=override)
+                          count_override=override, prior=self.prior_check.isChecked())
 
     def _update_enabled(self) -> None:
         has_net = self.session.net is not None
         self.run_button.setEnabled(not self.busy)
         self.export_button.setEnabled(self.layer(L.INSTANCES) is not None)
+        model = self.session.model
+        self.prior_check.setEnabled(model is not None and model.config.grouping.prior_weight > 0)
         for w in (self.prev_button, self.next_button):
             w.setEnabled(self.teach_check.isChecked() and has_net)
 
@@ -393,7 +404,8 @@ class PFNWidget(QWidget):
             session.run_network(data, rgb=rgb, name=name)
             yield NETWORK_STEPS[2]
             p = knobs or session.default_params()  # a new model starts from its own defaults
-            params = TuneParams(p.method, p.sigma, p.tau, p.min_size_frac, ())  # counts: predicted
+            params = TuneParams(p.method, p.sigma, p.tau, p.min_size_frac, (),  # counts: predicted
+                                p.prior)
             session.recluster(params)
             return params
 

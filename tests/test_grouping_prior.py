@@ -1,0 +1,130 @@
+"""grouping/prior.py: the ImageNet prior names objects only on the category map's background."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pfn_napari.config import GroupingConfig
+from pfn_napari.config import ConfigError
+from pfn_napari.grouping import Grouper
+from pfn_napari.grouping.prior import fused_labels, prior_fill
+from pfn_napari.structures import NetworkOutput
+
+H, W, C = 64, 96, 3  # classes: 1 person (no ImageNet counterpart), 2 dog, 3 bus
+
+
+def scene():
+    """A person found by the network at the left; evidence for a dog far right (a 20 x 20
+    square) and for a bus in an 8-pixel strip hugging the person; background everywhere else.
+    (The fill reads the fused label every 8 pixels first: what it names is at least that wide.)"""
+    class_map = np.zeros((H, W), np.uint8)
+    class_map[10:50, 5:25] = 1  # (H, W) the person
+    probs = np.zeros((C + 1, H, W), np.float32)
+    probs[0] = 0.9
+    probs[1:] = 0.1 / C
+    probs[:, class_map == 1] = np.array([0.05, 0.9, 0.025, 0.025])[:, None]
+    evidence = np.full((C, H, W), 0.01, np.float32)
+    evidence[0] = 0.0  # person: no ImageNet class
+    evidence[1, 30:50, 60:80] = 0.8  # a dog the network missed
+    evidence[2, 10:50, 25:33] = 0.8  # "bus" along the person's right side
+    fillable = evidence.reshape(C, -1).max(1) > 0
+    return class_map, probs, evidence, fillable
+
+
+def test_fused_labels_add_the_bonus_to_fillable_classes_only() -> None:
+    probs = np.array([[0.9, 0.9], [0.05, 0.05], [0.05, 0.05]], np.float32)  # (C+1, n), C = 2
+    evidence = np.array([[0.9, 0.9], [0.0, 0.9]], np.float32)  # (C, n)
+    # class 1 is not fillable: its strong evidence changes nothing; class 2 wins where e = 0.9
+    labels = fused_labels(probs, evidence, np.array([False, True]), weight=5, eps=0.1)
+    assert labels.tolist() == [0, 2]
+    assert fused_labels(probs, evidence, np.array([True, True]), 0.0, 0.1).tolist() == [0, 0]
+
+
+def test_a_missed_object_becomes_one_instance_and_found_objects_stay() -> None:
+    class_map, probs, evidence, fillable = scene()
+    fill = prior_fill(class_map, probs, evidence, fillable, weight=5, eps=0.1, min_frac=0.02,
+                      touch=0.25)
+    assert fill.classes.tolist() == [2]  # the dog; the bus strip hugs the person: dropped
+    dog = np.zeros((H, W), bool)
+    dog[30:50, 60:80] = True
+    assert np.array_equal(fill.masks[0], dog)
+    assert fill.scores[0] == pytest.approx(0.8)
+    assert np.array_equal(fill.labels, dog.astype(np.uint8) * 2)
+    assert not (fill.labels[class_map > 0]).any()  # never on the network's objects
+
+
+def test_touch_min_frac_and_weight_decide_what_is_kept() -> None:
+    class_map, probs, evidence, fillable = scene()
+    loose = prior_fill(class_map, probs, evidence, fillable, 5, 0.1, 0.02, touch=1.0)
+    assert sorted(loose.classes.tolist()) == [2, 3]  # the strip too, with no touch limit
+    bus = loose.masks[loose.classes.tolist().index(3)]
+    assert bus[10:50, 25:33].all() and bus.sum() == 320
+    big = prior_fill(class_map, probs, evidence, fillable, 5, 0.1, min_frac=0.1, touch=1.0)
+    assert len(big.classes) == 0 and not big.labels.any()  # 400 px < 10 % of 6144
+    off = prior_fill(class_map, probs, evidence, fillable, 0.0, 0.1, 0.02, 1.0)
+    assert len(off.classes) == 0
+    weak = prior_fill(class_map, probs, evidence * 0.01, fillable, 5, 0.1, 0.02, 1.0)
+    assert len(weak.classes) == 0  # confident background resists weak evidence
+
+
+def test_void_and_other_classes_are_not_background() -> None:
+    class_map, probs, evidence, fillable = scene()
+    class_map[30:50, 60:80] = 255  # void where the dog is
+    fill = prior_fill(class_map, probs, evidence, fillable, 5, 0.1, 0.02, 0.25)
+    assert len(fill.classes) == 0
+
+
+def network_output(with_evidence: bool) -> NetworkOutput:
+    """The scene on a stride-8 grid (exact cells), locations all pointing at the person."""
+    class_map, probs, evidence, _ = scene()
+    h, w = (H - 1) // 8 + 1, (W - 1) // 8 + 1
+    grid = probs[:, ::8, ::8]  # (C+1, h, w)
+    locations = np.zeros((6, h, w), np.float32)
+    locations[:, :, :] = np.array([15, 30, 5, 10, 25, 50], np.float32)[:, None, None] / \
+        np.array([W, H, W, H, W, H], np.float32)[:, None, None]
+    ev32 = evidence[:, ::32, ::32] if with_evidence else None  # (C, 2, 3)
+    if with_evidence:  # a stride-32 grid of the same scene: the dog in the last column's cells
+        ev32 = np.full((C, 2, 3), 0.01, np.float32)
+        ev32[0] = 0.0
+        ev32[1, 1, 2] = 0.8
+    return NetworkOutput(class_probs=grid, locations=locations,
+                         counts=np.array([1.0, 0.0, 0.0], np.float32), image_size=(H, W),
+                         full_class_probs=probs, prior_evidence=ev32)
+
+
+def test_grouper_appends_the_prior_objects_and_keeps_the_others() -> None:
+    cfg = GroupingConfig(method="vote", count_source="head", min_size_frac=0.0)
+    plain = Grouper(network_output(False)).run(replace(cfg, prior_weight=5.0))
+    assert plain.prior_labels is None and plain.instances.classes.tolist() == [1]
+    without = Grouper(network_output(True)).run(cfg)
+    assert without.prior_labels is None
+    result = Grouper(network_output(True)).run(replace(cfg, prior_weight=5.0, prior_touch=1.0))
+    assert result.instances.classes.tolist() == [1, 2]
+    assert np.array_equal(result.instances.masks[0], without.instances.masks[0])
+    dog = result.instances.masks[1]
+    assert dog[50:64, 80:96].all() and not dog[class_map_of_person()].any()
+    assert (result.full_class_map[dog] == 2).all() and (result.prior_labels[dog] == 2).all()
+    x1, y1, x2, y2 = result.boxes[1]
+    assert (x2, y2) == (W, H) and result.centers[1][0] > x1 and "prior" in result.timings
+
+
+def class_map_of_person() -> np.ndarray:
+    return scene()[0] == 1
+
+
+def test_prior_settings_are_validated() -> None:
+    for bad in ({"prior_weight": -1.0}, {"prior_eps": 0.0}, {"prior_min_frac": 1.0},
+                {"prior_touch": 1.5}):
+        with pytest.raises(ConfigError, match=f"grouping.{next(iter(bad))}"):
+            GroupingConfig(**bad).validate()
+
+
+def test_wrong_evidence_shape_is_one_clear_error() -> None:
+    from pfn_napari.errors import PFNError
+
+    net = replace(network_output(True), prior_evidence=np.zeros((2, 2, 3), np.float32))
+    with pytest.raises(PFNError, match=r"prior_evidence \(2, 2, 3\) is not \(C, h, w\)"):
+        Grouper(net).run(GroupingConfig(method="vote", prior_weight=5.0))
