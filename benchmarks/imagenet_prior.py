@@ -4,7 +4,8 @@ The shipped category network is trained on 60 COCO photos that hold no cat, cow,
 tvmonitor pixel and almost no bus; on the COCO val photos it labels those objects background.
 The EfficientNet-Lite0 ImageNet file it starts from also holds the classifier (``_fc``,
 1000 classes), which has seen buses, cats, dogs, planes, birds. This probe runs that classifier
-densely (the frozen ImageNet trunk at stride 32, ``_fc`` as a 1x1 conv), sums its softmax over
+densely (``pfn_napari.model.imagenet_prior.ImageNetPrior``: the frozen ImageNet trunk at stride
+32, ``_fc`` as a 1x1 conv), sums its softmax over
 the ImageNet classes of each VOC class (``VOC_SYNSETS``, person has none), and, for every
 non-person object of the val photos, reports the VOC class with the most evidence over the
 object's pixels and the evidence for the true class: a prior the category head could be given.
@@ -32,34 +33,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pfn_napari.data import open_dataset  # noqa: E402
-from pfn_napari.model.backbones import EfficientNetLite0  # noqa: E402
-from pfn_napari.model.imagenet_prior import imagenet_names, synset_indices  # noqa: E402
-from pfn_napari.model.weights import lite0_weights_file  # noqa: E402
+from pfn_napari.grouping.geometry import upsample_bilinear  # noqa: E402
+from pfn_napari.model.imagenet_prior import (VOC_SYNSETS, ImageNetPrior,  # noqa: E402
+                                             load_imagenet_prior)
 
 DEFAULT_DATA = "voc:" + str(Path(__file__).resolve().parents[2] / "shared" / "data" /
                             "coco128-train" / "voc" / "VOC2012")
-def imagenet_classifier() -> tuple[EfficientNetLite0, torch.Tensor, torch.Tensor]:
-    """The ImageNet Lite0 trunk (stride 32, frozen) and its classifier's weight and bias."""
-    sd = torch.load(lite0_weights_file(), map_location="cpu")
-    net = EfficientNetLite0(output_stride=32)
-    net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("_fc")}, strict=False)
-    return net.eval(), sd["_fc.weight"], sd["_fc.bias"]
-
-
-def voc_evidence(net, weight, bias, image: np.ndarray, synsets: dict[str, list[int]]
-                 ) -> np.ndarray:
-    """``(19, H, W)`` the ImageNet softmax summed over each VOC class's synsets, upsampled."""
+def voc_evidence(prior: ImageNetPrior, image: np.ndarray) -> np.ndarray:
+    """``(K, H, W)`` the prior's evidence for its classes, upsampled as the grouping does."""
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
-    with torch.no_grad():
-        _, _, head = net.forward_trunk(x)  # (1, 1280, H/32, W/32)
-        p = (torch.einsum("bchw,kc->bkhw", head, weight) + bias[None, :, None, None]).softmax(1)[0]
-    ev = torch.stack([p[idx].sum(0) for idx in synsets.values()])  # (19, h, w)
-    return F.interpolate(ev[None], size=image.shape[:2], mode="bilinear")[0].numpy()
+    ev = prior(x)[0].numpy()  # (K, h32, w32)
+    return upsample_bilinear(ev, image.shape[:2], 32)
 
 
 def draw_fills(data: str, split: str, weights: str | None, out: Path, most: int) -> int:
@@ -139,19 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.picture is not None:
         return draw_fills(args.data, args.split, args.weights, args.picture, args.max)
-    synsets = synset_indices(imagenet_names())
-    net, weight, bias = imagenet_classifier()
+    voc = list(VOC_SYNSETS)
+    prior = load_imagenet_prior(tuple(voc))
     ds = open_dataset(args.data, args.split)
-    voc = list(synsets)
     print("| image | object class | pixels | top VOC class by ImageNet evidence | its mean | true class's mean |")
     print("|---|---|---:|---|---:|---:|")
     right = total = 0
     for i in range(len(ds)):
         s = ds[i]
-        ev = voc_evidence(net, weight, bias, s.image, synsets)
+        ev = voc_evidence(prior, s.image)
         for c in np.unique(s.class_map):
             name = ds.classes[c - 1] if 0 < c <= len(ds.classes) else None
-            if name is None or name not in synsets:
+            if name is None or name not in VOC_SYNSETS:
                 continue
             m = s.class_map == c
             mean = ev[:, m].mean(axis=1)  # (19,)

@@ -290,7 +290,9 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
         locations = out.locations[0, :, :gh, :gw].float().cpu().numpy() * scale  # (L, gh, gw)
         counts = out.counts[0].float().cpu().numpy()  # (C,)
     evidence = None
-    if model.config.grouping.prior_weight > 0 if prior is None else prior:
+    if prior is None:
+        prior = model.config.grouping.prior_weight > 0
+    if prior:
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().to(model.device)  # (1, 3, H, W)
         evidence = model.imagenet_prior()(x)[0].float().cpu().numpy()  # (C, h32, w32)
     return NetworkOutput(

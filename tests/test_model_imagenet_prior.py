@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from pfn_napari.errors import CheckpointError  # noqa: E402
+from pfn_napari.model.backbones import EfficientNetLite  # noqa: E402
 from pfn_napari.model.imagenet_prior import (VOC_SYNSETS, class_synsets,  # noqa: E402
                                              imagenet_names, load_imagenet_prior,
                                              synset_indices)
@@ -57,6 +58,13 @@ def test_a_file_that_is_not_the_classifier_is_one_line(tmp_path) -> None:
         load_imagenet_prior(VOC, bad)
     with pytest.raises(CheckpointError, match=r"nope.pth: backbone weights file not found"):
         load_imagenet_prior(VOC, tmp_path / "nope.pth")
+    # another network's classifier: the backbones' own shape check names the tensor
+    sd = {k: v for k, v in EfficientNetLite(variant=2).state_dict().items()
+          if not k.startswith("project.")}
+    other = tmp_path / "lite2.pth"
+    torch.save({**sd, "_fc.weight": torch.zeros(1000, 1280), "_fc.bias": torch.zeros(1000)}, other)
+    with pytest.raises(CheckpointError, match=r"lite2.pth: '_blocks\.\d+\.\S+' has shape"):
+        load_imagenet_prior(VOC, other)
 
 
 def test_the_onnx_trunk_gives_the_torch_evidence(tmp_path, monkeypatch) -> None:

