@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pfn_napari.data import open_dataset  # noqa: E402
+from pfn_napari.errors import PFNError  # noqa: E402
 from pfn_napari.grouping.geometry import upsample_bilinear  # noqa: E402
 from pfn_napari.model.imagenet_prior import (VOC_SYNSETS, ImageNetPrior,  # noqa: E402
                                              load_imagenet_prior)
@@ -126,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max", type=int, default=6, help="with --picture: at most this many photos")
     args = ap.parse_args(argv)
     if args.picture is not None:
-        return draw_fills(args.data, args.split, args.weights, args.picture, args.max)
+        try:
+            return draw_fills(args.data, args.split, args.weights, args.picture, args.max)
+        except PFNError as exc:  # a missing weights file or data folder: one line
+            print(f"benchmarks/imagenet_prior.py: {exc}", file=sys.stderr)
+            return 2
     voc = list(VOC_SYNSETS)
     prior = load_imagenet_prior(tuple(voc))
     ds = open_dataset(args.data, args.split)
