@@ -107,6 +107,7 @@ FUSIONS = ("concat", "plain_sum", "sum")
 #: see ``grouping/grouper.py``; the grouping methods are ``grouping.GROUPING_METHODS``.
 SCORINGS = ("mean_prob", "prob_x_similarity", "ones")
 ASSIGNS = ("auto", "cell", "location")
+PRIOR_SHAPES = ("region", "grabcut")  # grouping.prior_shape
 
 #: The 20 PASCAL VOC classes, index 1..20 (0 is background).
 VOC_CLASSES: tuple[str, ...] = (
@@ -346,6 +347,18 @@ class GroupingConfig:
     prior_eps: float = 0.1
     prior_min_frac: float = 0.02
     prior_touch: float = 0.25
+    # With the prior on, the ImageNet classifier also looks at each object of a class it knows,
+    # cropped (grouping/prior.py, check_instances): prior_check drops a network's object whose
+    # crop holds less than prior_check_any of all those classes together and a prior-named
+    # object whose crop holds less than prior_check_named of its own class, and relabels a
+    # network's object whose crop holds prior_check_relabel of another class (> 1: never).
+    # prior_shape 'grabcut' fits each prior-named object's outline to the photo (OpenCV's
+    # GrabCut in a window around the stride-32 region); 'region' keeps the region.
+    prior_check: bool = False
+    prior_check_any: float = 0.1
+    prior_check_named: float = 0.2
+    prior_check_relabel: float = 0.8
+    prior_shape: str = "region"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
@@ -375,6 +388,15 @@ class GroupingConfig:
             (0 <= self.prior_min_frac < 1,
              f"grouping.prior_min_frac={self.prior_min_frac}: in [0, 1)"),
             (0 <= self.prior_touch <= 1, f"grouping.prior_touch={self.prior_touch}: in [0, 1]"),
+            (0 <= self.prior_check_any <= 1,
+             f"grouping.prior_check_any={self.prior_check_any}: in [0, 1]"),
+            (0 <= self.prior_check_named <= 1,
+             f"grouping.prior_check_named={self.prior_check_named}: in [0, 1]"),
+            (self.prior_check_relabel > 0,
+             f"grouping.prior_check_relabel={self.prior_check_relabel}: must be > 0 "
+             "(above 1: never relabel)"),
+            (self.prior_shape in PRIOR_SHAPES,
+             f"grouping.prior_shape={self.prior_shape!r}: one of {PRIOR_SHAPES}"),
         ])
 
 

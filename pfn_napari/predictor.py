@@ -90,7 +90,7 @@ class Predictor:
         self.image_id: str | int = ""
         self.net: NetworkOutput | None = None
         self._grouper: Grouper | None = None
-        self._prior_labels: np.ndarray | None = None  # (h, w) the last grouping's prior objects
+        self._class_map: np.ndarray | None = None  # (h, w) the last grouping's full class map
 
     # ------------------------------------------------------------------ the model
     @property
@@ -129,7 +129,7 @@ class Predictor:
             self.image_id = image_id
         self.net = net
         self._grouper = None
-        self._prior_labels = None
+        self._class_map = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -164,15 +164,25 @@ class Predictor:
                                   "network (stage 1); instances need a stage-2 (instance) or "
                                   "unified checkpoint")
         if self._grouper is None:
-            self._grouper = Grouper(self.net, eager=self.eager)
+            image = None
+            if self.image is not None:  # the photo as the networks saw it (prior shape, check)
+                image, _ = fit_image(self.image)
+                if image.shape[:2] != tuple(self.net.image_size):
+                    image = None
+            self._grouper = Grouper(self.net, eager=self.eager, image=image,
+                                    classify_crops=self._classify_crops)
         return self._grouper
+
+    def _classify_crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """``ImageNetPrior.classify_crops`` of the model's prior (loaded at the first call)."""
+        return self.model.imagenet_prior().classify_crops(image, boxes)
 
     def group(self, grouping: GroupingConfig | None = None,
               count_override: dict[int, int] | None = None) -> GroupingResult:
         """The grouping at the networks' resolution, with everything it produced (refined
         class maps, the instance of each grid cell, mean boxes, timings)."""
         result = self.grouper.run(grouping or self.grouping, count_override)
-        self._prior_labels = result.prior_labels
+        self._class_map = result.full_class_map
         for step, seconds in result.timings.items():
             self.times.per_step[step] = self.times.per_step.get(step, 0.0) + seconds
         return result
@@ -187,17 +197,18 @@ class Predictor:
         return inst
 
     def class_map(self) -> np.ndarray:
-        """``(H, W)`` uint8 the category network's class of every pixel (0 background), at the
-        image's own size: the argmax of ``full_class_probs`` (the CRF's when it ran), with the
-        objects the ImageNet prior named in the last grouping (``grouping.prior_weight``)
-        painted over it."""
+        """``(H, W)`` uint8 the class of every pixel (0 background) at the image's own size:
+        the full-resolution class map the last grouping ended with (``full_class_map``: the
+        argmax of ``full_class_probs``, the CRF's when it ran, refined by the counts, with the
+        ImageNet prior's objects and checks); before any grouping, and for a stage-1
+        checkpoint, the argmax alone."""
         self._require()
-        if self.has_instances:  # the grouper's unrefined full map: the same argmax, cached
+        if self._class_map is not None:
+            full = self._class_map  # (h, w)
+        elif self.has_instances:  # the grouper's unrefined full map: the same argmax, cached
             full = self.grouper.full_class  # (h, w)
         else:
             full = np.asarray(self.net.full_class_probs).argmax(0).astype(np.uint8)  # (h, w)
-        if self._prior_labels is not None:
-            full = np.where(self._prior_labels > 0, self._prior_labels, full).astype(np.uint8)
         size = self.image_size
         if full.shape == size:
             return full

@@ -70,7 +70,13 @@ def grouping_row(g) -> str:
     prior = ("" if g.prior_weight <= 0 else
              f"; objects the category map left as background named by the ImageNet classifier "
              f"(prior_weight {g.prior_weight:g}, prior_eps {g.prior_eps:g}, prior_min_frac "
-             f"{g.prior_min_frac:g}, prior_touch {g.prior_touch:g}; docs/model.md)")
+             f"{g.prior_min_frac:g}, prior_touch {g.prior_touch:g}"
+             + (", their outlines fitted with GrabCut (prior_shape grabcut)"
+                if g.prior_shape == "grabcut" else "")
+             + (f"; every object of a class ImageNet knows checked on its crop (prior_check: "
+                f"dropped under {g.prior_check_any:g} of those classes, a named one under "
+                f"{g.prior_check_named:g} of its own; relabelled at {g.prior_check_relabel:g})"
+                if g.prior_check else "") + "; docs/model.md)")
     return (f"{method}, tau {g.tau:g}, sigma {g.sigma:g}, min_size_frac {g.min_size_frac:g}; "
             f"{count}{prior}")
 

@@ -8,8 +8,9 @@ then every grouping setting of a small grid groups the same output.
 Prints one row per setting: AP^r@0.5 on each real val split of ``../shared/data`` (COCO photos
 in VOC layout, Penn-Fudan, Weizmann horses), their mean (the choice), the person AP^r@0.5 of
 the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan, and
-each split's mIoU (the category map with the objects the ImageNet prior names, so the
-``prior_*`` settings change it; ``--objective ap+miou`` chooses by the mean of both). Tune
+each split's mIoU (the class map each setting's grouping ends with: refined by the counts, with
+the objects the ImageNet prior names and checks, so every setting changes it; ``--objective
+ap+miou`` chooses by the mean of both). Tune
 on these val splits only: the photos the shipped weights are checked on are kept elsewhere.
 ``--save`` writes a new file (never the weights read) with the best setting as its
 ``grouping`` config; everything else is copied.
@@ -37,9 +38,9 @@ from pfn_napari.producers import class_lut, to_data_classes
 #: ``GroupingConfig`` fields the grid varies, in the table's column order.
 GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "count_source", "vote_iou",
                "vote_min_frac", "vote_merge_iou", "prior_weight", "prior_eps", "prior_min_frac",
-               "prior_touch")
+               "prior_touch", "prior_check", "prior_shape")
 #: Fields that only matter when the prior is on (``prior_weight`` > 0).
-PRIOR_FIELDS = ("prior_eps", "prior_min_frac", "prior_touch")
+PRIOR_FIELDS = ("prior_eps", "prior_min_frac", "prior_touch", "prior_check", "prior_shape")
 #: Fields that only matter when the count source is not the head.
 VOTE_FIELDS = ("vote_iou", "vote_min_frac", "vote_merge_iou")
 
@@ -61,6 +62,13 @@ def settings_grid(base, taus, sigmas, min_sizes, methods, **more) -> list:
             seen.add(g)
             grid.append(g)
     return grid
+
+
+def _cell(value) -> str:
+    """A table cell: numbers in ``g`` format, switches as on / off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def describe(g) -> str:
@@ -127,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior-eps", type=float, nargs="+", default=None)
     ap.add_argument("--prior-min-frac", type=float, nargs="+", default=None)
     ap.add_argument("--prior-touch", type=float, nargs="+", default=None)
+    ap.add_argument("--prior-check", choices=("on", "off"), nargs="+", default=None,
+                    help="grouping.prior_check: the ImageNet classifier checks each object's crop")
+    ap.add_argument("--prior-shape", choices=("region", "grabcut"), nargs="+", default=None,
+                    help="grouping.prior_shape values")
     ap.add_argument("--objective", choices=("ap", "ap+miou"), default="ap",
                     help="choose by the mean AP^r@0.5 over the splits, or by the mean of that "
                          "and the splits' mean mIoU")
@@ -152,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                              count_source=args.count_source, vote_iou=args.vote_iou,
                              vote_min_frac=args.vote_min_frac, vote_merge_iou=args.vote_merge_iou,
                              prior_weight=args.prior_weight, prior_eps=args.prior_eps,
-                             prior_min_frac=args.prior_min_frac, prior_touch=args.prior_touch)
+                             prior_min_frac=args.prior_min_frac, prior_touch=args.prior_touch,
+                             prior_check=[v == "on" for v in args.prior_check or []],
+                             prior_shape=args.prior_shape)
     results = evaluate_settings(Predictor(str(args.weights)), settings, shared, args.limit)
     names = list(results)
     print("| method | tau | sigma | min size | count source | vote iou | vote min | vote merge | "
-          "prior weight | eps | min | touch | " + " | ".join(names) + " | mean | COCO person AP | "
+          "prior weight | eps | min | touch | check | shape | " + " | ".join(names) + " | mean | COCO person AP | "
           "PF person count error | " + " | ".join(f"{n} mIoU" for n in names) + " |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
           + "---:|" * (2 * len(names) + 3))
     means = []
     for i, g in enumerate(settings):
@@ -170,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         coco = person_ap(results["coco-voc"][i]) if "coco-voc" in results else np.nan
         votes = ("-",) * 3 if g.count_source == "head" else \
             tuple(f"{getattr(g, k):g}" for k in VOTE_FIELDS)
-        prior = (f"{g.prior_weight:g}",) + (("-",) * 3 if g.prior_weight == 0 else
-                                            tuple(f"{getattr(g, k):g}" for k in PRIOR_FIELDS))
+        prior = (f"{g.prior_weight:g}",) + (("-",) * 5 if g.prior_weight == 0 else
+                                            tuple(_cell(getattr(g, k)) for k in PRIOR_FIELDS))
         print(f"| {g.method} | {g.tau:g} | {g.sigma:g} | {g.min_size_frac:g} | {g.count_source} | "
               + " | ".join(votes + prior) + " | " + " | ".join(f"{a:.1f}" for a in aps)
               + f" | {means[-1]:.1f} | {coco:.1f} | {pf:.2f} | "

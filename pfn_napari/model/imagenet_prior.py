@@ -9,21 +9,31 @@ classes) and sums the softmax over the ImageNet classes that stand for each mode
 (:data:`VOC_SYNSETS`): ``(C, h, w)`` evidence in [0, 1], zero for a class with no ImageNet
 counterpart (person has none). :func:`pfn_napari.grouping.prior.prior_fill` then names, with it,
 objects the category network left as background (docs/model.md, "The ImageNet prior").
+:meth:`ImageNetPrior.classify_crops` runs it as it was trained, on one object's crop at a time,
+for :func:`pfn_napari.grouping.prior.check_instances`.
 
     prior = load_imagenet_prior(("aeroplane", ..., "tvmonitor"))
     evidence = prior(images)            # (1, 3, H, W) RGB 0..255 -> (1, C, ceil(H/32), ceil(W/32))
+    crops = prior.classify_crops(image, boxes)    # (H, W, 3) uint8, (N, 4) x0 y0 x1 y1 -> (N, C)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from .backbones import EfficientNetLite0
 from .weights import _read_state_dict, lite0_weights_file, load_lite0_weights
+
+#: ``classify_crops``: the square crop is this fraction larger than the box on each side, and
+#: is resized to ``CROP_SIZE`` pixels (the classifier's training size).
+CROP_MARGIN = 0.15
+CROP_SIZE = 224
 
 #: ImageNet-1k class names (lower case) or index ranges standing for each VOC class. Person has
 #: no ImageNet class; horse only "sorrel".
@@ -125,6 +135,32 @@ class ImageNetPrior(nn.Module):
             + self.fc_bias.view(1, -1, 1, 1)  # (B, 1000, h, w)
         probs = logits.softmax(dim=1)
         return torch.einsum("bkhw,ck->bchw", probs, self.groups)  # (B, C, h, w)
+
+    @torch.inference_mode()
+    def classify_crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The classifier as it was trained: on each box of ``image`` ``(H, W, 3)`` uint8 RGB,
+        cropped as a square :data:`CROP_MARGIN` larger than the box's longer side (clipped at
+        the photo's edges) and resized to :data:`CROP_SIZE`. ``boxes`` ``(N, 4)`` pixels
+        ``(x0, y0, x1, y1)``. Returns ``(N, C)`` float32: each class's summed softmax."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(boxes) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        big_h, big_w = image.shape[:2]
+        device = self.fc_weight.device
+        crops = []
+        for x0, y0, x1, y1 in boxes:
+            side = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * CROP_MARGIN)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            a0, a1 = int(max(0, cy - side / 2)), int(min(big_h, cy + side / 2))
+            b0, b1 = int(max(0, cx - side / 2)), int(min(big_w, cx + side / 2))
+            crop = torch.from_numpy(np.ascontiguousarray(image[a0:max(a1, a0 + 1),
+                                                               b0:max(b1, b0 + 1)]))
+            crop = crop.to(device).permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+            crops.append(F.interpolate(crop, size=(CROP_SIZE, CROP_SIZE), mode="bilinear",
+                                       align_corners=False))
+        _, _, head = self.trunk.forward_trunk(torch.cat(crops))  # (N, 1280, 7, 7)
+        logits = head.float().mean((2, 3)) @ self.fc_weight.T + self.fc_bias  # (N, 1000)
+        return (logits.softmax(1) @ self.groups.T).cpu().numpy().astype(np.float32)  # (N, C)
 
 
 def load_imagenet_prior(class_names: tuple[str, ...], path: str | Path | None = None

@@ -167,9 +167,11 @@ class PFNWidget(QWidget):
         form.addRow("Size threshold", self.size_spin)
         self.prior_check = QCheckBox("Name missed objects (ImageNet prior)")
         self.prior_check.setToolTip("Objects the category network left as background, named by "
-                                    "the ImageNet classifier (bus, dog, aeroplane ...); the "
-                                    "objects the networks found never change. Only for models "
-                                    "whose grouping has a prior_weight (the shipped one)")
+                                    "the ImageNet classifier (bus, dog, aeroplane ...), and, with "
+                                    "the model's grouping.prior_check, the found objects of the "
+                                    "classes it knows checked on their crops (dropped or "
+                                    "relabelled); people never change. Only for models whose "
+                                    "grouping has a prior_weight (the shipped one)")
         form.addRow(self.prior_check)
         self.keep_edits_check = QCheckBox("Keep hand edits of 'PFN instances'")
         self.keep_edits_check.setToolTip("Ticked by painting on the instance layer: re-clustering "
