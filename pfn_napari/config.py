@@ -355,7 +355,7 @@ class GroupingConfig:
     # prior_shape 'grabcut' fits each prior-named object's outline to the photo (OpenCV's
     # GrabCut in a window around the stride-32 region); 'region' keeps the region.
     prior_check: bool = False
-    prior_check_any: float = 0.1
+    prior_check_any: float = 0.2
     prior_check_named: float = 0.2
     prior_check_relabel: float = 0.8
     prior_shape: str = "region"
