@@ -249,8 +249,9 @@ class Predictor:
                     inst = self.predict(image, grouping, name=str(path), image_id=Path(path).stem)
                     yield FileResult(Path(path), image, inst, self.net, None)
                 except Exception as exc:  # noqa: BLE001 - any failure on one image: report it
-                    message = str(exc) if isinstance(exc, PFNError) else \
-                        f"{path}: {type(exc).__name__}: {exc}"
+                    text = str(exc) if isinstance(exc, PFNError) else \
+                        f"{type(exc).__name__}: {exc}"
+                    message = text if str(path) in text else f"{path}: {text}"
                     yield FileResult(Path(path), None, None, None, message)
                 finally:
                     image = inst = None  # free this image before reading the next
