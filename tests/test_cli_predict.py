@@ -70,6 +70,18 @@ def test_predict_goes_on_after_an_image_too_large_or_any_other_failure(tmp_path,
     assert "a_big.png: too large to read (Image size (2240 pixels) exceeds limit of 2000" in err
     assert "b_oom.png: MemoryError: Unable to allocate 11.2 GiB" in err
     assert (out / "c_instances.png").is_file() and (out / "predictions.json").is_file()
+    # a step after reading that fails with its own message (no file in it): the file is named
+    from pfn_napari.errors import PFNError
+    from pfn_napari.grouping import Grouper
+
+    def fail(self, cfg, count_override=None):
+        raise PFNError("grouping.prior_shape='grabcut' needs OpenCV")
+
+    monkeypatch.setattr(Grouper, "run", fail)
+    assert main(["predict", str(weights), str(images / "c.png"), "--out", str(tmp_path / "o2"),
+                 "--device", "cpu"]) == 1
+    assert f"{images / 'c.png'}: grouping.prior_shape='grabcut' needs OpenCV" in \
+        capsys.readouterr().err
 
 
 def test_predict_keeps_other_runs_predictions_and_never_writes_an_empty_file(tmp_path, capsys):
