@@ -269,3 +269,23 @@ def test_the_grouper_fits_the_prior_objects_to_the_photo() -> None:
                           Grouper(network_output(True)).run(cfg).instances.masks[0])
     with pytest.raises(PFNError, match=r"image \(10, 10\) is not the networks'"):
         Grouper(network_output(True), image=image[:10, :10])
+
+
+def test_grabcut_runs_once_per_region_across_re_runs(monkeypatch) -> None:
+    pytest.importorskip("cv2")
+    import pfn_napari.grouping.grouper as grouper_module
+
+    calls = []
+    real = grouper_module.grabcut_shape
+
+    def counted(image, mask, allowed):
+        calls.append(int(mask.sum()))
+        return real(image, mask, allowed)
+
+    monkeypatch.setattr(grouper_module, "grabcut_shape", counted)
+    image, _ = dark_square_photo()
+    grouper = Grouper(network_output(True), image=image)
+    cfg = replace(CHECK, prior_check=False, prior_shape="grabcut")
+    first = grouper.run(cfg).instances.masks[1]
+    again = grouper.run(replace(cfg, sigma=0.7)).instances.masks[1]  # a knob turned in napari
+    assert len(calls) == 1 and np.array_equal(first, again)

@@ -26,23 +26,24 @@ Steps of :meth:`Grouper.run`:
    full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
    similarity; ``ones``: 1.
 5. With ``cfg.prior_weight > 0`` and ``net.prior_evidence``: the ImageNet prior names objects
-   on the refined map's background (:func:`~pfn_napari.grouping.prior.prior_fill`), their
-   outlines fitted to the photo with ``cfg.prior_shape='grabcut'``
-   (:func:`~pfn_napari.grouping.prior.grabcut_shape`); they are appended as instances (scored
-   by their mean evidence) and painted into ``full_class_map``. With ``cfg.prior_check``, the
+   on the refined map's background (:func:`~pfn_napari.grouping.prior.prior_fill`); they are
+   appended as instances (scored by their mean evidence). With ``cfg.prior_check``, the
    ImageNet classifier then looks at every object of a class it knows, cropped
    (:func:`~pfn_napari.grouping.prior.check_instances`): objects it sees nothing of are
-   dropped (their pixels become background), objects it is sure are another class relabelled.
-   Both need the photo (``Grouper(image=..., classify_crops=...)``, as the ``Predictor`` builds
-   it) and are skipped without it.
+   dropped (their pixels become background), objects it is sure are another class
+   relabelled. With ``cfg.prior_shape='grabcut'`` the named objects that are kept get their
+   outlines fitted to the photo (:func:`~pfn_napari.grouping.prior.grabcut_shape`, cached per
+   region). Then they are painted into ``full_class_map``. The check and the outlines need the
+   photo (``Grouper(image=..., classify_crops=...)``, as the ``Predictor`` builds it) and are
+   skipped without it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, fields
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,7 @@ class Grouper:
         self.image = image
         self.classify_crops = classify_crops
         self._crop_evidence: dict[tuple, np.ndarray] = {}
+        self._shapes: dict[str, np.ndarray] = {}  # GrabCut outlines by (region, free pixels)
 
     # ------------------------------------------------------------------ cached maps
     @property
@@ -470,7 +472,12 @@ class Grouper:
                 free = full_map == 0  # (H, W) the background the prior may name
                 for n in range(n_net, len(masks)):
                     if keep[n]:
-                        masks[n] = grabcut_shape(self.image, masks[n], free)
+                        key = _key(masks[n], free)  # napari's re-runs: GrabCut once per region
+                        shaped = self._shapes.get(key)
+                        if shaped is None:
+                            shaped = self._remember(self._shapes, key,
+                                                    grabcut_shape(self.image, masks[n], free))
+                        masks[n] = shaped
                         free &= ~masks[n]
                         keep[n] = masks[n].any()  # another object's outline took it all
                 timings["prior_shape"] = time.perf_counter() - t1
