@@ -368,6 +368,73 @@ class Grouper:
             self._remember(self._clusterings, key, result)
         return result
 
+    def _prior_objects(self, cfg: GroupingConfig, full_map: np.ndarray, grid_map: np.ndarray,
+                       grid_labels: np.ndarray, objects: tuple[list, ...],
+                       timings: dict[str, float]) -> tuple:
+        """Step 5 of :meth:`run`: the prior's objects appended to ``objects`` (the lists masks,
+        classes, scores, centers, boxes of the clustered ones), the crop check and the
+        outlines. Returns ``(full_map, grid_map, grid_labels, prior_labels, objects)``."""
+        masks, classes, scores, centers, boxes = (list(o) for o in objects)
+        big_h, big_w = self.image_size
+        ev = self.evidence  # (C, H, W)
+        covered = np.asarray(self.net.prior_evidence).reshape(len(ev), -1).max(1) > 0  # (C,)
+        fill = prior_fill(full_map, self.full_probs, ev, covered,
+                          cfg.prior_weight, cfg.prior_eps, cfg.prior_min_frac,
+                          cfg.prior_touch)
+        n_net = len(masks)
+        for mask, cls, score in zip(fill.masks, fill.classes, fill.scores):
+            masks.append(mask)
+            classes.append(int(cls))
+            scores.append(float(score))
+            centers.append((np.nan, np.nan))
+            boxes.append((np.nan,) * 4)
+        keep, found = np.ones(len(masks), dtype=bool), list(classes)
+        if cfg.prior_check and self.classify_crops is not None and self.image is not None:
+            t1 = time.perf_counter()  # on the regions as named: no GrabCut for dropped ones
+            keep, checked = check_instances(
+                np.asarray(classes, np.int64), np.arange(len(masks)) >= n_net,
+                self._crop_classes(masks, classes, covered), covered,
+                cfg.prior_check_any, cfg.prior_check_named, cfg.prior_check_relabel)
+            classes = checked.tolist()
+            timings["prior_check"] = time.perf_counter() - t1
+        if cfg.prior_shape == "grabcut" and self.image is not None:
+            t1 = time.perf_counter()
+            free = full_map == 0  # (H, W) the background the prior may name
+            for n in range(n_net, len(masks)):
+                if keep[n]:
+                    key = _key(masks[n], free)  # napari's re-runs: GrabCut once per region
+                    shaped = self._shapes.get(key)
+                    if shaped is None:
+                        shaped = self._remember(self._shapes, key,
+                                                grabcut_shape(self.image, masks[n], free))
+                    masks[n] = shaped
+                    free &= ~masks[n]
+                    keep[n] = masks[n].any()  # another object's outline took it all
+            timings["prior_shape"] = time.perf_counter() - t1
+        prior_labels = np.zeros((big_h, big_w), dtype=np.uint8)
+        full_map, grid_map = full_map.copy(), grid_map.copy()  # may be cached maps
+        for n, mask in enumerate(masks):
+            if n >= n_net:
+                prior_labels[mask] = classes[n] if keep[n] else 0
+            elif not keep[n] or classes[n] != found[n]:
+                full_map[mask] = classes[n] if keep[n] else 0
+                grid_map[grid_labels == n + 1] = classes[n] if keep[n] else 0
+        full_map = np.where(prior_labels > 0, prior_labels, full_map)
+        for n in range(n_net, len(masks)):  # the prior's objects: their own box and center
+            ys, xs = np.nonzero(masks[n])
+            centers[n] = (xs.mean(), ys.mean())
+            boxes[n] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        if not keep.all():
+            new_index = np.concatenate([[0], np.cumsum(keep) * keep])  # old 1..N -> new
+            grid_labels = new_index[grid_labels].astype(np.int32)
+            masks = [m for m, k in zip(masks, keep) if k]
+            classes = [c for c, k in zip(classes, keep) if k]
+            scores = [v for v, k in zip(scores, keep) if k]
+            centers = [v for v, k in zip(centers, keep) if k]
+            boxes = [v for v, k in zip(boxes, keep) if k]
+        return full_map, grid_map, grid_labels, prior_labels, (masks, classes, scores, centers,
+                                                               boxes)
+
     def run(self, cfg: GroupingConfig, count_override: dict[int, int] | None = None
             ) -> GroupingResult:
         """Group the cached network output with ``cfg`` (see the module docstring)."""
@@ -446,62 +513,10 @@ class Grouper:
         prior_labels = None
         if cfg.prior_weight > 0 and self.evidence is not None:
             t0 = time.perf_counter()
-            ev = self.evidence  # (C, H, W)
-            covered = np.asarray(self.net.prior_evidence).reshape(len(ev), -1).max(1) > 0  # (C,)
-            fill = prior_fill(full_map, self.full_probs, ev, covered,
-                              cfg.prior_weight, cfg.prior_eps, cfg.prior_min_frac,
-                              cfg.prior_touch)
-            n_net = len(masks)
-            for mask, cls, score in zip(fill.masks, fill.classes, fill.scores):
-                masks.append(mask)
-                classes.append(int(cls))
-                scores.append(float(score))
-                centers.append((np.nan, np.nan))
-                boxes.append((np.nan,) * 4)
-            keep, found = np.ones(len(masks), dtype=bool), list(classes)
-            if cfg.prior_check and self.classify_crops is not None and self.image is not None:
-                t1 = time.perf_counter()  # on the regions as named: no GrabCut for dropped ones
-                keep, checked = check_instances(
-                    np.asarray(classes, np.int64), np.arange(len(masks)) >= n_net,
-                    self._crop_classes(masks, classes, covered), covered,
-                    cfg.prior_check_any, cfg.prior_check_named, cfg.prior_check_relabel)
-                classes = checked.tolist()
-                timings["prior_check"] = time.perf_counter() - t1
-            if cfg.prior_shape == "grabcut" and self.image is not None:
-                t1 = time.perf_counter()
-                free = full_map == 0  # (H, W) the background the prior may name
-                for n in range(n_net, len(masks)):
-                    if keep[n]:
-                        key = _key(masks[n], free)  # napari's re-runs: GrabCut once per region
-                        shaped = self._shapes.get(key)
-                        if shaped is None:
-                            shaped = self._remember(self._shapes, key,
-                                                    grabcut_shape(self.image, masks[n], free))
-                        masks[n] = shaped
-                        free &= ~masks[n]
-                        keep[n] = masks[n].any()  # another object's outline took it all
-                timings["prior_shape"] = time.perf_counter() - t1
-            prior_labels = np.zeros((big_h, big_w), dtype=np.uint8)
-            full_map, grid_map = full_map.copy(), grid_map.copy()  # may be cached maps
-            for n, mask in enumerate(masks):
-                if n >= n_net:
-                    prior_labels[mask] = classes[n] if keep[n] else 0
-                elif not keep[n] or classes[n] != found[n]:
-                    full_map[mask] = classes[n] if keep[n] else 0
-                    grid_map[grid_labels == n + 1] = classes[n] if keep[n] else 0
-            full_map = np.where(prior_labels > 0, prior_labels, full_map)
-            for n in range(n_net, len(masks)):  # the prior's objects: their own box and center
-                ys, xs = np.nonzero(masks[n])
-                centers[n] = (xs.mean(), ys.mean())
-                boxes[n] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-            if not keep.all():
-                new_index = np.concatenate([[0], np.cumsum(keep) * keep])  # old 1..N -> new
-                grid_labels = new_index[grid_labels].astype(np.int32)
-                masks = [m for m, k in zip(masks, keep) if k]
-                classes = [c for c, k in zip(classes, keep) if k]
-                scores = [v for v, k in zip(scores, keep) if k]
-                centers = [v for v, k in zip(centers, keep) if k]
-                boxes = [v for v, k in zip(boxes, keep) if k]
+            full_map, grid_map, grid_labels, prior_labels, (masks, classes, scores, centers,
+                                                            boxes) = self._prior_objects(
+                cfg, full_map, grid_map, grid_labels, (masks, classes, scores, centers, boxes),
+                timings)
             timings["prior"] = time.perf_counter() - t0
         if masks:
             instances = Instances(np.stack(masks), np.array(classes), np.array(scores),
