@@ -131,10 +131,14 @@ class ImageNetPrior(nn.Module):
     @torch.inference_mode()
     def forward(self, images: Tensor) -> Tensor:
         _, _, head = self.trunk.forward_trunk(images.float())  # (B, 1280, h, w)
-        logits = torch.einsum("bchw,kc->bkhw", head, self.fc_weight) \
+        return self._class_evidence(head)
+
+    def _class_evidence(self, head: Tensor) -> Tensor:
+        """``(B, 1280, h, w)`` ImageNet features -> ``(B, C, h, w)``: ``_fc`` at each cell,
+        softmax over the 1000 classes, summed over each model class's synsets."""
+        logits = torch.einsum("bchw,kc->bkhw", head.float(), self.fc_weight) \
             + self.fc_bias.view(1, -1, 1, 1)  # (B, 1000, h, w)
-        probs = logits.softmax(dim=1)
-        return torch.einsum("bkhw,ck->bchw", probs, self.groups)  # (B, C, h, w)
+        return torch.einsum("bkhw,ck->bchw", logits.softmax(dim=1), self.groups)
 
     @torch.inference_mode()
     def classify_crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -159,8 +163,8 @@ class ImageNetPrior(nn.Module):
             crops.append(F.interpolate(crop, size=(CROP_SIZE, CROP_SIZE), mode="bilinear",
                                        align_corners=False))
         _, _, head = self.trunk.forward_trunk(torch.cat(crops))  # (N, 1280, 7, 7)
-        logits = head.float().mean((2, 3)) @ self.fc_weight.T + self.fc_bias  # (N, 1000)
-        return (logits.softmax(1) @ self.groups.T).cpu().numpy().astype(np.float32)  # (N, C)
+        pooled = head.float().mean((2, 3), keepdim=True)  # (N, 1280, 1, 1): the global pool
+        return self._class_evidence(pooled)[:, :, 0, 0].cpu().numpy().astype(np.float32)
 
 
 def load_imagenet_prior(class_names: tuple[str, ...], path: str | Path | None = None
