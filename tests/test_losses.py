@@ -150,3 +150,36 @@ def test_total_loss_in_pixel_units_does_not_depend_on_the_crop_size() -> None:
         values.append(loss.item())
     # 0.5 unit per channel: smooth-L1 (beta 1) = 0.5 * 0.25 = 0.125, two channels
     assert values == pytest.approx([0.25, 0.25])
+
+
+def _count_and_location_case() -> tuple[NetOutputs, dict[str, torch.Tensor]]:
+    """One image, one stream, 3 classes: location error 0.5 on the one foreground cell; counts
+    (1, 0, 0) against (3, 1, 0)."""
+    fused = torch.zeros(1, 1, 1, 2)
+    out = NetOutputs(locations=fused, stream_locations={"fc7": fused},
+                     counts=torch.tensor([[1.0, 0.0, 0.0]]))
+    batch = dict(_batch(), counts=torch.tensor([[3.0, 1.0, 0.0]]))
+    return out, batch
+
+
+@pytest.mark.parametrize("reduction, expected", [("mean", (4 + 1 + 0) / 3),
+                                                 ("sum", (4 + 1 + 0) / 2)])
+def test_total_loss_reads_loss_count_reduction(reduction, expected) -> None:
+    out, batch = _count_and_location_case()
+    cfg = LossConfig(loc_weight=0.0, count_weight=1.0, count_reduction=reduction)
+    loss, parts = total_loss(out, batch, cfg, "instance")
+    assert parts["count"] == pytest.approx(expected)
+    assert loss.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("beta, expected", [
+    (1.0, 0.5 * 0.5 ** 2 / 1.0),  # |d| = 0.5 < beta: 0.5 d^2 / beta = 0.125
+    (2.0, 0.5 * 0.5 ** 2 / 2.0),  # 0.0625
+    (0.25, 0.5 - 0.25 / 2),  # |d| >= beta: |d| - beta / 2 = 0.375
+])
+def test_total_loss_reads_loss_smooth_l1_beta(beta, expected) -> None:
+    out, batch = _count_and_location_case()
+    cfg = LossConfig(loc_weight=1.0, count_weight=0.0, smooth_l1_beta=beta)
+    loss, parts = total_loss(out, batch, cfg, "instance")
+    assert parts["loc/fc7"] == pytest.approx(expected)
+    assert loss.item() == pytest.approx(expected)
