@@ -62,6 +62,33 @@ def test_combine_counts():
         combine_counts(1.0, 1, "max")
 
 
+def test_combine_counts_rounds_halves_up():
+    # round half up (floor(x + 0.5)), not Python's round-half-to-even (2.5 -> 2, 4.5 -> 4)
+    assert [combine_counts(x, 0, "head") for x in (1.5, 2.5, 3.5, 4.5, 2.49)] == [2, 3, 4, 5, 2]
+    assert combine_counts(2.0, 3, "mean") == 3  # (2 + 3) / 2 = 2.5 -> 3
+    assert combine_counts(0.5, 4, "mean") == 2  # 2.25 -> 2
+    assert combine_counts(0.5, 0, "head") == 1
+
+
+def test_vote_count_needs_two_cells_for_an_object():
+    """With ``min_frac=0`` only the minimum of 2 cells stands between a stray vote and an
+    object: two clusters of identical votes (6 and 2 cells) are objects, each single stray
+    vote (IoU 0 with every other vote) is not."""
+    a, b = [0, 0, 10, 20], [30, 0, 40, 20]
+    strays = [[100, 100, 110, 110], [200, 0, 210, 10], [0, 200, 10, 210]]
+    boxes = np.array([a] * 6 + [b] * 2 + strays, float)
+    assert vote_count(boxes, min_frac=0.0) == 2
+    assert vote_count(np.array([a] * 6 + strays, float), min_frac=0.0) == 1
+
+
+def test_vote_count_min_frac_is_a_fraction_of_the_voters():
+    # 12 voters, min_frac 0.25: a cluster needs 3 cells; 3 are enough, 2 are not
+    a, b = [0, 0, 10, 20], [30, 0, 40, 20]
+    assert vote_count(np.array([a] * 9 + [b] * 3, float), min_frac=0.25) == 2
+    assert vote_count(np.array([a] * 10 + [b] * 2, float), min_frac=0.25) == 1
+    assert vote_count(np.array([a] * 10 + [b] * 2, float), min_frac=0.1) == 2  # 2 >= 1.2
+
+
 def three_people() -> Sample:
     """Three side-by-side boxes of class 1 on a 48 x 96 image."""
     class_map = np.zeros((48, 96), np.uint8)
