@@ -26,9 +26,45 @@ from .config import PFNConfig
 from .errors import CheckpointError, PFNError
 from .structures import STRIDE, Instances, NetworkOutput, grid_size, padded_size
 
+#: The range ``PFN_MAX_SIDE`` may take (below 64 pixels a photo holds too little for the
+#: stride-8 networks; above 32768 the networks' maps no longer fit in memory).
+MAX_SIDE_RANGE = (64, 32768)
+
+
+def parse_max_side(text: str) -> int:
+    """``PFN_MAX_SIDE``'s value as an int in :data:`MAX_SIDE_RANGE`; else :class:`PFNError`."""
+    low, high = MAX_SIDE_RANGE
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise PFNError(f"PFN_MAX_SIDE={text!r}: expected an integer from {low} to {high} (the "
+                       "longest image side the networks see, in pixels; unset: 1024)")
+    return value
+
+
+def _max_side_from_env() -> int:
+    """``PFN_MAX_SIDE`` when it is set and valid, else 1024 (a bad value is reported where it
+    is used, by :func:`configured_max_side`, never at import)."""
+    try:
+        return parse_max_side(os.environ["PFN_MAX_SIDE"])
+    except (KeyError, PFNError):
+        return 1024
+
+
 #: Longest image side the networks see; larger images are resized down (aspect kept) and the
 #: masks resized back to the original size. Override with PFN_MAX_SIDE.
-MAX_SIDE = int(os.environ.get("PFN_MAX_SIDE", "1024"))
+MAX_SIDE = _max_side_from_env()
+
+
+def configured_max_side() -> int:
+    """:data:`MAX_SIDE`, or ``$PFN_MAX_SIDE`` when set (checked: a value that is not an integer
+    in :data:`MAX_SIDE_RANGE` raises :class:`PFNError` naming it)."""
+    text = os.environ.get("PFN_MAX_SIDE")
+    return MAX_SIDE if text is None else parse_max_side(text)
+
+
 #: Shortest side accepted: below this an image holds too little for a stride-8 network.
 MIN_SIDE = 16
 #: Padding colour (0..255 RGB): about the ImageNet mean, so padding looks like "nothing".
@@ -162,7 +198,8 @@ def resolve_runtime(runtime: str | None, system: torch.nn.Module, device: torch.
 
 def load_model(path: str | Path | None = None, device: str = "auto",
                runtime: str = "auto") -> PFNModel:
-    """Load a checkpoint or weights file (default: the shipped weights) for inference.
+    """Load a checkpoint or weights file (``None``, ``''`` or ``'default'``: the shipped
+    weights) for inference.
 
     ``runtime``: what :func:`run_network` runs the networks with, ``'torch'``, ``'onnx'`` (the
     backbone trunks on ONNX Runtime: about twice as fast on the CPU, the same outputs to
@@ -173,10 +210,11 @@ def load_model(path: str | Path | None = None, device: str = "auto",
     """
     from .checkpoint import load_checkpoint
 
-    file = Path(path) if path else default_weights_path()
+    shipped = path is None or str(path) in ("", "default")
+    file = default_weights_path() if shipped else Path(path)
     if not file.is_file():
         hint = ("train one with `pfn demo --train` or `pfn train`, or pass a file"
-                if path is None else "check the path")
+                if shipped else "check the path")
         raise CheckpointError(f"{file}: weights file not found ({hint})")
     system, cfg, meta = load_checkpoint(file, map_location="cpu")
     dev = pick_device(device)
@@ -187,7 +225,8 @@ def load_model(path: str | Path | None = None, device: str = "auto",
 
 def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Bring an array to ``(H, W, 3)`` uint8 RGB: grayscale is repeated, alpha dropped, 16-bit
-    and float images rescaled. Anything else raises :class:`PFNError` naming ``name``."""
+    images rescaled by their range (12-bit data, maximum at most 4095, by 4095) and float ones
+    by 255 when at most 1. Anything else raises :class:`PFNError` naming ``name``."""
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
@@ -201,7 +240,9 @@ def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
     if np.issubdtype(arr.dtype, np.integer):
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        from .data.base import integer_range
+
+        top = integer_range(arr.max(initial=0))  # 255, 4095 (12-bit data) or 65535
         return np.clip(arr.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         finite = np.nan_to_num(arr.astype(np.float64))
@@ -217,7 +258,7 @@ def fit_image(image: np.ndarray, max_side: int | None = None,
 
     Returns the (possibly resized) image and the scale applied (1.0 when unchanged).
     """
-    max_side = max_side or MAX_SIDE
+    max_side = max_side or configured_max_side()
     h, w = image.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise PFNError(f"{name}: {w}x{h} pixels is too small; PFN needs at least "

@@ -26,7 +26,7 @@ thread while the networks run on the current one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,30 +231,42 @@ class Predictor:
         self.set_image(image, name=name, image_id=image_id)
         return self.instances(grouping, count_override)
 
-    def predict_files(self, paths: Iterable[Path], grouping: GroupingConfig | None = None
-                      ) -> Iterator[FileResult]:
+    def predict_files(self, paths: Iterable[Path], grouping: GroupingConfig | None = None,
+                      image_ids: Sequence[str] | None = None) -> Iterator[FileResult]:
         """Each file in turn: read (the next one in a background thread while the networks
-        run), networks, grouping. A failure on one file (unreadable, too large, out of
-        memory, ...) is returned as its ``error``, and the others go on."""
-        from .data import read_image
-
-        paths = list(paths)
+        run; turned as its EXIF orientation says, as viewers show it), networks, grouping. A
+        failure on one file (unreadable, too large, out of memory, ...) is returned as its
+        ``error``, and the others go on. ``image_ids``: the instances' ``image_id`` of each
+        file (default: the file's stem)."""
+        paths = [Path(p) for p in paths]
+        ids = list(image_ids) if image_ids is not None else [p.stem for p in paths]
+        if len(ids) != len(paths):
+            raise PFNError(f"predict_files: {len(ids)} image ids for {len(paths)} files")
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(read_image, paths[0]) if paths else None
+            pending = pool.submit(read_photo, paths[0]) if paths else None
             for i, path in enumerate(paths):
-                future, pending = pending, (pool.submit(read_image, paths[i + 1])
+                future, pending = pending, (pool.submit(read_photo, paths[i + 1])
                                             if i + 1 < len(paths) else None)
                 try:
                     image = future.result()
-                    inst = self.predict(image, grouping, name=str(path), image_id=Path(path).stem)
-                    yield FileResult(Path(path), image, inst, self.net, None)
+                    inst = self.predict(image, grouping, name=str(path), image_id=ids[i])
+                    yield FileResult(path, image, inst, self.net, None)
                 except Exception as exc:  # noqa: BLE001 - any failure on one image: report it
                     text = str(exc) if isinstance(exc, PFNError) else \
                         f"{type(exc).__name__}: {exc}"
                     message = text if str(path) in text else f"{path}: {text}"
-                    yield FileResult(Path(path), None, None, None, message)
+                    yield FileResult(path, None, None, None, message)
                 finally:
                     image = inst = None  # free this image before reading the next
+
+
+def read_photo(path: str | Path) -> np.ndarray:
+    """A photo to segment, ``(H, W, 3)`` uint8 RGB, turned as its EXIF orientation says (the
+    way viewers show it; datasets with annotations keep the stored pixels, which their
+    annotations refer to)."""
+    from . import data
+
+    return data.read_image(path, exif=True)
 
 
 @dataclass

@@ -58,10 +58,10 @@ def test_predict_goes_on_after_an_image_too_large_or_any_other_failure(tmp_path,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 56 > 2 x 1000: a "bomb"
     real = data.read_image
 
-    def read(path):
+    def read(path, **kwargs):
         if path.name == "b_oom.png":
             raise MemoryError("Unable to allocate 11.2 GiB")
-        return real(path)
+        return real(path, **kwargs)
 
     monkeypatch.setattr(data, "read_image", read)
     out = tmp_path / "out"
