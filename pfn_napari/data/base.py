@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import overload
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import VOID
 from ..errors import DatasetError
@@ -137,9 +137,10 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
     """Any PIL image -> ``(H, W, 3)`` uint8 RGB.
 
     Grayscale and palette images are expanded, the alpha channel of RGBA/LA is dropped (not
-    composited), and 16/32-bit integer images (modes ``I;16*``, ``I``) are scaled down by
-    1/257 (65535 -> 255); float images (mode ``F``) are taken as 0..1 when their maximum is
-    at most 1, else as 0..255, and clipped.
+    composited), and 16/32-bit integer images (modes ``I;16*``, ``I``) are scaled by their
+    range (:func:`integer_range`: 255 when their maximum is at most 255, 4095 for 12-bit data
+    (maximum at most 4095), else 65535); float images (mode ``F``) are taken as 0..1 when their
+    maximum is at most 1, else as 0..255, and clipped.
     """
     mode = image.mode
     if mode.startswith("I") or mode == "F":
@@ -147,12 +148,19 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
         if mode == "F":
             scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
         else:
-            scale = 1.0 / 257.0
+            scale = 255.0 / integer_range(arr.max(initial=0))
         gray = np.nan_to_num(arr * scale).round().clip(0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8).copy()
+
+
+def integer_range(maximum: float) -> float:
+    """The full-scale value of integer pixels whose largest value is ``maximum``: 255 (8-bit
+    data, whatever the container), 4095 (12-bit data in 16 bits, as many cameras and
+    microscopes write it), else 65535."""
+    return 255.0 if maximum <= 255 else 4095.0 if maximum <= 4095 else 65535.0
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -168,13 +176,20 @@ def _open(path: Path, what: str) -> Image.Image:
     return image
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to ``(H, W, 3)`` uint8 RGB (see :func:`to_rgb_uint8`)."""
+def read_image(path: str | Path, exif: bool = False) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3)`` uint8 RGB (see :func:`to_rgb_uint8`).
+
+    ``exif``: turn the image as its EXIF orientation tag says (``ImageOps.exif_transpose``),
+    the way viewers show a phone photo; photos to segment are read so. Datasets read the
+    stored pixels (the default), which their annotations refer to.
+    """
     path = Path(path)
     image = _open(path, "image")
     try:
+        if exif:
+            image = ImageOps.exif_transpose(image)
         return to_rgb_uint8(image)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"{path}: cannot convert image mode {image.mode} to RGB "
                            f"({exc})") from None
 
