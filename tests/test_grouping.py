@@ -79,6 +79,35 @@ def test_refine_off_keeps_an_absent_class():
     assert (on.refined_class_map == 2).sum() == 0 and (off.refined_class_map == 2).sum() == 6
 
 
+@pytest.mark.parametrize("method", ("spectral", "vote"))
+def test_count_override_feeds_the_refinement(method):
+    """The napari count boxes' documented effect: an override changes which classes the
+    refinement keeps. Box A is class 1, box B class 2; the head says (1.0, 0.0)."""
+    sample = make_sample([(1, 0, 16, 0, 24), (2, 24, 40, 40, 64)])
+    net = oracle_network_output(sample, 2, counts=np.array([1.0, 0.0]), full_classes=True)
+    grouper = Grouper(net)
+    cfg = GroupingConfig(method=method)
+    # as predicted: only class 1 is present, so box B's cells and pixels become class 1
+    plain = grouper.run(cfg)
+    assert plain.instances.classes.tolist() == [1]
+    np.testing.assert_array_equal(plain.full_class_map, sample.class_map > 0)
+    assert grouper.instance_numbers(cfg) == {1: 1}
+    # overriding class 2 to 1 makes it present: both classes are kept, each one instance
+    both = grouper.run(cfg, count_override={2: 1})
+    assert both.instances.classes.tolist() == [1, 2]
+    np.testing.assert_array_equal(both.full_class_map, sample.class_map)
+    np.testing.assert_array_equal(both.instances.masks[1], sample.instance_map == 2)
+    assert (both.refined_class_map == 2).sum() == 6  # box B's 2 x 3 cells
+    np.testing.assert_array_equal(both.counts, [1.0, 1.0])
+    assert grouper.instance_numbers(cfg, count_override={2: 1}) == {1: 1, 2: 1}
+    # overriding class 1 to 0 with class 2 at 1: class 2 is the one present class
+    swapped = grouper.run(cfg, count_override={1: 0, 2: 1})
+    assert swapped.instances.classes.tolist() == [2]
+    np.testing.assert_array_equal(swapped.full_class_map, 2 * (sample.class_map > 0))
+    assert grouper.instance_numbers(cfg, count_override={1: 0, 2: 1}) == {2: 1}
+    assert group(net, cfg, count_override={2: 1}).classes.tolist() == [1, 2]
+
+
 # ------------------------------------------------------------------ geometry
 
 def test_infer_stride():
