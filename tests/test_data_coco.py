@@ -209,3 +209,64 @@ def test_coco_ids_must_be_unique_integers_and_annotations_on_listed_images(tmp_p
     ann.write_text(json.dumps(named))
     with pytest.raises(DatasetError, match=r"image 0 has id 'p1'; COCO ids must be integers"):
         open_dataset(spec)
+
+
+def polygon_ann(coords: list) -> list:
+    return [{"id": 21, "image_id": 7, "category_id": 5, "iscrowd": 0, "segmentation": [coords]}]
+
+
+@pytest.mark.parametrize("coords, message", [
+    ([2, 2, 12, 2, float("nan"), 12], r"polygon 0 holds the coordinate nan; coordinates must be "
+                                      "finite"),
+    ([2, 2, 12, 2, 12, float("inf")], r"polygon 0 holds the coordinate inf"),
+    ([2, 2, 2.0 ** 31, 2, 12, 12], r"polygon 0 has x = 2147483648\.0, far outside the 30x20 "
+                                   r"image \(x must lie in \[-94, 124\] and y in \[-84, 104\]\)"),
+    ([2, 2, 12, 2, 12, -85], r"polygon 0 has y = -85, far outside"),
+    ([2, 2, 12, 2], r"polygon 0 has 4 coordinates; a polygon needs an even number of them, at "
+                    "least 6"),
+    ([2, 2, 12, 2, 12, 12, 5], r"polygon 0 has 7 coordinates"),
+    ([2, 2, "12", 2, 12, 12], r"polygon 0 holds '12'; coordinates must be numbers"),
+    ([-94, -84, 124, -84, 124, 104, -94, 104] * 40,  # 40 x (218 + 188 + 218 + 188) px
+     r"polygon edges 32480 pixels long in all, more than 100 x \(height \+ width\) = 5000"),
+])
+def test_coco_polygon_checked_before_decoding(tmp_path: Path, coords: list, message: str) -> None:
+    """Bad polygon coordinates made pycocotools allocate without bound (issue 30, item 1)."""
+    ann, images = make_coco(tmp_path, polygon_ann(coords))
+    ds = open_dataset(f"coco:{ann}:{images}", classes=["person"])
+    with pytest.raises(DatasetError, match=message) as info:
+        ds[0]
+    assert str(info.value).startswith(f"{ann}: annotation 21 of image 7: ")
+
+
+def test_coco_polygon_a_little_outside_the_image_is_clipped(tmp_path: Path) -> None:
+    """COCO allows points outside the image (clipped): up to one image size + 64 px beyond."""
+    ann, images = make_coco(tmp_path, polygon_ann([-94, -84, 124, -84, 124, 104, -94, 104]))
+    sample = open_dataset(f"coco:{ann}:{images}", classes=["person"])[0]
+    assert (sample.instance_map == 1).all()
+
+
+@pytest.mark.parametrize("file_name", ["../p1.jpg", "sub/../../p1.jpg", "/etc/hostname",
+                                       "C:\\photos\\p1.jpg", "..\\p1.jpg", "", 3])
+def test_coco_file_name_outside_the_image_folder_is_refused(tmp_path: Path, file_name) -> None:
+    """A file_name outside the image folder is not read (issue 30, item 2)."""
+    ann, images = make_coco(tmp_path)
+    (images / "inner").mkdir()
+    data = json.loads(ann.read_text())
+    data["images"][1]["file_name"] = file_name
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"instances\.json: image 3 \(entry 1\) has "
+                                           "file_name ") as info:
+        open_dataset(f"coco:{ann}:{images / 'inner'}")
+    assert repr(file_name) in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_coco_file_name_in_a_subfolder_is_read(tmp_path: Path) -> None:
+    ann, images = make_coco(tmp_path)
+    (images / "sub").mkdir()
+    (images / "p2.jpg").rename(images / "sub" / "p2.jpg")
+    data = json.loads(ann.read_text())
+    data["images"][1]["file_name"] = "sub/./p2.jpg"
+    ann.write_text(json.dumps(data))
+    ds = open_dataset(f"coco:{ann}:{images}")
+    assert ds[1].image.shape == (H, W, 3) and ds.source_of(1).endswith("sub/p2.jpg")

@@ -156,3 +156,72 @@ def test_folder_class_names_in_spec(tmp_path: Path) -> None:
     assert ds.classes == ("person", "bicycle") and ds[0].instance_classes.tolist() == [2, 1]
     with pytest.raises(DatasetError, match="expected folder:IMAGE_DIR:MASK_DIR"):
         open_dataset(f"folder:{images}:{masks}:person:extra")
+
+
+def _photo(path: Path, value: int = 50) -> None:
+    Image.fromarray(np.full((H, W, 3), value, np.uint8)).save(path)
+
+
+def _mask(path: Path) -> None:
+    m = np.zeros((H, W), np.uint8)
+    m[1:3, 1:3] = 1
+    Image.fromarray(m).save(path)
+
+
+def test_folder_masks_beside_photos_are_not_images(tmp_path: Path) -> None:
+    """Photos and their _mask PNGs in ONE folder: 3 images, not 6 (issue 30, item 10)."""
+    both = tmp_path / "both"
+    both.mkdir()
+    for stem in ("p1", "p2", "p3"):
+        _photo(both / f"{stem}.png")
+        _mask(both / f"{stem}_mask.png")
+    ds = open_dataset(f"folder:{both}:{both}:person", "all")
+    assert ds.image_ids == ["p1", "p2", "p3"]
+    assert ds[2].instance_classes.tolist() == [1] and ds[2].image[0, 0, 0] == 50
+    # a JPEG photo with its mask named S.png in the same folder: the PNG is the mask
+    jpg = tmp_path / "jpg"
+    jpg.mkdir()
+    _photo(jpg / "q.jpg")
+    _mask(jpg / "q.png")
+    ds = open_dataset(f"folder:{jpg}:{jpg}:person", "all")
+    assert ds.image_ids == ["q"] and ds[0].instance_map[1, 1] == 1
+
+
+def test_folder_skips_odd_files_and_earlier_predict_outputs(tmp_path: Path) -> None:
+    """Hidden files, links that go nowhere or in circles and `pfn predict` outputs in the image
+    folder are not images; nothing crashes (issue 30, item 7)."""
+    images, masks = tmp_path / "img", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    _photo(images / "a.jpg")
+    _mask(masks / "a_mask.png")
+    for kind in ("instances", "classes", "overlay", "arrows"):
+        _mask(images / f"a_{kind}.png")  # what `pfn predict IMG --out IMG` leaves
+    (images / "predictions.json").write_text("[]")
+    (images / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork
+    (images / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (images / "loop1.png").symlink_to(images / "loop2.png")
+    (images / "loop2.png").symlink_to(images / "loop1.png")
+    (images / "sub.png").mkdir()
+    ds = open_dataset(f"folder:{images}:{masks}:person", "all")
+    assert ds.image_ids == ["a"]
+    assert ds[0].instance_classes.tolist() == [1]
+    assert len(open_dataset(f"folder:{images}:{masks}:person", "train")) == 1
+
+
+def test_folder_refuses_two_images_of_one_stem(tmp_path: Path) -> None:
+    images, masks = tmp_path / "img", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    _photo(images / "a.jpg")
+    _photo(images / "a.png")
+    with pytest.raises(DatasetError, match=r"img: two images named 'a' \(a\.jpg and a\.png\)"):
+        open_dataset(f"folder:{images}:{masks}:person", "all")
+
+
+def test_folder_split_file_listing_an_id_twice_is_refused(tmp_path: Path) -> None:
+    images, masks = make_folder(tmp_path)
+    (masks / "val.txt").write_text("a\nb\n\na\n")
+    with pytest.raises(DatasetError, match=r"PedMasks/val\.txt: image id 'a' is listed twice "
+                                           r"\(lines 1 and 4\)"):
+        open_dataset(f"folder:{images}:{masks}", "val")

@@ -135,3 +135,16 @@ def test_drop_sbd_images_only_touches_sbd_parts(tmp_path: Path) -> None:
     assert kept.classes == both.classes
     synthetic = open_dataset("synthetic:2", "train")
     assert drop_sbd_images(synthetic, {str(i) for i in synthetic.image_ids}) == (synthetic, 0)
+
+
+def test_sbd_list_naming_an_id_twice_is_refused_but_an_exclude_list_may(tmp_path: Path) -> None:
+    """A repeated id in a split list would be evaluated twice (issue 30, item 9); in a list of
+    ids to leave out a repeat is harmless."""
+    from pfn_napari.data.sbd import read_exclude_ids
+
+    root = make_sbd(tmp_path)
+    (root / "val.txt").write_text("b\na\n  b  \n")
+    with pytest.raises(DatasetError, match=r"val\.txt: image id 'b' is listed twice "
+                                           r"\(lines 1 and 3\)"):
+        open_dataset(f"sbd:{root}", "val")
+    assert read_exclude_ids(str(root / "val.txt"))[0] == {"a", "b"}

@@ -129,3 +129,20 @@ def test_voc_coco_derived_val(voc_coco_root: Path) -> None:
     assert sum(counts) == 64  # measured
     trainval = open_dataset(f"voc:{voc_coco_root}", "trainval")
     assert len(trainval) == 77 and sum(s.num_instances for s in trainval) == 354  # the README
+
+
+def test_voc_split_listing_an_id_twice_is_refused(tmp_path: Path) -> None:
+    """A repeated id would be evaluated twice (issue 30, item 9)."""
+    voc = make_voc(tmp_path, n=3)
+    (voc / "ImageSets/Segmentation/val.txt").write_text("img0\nimg1\nimg2\nimg1\n")
+    with pytest.raises(DatasetError, match=r"val\.txt: image id 'img1' is listed twice "
+                                           r"\(lines 2 and 4\)"):
+        open_dataset(f"voc:{tmp_path}", "val")
+
+
+def test_voc_split_id_with_a_folder_is_refused(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path)
+    (voc / "ImageSets/Segmentation/val.txt").write_text("img0\n../../secret\n")
+    with pytest.raises(DatasetError, match=r"val\.txt: line 2 lists '\.\./\.\./secret'; an image "
+                                           "id is a file name"):
+        open_dataset(f"voc:{tmp_path}", "val")

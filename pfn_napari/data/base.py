@@ -205,15 +205,35 @@ def read_label_png(path: str | Path) -> np.ndarray:
                        "grayscale PNG whose values are the labels (not colours)")
 
 
-def read_split_file(path: Path) -> list[str]:
-    """Image ids, one per line (blank lines and surrounding spaces ignored)."""
+def read_split_file(path: Path, unique: bool = True) -> list[str]:
+    """Image ids, one per line (blank lines and surrounding spaces ignored).
+
+    ``unique``: an id listed twice is a :class:`DatasetError` naming it and both lines (it
+    would be read, trained on and evaluated twice); ``False`` keeps repeats (lists of ids to
+    leave out, where a repeat is harmless).
+    """
     if not path.is_file():
         raise DatasetError(f"{path}: split file not found")
     try:
         lines = path.read_text().split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: unreadable split file ({exc})") from None
-    return [line.split()[0] for line in lines if line.strip()]
+    first_line: dict[str, int] = {}
+    ids = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+            raise DatasetError(f"{path}: line {number} lists {image_id!r}; an image id is a file "
+                               "name without folder or extension (e.g. 2007_000033)")
+        if unique and image_id in first_line:
+            raise DatasetError(f"{path}: image id {image_id!r} is listed twice (lines "
+                               f"{first_line[image_id]} and {number}); each image may be listed "
+                               "once")
+        first_line.setdefault(image_id, number)
+        ids.append(image_id)
+    return ids
 
 
 def require_dir(path: Path, what: str) -> Path:

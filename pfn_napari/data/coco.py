@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,12 @@ from ..config import VOID
 from ..errors import DatasetError
 from ..structures import Sample
 from .base import MAX_INSTANCES, PFNDataset, compact_instances, normalise_class_name, read_image
+
+
+#: Polygon points may lie this many pixels beyond one image size outside the image.
+POLYGON_MARGIN = 64
+#: Most edge length of an annotation's polygons, in units of the image's height + width.
+MAX_POLYGON_WALK = 100
 
 
 def split_coco_spec(rest: str) -> tuple[Path, Path]:
@@ -129,6 +136,7 @@ def segmentation_rle(seg: Any, height: int, width: int, where: str,
             rle = (mask_utils.frPyObjects(seg, height, width) if isinstance(counts, list)
                    else {"size": size, "counts": counts})
         elif isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
+            check_polygons(seg, height, width, where, error)
             rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
         else:
             raise error(f"{where}: segmentation must be an RLE dict or a list of polygons")
@@ -137,6 +145,56 @@ def segmentation_rle(seg: Any, height: int, width: int, where: str,
     except Exception as exc:  # noqa: BLE001 - pycocotools raises bare TypeError/ValueError
         raise error(f"{where}: unreadable segmentation ({exc})") from None
     return rle
+
+
+def check_polygons(polygons: list[list], height: int, width: int, where: str,
+                   error: type[Exception] = DatasetError) -> None:
+    """Refuse polygons pycocotools would misread or decode with unbounded memory.
+
+    Each polygon is an even number (at least 6) of finite numbers ``x1, y1, x2, y2, ...``.
+    Points may lie outside the image (pycocotools clips them), by up to the image's own size
+    plus :data:`POLYGON_MARGIN` pixels: ``-(W + 64) <= x <= 2 W + 64``, the same for y with H.
+    The edges of all polygons together may not be longer than :data:`MAX_POLYGON_WALK` times
+    ``H + W`` (pycocotools stores 5 points per pixel of edge).
+    """
+    size = np.array([width, height], dtype=np.float64)
+    low, high = -(size + POLYGON_MARGIN), 2 * size + POLYGON_MARGIN
+    walk = 0.0
+    for p, poly in enumerate(polygons):
+        bad = next((v for v in poly if not _is_number(v)), None)
+        if bad is not None:
+            raise error(f"{where}: polygon {p} holds {bad!r:.24}; coordinates must be numbers")
+        if len(poly) < 6 or len(poly) % 2:
+            raise error(f"{where}: polygon {p} has {len(poly)} coordinates; a polygon needs an "
+                        "even number of them, at least 6 (x1, y1, x2, y2, x3, y3, ...)")
+        bad = next((v for v in poly if not _finite(v)), None)
+        if bad is not None:
+            raise error(f"{where}: polygon {p} holds the coordinate {bad!r:.24}; coordinates must "
+                        "be finite numbers")
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)  # (P, 2) x, y
+        outside = (xy < low) | (xy > high)
+        if outside.any():
+            row, axis = np.argwhere(outside)[0]
+            value = poly[2 * row + axis]
+            raise error(f"{where}: polygon {p} has {'xy'[axis]} = {value!r:.24}, far outside "
+                        f"the {width}x{height} image (x must lie in [{low[0]:g}, {high[0]:g}] "
+                        f"and y in [{low[1]:g}, {high[1]:g}])")
+        walk += float(np.abs(xy - np.roll(xy, 1, axis=0)).max(axis=1).sum())
+    if walk > MAX_POLYGON_WALK * (height + width):
+        raise error(f"{where}: polygon edges {walk:.0f} pixels long in all, more than "
+                    f"{MAX_POLYGON_WALK} x (height + width) = {MAX_POLYGON_WALK * (height + width)}"
+                    " for this image; too large to decode")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:
@@ -208,6 +266,22 @@ def _check_ids(path: Path, data: dict) -> None:
                            "annotations")
 
 
+def check_file_names(path: Path, images: list[dict]) -> None:
+    """Each image's ``file_name`` is a relative path inside the image folder: a string, not
+    absolute, without ``..`` (COCO's names are plain file names)."""
+    for n, im in enumerate(images):
+        name = im["file_name"]
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetError(f"{path}: image {im['id']} (entry {n}) has file_name {name!r}; "
+                               "expected the image's file name in the image folder")
+        posix, windows = PurePosixPath(name), PureWindowsPath(name)
+        if posix.is_absolute() or windows.is_absolute() or windows.drive \
+                or ".." in posix.parts or ".." in windows.parts:
+            raise DatasetError(f"{path}: image {im['id']} (entry {n}) has file_name {name!r}, "
+                               "which points outside the image folder; file_name must be a "
+                               "path inside it (no absolute path, no '..')")
+
+
 def _few(values: Sequence[Any], n: int = 5) -> str:
     shown = ", ".join(str(v) for v in values[:n])
     return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
@@ -223,6 +297,7 @@ class COCODataset(PFNDataset):
         if not self.image_dir.is_dir():
             raise DatasetError(f"{self.image_dir}: COCO image folder not found")
         self.coco = load_coco(self.annotation_file)
+        check_file_names(self.annotation_file, self.coco.dataset["images"])
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         if classes is None:
             target = tuple(str(c["name"]) for c in cats)

@@ -6,6 +6,13 @@ mask PNG in ``MASK_DIR`` named by the image's stem, with or without a ``_mask`` 
 values: 0 background, 255 void, any other value one instance (ids are renumbered 1..K in
 increasing order; 16-bit masks may use values above 255, at most 254 instances).
 
+What counts as an image of ``IMAGE_DIR`` (:func:`list_images`): a file with an image suffix,
+not hidden (``.name``), not a link that goes nowhere or in circles, and not made from another
+image ``S`` of the folder: ``S_mask.png`` and the outputs of ``pfn predict``
+(``S_instances.png``, ``S_classes.png``, ``S_overlay.png``, ``S_arrows.png``) are left out, and
+so is ``S.png`` beside a photo ``S.jpg`` when ``MASK_DIR`` is ``IMAGE_DIR`` (the photo's mask).
+Two images of one stem (``a.jpg`` and ``a.png``) are refused: masks and ids go by the stem.
+
 Classes:
 
 * ``:NAMES`` in the spec (``folder:PNGImages:PedMasks:person``) names the folder's classes,
@@ -48,6 +55,9 @@ from .base import MAX_INSTANCES, PFNDataset, class_lookup, read_image, read_labe
     read_split_file, remap_sample_classes, require_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: ``S_KIND.png`` beside an image ``S`` is made from it, not an image: its mask, or what
+#: ``pfn predict`` writes (instances, classes, overlay, arrows).
+DERIVED_KINDS = ("mask", "instances", "classes", "overlay", "arrows")
 VAL_EVERY = 5  # every 5th image (sorted by stem) is held out as "val" without split files
 
 
@@ -78,6 +88,58 @@ def builtin_split(stems: Sequence[str], split: str, where: Path) -> list[str]:
                        "split (train, val, all, trainval)")
 
 
+def list_images(image_dir: Path, mask_dir: Path) -> dict[str, Path]:
+    """``stem -> file`` of the images in ``image_dir`` (see the module docstring): image
+    suffixes only; hidden files, links that go nowhere or in circles, other images' masks
+    and ``pfn predict`` outputs are left out. Two images of one stem are refused."""
+    try:
+        entries = sorted(image_dir.iterdir())
+    except OSError as exc:
+        raise DatasetError(f"{image_dir}: unreadable image folder ({exc})") from None
+    files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES
+             and not p.name.startswith(".") and _is_file(p)]
+    stems = {p.stem for p in files}
+    # with masks in the image folder, S.png beside a photo S.jpg is the photo's mask
+    photos = {p.stem for p in files if p.suffix.lower() != ".png"} \
+        if _same_folder(image_dir, mask_dir) else set()
+    images: dict[str, Path] = {}
+    for path in files:
+        if _derived(path, stems, photos):
+            continue
+        if path.stem in images:
+            raise DatasetError(f"{image_dir}: two images named {path.stem!r} "
+                               f"({images[path.stem].name} and {path.name}); masks and image "
+                               "ids go by the name without extension, so rename one")
+        images[path.stem] = path
+    if not images:
+        raise DatasetError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def _derived(path: Path, stems: set[str], photos: set[str]) -> bool:
+    """Whether ``path`` is made from another image of the folder: ``S_mask.png`` or a
+    ``pfn predict`` output ``S_instances.png`` (...) of an image ``S`` (a stem in ``stems``),
+    or ``S.png`` where ``S`` is in ``photos`` (non-PNG images whose masks share the folder)."""
+    if path.suffix.lower() != ".png":
+        return False
+    base, sep, kind = path.stem.rpartition("_")
+    return bool(sep and kind in DERIVED_KINDS and base in stems) or path.stem in photos
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a link in circles on some systems, a file we may not look at
+        return False
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 class FolderDataset(PFNDataset):
     """Images + instance-id masks (see the module docstring)."""
 
@@ -86,11 +148,7 @@ class FolderDataset(PFNDataset):
                  names: Sequence[str] | None = None) -> None:
         self.image_dir = require_dir(Path(image_dir), "image")
         self.mask_dir = require_dir(Path(mask_dir), "mask")
-        images = {p.stem: p for p in sorted(self.image_dir.iterdir())
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-        if not images:
-            raise DatasetError(f"{self.image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        self.images = images
+        self.images = list_images(self.image_dir, self.mask_dir)
         self.instance_table: dict[str, Any] = {}
         if names is not None and len(names) == 1:
             native: tuple[str, ...] | None = tuple(names)  # every instance is this class

@@ -159,7 +159,7 @@ def read_exclude_ids(value: str, val_spec: str = "", val_split: str = "val"
     if not path.is_file():
         raise DatasetError(f"data.train_exclude={value!r}: not 'val', a VOC root or a file of "
                            "image ids (no such file or folder)")
-    return frozenset(read_split_file(path)), str(path)
+    return frozenset(read_split_file(path, unique=False)), str(path)
 
 
 def drop_sbd_images(dataset: PFNDataset, ids: Collection[str]) -> tuple[PFNDataset, int]:
