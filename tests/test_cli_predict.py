@@ -134,3 +134,165 @@ def test_predict_refuses_a_folder_another_run_is_writing_to_or_a_file(tmp_path, 
     (out / "predictions.json").write_text("{}")
     assert main(["predict", str(weights), str(image), "--out", str(out)]) == 2
     assert "predictions.json: exists but is not a predictions list" in capsys.readouterr().err
+
+
+def _photo(path, h, w, value=120):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_inputs_sharing_a_stem_get_their_own_ids_and_files(tmp_path, capsys):
+    """a/photo.png, a/photo.bmp and b/photo.png: three ids, three sets of PNGs, each of its
+    own size; images.json says which file each id came from. A later run gives a file its
+    id again, and a new file whose stem is an earlier file's id gets another."""
+    weights = tiny_weights(tmp_path)
+    pics = tmp_path / "pics"
+    a_png = _photo(pics / "a" / "photo.png", 24, 32)
+    a_bmp = _photo(pics / "a" / "photo.bmp", 32, 24)
+    b_png = _photo(pics / "b" / "photo.png", 40, 48)
+    out = tmp_path / "out"
+    assert main(["predict", str(weights), str(pics / "a"), str(b_png), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert "wrote 3 of 3 images" in capsys.readouterr().out
+    sizes = {"a_photo_bmp": (32, 24), "a_photo_png": (24, 32), "b_photo": (40, 48)}
+    for image_id, size in sizes.items():
+        assert np.asarray(Image.open(out / f"{image_id}_instances.png")).shape == size
+    assert not (out / "photo_instances.png").exists()
+    mapping = json.loads((out / "images.json").read_text())
+    assert {e["image_id"]: e["file"] for e in mapping} == {
+        "a_photo_bmp": str(a_bmp.resolve()), "a_photo_png": str(a_png.resolve()),
+        "b_photo": str(b_png.resolve())}
+    # b/photo.png alone: the same id as before (not "photo"), its entry replaced, not doubled
+    assert main(["predict", str(weights), str(b_png), "--out", str(out), "--device", "cpu"]) == 0
+    mapping = json.loads((out / "images.json").read_text())
+    assert sorted(e["image_id"] for e in mapping) == sorted(sizes)
+    # a new file c/b_photo.png: "b_photo" belongs to b/photo.png, which still exists
+    c_png = _photo(pics / "c" / "b_photo.png", 16, 24)
+    assert main(["predict", str(weights), str(c_png), "--out", str(out), "--device", "cpu"]) == 0
+    assert np.asarray(Image.open(out / "b_photo_instances.png")).shape == (40, 48)
+    assert np.asarray(Image.open(out / "b_photo_2_instances.png")).shape == (16, 24)
+
+
+def test_image_ids_rules(tmp_path):
+    from pfn_napari.cli.predict import image_ids
+
+    x, y = tmp_path / "x", tmp_path / "y"
+    paths = [x / "photo.jpg", x / "Photo.png", y / "photo.jpg", y / "cat.jpg"]
+    assert image_ids(paths) == ["x_photo_jpg", "x_Photo_png", "y_photo", "cat"]
+    assert image_ids([tmp_path / "cat.jpg"], reserved={"CAT"}) == ["cat_2"]
+    known = {os.path.realpath(paths[3]): "kitty"}
+    assert image_ids(paths[3:], reserved={"kitty"}, known=known) == ["kitty"]
+
+
+def test_ctrl_c_writes_what_is_finished_and_resume_does_the_rest(tmp_path, monkeypatch, capsys):
+    from pfn_napari.predictor import Predictor
+
+    weights = tiny_weights(tmp_path)
+    images = tmp_path / "images"
+    for name in ("a", "b", "c"):
+        _photo(images / f"{name}.png", 24, 32)
+    out = tmp_path / "out"
+    real, seen = Predictor.predict, []
+
+    def predict(self, image, *args, **kwargs):
+        seen.append(kwargs["image_id"])
+        if kwargs["image_id"] == "b":
+            raise KeyboardInterrupt
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    assert main(["predict", str(weights), str(images), "--out", str(out), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert "pfn: interrupted after 1 of 3 images; their results are in" in err
+    assert [e["image_id"] for e in json.loads((out / "images.json").read_text())] == ["a"]
+    assert isinstance(json.loads((out / "predictions.json").read_text()), list)
+    monkeypatch.setattr(Predictor, "predict", real)
+    seen.clear()
+    assert main(["predict", str(weights), str(images), "--out", str(out), "--device", "cpu",
+                 "--resume"]) == 0
+    assert "--resume: 1 image(s) already in" in capsys.readouterr().out
+    assert [e["image_id"] for e in json.loads((out / "images.json").read_text())] == ["a", "b", "c"]
+
+
+def test_a_category_stage_checkpoint_is_refused_before_the_first_image(tmp_path, monkeypatch,
+                                                                       capsys):
+    from pfn_napari import inference
+
+    cfg = load_config("cpu-lite0", ["model.backbone=alexnet", "model.fc7_channels=32"])
+    weights = save_weights(tmp_path / "cat.pt", build_system(cfg.model, "category").eval(), cfg)
+    images = tmp_path / "images"
+    for name in ("a", "b"):
+        _photo(images / f"{name}.png", 24, 32)
+    calls = []
+    real = inference.run_network
+    monkeypatch.setattr(inference, "run_network", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "out"
+    assert main(["predict", str(weights), str(images), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pfn: error: {weights}: this checkpoint holds only the category network "
+                   "(stage 1); pfn predict needs a stage-2 (instance) or unified checkpoint\n")
+    assert calls == [] and not out.exists()
+
+
+def test_odd_things_in_an_input_folder_are_left_out(tmp_path):
+    """Hidden files, a link to nothing, a link to itself, two links in a circle (glob's
+    ``**`` would follow them for ever), a folder named like an image and the outputs of an
+    earlier run into that folder: only the photo is read, and the run's own outputs are not
+    read back by the next run."""
+    import signal
+
+    from pfn_napari.cli.predict import collect_images
+
+    weights = tiny_weights(tmp_path)
+    images = tmp_path / "images"
+    _photo(images / "a.png", 24, 32)
+    _photo(images / ".hidden.png", 24, 32)
+    (images / "._a.png").write_bytes(b"\0\5\26\7")  # macOS resource fork
+    (images / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (images / "self.png").symlink_to(images / "self.png")
+    (images / "dir.png").mkdir()
+    (images / "sub").mkdir()
+    (images / "sub" / "up1").symlink_to(images)
+    (images / "sub" / "up2").symlink_to(images)
+    signal.alarm(30)  # a hang is a failure
+    try:
+        assert collect_images([str(images)]) == [images / "a.png"]
+        assert collect_images([str(images / "**" / "*.png")]) == [images / "a.png"]
+    finally:
+        signal.alarm(0)
+    assert main(["predict", str(weights), str(images), "--out", str(images), "--arrows",
+                 "--device", "cpu"]) == 0
+    assert (images / "a_overlay.png").is_file()
+    assert collect_images([str(images)]) == [images / "a.png"]
+    assert collect_images([str(images / "*.png")]) == [images / "a.png"]
+    assert main(["predict", str(weights), str(images), "--out", str(images),
+                 "--device", "cpu"]) == 0
+    assert [e["image_id"] for e in json.loads((images / "images.json").read_text())] == ["a"]
+
+
+def test_a_photo_is_segmented_as_its_exif_orientation_shows_it(tmp_path):
+    weights = tiny_weights(tmp_path)
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:, 20:] = 255  # left half dark, right half bright, 40 wide and 24 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show": a phone held upright
+    photo = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(photo, exif=exif, quality=95)
+    out = tmp_path / "out"
+    assert main(["predict", str(weights), str(photo), "--out", str(out), "--device", "cpu"]) == 0
+    assert np.asarray(Image.open(out / "phone_instances.png")).shape == (40, 24)
+    assert json.loads((out / "images.json").read_text())[0]["file"] == str(photo)
+
+
+def test_a_bad_pfn_max_side_is_one_line(tmp_path, monkeypatch, capsys):
+    weights = tiny_weights(tmp_path)
+    photo = _photo(tmp_path / "a.png", 24, 32)
+    for value in ("0", "-5", "abc", "63"):
+        monkeypatch.setenv("PFN_MAX_SIDE", value)
+        assert main(["predict", str(weights), str(photo), "--out", str(tmp_path / "o"),
+                     "--device", "cpu"]) == 2
+        assert capsys.readouterr().err == (
+            f"pfn: error: PFN_MAX_SIDE={value!r}: expected an integer from 64 to 32768 (the "
+            "longest image side the networks see, in pixels; unset: 1024)\n")
+    assert not (tmp_path / "o").exists()

@@ -210,8 +210,9 @@ def read_previous(out: Path, name: str = PREDICTIONS) -> list[dict]:
     keys = ("image_id", "file") if name == IMAGES else ("image_id",)
     if not (isinstance(data, list) and all(isinstance(e, dict) and all(k in e for k in keys)
                                            and isinstance(e.get("file", ""), str) for e in data)):
-        raise OutputError(f"{path}: exists but is not a {'predictions' if name == PREDICTIONS else 'images'} "
-                          "list this run can add to; move it away or pass another --out")
+        what = "predictions" if name == PREDICTIONS else "images"
+        raise OutputError(f"{path}: exists but is not a {what} list this run can add to; move "
+                          "it away or pass another --out")
     return data
 
 
@@ -367,7 +368,7 @@ def write_image(predictor, item, out: Path, arrows: bool, run_: PredictRun) -> s
     except Exception as exc:  # noqa: BLE001 - any failure on one image: report, go on
         return str(exc) if isinstance(exc, PFNError) else f"{path}: {type(exc).__name__}: {exc}"
     category_ids = list(range(1, model.num_classes + 1))
-    run_.results += instances_to_coco_results([inst], category_ids)
+    run_.results += instances_to_coco_results([inst], category_ids, model.class_names)
     run_.done.append({"image_id": stem, "file": _real(path), "instances": len(inst)})
     return None
 
