@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -130,6 +131,28 @@ def _check(checks: Iterable[tuple[bool, str]]) -> None:
             raise ConfigError(message)
 
 
+def _in(name: str, value: float, low: float, high: float, unit: str = "") -> tuple[bool, str]:
+    """``(low <= value <= high, "NAME=VALUE: in [LOW, HIGH]UNIT")`` for :func:`_check`."""
+    def text(v: float) -> str:
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
+    return low <= value <= high, f"{name}={value}: in [{text(low)}, {text(high)}]{unit}"
+
+
+#: Side of the largest training crop (``data.crop_size``) and most image rescaling
+#: (``data.scale_max``): beyond them one crop or one rescaled image no longer fits in memory.
+MAX_CROP = 2049
+MAX_SCALE = 10.0
+#: ``grouping.sigma`` works on features in [0, 1] (normalised locations and probabilities):
+#: below MIN_SIGMA every affinity between two cells underflows to 0 (``exp(-d^2 / sigma^2)``),
+#: above MAX_SIGMA every affinity is 1; either way the partition means nothing.
+MIN_SIGMA, MAX_SIGMA = 1e-3, 1e3
+#: Upper bounds of the loop counts (``grouping.n_init``, ``crf.iterations``): the paper uses
+#: 20 and 10; more than 100 only makes a run minutes long for no change of the answer.
+MAX_N_INIT = 100
+MAX_CRF_ITERATIONS = 100
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images come from and how they are augmented (before targets are built)."""
@@ -160,10 +183,24 @@ class DataConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a value out of range."""
         _check([
-            (self.crop_size >= 9, f"data.crop_size={self.crop_size}: at least 9"),
+            (9 <= self.crop_size <= MAX_CROP and (self.crop_size - 1) % 8 == 0,
+             f"data.crop_size={self.crop_size}: must be 8k+1 so the stride-8 grid lands on "
+             f"pixels 8i (e.g. 129, 321), from 9 to {MAX_CROP}"),
+            (0 < self.scale_min <= MAX_SCALE,
+             f"data.scale_min={self.scale_min}: in (0, {MAX_SCALE:g}]"),
+            (0 < self.scale_max <= MAX_SCALE,
+             f"data.scale_max={self.scale_max}: in (0, {MAX_SCALE:g}]"),
+            (self.scale_min <= self.scale_max,
+             f"data.scale_min={self.scale_min} is above data.scale_max={self.scale_max}; "
+             "the scale is drawn from [scale_min, scale_max]"),
+            _in("data.num_workers", self.num_workers, 0, 64),
             (0 <= self.copy_paste <= 1, f"data.copy_paste={self.copy_paste}: in [0, 1]"),
             (self.count_targets in ("whole", "share"),
              f"data.count_targets={self.count_targets!r}: 'whole' or 'share'"),
+            (all(str(c).strip() for c in self.classes),
+             f"data.classes={list(self.classes)}: a class name is empty"),
+            (len({str(c).strip().lower() for c in self.classes}) == len(self.classes),
+             f"data.classes={list(self.classes)}: a class is named twice"),
         ])
 
 
@@ -223,7 +260,14 @@ class ModelConfig:
             (self.fusion in FUSIONS, f"model.fusion={self.fusion!r}: choose one of {FUSIONS}"),
             (self.count_features in ("both", "category", "instance"),
              f"model.count_features={self.count_features!r}: 'both', 'category' or 'instance'"),
-            (self.num_classes >= 1, f"model.num_classes={self.num_classes}: at least 1"),
+            _in("model.num_classes", self.num_classes, 1, 254,
+                " (class maps are 8-bit, 255 is void)"),
+            _in("model.stream_channels", self.stream_channels, 1, 4096),
+            _in("model.count_channels", self.count_channels, 1, 4096),
+            _in("model.count_hidden", self.count_hidden, 1, 16384),
+            _in("model.count_pool", self.count_pool, 1, 64),
+            (0 <= self.dropout < 1, f"model.dropout={self.dropout}: a probability in [0, 1)"),
+            (0 < self.init_std <= 1, f"model.init_std={self.init_std}: in (0, 1]"),
             (self.lite_output_stride in (8, 16, 32),
              f"model.lite_output_stride={self.lite_output_stride}: 8, 16 or 32"),
             (0 <= self.fc7_channels <= 4096, f"model.fc7_channels={self.fc7_channels}: 0..4096"),
@@ -267,6 +311,11 @@ class LossConfig:
         """Raise :class:`ConfigError` for a choice that does not exist or a value out of range."""
         _check([
             (self.loc_unit >= 0, f"loss.loc_unit={self.loc_unit}: 0 (normalised) or > 0 px"),
+            (self.loc_weight >= 0, f"loss.loc_weight={self.loc_weight}: must be >= 0"),
+            (self.count_weight >= 0, f"loss.count_weight={self.count_weight}: must be >= 0"),
+            (self.seg_weight >= 0, f"loss.seg_weight={self.seg_weight}: must be >= 0"),
+            (self.smooth_l1_beta >= 0,
+             f"loss.smooth_l1_beta={self.smooth_l1_beta}: must be >= 0 (0: plain L1)"),
             (0 < self.seg_top_k <= 1, f"loss.seg_top_k={self.seg_top_k}: a fraction in (0, 1]"),
             (0 <= self.loc_balance <= 1, f"loss.loc_balance={self.loc_balance}: in [0, 1]"),
             (self.count_reduction in ("mean", "sum"),
@@ -306,7 +355,7 @@ class TrainConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for a choice that does not exist."""
+        """Raise :class:`ConfigError` for a choice that does not exist or a value out of range."""
         _check([
             (self.stage in ("category", "instance", "unified"),
              f"train.stage={self.stage!r}: 'category', 'instance' or 'unified'"),
@@ -314,6 +363,31 @@ class TrainConfig:
              f"train.count_finetune={self.count_finetune!r}: 'joint' or 'separate'"),
             (self.separate_schedule in ("split", "full"),
              f"train.separate_schedule={self.separate_schedule!r}: 'split' or 'full'"),
+            (self.epochs >= 0, f"train.epochs={self.epochs}: must be >= 0"),
+            (self.max_steps >= 0, f"train.max_steps={self.max_steps}: must be >= 0 "
+             "(0: train.epochs decides)"),
+            (self.epochs > 0 or self.max_steps > 0,
+             f"train.max_steps={self.max_steps} and train.epochs={self.epochs}: nothing to train; "
+             "set train.max_steps or train.epochs to at least 1"),
+            _in("train.batch_size", self.batch_size, 1, 4096),
+            (self.lr >= 0, f"train.lr={self.lr}: must be >= 0 (0 keeps the pre-trained layers)"),
+            (self.lr_new >= 0, f"train.lr_new={self.lr_new}: must be >= 0"),
+            (0 <= self.momentum < 1, f"train.momentum={self.momentum}: in [0, 1)"),
+            (self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0"),
+            (self.lr_step_epochs >= 0,
+             f"train.lr_step_epochs={self.lr_step_epochs}: must be >= 0 (0: constant lr)"),
+            (0 < self.lr_gamma <= 1, f"train.lr_gamma={self.lr_gamma}: in (0, 1]"),
+            (self.max_minutes >= 0,
+             f"train.max_minutes={self.max_minutes}: must be >= 0 (0: no limit)"),
+            (self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0 (0: off)"),
+            _in("train.seed", self.seed, 0, 2**32 - 1),
+            (self.log_every >= 0, f"train.log_every={self.log_every}: must be >= 0 "
+             "(0 or 1: every step)"),
+            (self.val_every >= 0, f"train.val_every={self.val_every}: must be >= 0 "
+             "(0: only at the end)"),
+            (self.checkpoint_every >= 0, f"train.checkpoint_every={self.checkpoint_every}: "
+             "must be >= 0 (0: each epoch)"),
+            (bool(self.out_dir.strip()), "train.out_dir='': name an output folder"),
         ])
 
 
@@ -373,9 +447,12 @@ class GroupingConfig:
             (self.scoring in SCORINGS,
              f"grouping.scoring={self.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
             (self.assign in ASSIGNS, f"grouping.assign={self.assign!r}: choose one of {ASSIGNS}"),
-            (self.sigma > 0, f"grouping.sigma={self.sigma}: must be > 0"),
+            _in("grouping.sigma", self.sigma, MIN_SIGMA, MAX_SIGMA,
+                " (features are in [0, 1]: outside, every affinity is 0 or 1)"),
+            _in("grouping.tau", self.tau, 0, 254, " (a threshold on the predicted count)"),
             (0 <= self.min_size_frac < 1, f"grouping.min_size_frac={self.min_size_frac}: in [0, 1)"),
-            (self.n_init >= 1, f"grouping.n_init={self.n_init}: at least 1"),
+            _in("grouping.n_init", self.n_init, 1, MAX_N_INIT),
+            _in("grouping.seed", self.seed, 0, 2**32 - 1),
             (self.count_source in COUNT_SOURCES,
              f"grouping.count_source={self.count_source!r}: one of {COUNT_SOURCES}"),
             (0 <= self.vote_iou < 1, f"grouping.vote_iou={self.vote_iou}: in [0, 1)"),
@@ -413,8 +490,16 @@ class CRFConfig:
     pos_xy: float = 3.0
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for a value out of range."""
-        _check([(self.iterations >= 0, f"crf.iterations={self.iterations}: at least 0")])
+        """Raise :class:`ConfigError` for a value out of range (a kernel width of 0 crashes
+        the C++ of pydensecrf; ``dense_crf`` calls this too)."""
+        _check([
+            _in("crf.iterations", self.iterations, 0, MAX_CRF_ITERATIONS),
+            _in("crf.bi_w", self.bi_w, 0, 100),
+            _in("crf.pos_w", self.pos_w, 0, 100),
+            _in("crf.bi_xy", self.bi_xy, 0.1, 1e4, " px"),
+            _in("crf.pos_xy", self.pos_xy, 0.1, 1e4, " px"),
+            _in("crf.bi_rgb", self.bi_rgb, 0.1, 1e3, " (colour levels 0..255)"),
+        ])
 
 
 @dataclass(frozen=True)
@@ -461,9 +546,14 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list of {kind.__name__}, got {value!r}") from None
     if isinstance(default, (int, float)):
         try:
+            if isinstance(value, bool):
+                raise TypeError(value)
             number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a {type(default).__name__}, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            kind = "whole number" if isinstance(default, int) else "number"
+            raise ConfigError(f"{where}: expected a {kind}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         if isinstance(default, int):
             if not number.is_integer():
                 raise ConfigError(f"{where}: expected a whole number, got {value!r}")
@@ -509,6 +599,18 @@ def config_to_dict(cfg: PFNConfig) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: its context and problem (and line, column for a file)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        mark = exc.problem_mark
+        if mark is not None and mark.line > 0:
+            text += f" at line {mark.line + 1}, column {mark.column + 1}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.field=value`` strings to a nested dict (values parsed as YAML)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in (values or {}).items()}
@@ -520,7 +622,11 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         if len(parts) != 2:
             raise ConfigError(f"override {item!r}: expected section.field=value, e.g. train.epochs=5")
         section, name = parts
-        parsed = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            parsed = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({_yaml_problem(exc)})") from None
         out.setdefault(section, {})
         if not isinstance(out[section], dict):
             raise ConfigError(f"override {item!r}: {section!r} is not a section")
@@ -560,7 +666,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             values = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
     values = apply_overrides(values, overrides or [])

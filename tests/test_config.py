@@ -9,25 +9,73 @@ from pfn_napari.config import (ConfigError, CRFConfig, DataConfig, GroupingConfi
 
 
 @pytest.mark.parametrize("section, message", [
-    (DataConfig(crop_size=8), "data.crop_size=8: at least 9"),
+    (DataConfig(crop_size=1), "data.crop_size=1: must be 8k[+]1 .* from 9 to 2049"),
+    (DataConfig(crop_size=130), r"data.crop_size=130: must be 8k\+1 so the stride-8 grid"),
+    (DataConfig(crop_size=2057), "data.crop_size=2057: must be 8k"),
+    (DataConfig(scale_min=1.6), "data.scale_min=1.6 is above data.scale_max=1.5"),
+    (DataConfig(scale_min=0.0), r"data.scale_min=0.0: in \(0, 10\]"),
+    (DataConfig(scale_min=2, scale_max=11), r"data.scale_max=11: in \(0, 10\]"),
+    (DataConfig(num_workers=-1), r"data.num_workers=-1: in \[0, 64\]"),
+    (DataConfig(classes=("a", "")), "a class name is empty"),
+    (DataConfig(classes=("cat", "Cat")), "a class is named twice"),
     (DataConfig(copy_paste=1.5), r"data.copy_paste=1.5: in \[0, 1\]"),
     (DataConfig(count_targets="visible"), r"data.count_targets='visible': 'whole' or 'share'"),
     (ModelConfig(backbone="resnet"), "model.backbone='resnet': choose one of"),
     (ModelConfig(fusion="mean"), "model.fusion='mean'"),
-    (ModelConfig(num_classes=0), "model.num_classes=0: at least 1"),
+    (ModelConfig(num_classes=0), r"model.num_classes=0: in \[1, 254\]"),
+    (ModelConfig(num_classes=255), r"model.num_classes=255: in \[1, 254\]"),
+    (ModelConfig(stream_channels=0), r"model.stream_channels=0: in \[1, 4096\]"),
+    (ModelConfig(count_channels=0), r"model.count_channels=0: in \[1, 4096\]"),
+    (ModelConfig(count_hidden=0), r"model.count_hidden=0: in \[1, 16384\]"),
+    (ModelConfig(count_pool=0), r"model.count_pool=0: in \[1, 64\]"),
+    (ModelConfig(dropout=1.0), r"model.dropout=1.0: a probability in \[0, 1\)"),
+    (ModelConfig(init_std=0.0), r"model.init_std=0.0: in \(0, 1\]"),
     (ModelConfig(lite_output_stride=4), "model.lite_output_stride=4: 8, 16 or 32"),
     (ModelConfig(location_unit=-1.0), r"model.location_unit=-1.0: 0 \(normalised\) or > 0 px"),
     (ModelConfig(count_gate=True), "model.count_gate=true needs model.count_head=density"),
     (LossConfig(count_reduction="max"), "loss.count_reduction='max': 'mean' or 'sum'"),
     (LossConfig(seg_top_k=0.0), r"loss.seg_top_k=0.0: a fraction in \(0, 1\]"),
     (LossConfig(loc_balance=1.5), r"loss.loc_balance=1.5: in \[0, 1\]"),
+    (LossConfig(loc_weight=-1.0), "loss.loc_weight=-1.0: must be >= 0"),
+    (LossConfig(count_weight=-1.0), "loss.count_weight=-1.0: must be >= 0"),
+    (LossConfig(seg_weight=-1.0), "loss.seg_weight=-1.0: must be >= 0"),
+    (LossConfig(smooth_l1_beta=-1.0), "loss.smooth_l1_beta=-1.0: must be >= 0"),
     (TrainConfig(separate_schedule="half"), "train.separate_schedule='half': 'split' or 'full'"),
+    (TrainConfig(batch_size=0), r"train.batch_size=0: in \[1, 4096\]"),
+    (TrainConfig(lr=-1.0), "train.lr=-1.0: must be >= 0"),
+    (TrainConfig(lr_new=-0.1), "train.lr_new=-0.1: must be >= 0"),
+    (TrainConfig(epochs=0, max_steps=0),
+     "train.max_steps=0 and train.epochs=0: nothing to train; set train.max_steps or"),
+    (TrainConfig(epochs=-1), "train.epochs=-1: must be >= 0"),
+    (TrainConfig(max_steps=-5), "train.max_steps=-5: must be >= 0"),
+    (TrainConfig(momentum=1.0), r"train.momentum=1.0: in \[0, 1\)"),
+    (TrainConfig(weight_decay=-1e-4), "train.weight_decay=-0.0001: must be >= 0"),
+    (TrainConfig(lr_step_epochs=-1), "train.lr_step_epochs=-1: must be >= 0"),
+    (TrainConfig(lr_gamma=0.0), r"train.lr_gamma=0.0: in \(0, 1\]"),
+    (TrainConfig(max_minutes=-1.0), "train.max_minutes=-1.0: must be >= 0"),
+    (TrainConfig(grad_clip=-1.0), "train.grad_clip=-1.0: must be >= 0"),
+    (TrainConfig(seed=-1), r"train.seed=-1: in \[0, 4294967295\]"),
+    (TrainConfig(log_every=-1), "train.log_every=-1: must be >= 0"),
+    (TrainConfig(val_every=-1), "train.val_every=-1: must be >= 0"),
+    (TrainConfig(checkpoint_every=-1), "train.checkpoint_every=-1: must be >= 0"),
+    (TrainConfig(out_dir=" "), "train.out_dir='': name an output folder"),
     (GroupingConfig(method="nope"), "grouping.method='nope': choose one of"),
     (GroupingConfig(scoring="max"), "grouping.scoring='max'"),
     (GroupingConfig(assign="pixel"), "grouping.assign='pixel'"),
-    (GroupingConfig(sigma=0.0), "grouping.sigma=0.0: must be > 0"),
-    (GroupingConfig(n_init=0), "grouping.n_init=0: at least 1"),
-    (CRFConfig(iterations=-1), "crf.iterations=-1: at least 0"),
+    (GroupingConfig(sigma=0.0), r"grouping.sigma=0.0: in \[0.001, 1000\]"),
+    (GroupingConfig(sigma=1e-300), r"grouping.sigma=1e-300: in \[0.001, 1000\] \(features"),
+    (GroupingConfig(sigma=1e4), r"grouping.sigma=10000.0: in \[0.001, 1000\]"),
+    (GroupingConfig(tau=-0.5), r"grouping.tau=-0.5: in \[0, 254\]"),
+    (GroupingConfig(n_init=0), r"grouping.n_init=0: in \[1, 100\]"),
+    (GroupingConfig(n_init=1_000_000), r"grouping.n_init=1000000: in \[1, 100\]"),
+    (GroupingConfig(seed=-3), r"grouping.seed=-3: in \[0, 4294967295\]"),
+    (CRFConfig(iterations=-1), r"crf.iterations=-1: in \[0, 100\]"),
+    (CRFConfig(iterations=100_000_000), r"crf.iterations=100000000: in \[0, 100\]"),
+    (CRFConfig(bi_xy=0.0), r"crf.bi_xy=0.0: in \[0.1, 10000\] px"),
+    (CRFConfig(pos_xy=0.0), r"crf.pos_xy=0.0: in \[0.1, 10000\] px"),
+    (CRFConfig(bi_rgb=0.0), r"crf.bi_rgb=0.0: in \[0.1, 1000\]"),
+    (CRFConfig(bi_w=-1.0), r"crf.bi_w=-1.0: in \[0, 100\]"),
+    (CRFConfig(pos_w=101.0), r"crf.pos_w=101.0: in \[0, 100\]"),
 ])
 def test_each_section_names_its_bad_value(section, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -42,3 +90,53 @@ def test_the_whole_config_validates_its_sections_and_across_them() -> None:
         PFNConfig(model=ModelConfig(num_classes=3)).validate()
     with pytest.raises(ConfigError, match="grouping.min_size_frac=1.0"):
         load_config(None, ["grouping.min_size_frac=1"])
+
+
+def test_the_edges_of_each_range_are_accepted() -> None:
+    DataConfig(crop_size=9, scale_min=10, scale_max=10, copy_paste=1).validate()
+    DataConfig(crop_size=2049, scale_min=0.01, scale_max=0.01).validate()
+    TrainConfig(epochs=0, max_steps=1, lr=0.0, lr_new=0.0, momentum=0.0, lr_gamma=1.0).validate()
+    TrainConfig(epochs=1, max_steps=0, batch_size=1, seed=2**32 - 1).validate()
+    GroupingConfig(sigma=1e-3, n_init=100, tau=0.0).validate()
+    GroupingConfig(sigma=1e3, n_init=1).validate()
+    CRFConfig(iterations=100, bi_xy=0.1, pos_xy=0.1, bi_rgb=0.1, bi_w=0, pos_w=100).validate()
+    for name in ("paper-vgg16", "paper-alexnet", "cpu-lite0", "cpu-demo"):
+        load_config(name)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grouping.sigma=[1", "override 'grouping.sigma=[1': the value is not valid YAML (while "
+     "parsing a flow sequence expected ',' or ']', but got '<stream end>')"),
+    ("data.classes=!!python/tuple [a]", "override 'data.classes=!!python/tuple [a]': the value "
+     "is not valid YAML (could not determine a constructor for the tag "
+     "'tag:yaml.org,2002:python/tuple')"),
+    ("train.lr={a", "override 'train.lr={a': the value is not valid YAML (while parsing a flow "
+     "mapping expected ',' or '}', but got '<stream end>')"),
+])
+def test_broken_yaml_in_an_override_is_one_line(override, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.nan", "config.train.lr: expected a finite number, got nan"),
+    ("grouping.sigma=.inf", "config.grouping.sigma: expected a finite number, got inf"),
+    ("train.batch_size=1e400", "config.train.batch_size: expected a finite number, got '1e400'"),
+    ("train.batch_size=true", "config.train.batch_size: expected a whole number, got True"),
+    ("train.batch_size=2.5", "config.train.batch_size: expected a whole number, got 2.5"),
+    ("crf.bi_xy=[1, 2]", "config.crf.bi_xy: expected a number, got [1, 2]"),
+])
+def test_numbers_must_be_finite_numbers(override, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
+
+
+def test_broken_yaml_in_a_config_file_is_one_line(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{bad}: not valid YAML (while parsing a flow sequence")

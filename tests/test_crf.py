@@ -36,3 +36,14 @@ def test_crf_sharpens_probabilities_along_an_edge() -> None:
 def test_crf_rejects_mismatched_sizes() -> None:
     with pytest.raises(ValueError, match="differ"):
         dense_crf(np.zeros((4, 5, 3), np.uint8), np.full((2, 4, 4), 0.5, np.float32))
+
+
+@pytest.mark.parametrize("field", ["bi_xy", "pos_xy", "bi_rgb"])
+def test_a_kernel_width_of_zero_is_refused_before_the_cpp_library(field) -> None:
+    """pydensecrf divides by these widths in C++: 0 was a segfault (exit 139), not an error."""
+    from pfn_napari.config import ConfigError
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    probs = np.full((2, 4, 4), 0.5, np.float32)
+    with pytest.raises(ConfigError, match=rf"crf.{field}=0: in \[0.1, "):
+        dense_crf(image, probs, CRFConfig(**{field: 0}))

@@ -24,6 +24,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig | None = None
     W)`` float32 marginals after ``cfg.iterations`` mean-field steps (each pixel sums to 1).
     """
     cfg = cfg or CRFConfig()
+    cfg.validate()  # a kernel width of 0 crashes the C++ library (segfault), not Python
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError:
