@@ -22,6 +22,8 @@ Steps of :meth:`Grouper.run`:
    to the pixel's own box, decoded from the class-``c`` locations interpolated bilinearly
    *among class-``c`` cells only* (normalised convolution, so background cells' zeros do not
    leak in). Pixels of dropped clusters, and of classes without grid cells, are background.
+   A method's ``Clustering.reach`` (``vote``: from sigma) also leaves out the cells whose vote,
+   and the pixels whose box, lies farther than it from their cluster's mean box.
 4. Scores (``cfg.scoring``): ``mean_prob``: mean probability of the class over the instance's
    full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
    similarity; ``ones``: 1.
@@ -307,6 +309,30 @@ class Grouper:
         entry["boxes"] = _descriptors(out, self.net.encoding, xy)
         return entry["boxes"]
 
+    def _assign_pixels(self, data: ClassData, entry: dict[str, Any], clustering: Clustering,
+                       mean_box: np.ndarray, keep: np.ndarray, assign: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Step 3 of :meth:`run` for one class: ``(member (n,) bool, pix_label (n_full,))``,
+        the cells inside an instance and the cluster 0..m-1 of each full-resolution pixel (-1:
+        none). A cluster dropped by the size filter (``keep`` ``(m,)`` False) takes no pixel;
+        with a finite ``clustering.reach`` (``vote``'s sigma) neither does a cell whose vote,
+        nor a pixel whose box, lies farther than it (squared) from its cluster's mean box
+        ``mean_box`` ``(m, D)`` (a pixel assigned by cell follows its nearest cell)."""
+        labels, reach = clustering.labels, clustering.reach
+        member = np.ones(len(labels), dtype=bool)
+        if np.isfinite(reach):
+            member = ((data.descriptors - mean_box[labels]) ** 2).sum(1) <= reach  # (n,)
+        if assign == "cell":
+            near = self._nearest(data, entry)  # (n_full,)
+            pix_label = np.where(keep[labels[near]] & member[near], labels[near], -1)
+            return member, pix_label
+        pix_boxes = self._pixel_boxes(data, entry)  # (n_full, D)
+        d2 = ((pix_boxes[:, None, :] - mean_box[None]) ** 2).sum(-1)  # (n_full, m)
+        pix_label = d2.argmin(1)
+        within = d2[np.arange(len(pix_label)), pix_label] <= reach if np.isfinite(reach) \
+            else True
+        return member, np.where(keep[pix_label] & within, pix_label, -1)
+
     # ------------------------------------------------------------------ the run
     def counts_used(self, count_override: dict[int, int] | None) -> np.ndarray:
         """The network's counts with ``count_override`` ``{class: number}`` applied."""
@@ -476,13 +502,8 @@ class Grouper:
             desc = data.descriptors
             mean_box = np.stack([np.bincount(labels, weights=desc[:, i], minlength=m)
                                  for i in range(desc.shape[1])], 1) / sizes[:, None]  # (m, D)
-            if assign == "cell":
-                pix_label = labels[self._nearest(data, entry)]
-            else:
-                pix_boxes = self._pixel_boxes(data, entry)  # (n_full, D)
-                d2 = ((pix_boxes[:, None, :] - mean_box[None]) ** 2).sum(-1)  # (n_full, m)
-                pix_label = d2.argmin(1)
-            pix_label = np.where(keep[pix_label], pix_label, -1)
+            member, pix_label = self._assign_pixels(data, entry, clustering, mean_box, keep,
+                                                    assign)
             valid = pix_label >= 0
             pix_count = np.bincount(pix_label[valid], minlength=m)
             prob_sum = np.bincount(pix_label[valid], weights=entry["prob"][valid], minlength=m)
@@ -501,7 +522,8 @@ class Grouper:
                 masks.append(mask)
                 classes.append(cls)
                 scores.append(score)
-                grid_labels[data.rows[labels == j], data.cols[labels == j]] = len(masks)
+                cells = (labels == j) & member
+                grid_labels[data.rows[cells], data.cols[cells]] = len(masks)
                 b = mean_box[j]
                 centers.append((b[0] * big_w, b[1] * big_h))
                 boxes.append((b[2] * big_w, b[3] * big_h, b[4] * big_w, b[5] * big_h)

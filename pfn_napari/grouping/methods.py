@@ -15,10 +15,25 @@ cache of clusterings is keyed by them, so a method must read no other field (a t
 ``vote``           every cell votes for its instance's box (decoded ``cx, cy, x1, y1, x2, y2``);
                    k-means (k = count, ``n_init`` seedings, least inertia) finds the k boxes;
                    every full-resolution pixel goes to the nearest box in location space
-                   (masked-bilinear upsampled locations). O(N k) time and memory.
+                   (masked-bilinear upsampled locations), if it is within sigma's reach
+                   (below). O(N k) time and memory.
 ``knn-spectral``   the paper's similarity on a sparse k-nearest-neighbour graph (10
                    neighbours), ARPACK embedding, same k-means selection as ``spectral``.
 ``kmeans``         k-means directly on the normalised ``[t, q]`` features (SPEC's baseline row).
+=================  ==========================================================================
+
+What sigma does (``GroupingMethod.sigma_role``, one line each, for the widget and the docs):
+
+=================  ==========================================================================
+``spectral``       the width of the similarity between cells, ``exp(-d^2 / (L sigma^2))`` on
+                   locations plus the same on positions: smaller splits more.
+``vote``           how far a vote may be from its instance's box: a cell or pixel whose
+                   similarity ``exp(-d^2 / (D sigma^2))`` to the nearest box (D = 6 box
+                   numbers, image units) is under 1/2 is in no instance, i.e. it must lie within
+                   ``sigma * sqrt(D ln 2)`` (0.5 -> 1.02, a whole image: nothing is left out;
+                   0.1 -> 0.20; 0.05 -> 0.10). Smaller trims the pixels that disagree.
+``knn-spectral``   as ``spectral``, on the 10-neighbour graph.
+``kmeans``         only the score of ``grouping.scoring=prob_x_similarity``.
 =================  ==========================================================================
 """
 
@@ -26,6 +41,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import math
 
 import numpy as np
 
@@ -38,6 +55,9 @@ from .spectral import (MAX_DENSE_CELLS, cluster_similarity, dense_affinity, knn_
 EXTRA_EIGENVECTORS = 8
 #: Neighbours per pixel of the ``knn-spectral`` graph.
 KNN_NEIGHBORS = 10
+#: ``vote``: a cell or pixel joins its nearest cluster box only when its similarity to it,
+#: ``exp(-d^2 / (D sigma^2))``, is at least this.
+VOTE_MIN_SIMILARITY = 0.5
 
 
 @dataclass
@@ -64,6 +84,9 @@ class Clustering:
 
     labels: np.ndarray  # (n,) int64 cluster 0..m-1 of each cell (every cluster non-empty)
     similarity: np.ndarray  # (m,) mean within-cluster similarity in [0, 1]
+    # squared distance, in the space of ``ClassData.descriptors``, beyond which a cell or pixel
+    # is in no cluster (``vote``'s sigma; inf: every cell and pixel joins its nearest cluster)
+    reach: float = math.inf
 
 
 def _rng(cfg: GroupingConfig, data: ClassData) -> np.random.Generator:
@@ -157,9 +180,19 @@ def _kmeans_on(x: np.ndarray, data: ClassData, k: int, cfg: GroupingConfig) -> C
     return Clustering(labels, _kernel_similarity(x, labels, cfg.sigma))
 
 
+def vote_reach(sigma: float, dims: int) -> float:
+    """The squared distance at which a vote's similarity to a box, ``exp(-d^2 / (dims
+    sigma^2))``, falls to :data:`VOTE_MIN_SIMILARITY`: ``dims sigma^2 ln(1 / min)``."""
+    return dims * sigma ** 2 * math.log(1.0 / VOTE_MIN_SIMILARITY)
+
+
 def vote(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
-    """k-means on the decoded boxes the cells vote for (least inertia of ``n_init`` seedings)."""
-    return _kmeans_on(data.descriptors, data, k, cfg)
+    """k-means on the decoded boxes the cells vote for (least inertia of ``n_init`` seedings);
+    ``reach`` from sigma (:func:`vote_reach`): the Grouper leaves the cells and pixels whose
+    vote is farther than that from their cluster's mean box out of every instance."""
+    result = _kmeans_on(data.descriptors, data, k, cfg)
+    result.reach = vote_reach(cfg.sigma, data.descriptors.shape[1])
+    return result
 
 
 def kmeans_tq(data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
@@ -180,12 +213,14 @@ class GroupingMethod:
     and these fields, so a field read but not declared would serve stale clusters.
     ``assign``: how the clusters reach full resolution when ``grouping.assign='auto'``:
     ``'cell'`` (nearest grid cell of the class) or ``'location'`` (nearest cluster box).
-    Calling the entry calls ``fn``.
+    ``sigma_role``: what ``grouping.sigma`` does in this method, one line (a widget's tooltip,
+    a teaching sentence). Calling the entry calls ``fn``.
     """
 
     fn: Method
     cache_fields: tuple[str, ...]
     assign: str = "cell"
+    sigma_role: str = ""
 
     def __call__(self, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
         return self.fn(data, k, cfg)
@@ -193,8 +228,19 @@ class GroupingMethod:
 
 #: name -> method. ``spectral`` is the paper's (the config default).
 GROUPING_METHODS: dict[str, GroupingMethod] = {
-    "spectral": GroupingMethod(spectral, ("sigma", "use_coords", "n_init", "seed")),
-    "vote": GroupingMethod(vote, ("sigma", "n_init", "seed"), assign="location"),
-    "knn-spectral": GroupingMethod(knn_spectral, ("sigma", "use_coords", "n_init", "seed")),
-    "kmeans": GroupingMethod(kmeans_tq, ("sigma", "use_coords", "n_init", "seed")),
+    "spectral": GroupingMethod(
+        spectral, ("sigma", "use_coords", "n_init", "seed"),
+        sigma_role="the width of the similarity between cells: smaller splits more"),
+    "vote": GroupingMethod(
+        vote, ("sigma", "n_init", "seed"), assign="location",
+        sigma_role="how far a pixel's vote may be from its instance's box: smaller leaves "
+                   "out more pixels (0.5 and above: none)"),
+    "knn-spectral": GroupingMethod(
+        knn_spectral, ("sigma", "use_coords", "n_init", "seed"),
+        sigma_role="the width of the similarity between neighbouring cells: smaller splits "
+                   "more"),
+    "kmeans": GroupingMethod(
+        kmeans_tq, ("sigma", "use_coords", "n_init", "seed"),
+        sigma_role="only the score of grouping.scoring=prob_x_similarity (the instances do "
+                   "not change)"),
 }
