@@ -336,6 +336,46 @@ def test_use_coords_false_groups_by_location_alone():
     assert len(with_q.instances) == 2 and len(without.instances) == 1
 
 
+def _three_components() -> tuple[np.ndarray, np.ndarray]:
+    """Locations ``(20, 2)`` of three objects and their truth: A is 4 cells at (0, 0) and 4
+    stray cells 0.15 around it (each linked to A's core only, by exp(-0.0225 / (2 0.05^2))
+    = 0.011), B 4 cells at (1, 0), C 8 cells at (0, 1); with sigma 0.05 the objects are not
+    linked at all (exp(-1 / 0.005) = 0 in float32)."""
+    ring = 0.15 * np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    t = np.concatenate([np.zeros((4, 2)), ring, np.tile([1.0, 0.0], (4, 1)),
+                        np.tile([0.0, 1.0], (8, 1))])
+    return t, np.repeat([0, 1, 2], [8, 4, 8])
+
+
+def test_spectral_rows_are_normalised_to_unit_length(monkeypatch):
+    """NJW's step 4: the embedding's rows are scaled to unit length before k-means. The
+    eigenvectors of D^-1/2 W D^-1/2 on three unlinked objects are sqrt(degree) times their
+    indicators (rotated): the stray cells of A (degree 4 x 0.011) have rows about
+    sqrt(0.044 / 3.04) = 0.12 times as long as A's core (degree 3.04), and k-means on the raw
+    rows puts them with another object; on the unit sphere each object is one point."""
+    from pfn_napari.grouping import spectral
+
+    t, truth = _three_components()
+    w = dense_affinity(t, None, 0.05)
+    vecs = spectral.njw_eigenvectors(w, 3 + 8)[1]
+    norms = np.linalg.norm(vecs[:, :3], axis=1)
+    assert norms[4:8].max() < 0.3 * norms[:4].min()  # the stray cells' rows are short
+    seen = []
+
+    def recording(x, k, **kwargs):
+        seen.append(np.array(x))
+        return kmeans_runs(x, k, **kwargs)
+
+    monkeypatch.setattr(spectral, "kmeans_runs", recording)
+    for seed in range(5):
+        labels = spectral.spectral_partition(w, vecs, 3, n_init=20, seed=seed)
+        relabel = {int(a): int(b) for a, b in zip(labels, truth)}
+        assert len(relabel) == 3 and [relabel[int(a)] for a in labels] == truth.tolist()
+    np.testing.assert_allclose(np.linalg.norm(seen[0], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(spectral.row_normalise(np.array([[3.0, 4.0], [0.0, 0.0]])),
+                                  [[0.6, 0.8], [0.0, 0.0]])  # zero rows stay zero
+
+
 def test_eigenvectors_fall_back_to_double_precision(monkeypatch):
     import scipy.linalg
 
