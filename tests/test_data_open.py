@@ -83,3 +83,30 @@ def test_image_conversion(tmp_path: Path) -> None:
     (tmp_path / "junk.png").write_bytes(b"not an image at all")
     with pytest.raises(DatasetError, match=r"junk\.png: corrupt or truncated image"):
         read_image(tmp_path / "junk.png")
+
+
+def test_16_bit_images_are_scaled_by_their_range() -> None:
+    """12-bit data in 16 bits (maximum <= 4095) is scaled by 4095, not 65535 (which leaves it
+    near black); values of 8-bit range by 255; anything higher by 65535."""
+    twelve = Image.fromarray(np.array([[0, 2048, 4095]], np.uint16))
+    assert to_rgb_uint8(twelve)[0, :, 0].tolist() == [0, 128, 255]
+    eight = Image.fromarray(np.array([[0, 100, 255]], np.uint16))
+    assert to_rgb_uint8(eight)[0, :, 0].tolist() == [0, 100, 255]
+    sixteen = Image.fromarray(np.array([[0, 4096, 65535]], np.uint16))
+    assert to_rgb_uint8(sixteen)[0, :, 0].tolist() == [0, 16, 255]
+
+
+def test_read_image_turns_a_photo_by_its_exif_orientation_only_when_asked(tmp_path: Path) -> None:
+    """Photos to segment are read as shown (EXIF orientation applied); dataset images keep
+    the stored pixels their annotations refer to."""
+    stored = np.zeros((2, 3, 3), np.uint8)
+    stored[0, 0] = 255  # top-left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    assert read_image(path).tolist() == stored.tolist()
+    shown = read_image(path, exif=True)
+    assert shown.shape == (3, 2, 3)
+    assert shown.tolist() == np.rot90(stored, k=-1).tolist()  # top-left went to top-right
+    assert shown[0, 1].tolist() == [255, 255, 255]

@@ -136,3 +136,41 @@ def test_resizing_is_torchs_and_copies_no_more_than_the_result():
         ref = F.interpolate(torch.from_numpy(small.masks[None].astype(np.uint8)).float(),
                             size=size, mode="nearest")[0] > 0.5
         np.testing.assert_array_equal(big, ref.numpy())
+
+
+def test_as_rgb_uint8_scales_12_bit_data_by_4095():
+    twelve = np.array([[0, 2048, 4095]], np.uint16)  # (1, 3) gray
+    assert inference.as_rgb_uint8(twelve)[0, :, 0].tolist() == [0, 127, 255]
+    sixteen = np.array([[0, 4096, 65535]], np.uint16)
+    assert inference.as_rgb_uint8(sixteen)[0, :, 0].tolist() == [0, 15, 255]
+
+
+def test_pfn_max_side_is_checked_where_used_not_at_import(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PFN_MAX_SIDE="abc")
+    done = subprocess.run([sys.executable, "-c", "import pfn_napari.inference as i; "
+                           "print(i.MAX_SIDE)"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "1024\n", done.stderr
+    image = np.zeros((100, 200, 3), np.uint8)
+    for value in ("0", "-1", "abc", "1e3", "32769"):
+        monkeypatch.setenv("PFN_MAX_SIDE", value)
+        with pytest.raises(PFNError, match=rf"^PFN_MAX_SIDE='{value}': expected an integer "
+                                           r"from 64 to 32768"):
+            inference.fit_image(image)
+    monkeypatch.setenv("PFN_MAX_SIDE", " 100 ")
+    assert inference.fit_image(image)[0].shape == (50, 100, 3)
+    monkeypatch.delenv("PFN_MAX_SIDE")
+    monkeypatch.setattr(inference, "MAX_SIDE", 64)
+    assert inference.fit_image(image)[0].shape == (32, 64, 3)
+
+
+def test_load_model_default_is_the_shipped_weights(tiny_model_path, monkeypatch):
+    monkeypatch.setenv("PFN_WEIGHTS", str(tiny_model_path))
+    for name in ("default", None, ""):
+        assert inference.load_model(name, "cpu", runtime="torch").path == tiny_model_path
+    monkeypatch.setenv("PFN_WEIGHTS", "/nonexistent/w.pt")
+    with pytest.raises(CheckpointError, match=r"w\.pt: weights file not found \(train one"):
+        inference.load_model("default")
