@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,8 @@ AP_STYLES: tuple[str, ...] = ("voc", "coco", "mnc")
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 #: AP^r_vol averages AP^r over these (SDS: ``0.1 * t`` for t = 1..9).
 VOL_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: What ``pfn predict`` writes beside predictions.json: each image's id and file.
+PREDICT_IMAGES = "images.json"
 #: pycocotools' recall points of the 101-point interpolated AP.
 COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
@@ -575,17 +579,21 @@ def write_metrics(metrics: Metrics, out_dir: str | Path, class_names: Sequence[s
 
 # ----------------------------------------------------------------------------- COCO results JSON
 
-def instances_to_coco_results(instances_list: Iterable[Instances], category_ids: Sequence[int]
+def instances_to_coco_results(instances_list: Iterable[Instances], category_ids: Sequence[int],
+                              category_names: Sequence[str] | None = None
                               ) -> list[dict[str, Any]]:
     """COCO results entries: one per instance.
 
     Args:
         instances_list: predictions, each with its ``image_id``.
         category_ids: ``category_ids[c - 1]`` is the dataset's category id of class ``c``.
+        category_names: optional names of classes 1..C; each entry then also carries its
+            ``category_name``, by which :func:`load_coco_results` maps it onto any dataset's
+            classes (``pfn predict`` writes class indices as ids, not COCO's ids).
 
     Returns:
-        ``[{"image_id", "category_id", "segmentation": {"size": [H, W], "counts": str},
-        "score"}]``: compressed RLE with ``counts`` decoded to str (JSON-ready).
+        ``[{"image_id", "category_id", ["category_name",] "segmentation": {"size": [H, W],
+        "counts": str}, "score"}]``: compressed RLE with ``counts`` decoded to str (JSON-ready).
     """
     results: list[dict[str, Any]] = []
     for inst in instances_list:
@@ -595,9 +603,11 @@ def instances_to_coco_results(instances_list: Iterable[Instances], category_ids:
             image_id = inst.image_id
             if isinstance(image_id, np.generic):
                 image_id = image_id.item()
+            entry = {"image_id": image_id, "category_id": int(category_ids[c - 1])}
+            if category_names is not None:
+                entry["category_name"] = str(category_names[c - 1])
             results.append({
-                "image_id": image_id,
-                "category_id": int(category_ids[c - 1]),
+                **entry,
                 "segmentation": {"size": [int(s) for s in rle["size"]],
                                  "counts": rle["counts"].decode("ascii")},
                 "score": float(score),
@@ -642,13 +652,57 @@ class CocoResults:
 
 def load_coco_results(path: str | Path, dataset: Sequence[Sample]) -> CocoResults:
     """Parse and check a COCO results file against ``dataset`` (a ``PFNDataset``: uses its
-    ``image_ids``, ``category_ids`` and ``classes``); masks are decoded later, per image.
+    ``image_ids``, ``category_ids``, ``classes`` and ``source_of``); masks are decoded later,
+    per image. The file is a list of results entries, or a COCO dataset dict (``annotations``
+    with scores, ``images``, ``categories``: what the napari writer exports).
 
-    Image ids match the dataset's (file stem for VOC/SBD/folder/synthetic, COCO id for COCO;
-    ``"12"`` and ``12`` are the same id). Raises :class:`DatasetError` naming the file and the
-    entry for malformed JSON, unknown image or category ids, bad scores or segmentations.
+    Images: where the results name an entry's file (``images.json`` of ``pfn predict`` beside a
+    list: id -> path; a dataset dict's ``images``: id -> ``file_name``), the dataset's image of
+    that path, else of that file stem, is it. Otherwise ``image_id`` is matched to the
+    dataset's ids (file stem for VOC/SBD/folder/synthetic, COCO id for COCO; ``"12"`` and ``12``
+    are the same id), else to the stem of an image's file (``pfn predict`` writes stems, COCO's
+    ids are numbers).
+
+    Classes: an entry with a ``category_name`` (or, in a dataset dict, whose ``category_id``
+    its ``categories`` name) is mapped by name onto the dataset's classes (COCO->VOC aliases
+    apply); one whose name is none of them is left out with one warning. Without a name,
+    ``category_id`` must be one of the dataset's ``category_ids``.
+
+    Raises :class:`DatasetError` naming the file and the entry for malformed JSON, unknown image
+    ids, unknown category ids, bad scores or segmentations, and a file none of whose category
+    names is a class of the dataset.
     """
     path = Path(path)
+    data = _read_results_json(path)
+    names, files = _dict_names(path, data)
+    entries = data["annotations"] if isinstance(data, dict) else data
+    image_ids = list(getattr(dataset, "image_ids", None) or [s.image_id for s in dataset])
+    images = _ImageLookup(dataset, image_ids)
+    classes = _ClassLookup(dataset)
+    results = CocoResults(str(path), image_ids, [[] for _ in image_ids])
+    left_out: dict[str, int] = {}
+    for n, entry in enumerate(entries):
+        where = f"{path}: entry {n}"
+        _check_entry(where, entry)
+        image_id = entry["image_id"]
+        index = images.find(image_id, files.get(str(image_id)))
+        if index is None:
+            raise DatasetError(f"{where}: image_id {image_id!r} is not an image of the dataset "
+                               f"({len(image_ids)} images, e.g. {image_ids[:3]}), nor the name "
+                               "of one's file")
+        name = entry.get("category_name", names.get(str(entry["category_id"])))
+        class_index = classes.find(where, entry["category_id"], name)
+        if class_index is None:
+            left_out[str(name)] = left_out.get(str(name), 0) + 1
+            continue
+        results.entries[index].append(_Entry(n, entry["segmentation"], class_index,
+                                             float(entry["score"])))
+    _report_left_out(path, left_out, len(entries), dataset)
+    return results
+
+
+def _read_results_json(path: Path) -> list | dict:
+    """The parsed file: a list of entries, or a dict holding a list ``annotations``."""
     if not path.is_file():
         raise DatasetError(f"{path}: predictions file not found")
     try:
@@ -656,41 +710,133 @@ def load_coco_results(path: str | Path, dataset: Sequence[Sample]) -> CocoResult
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        data = data["annotations"]
+        return data
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a list of COCO results entries "
                            "(image_id, category_id, segmentation, score)")
-    image_ids = list(getattr(dataset, "image_ids", None) or [s.image_id for s in dataset])
-    by_id = {str(i): n for n, i in enumerate(image_ids)}
-    classes = getattr(dataset, "classes", ())
-    category_ids = getattr(dataset, "category_ids", None) or range(1, len(classes) + 1)
-    class_of = {int(cid): c for c, cid in enumerate(category_ids, start=1)}
-    results = CocoResults(str(path), image_ids, [[] for _ in image_ids])
-    for n, entry in enumerate(data):
-        where = f"{path}: entry {n}"
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
-        missing = [k for k in ("image_id", "category_id", "segmentation", "score")
-                   if k not in entry]
-        if missing:
-            raise DatasetError(f"{where}: missing {', '.join(missing)}")
-        image_id = entry["image_id"]
-        if str(image_id) not in by_id:
-            raise DatasetError(f"{where}: image_id {image_id!r} is not an image of the dataset "
-                               f"({len(image_ids)} images, e.g. {image_ids[:3]})")
-        category, score = entry["category_id"], entry["score"]
-        if not (isinstance(category, int) and not isinstance(category, bool)):
-            raise DatasetError(f"{where}: category_id must be an integer, got {category!r}")
-        if not (isinstance(score, (int, float)) and not isinstance(score, bool)):
-            raise DatasetError(f"{where}: score must be a number, got {score!r}")
-        if category not in class_of:
-            raise DatasetError(f"{where}: category_id {category} unknown to the dataset "
-                               f"(known: {sorted(class_of)})")
-        if not math.isfinite(score):
-            raise DatasetError(f"{where}: score {entry['score']!r} is not a finite number")
-        results.entries[by_id[str(image_id)]].append(
-            _Entry(n, entry["segmentation"], class_of[category], float(score)))
-    return results
+    return data
+
+
+def _dict_names(path: Path, data: list | dict) -> tuple[dict[str, str], dict[str, str]]:
+    """A dataset dict's ``category id -> name`` and ``image id -> file_name`` (both keyed by
+    ``str(id)``); for a plain list no names, and the files of ``images.json`` beside it."""
+    if not isinstance(data, dict):
+        return {}, _predict_files(path.parent / PREDICT_IMAGES)
+    names: dict[str, str] = {}
+    for cat in data.get("categories") or []:
+        if not (isinstance(cat, dict) and isinstance(cat.get("name"), str) and "id" in cat):
+            raise DatasetError(f"{path}: a 'categories' entry without id and name: {cat!r:.80}")
+        names[str(cat["id"])] = cat["name"]
+    files: dict[str, str] = {}
+    for im in data.get("images") or []:
+        if isinstance(im, dict) and isinstance(im.get("file_name"), str) and "id" in im:
+            files[str(im["id"])] = im["file_name"]
+    return names, files
+
+
+def _predict_files(path: Path) -> dict[str, str]:
+    """``image id -> its file`` from the ``images.json`` of ``pfn predict`` (its ids
+    differ from the stems where two inputs share one); empty when absent or unreadable (the
+    ids are then matched as they are)."""
+    try:
+        listed = json.loads(path.read_text())
+        return {str(e["image_id"]): str(e["file"]) for e in listed}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return {}
+
+
+def _check_entry(where: str, entry: Any) -> None:
+    """Keys and types of one results entry (segmentations are checked when decoded)."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+    missing = [k for k in ("image_id", "category_id", "segmentation", "score") if k not in entry]
+    if missing:
+        raise DatasetError(f"{where}: missing {', '.join(missing)}")
+    category, score = entry["category_id"], entry["score"]
+    if not (isinstance(category, int) and not isinstance(category, bool)):
+        raise DatasetError(f"{where}: category_id must be an integer, got {category!r}")
+    if not (isinstance(score, (int, float)) and not isinstance(score, bool)):
+        raise DatasetError(f"{where}: score must be a number, got {score!r}")
+    if not math.isfinite(score):
+        raise DatasetError(f"{where}: score {score!r} is not a finite number")
+    name = entry.get("category_name")
+    if name is not None and not isinstance(name, str):
+        raise DatasetError(f"{where}: category_name must be a string, got {name!r}")
+
+
+class _ImageLookup:
+    """A results entry's image -> the dataset's index: by its file (path, then stem), by id,
+    or by the stem of the dataset image's file."""
+
+    def __init__(self, dataset: Sequence[Sample], image_ids: list[str | int]) -> None:
+        self.by_id = {str(i): n for n, i in enumerate(image_ids)}
+        source_of = getattr(dataset, "source_of", None)
+        self.sources = [str(source_of(n)) for n in range(len(image_ids))] if source_of else []
+        self.by_stem: dict[str, int | None] = {}  # None: two images of that stem
+        for n, source in enumerate(self.sources):
+            stem = Path(source).stem
+            self.by_stem[stem] = None if stem in self.by_stem else n
+        self.by_path: dict[str, int] | None = None  # built when a file path is given
+
+    def find(self, image_id: Any, file: str | None = None) -> int | None:
+        """Index of the image of ``image_id``, or None. ``file``: the image's file as the
+        results name it (``images.json``: a path; a dataset dict: its ``file_name``), tried
+        first."""
+        if file is not None:
+            if os.path.isabs(file):
+                if self.by_path is None:
+                    self.by_path = {os.path.realpath(s): n for n, s in enumerate(self.sources)}
+                if os.path.realpath(file) in self.by_path:
+                    return self.by_path[os.path.realpath(file)]
+            stem = Path(file.replace("\\", "/")).stem
+            if self.by_stem.get(stem) is not None:
+                return self.by_stem[stem]
+        key = str(image_id)
+        if key in self.by_id:
+            return self.by_id[key]
+        return self.by_stem.get(key)
+
+
+class _ClassLookup:
+    """A results entry's category -> the dataset's class 1..C: by name when it has one, else
+    by the dataset's category ids."""
+
+    def __init__(self, dataset: Sequence[Sample]) -> None:
+        from .data.base import normalise_class_name
+
+        self.normalise = normalise_class_name
+        self.classes = tuple(getattr(dataset, "classes", ()))
+        ids = getattr(dataset, "category_ids", None) or range(1, len(self.classes) + 1)
+        self.by_id = {int(cid): c for c, cid in enumerate(ids, start=1)}
+        self.by_name: dict[str, int] = {}
+        for c, name in enumerate(self.classes, start=1):
+            self.by_name.setdefault(normalise_class_name(name), c)
+
+    def find(self, where: str, category_id: int, name: str | None) -> int | None:
+        """The class of the entry; None for a name that is not one of the dataset's."""
+        if name is not None:
+            return self.by_name.get(self.normalise(name))
+        if category_id not in self.by_id:
+            raise DatasetError(f"{where}: category_id {category_id} unknown to the dataset "
+                               f"(known: {sorted(self.by_id)}); entries with a category_name "
+                               "are matched by name instead")
+        return self.by_id[category_id]
+
+
+def _report_left_out(path: Path, left_out: dict[str, int], total: int,
+                     dataset: Sequence[Sample]) -> None:
+    """Refuse a file none of whose category names is a class of the dataset; warn once about
+    entries left out for a name the dataset does not score."""
+    if not left_out:
+        return
+    counts = ", ".join(f"{name} ({k})" for name, k in sorted(left_out.items()))
+    classes = ", ".join(getattr(dataset, "classes", ()))
+    if sum(left_out.values()) == total:
+        raise DatasetError(f"{path}: none of its {total} predictions is of a class of the dataset "
+                           f"(its categories: {counts}; the dataset's classes: {classes}); check "
+                           "that the predictions are of this dataset")
+    warnings.warn(f"{path}: left out {sum(left_out.values())} of {total} predictions whose "
+                  f"category is not a class of the dataset: {counts}", stacklevel=3)
 
 
 def read_coco_results(path: str | Path, dataset: Sequence[Sample]) -> list[Instances]:
