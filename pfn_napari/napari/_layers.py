@@ -66,6 +66,9 @@ CHANNEL_MEANING = {
 
 LayerSpec = tuple[np.ndarray, dict[str, Any]]
 
+#: The colormap of 'PFN locations' (the dock draws its colour bar).
+LOCATION_COLORMAP = "turbo"
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -183,21 +186,36 @@ def locations_layer(net: NetworkOutput, geom: Geometry) -> LayerSpec:
     }
 
 
+def location_range(channel: str, geom: Geometry) -> tuple[float, float]:
+    """Contrast limits of one location channel: the image's columns for x channels, its rows
+    for y channels, in napari pixel coordinates (sizes and offsets: +-the side)."""
+    H, W = geom.image_size
+    side = float(H if channel in _Y_CHANNELS else W)
+    if channel in ("dx", "dy"):
+        return (-side / 2, side / 2)
+    return (0.0, side) if channel in ("w", "h") else (-0.5, side - 0.5)
+
+
 def location_channel_layer(net: NetworkOutput, geom: Geometry, channel: str) -> LayerSpec:
-    """'PFN locations', one channel: a ``(gh, gw)`` float32 Image in viewer pixels.
+    """'PFN locations', one channel: a ``(gh, gw)`` float32 Image in viewer pixels, on the
+    foreground of the category map only (background cells NaN: transparent).
 
     The widget shows one named channel at a time (picked in the dock), so the viewer gets no
-    unlabelled channel slider; ``metadata`` lists every channel and says which one this is.
+    unlabelled channel slider; ``metadata`` lists every channel, says which one this is and
+    gives the colour scale (``"scale"``: napari draws no colour bar, the dock shows it).
     """
     names = location_channels(net.encoding)
     if channel not in names:
         raise ValueError(f"channel {channel!r} is not one of {names} ({net.encoding})")
     data = locations_in_pixels(net, geom)[names.index(channel)]  # (gh, gw)
-    H, W = geom.image_size
+    data[np.asarray(net.class_probs).argmax(0) == 0] = np.nan  # background: transparent
+    lo, hi = location_range(channel, geom)
+    scale = (f"{channel} ({CHANNEL_MEANING.get(channel, channel)}): turbo colours, blue "
+             f"{lo:g} px to red {hi:g} px; background transparent")
     return data, {
-        "scale": geom.grid_scale, "colormap": "turbo",
-        "contrast_limits": (0.0, float(max(H, W))), "opacity": 0.7,
-        "metadata": {"channels": names, "channel": channel,
+        "scale": geom.grid_scale, "colormap": LOCATION_COLORMAP,
+        "contrast_limits": (lo, hi), "opacity": 0.8,
+        "metadata": {"channels": names, "channel": channel, "scale": scale,
                      "meaning": {n: CHANNEL_MEANING.get(n, n) for n in names}},
     }
 
@@ -237,15 +255,44 @@ def centers_in_pixels(centers_xy: np.ndarray, geom: Geometry) -> np.ndarray:
     return np.stack([centers_xy[1] * H - 0.5, centers_xy[0] * W - 0.5]).astype(np.float32)
 
 
+def prior_arrows(masks: np.ndarray, ids: np.ndarray, grid_hw: tuple[int, int], geom: Geometry,
+                 step: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arrows of the objects the ImageNet prior named (they have no grid cells): from every
+    ``step``-th grid pixel inside mask ``masks[n]`` to the center of its box.
+
+    ``masks`` ``(N, H, W)`` bool at the viewer's size; ``ids`` ``(N,)`` their instance ids.
+    Returns ``start (M, 2)``, ``end (M, 2)`` napari (row, col) and ``(M,)`` instance ids.
+    """
+    pix = grid_pixels(grid_hw, geom)[:, ::step, ::step].reshape(2, -1)  # (2, P)
+    H, W = geom.image_size
+    rows = np.clip(np.rint(pix[0]).astype(np.int64), 0, H - 1)
+    cols = np.clip(np.rint(pix[1]).astype(np.int64), 0, W - 1)
+    starts, ends, out_ids = [np.zeros((0, 2), np.float32)], [np.zeros((0, 2), np.float32)], []
+    for mask, k in zip(masks, ids):
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            continue
+        inside = mask[rows, cols]  # (P,)
+        center = np.array([(ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2], np.float32)
+        starts.append(pix[:, inside].T.astype(np.float32))
+        ends.append(np.broadcast_to(center, (int(inside.sum()), 2)))
+        out_ids.extend([int(k)] * int(inside.sum()))
+    return (np.concatenate(starts), np.concatenate(ends).astype(np.float32),
+            np.asarray(out_ids, np.int64))
+
+
 def vectors_layer(centers_xy: np.ndarray, foreground: np.ndarray, assignment: np.ndarray,
-                  geom: Geometry, step: int = 2) -> LayerSpec:
+                  geom: Geometry, step: int = 2,
+                  prior: tuple[np.ndarray, np.ndarray] | None = None) -> LayerSpec:
     """'PFN velocity vectors': from every ``step``-th foreground grid cell to its predicted center.
 
     ``centers_xy`` ``(2, gh, gw)`` normalised (x, y) centers; ``foreground`` ``(gh, gw)`` bool;
     ``assignment`` ``(gh, gw)`` int instance id of each cell (0 none). Returns ``(N, 2, 2)``
     napari vectors ``[[row, col], [drow, dcol]]`` coloured like the instance layer (grey when
     a cell is in no instance). Arrows to a center outside the image stop at its border
-    (:func:`clip_vectors`); the ``clipped`` feature marks them.
+    (:func:`clip_vectors`); the ``clipped`` feature marks them. ``prior``: ``(masks (M, H, W),
+    ids (M,))`` of the objects the ImageNet prior named, whose arrows run from their pixels to
+    their box's center (:func:`prior_arrows`; feature ``prior`` True).
     """
     gh, gw = foreground.shape
     sel = np.zeros((gh, gw), bool)
@@ -253,16 +300,31 @@ def vectors_layer(centers_xy: np.ndarray, foreground: np.ndarray, assignment: np
     sel &= foreground
     start = grid_pixels((gh, gw), geom)[:, sel].T  # (N, 2)
     end = centers_in_pixels(centers_xy, geom)[:, sel].T  # (N, 2)
+    ids = np.asarray(assignment)[sel].astype(np.int64)  # (N,)
+    n_cells = len(ids)
+    n = int(assignment.max(initial=0))
+    if prior is not None and len(prior[1]):
+        p_start, p_end, p_ids = prior_arrows(prior[0], prior[1], (gh, gw), geom, step)
+        start, end = np.concatenate([start, p_start]), np.concatenate([end, p_end])
+        ids = np.concatenate([ids, p_ids])
+        n = max(n, int(np.max(prior[1])))
     end, clipped = clip_vectors(start, end, geom)  # (N, 2), (N,)
     data = np.stack([start, end - start], axis=1).astype(np.float32)  # (N, 2, 2)
-    ids = np.asarray(assignment)[sel].astype(np.int64)  # (N,)
-    n = int(assignment.max(initial=0))
     cmap = instance_colormap(n)
     colors = np.array([cmap[int(k)] if k > 0 else cmap[None] for k in ids],
                       dtype=np.float32).reshape(-1, 4)
+    from_prior = np.arange(len(ids)) >= n_cells
     return data, {"edge_color": colors if len(colors) else "yellow", "edge_width": 1.5,
                   "length": 1.0, "opacity": 0.9, "vector_style": "arrow",
-                  "features": {"instance": ids, "clipped": clipped}}
+                  "features": {"instance": ids, "clipped": clipped, "prior": from_prior},
+                  "metadata": {"legend": VECTORS_LEGEND}}
+
+
+#: What the arrows' colours mean (the vectors layer's metadata, the dock, the teaching text).
+VECTORS_LEGEND = ("each arrow runs from a pixel to the instance center it predicts, in its "
+                  "instance's colour; grey: a pixel in no instance (its cluster is under the "
+                  "size threshold, or its vote is beyond sigma's reach); objects the ImageNet "
+                  "step named get arrows from their pixels to their box's center")
 
 
 def clusters_layer(assignment: np.ndarray, geom: Geometry) -> LayerSpec:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,12 @@ class TuneParams:
         return replace(base, method=self.method, sigma=float(self.sigma), tau=float(self.tau),
                        min_size_frac=float(self.min_size_frac),
                        prior_weight=0.0 if self.prior is False else base.prior_weight)
+
+
+def params_of(g: GroupingConfig) -> TuneParams:
+    """The knobs of grouping settings ``g`` (a model's own, with no count override)."""
+    return TuneParams(method=g.method, sigma=g.sigma, tau=g.tau, min_size_frac=g.min_size_frac,
+                      prior=g.prior_weight > 0)
 
 
 @dataclass
@@ -110,6 +117,8 @@ class Reclustering:
     # class -> the number of clusters it was split into (the override, the head's rounded
     # count, or the votes': grouping.count_source)
     cluster_counts: dict[int, int] = field(default_factory=dict)
+    # (N,) bool: instance n was named by the ImageNet prior (it has no grid cells)
+    from_prior: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 def recluster(grouper: Any, base: GroupingConfig, params: TuneParams,
@@ -125,7 +134,40 @@ def recluster(grouper: Any, base: GroupingConfig, params: TuneParams,
                         np.asarray(result.full_class_map, np.uint8),
                         np.asarray(result.grid_labels, np.int32), params,
                         time.perf_counter() - t0, dict(result.timings),
-                        dict(result.cluster_counts))
+                        dict(result.cluster_counts), _from_prior(result))
+
+
+def _from_prior(result: Any) -> np.ndarray:
+    """``(N,)`` bool: which instances of a GroupingResult the ImageNet prior named (their
+    pixels are the ones of ``prior_labels``, disjoint from the clustered instances')."""
+    flags = np.zeros(len(result.instances), dtype=bool)
+    if result.prior_labels is not None and len(flags):
+        ids = np.unique(result.label_map[np.asarray(result.prior_labels) > 0])
+        flags[ids[ids > 0] - 1] = True
+    return flags
+
+
+@lru_cache(maxsize=8)
+def _stored_grouping(path: str, mtime_ns: int, size: int) -> GroupingConfig:
+    from ..checkpoint import config_of, read_checkpoint
+
+    return config_of(read_checkpoint(path), path).grouping
+
+
+def weights_grouping(weights: str | Path | None = None) -> tuple[Path, GroupingConfig]:
+    """The file ``weights`` (None/'': the shipped default) names and the grouping settings
+    stored in it, without building the model (cached per file and modification time).
+
+    Raises :class:`~pfn_napari.errors.CheckpointError` as :func:`pfn_napari.inference.load_model`.
+    """
+    from ..errors import CheckpointError
+    from ..inference import default_weights_path
+
+    file = default_weights_path() if not weights or str(weights) == "default" else Path(weights)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: weights file not found")
+    stat = file.stat()
+    return file, _stored_grouping(str(file), stat.st_mtime_ns, stat.st_size)
 
 
 class PFNSession:
@@ -176,8 +218,7 @@ class PFNSession:
 
     def default_params(self) -> TuneParams:
         g = self.model.config.grouping if self.model is not None else GroupingConfig()
-        return TuneParams(method=g.method, sigma=g.sigma, tau=g.tau, min_size_frac=g.min_size_frac,
-                          prior=g.prior_weight > 0)
+        return params_of(g)
 
     # ------------------------------------------------------------------ network
     @property

@@ -30,13 +30,17 @@ STAGES: tuple[Stage, ...] = (
           "pixels of the image. Pick a channel in the widget's 'Location channel' box: pixels of "
           "one object share a value, neighbouring objects differ."),
     Stage("4. Velocity vectors", L.VECTORS,
-          "Each arrow runs from a pixel to the instance center it predicts (cx, cy). Pixels of one "
-          "object point at one place, so objects separate without any box proposals. An arrow "
-          "whose center falls outside the image stops at the border."),
+          "Each arrow runs from a pixel to the instance center it predicts (cx, cy), in the "
+          "colour of the instance the pixel ends up in. Pixels of one object point at one place, "
+          "so objects separate without any box proposals. Grey arrows: pixels in no instance "
+          "(their cluster fell under the size threshold, or they lie too far from their "
+          "cluster). Objects the ImageNet step named have no predicted locations: their arrows "
+          "run from their pixels to their box's center. An arrow whose center falls outside the "
+          "image stops at the border."),
     Stage("5. Clustering", L.CLUSTERS,
-          "Per class, the cells are grouped by their predicted locations and positions (similarity "
-          "width sigma) into as many clusters as the count boxes say: the count network's number, "
-          "or (grouping.count_source) one read off how many distinct boxes the pixels vote for. "
+          "Per class, the cells are grouped by their predicted locations and positions into as "
+          "many clusters as the count boxes say: the count network's number, or "
+          "(grouping.count_source) one read off how many distinct boxes the pixels vote for. "
           "Change a count in the widget to see it re-cluster. Each grid cell shows the cluster it "
           "joined."),
     Stage("6. Instances", L.INSTANCES,
@@ -49,3 +53,13 @@ STAGES: tuple[Stage, ...] = (
           "(a 'train' that is a bus) relabelled; people it cannot judge stay as found. Paint or "
           "erase to fix it; Export writes an instance-id PNG and a COCO JSON."),
 )
+
+
+def stage_text(stage: Stage, method: str, sigma_role: str) -> str:
+    """The sentence of ``stage``; the clustering stage also says what sigma does in
+    ``method`` (``sigma_role``, the method's own line; empty: a general sentence)."""
+    if stage.layer != L.CLUSTERS:
+        return stage.text
+    role = sigma_role or ("the width of the similarity the cells are grouped with; what it "
+                          "changes depends on the method")
+    return f"{stage.text} In '{method}' (the method running), sigma is {role}."

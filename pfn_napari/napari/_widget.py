@@ -21,32 +21,38 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from ..config import GroupingConfig
 from ..errors import PFNError
 from . import _layers as L
-from ._session import PFNSession, TuneParams
-from ._teaching import STAGES
+from ._session import PFNSession, TuneParams, params_of, weights_grouping
+from ._teaching import STAGES, stage_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -56,6 +62,9 @@ NETWORK_STEPS = ("loading the weights", "running the networks", "grouping")
 
 #: Where napari lists the plugin's sample images (the manifest's display_name).
 SAMPLE_MENU = "File > Open Sample > PFN instance segmentation"
+
+#: A knob's change waits this long for the next one before re-clustering (typing, arrows).
+DEBOUNCE_MS = 60
 
 
 def grouping_methods() -> tuple[str, ...]:
@@ -71,6 +80,94 @@ def available_devices() -> tuple[str, ...]:
     return ("auto", "cpu", "cuda") if torch.cuda.is_available() else ("auto", "cpu")
 
 
+def sigma_role(method: str) -> str:
+    """What sigma does in grouping method ``method``, one line (its ``sigma_role``; '' when
+    the method does not say)."""
+    from ..grouping import GROUPING_METHODS
+
+    return str(getattr(GROUPING_METHODS.get(method), "sigma_role", "") or "")
+
+
+def knob_help(method: str, g: GroupingConfig) -> dict[str, tuple[bool, str]]:
+    """``{knob: (enabled, tooltip)}`` for sigma, tau and size threshold with ``method`` over
+    grouping settings ``g``: a knob whose setting the method (``GROUPING_METHODS[method]
+    .cache_fields``) or the grouping (``refine``, ``size_filter``) does not read is disabled,
+    its tooltip one line saying why."""
+    from ..grouping import GROUPING_METHODS
+
+    entry = GROUPING_METHODS.get(method)
+    fields = tuple(getattr(entry, "cache_fields", ("sigma",)))
+    role = sigma_role(method) or "the width of the similarity the cells are grouped with"
+    return {
+        "sigma": (True, f"sigma in '{method}': {role}") if "sigma" in fields else
+        (False, f"Disabled: the '{method}' method does not read sigma"),
+        "tau": (True, "A class is present when its count exceeds tau; the others are taken "
+                      "out of the class map (refinement by the counts)") if g.refine else
+        (False, "Disabled: these weights' grouping has the refinement off "
+                "(grouping.refine=false), the only step that reads tau"),
+        "size": (True, "Clusters smaller than this share of their class's cells are dropped")
+        if g.size_filter else
+        (False, "Disabled: these weights' grouping has the size filter off "
+                "(grouping.size_filter=false)"),
+    }
+
+
+def describe(p: TuneParams) -> str:
+    """``"vote, sigma 0.50, tau 0.35, size 0.10 %, ImageNet on"``."""
+    return (f"{p.method}, sigma {p.sigma:.2f}, tau {p.tau:.2f}, size "
+            f"{100 * p.min_size_frac:.2f} %, ImageNet {'off' if p.prior is False else 'on'}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _wrapped(text: str) -> QLabel:
+    """A label that wraps its words (never clipped by a narrow dock)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+def _combo() -> QComboBox:
+    """A combo box whose width does not follow its longest item (the dock stays narrow)."""
+    combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(10)
+    return combo
+
+
+class _ColorBar(QWidget):
+    """The colour bar of 'PFN locations' (napari draws none for images): the colormap as a
+    strip, its low and high values at the ends."""
+
+    def __init__(self, colormap: str) -> None:
+        super().__init__()
+        from napari.utils.colormaps import ensure_colormap
+
+        rgba = ensure_colormap(colormap).map(np.linspace(0.0, 1.0, 256))  # (256, 4) in [0, 1]
+        strip = np.ascontiguousarray(np.repeat((rgba[None, :, :3] * 255).astype(np.uint8),
+                                               12, axis=0))  # (12, 256, 3)
+        self._image = QImage(strip.data, 256, 12, 3 * 256, QImage.Format.Format_RGB888).copy()
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.low, self.high = QLabel(""), QLabel("")
+        self.strip = QLabel()
+        self.strip.setPixmap(QPixmap.fromImage(self._image))
+        self.strip.setScaledContents(True)
+        self.strip.setMinimumWidth(60)
+        self.strip.setFixedHeight(12)
+        lay.addWidget(self.low)
+        lay.addWidget(self.strip, 1)
+        lay.addWidget(self.high)
+
+    def set_range(self, low: float, high: float, unit: str = "px") -> None:
+        self.low.setText(f"{low:g}")
+        self.high.setText(f"{high:g} {unit}")
+
+
 def _is_pfn_layer(layer: Any) -> bool:
     """A layer the plugin (or :mod:`pfn_napari.notebook`) made, not an image of the user's."""
     return L.LAYER_KEY in layer.metadata or layer.name in L.LAYER_NAMES
@@ -83,7 +180,11 @@ def _label_cmap(cmap: dict):
 
 
 class PFNWidget(QWidget):
-    """Dock widget: weights, device, image layer, Run; knobs; counts; export; teaching mode."""
+    """Dock widget: weights, device, image layer, Run; knobs; counts; export; teaching mode.
+
+    The controls sit in a scroll area (the dock fits any window height); the status line and
+    the timing line stay below it, always visible.
+    """
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -98,27 +199,73 @@ class PFNWidget(QWidget):
         self._image_layer_name: str | None = None  # the image of the last Run
         self._running_image: str | None = None  # the image of the Run in progress
         self._count_spins: dict[int, QSpinBox] = {}
-        self._count_defaults: dict[int, int] = {}
+        self._overrides: dict[int, int] = {}  # class -> the count the user typed
+        self._weights_grouping: GroupingConfig | None = None  # the settings the knobs came from
+        self._knobs_from: str | None = None  # the weights file those settings are of
+        self._touched: set[str] = set()  # knobs the user changed since (kept on Run)
         self._stage = 0
         self._watched_layers: set[int] = set()
         self._build()
         self._refresh_image_layers()
+        self._load_weights_settings(notify=False)
         layers = self.viewer.layers
         layers.events.inserted.connect(self._refresh_image_layers)
         layers.events.removed.connect(self._refresh_image_layers)
         layers.events.reordered.connect(self._refresh_image_layers)
 
+    @property
+    def count_boxes(self) -> Mapping[int, QSpinBox]:
+        """Read-only ``{class id: its count spin box}``: one box per class the current
+        clustering grouped (and per class whose count the user typed), showing the number of
+        clusters it used."""
+        return MappingProxyType(self._count_spins)
+
     # ================================================================== UI
     def _build(self) -> None:
         outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        inner = QWidget()
+        body = QVBoxLayout(inner)
+        body.addWidget(self._build_model_box())
+        body.addWidget(self._build_grouping_box())
+        body.addWidget(self._build_counts_box())
+        body.addWidget(self._build_locations_box())
+        self.export_button = QPushButton("Export instances (PNG + COCO JSON)…")
+        self.export_button.clicked.connect(self._export_dialog)
+        body.addWidget(self.export_button)
+        body.addWidget(self._build_teaching_box())
+        body.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(inner)
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        self.scroll.setMinimumWidth(inner.minimumSizeHint().width() + bar)
+        outer.addWidget(self.scroll, 1)
 
+        self.message_label = _wrapped("Choose an image layer and press Run PFN.")
+        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.timing_label = _wrapped("")
+        for label in (self.message_label, self.timing_label):
+            label.setContentsMargins(6, 0, 6, 0)
+            outer.addWidget(label)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.recluster)
+        self._update_enabled()
+
+    def _build_model_box(self) -> QGroupBox:
         box = QGroupBox("Model and image")
         form = QFormLayout(box)
         self.weights_edit = QLineEdit()
-        self.weights_edit.setMinimumWidth(120)
+        self.weights_edit.setMinimumWidth(80)
         self.weights_edit.setPlaceholderText("shipped default weights")
         self.weights_edit.setToolTip("A PFN weights or checkpoint file (.pt); empty: the shipped "
                                      "default (weights/pfn-lite0-voc.pt or $PFN_WEIGHTS)")
+        self.weights_edit.editingFinished.connect(self._load_weights_settings)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse_weights)
         row = QHBoxLayout()
@@ -129,7 +276,7 @@ class PFNWidget(QWidget):
         self.device_combo.addItems(available_devices())
         self.device_combo.setToolTip("auto: the GPU when CUDA is available, else the CPU")
         form.addRow("Device", self.device_combo)
-        self.image_combo = QComboBox()
+        self.image_combo = _combo()
         self.image_combo.setToolTip("The image layer to segment (RGB, RGBA or grayscale, 2-D)")
         form.addRow("Image layer", self.image_combo)
         self.run_button = QPushButton("Run PFN")
@@ -140,32 +287,24 @@ class PFNWidget(QWidget):
         self.progress.setTextVisible(True)
         self.progress.setFormat("idle")
         form.addRow(self.run_button, self.progress)
-        outer.addWidget(box)
+        return box
 
-        self.message_label = QLabel("Choose an image layer and press Run PFN.")
-        self.message_label.setWordWrap(True)
-        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        outer.addWidget(self.message_label)
-
+    def _build_grouping_box(self) -> QGroupBox:
         box = QGroupBox("Grouping (re-clusters on change)")
+        box.setToolTip("Changing a knob re-runs only the test-time grouping on the cached "
+                       "network output, never the networks")
         form = QFormLayout(box)
-        self.method_combo = QComboBox()
+        self.method_combo = _combo()
         self.method_combo.addItems(grouping_methods())
         form.addRow("Method", self.method_combo)
         self.sigma_spin = QDoubleSpinBox(decimals=3, minimum=0.005, maximum=5.0, singleStep=0.05)
-        box.setToolTip("Changing a knob re-runs only the test-time grouping on the cached "
-                       "network output, never the networks")
-        self.sigma_spin.setToolTip("Width of the similarity kernel on predicted locations and "
-                                   "positions (normalised coordinates); smaller splits more")
         form.addRow("sigma", self.sigma_spin)
         self.tau_spin = QDoubleSpinBox(decimals=2, minimum=0.0, maximum=10.0, singleStep=0.1)
-        self.tau_spin.setToolTip("A class is present when its predicted count exceeds tau")
         form.addRow("tau", self.tau_spin)
         self.size_spin = QDoubleSpinBox(decimals=2, minimum=0.0, maximum=50.0, singleStep=0.1,
                                         suffix=" %")
-        self.size_spin.setToolTip("Clusters smaller than this share of their class mask are dropped")
         form.addRow("Size threshold", self.size_spin)
-        self.prior_check = QCheckBox("Name missed objects (ImageNet prior)")
+        self.prior_check = QCheckBox("Name missed objects (ImageNet)")
         self.prior_check.setToolTip("Objects the category network left as background, named by "
                                     "the ImageNet classifier (bus, dog, aeroplane ...), and, with "
                                     "the model's grouping.prior_check, the found objects of the "
@@ -177,43 +316,48 @@ class PFNWidget(QWidget):
         self.keep_edits_check.setToolTip("Ticked by painting on the instance layer: re-clustering "
                                          "then leaves it alone (Run always replaces it)")
         form.addRow(self.keep_edits_check)
-        self.timing_label = QLabel("")
-        self.timing_label.setWordWrap(True)
-        form.addRow(self.timing_label)
-        outer.addWidget(box)
+        self.knobs_reset_button = QPushButton("Back to the weights' own settings")
+        self.knobs_reset_button.setToolTip("Method, sigma, tau, size threshold and the ImageNet "
+                                           "box as stored in the weights file")
+        self.knobs_reset_button.clicked.connect(self.reset_knobs)
+        form.addRow(self.knobs_reset_button)
         self._set_param_widgets(TuneParams())
-        for w in (self.sigma_spin, self.tau_spin, self.size_spin):
-            w.valueChanged.connect(self._schedule_recluster)
-        self.method_combo.currentIndexChanged.connect(self._schedule_recluster)
-        self.prior_check.toggled.connect(self._schedule_recluster)
+        for name, w in (("sigma", self.sigma_spin), ("tau", self.tau_spin),
+                        ("size", self.size_spin)):
+            w.valueChanged.connect(lambda *_, n=name: self._knob_changed(n))
+        self.method_combo.currentIndexChanged.connect(lambda *_: self._knob_changed("method"))
+        self.prior_check.toggled.connect(lambda *_: self._knob_changed("prior"))
+        return box
 
+    def _build_counts_box(self) -> QGroupBox:
         self.counts_box = QGroupBox("Instance counts")
         self.counts_form = QFormLayout(self.counts_box)
-        self.counts_info = QLabel("Run PFN to see the predicted counts.")
-        self.counts_info.setWordWrap(True)
+        self.counts_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        self.counts_info = _wrapped("Run PFN to see the counts.")
         self.counts_form.addRow(self.counts_info)
-        reset = QPushButton("Reset counts to predicted")
-        reset.clicked.connect(self.reset_counts)
-        self.counts_form.addRow(reset)
-        outer.addWidget(self.counts_box)
+        self.reset_counts_button = QPushButton("Reset counts (forget what you typed)")
+        self.reset_counts_button.clicked.connect(self.reset_counts)
+        self.counts_form.addRow(self.reset_counts_button)
+        return self.counts_box
 
-        box = QGroupBox("PFN locations")
+    def _build_locations_box(self) -> QGroupBox:
+        box = QGroupBox("PFN locations and arrows")
         form = QFormLayout(box)
-        self.channel_combo = QComboBox()
+        self.channel_combo = _combo()
         self.channel_combo.setToolTip("The location channel 'PFN locations' shows, in pixels of "
                                       "the image: center (cx, cy), top-left (lx, ly) and "
                                       "bottom-right (rx, ry) of the predicted box")
         self.channel_combo.currentIndexChanged.connect(self._show_locations)
-        form.addRow("Location channel", self.channel_combo)
-        self.channel_label = QLabel("")
-        self.channel_label.setWordWrap(True)
+        form.addRow("Channel", self.channel_combo)
+        self.colorbar = _ColorBar(L.LOCATION_COLORMAP)
+        form.addRow(self.colorbar)
+        self.channel_label = _wrapped("")
         form.addRow(self.channel_label)
-        outer.addWidget(box)
+        self.arrows_label = _wrapped(f"Arrows: {L.VECTORS_LEGEND}.")
+        form.addRow(self.arrows_label)
+        return box
 
-        self.export_button = QPushButton("Export instances (PNG + COCO JSON)…")
-        self.export_button.clicked.connect(self._export_dialog)
-        outer.addWidget(self.export_button)
-
+    def _build_teaching_box(self) -> QGroupBox:
         box = QGroupBox("Teaching mode")
         lay = QVBoxLayout(box)
         self.teach_check = QCheckBox("Step through the stages, one layer at a time")
@@ -227,17 +371,9 @@ class PFNWidget(QWidget):
         row.addWidget(self.prev_button)
         row.addWidget(self.next_button)
         lay.addLayout(row)
-        self.stage_label = QLabel("")
-        self.stage_label.setWordWrap(True)
+        self.stage_label = _wrapped("")
         lay.addWidget(self.stage_label)
-        outer.addWidget(box)
-        outer.addStretch(1)
-
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(150)
-        self._debounce.timeout.connect(self.recluster)
-        self._update_enabled()
+        return box
 
     def _set_param_widgets(self, p: TuneParams) -> None:
         """Show ``p`` in the knobs without triggering a re-clustering."""
@@ -256,23 +392,84 @@ class PFNWidget(QWidget):
         finally:
             for w in widgets:
                 w.blockSignals(False)
+        self._update_knob_help()
 
     def params(self) -> TuneParams:
-        """The knobs and count boxes as they are now."""
-        override = tuple(sorted((c, spin.value()) for c, spin in self._count_spins.items()
-                                if spin.value() != self._count_defaults.get(c)))
+        """The knobs and the counts the user typed, as they are now."""
         return TuneParams(method=self.method_combo.currentText(), sigma=self.sigma_spin.value(),
                           tau=self.tau_spin.value(), min_size_frac=self.size_spin.value() / 100.0,
-                          count_override=override, prior=self.prior_check.isChecked())
+                          count_override=tuple(sorted(self._overrides.items())),
+                          prior=self.prior_check.isChecked())
+
+    # ================================================================== the weights' settings
+    def _grouping(self) -> GroupingConfig:
+        """The grouping settings the knobs apply to: the loaded model's, else the weights'."""
+        if self.session.model is not None:
+            return self.session.model.config.grouping
+        return self._weights_grouping or GroupingConfig()
+
+    def _load_weights_settings(self, *_: Any, notify: bool = True) -> None:
+        """Show the grouping settings stored in the weights file in the knobs (before any
+        Run), keeping the knobs the user changed; a file that cannot be read leaves the knobs
+        as they are (Run says what is wrong with it)."""
+        weights = self.weights_edit.text().strip()
+        if weights == self._knobs_from:
+            return
+        try:
+            file, grouping = weights_grouping(weights or None)
+        except PFNError:
+            return
+        self._knobs_from, self._weights_grouping = weights, grouping
+        self._show_weights_settings(file.name, grouping, notify)
+
+    def _show_weights_settings(self, file: str, grouping: GroupingConfig, notify: bool) -> None:
+        own, now = params_of(grouping), self.params()
+        fields = {"method": "method", "sigma": "sigma", "tau": "tau", "size": "min_size_frac",
+                  "prior": "prior"}
+        kept = {f: getattr(now, fields[f]) for f in self._touched}
+        self._set_param_widgets(replace(own, **{fields[f]: v for f, v in kept.items()}))
+        text = f"Knobs: the grouping settings of {file} ({describe(own)})"
+        if kept:
+            text += "; kept what you set: " + ", ".join(
+                f"{f} {_fmt(v)}" for f, v in sorted(kept.items()))
+        self._message(text + ".", notify=False)
+        self._update_enabled()
+
+    def reset_knobs(self) -> None:
+        """The weights' own grouping settings in every knob (forgets what the user set)."""
+        self._touched.clear()
+        own = params_of(self._grouping())
+        self._set_param_widgets(own)
+        self._message(f"Knobs back to the weights' own settings ({describe(own)}).",
+                      notify=False)
+        self._schedule_recluster()
+
+    def _knob_changed(self, name: str) -> None:
+        self._touched.add(name)
+        if name == "method":
+            self._update_knob_help()
+        self._schedule_recluster()
+
+    def _update_knob_help(self) -> None:
+        """Enable each knob the running method and the weights' grouping read, with a tooltip
+        that says what it does there; disable the others with a one-line reason."""
+        method = self.method_combo.currentText()
+        g = self._grouping()
+        help_ = knob_help(method, g)
+        for spin, (enabled, tip) in zip((self.sigma_spin, self.tau_spin, self.size_spin),
+                                        (help_["sigma"], help_["tau"], help_["size"])):
+            spin.setEnabled(enabled)
+            spin.setToolTip(tip)
 
     def _update_enabled(self) -> None:
         has_net = self.session.net is not None
         self.run_button.setEnabled(not self.busy)
         self.export_button.setEnabled(self.layer(L.INSTANCES) is not None)
-        model = self.session.model
-        self.prior_check.setEnabled(model is not None and model.config.grouping.prior_weight > 0)
+        self.prior_check.setEnabled(self._grouping().prior_weight > 0)
+        self.reset_counts_button.setEnabled(bool(self._overrides))
         for w in (self.prev_button, self.next_button):
             w.setEnabled(self.teach_check.isChecked() and has_net)
+        self._update_knob_help()
 
     # ================================================================== messages
     def _message(self, text: str, error: bool = False, notify: bool = True) -> None:
@@ -342,8 +539,8 @@ class PFNWidget(QWidget):
             return
         from napari.qt.threading import create_worker
 
-        worker = create_worker(job, _progress={"total": steps, "desc": f"PFN: {desc}"},
-                               _ignore_errors=True)
+        # no napari progress bar: it is a tqdm bar in the terminal too; the dock shows progress
+        worker = create_worker(job, _ignore_errors=True)
         worker.yielded.connect(self._on_yield)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
@@ -394,9 +591,11 @@ class PFNWidget(QWidget):
         weights = self.weights_edit.text().strip() or None
         device = self.device_combo.currentText()
         self._running_image = name
-        first_run = self.session.model is None or (str(weights or ""), device) != self.session.model_key
+        self._load_weights_settings(notify=False)  # the knobs show this file's settings
+        shown = self._knobs_from == (weights or "")
         session = self.session
-        knobs = None if first_run else self.params()  # read the widgets here, not in the thread
+        # read the widgets here, not in the thread; counts start from the networks' own
+        knobs = replace(self.params(), count_override=()) if shown else None
         rgb = bool(layer.rgb)
 
         def job() -> Iterator[str]:
@@ -405,9 +604,7 @@ class PFNWidget(QWidget):
             yield NETWORK_STEPS[1]
             session.run_network(data, rgb=rgb, name=name)
             yield NETWORK_STEPS[2]
-            p = knobs or session.default_params()  # a new model starts from its own defaults
-            params = TuneParams(p.method, p.sigma, p.tau, p.min_size_frac, (),  # counts: predicted
-                                p.prior)
+            params = knobs or session.default_params()  # unreadable before: the model's own
             session.recluster(params)
             return params
 
@@ -419,7 +616,7 @@ class PFNWidget(QWidget):
             self._image_layer_name, self._running_image = self._running_image, None
         s = self.session
         self._set_param_widgets(params)
-        self._build_count_spins()
+        self._overrides.clear()  # a new image (or new networks): counts from the networks
         self.keep_edits_check.setChecked(False)
         self._show_network_layers()
         self._show_clustering(force_instances=True)
@@ -427,10 +624,34 @@ class PFNWidget(QWidget):
         self._message(" ".join([f"{self._image_layer_name}: "
                                 f"{L.plural(len(s.clustering.instances), 'instance')} (PFN ran on "
                                 f"{s.model.device} in {s.network_seconds:.2f} s).",
-                                *self._clipped_note(), *notes]))
+                                *self._bring_to_top(), *self._clipped_note(), *notes]))
         if self.teach_check.isChecked():
             self.show_stage(self._stage)
         self._run_pending()
+
+    def _bring_to_top(self) -> list[str]:
+        """Put the image of the last Run and its PFN layers at the top of the layer list (and
+        make them visible), so nothing the user opened hides them; a sentence saying so when
+        they were not there."""
+        layers = self.viewer.layers
+        image = layers[self._image_layer_name]
+        stack = [image, *[layer for base in L.STACK_ORDER
+                          if (layer := self.layer(base)) is not None]]
+        on_top = [layers[k] for k in range(len(layers) - len(stack), len(layers))]
+        image.visible = True
+        if not self.teach_check.isChecked():
+            self.layer(L.INSTANCES).visible = True
+        if on_top == stack:
+            return []
+        above = [layer.name for layer in layers[layers.index(image) + 1:]
+                 if layer not in stack and layer.visible]
+        for layer in stack:
+            layers.move(layers.index(layer), len(layers))
+        if not above:
+            return []
+        return [f"'{image.name}' and its PFN layers were moved to the top of the layer list "
+                f"(they were under {', '.join(repr(n) for n in above[:3])}"
+                f"{' ...' if len(above) > 3 else ''})."]
 
     # ================================================================== re-cluster
     def _schedule_recluster(self, *_: Any) -> None:
@@ -474,59 +695,74 @@ class PFNWidget(QWidget):
         self._run_pending()
 
     # ================================================================== counts
-    def _build_count_spins(self) -> None:
-        """One spin box per class that is present (predicted count > tau, or on the map)."""
-        for spin in self._count_spins.values():
-            self.counts_form.removeRow(spin)
-        self._count_spins.clear()
-        self._count_defaults.clear()
-        s = self.session
-        counts = s.predicted_counts()
-        on_map = set(np.unique(s.net.class_probs.argmax(0)).tolist()) - {0}
-        tau = self.tau_spin.value()
-        present = [c for c in range(1, len(counts) + 1) if counts[c - 1] > tau or c in on_map]
-        names = s.class_names
-        used = s.instance_numbers(self.params())  # the knobs' k, before any override
-        source = s.model.config.grouping.count_source
-        for c in present:
-            spin = QSpinBox(minimum=0, maximum=99)
-            # the number the grouping used: the head's count rounded, or the votes'
-            default = used.get(c, max(1, int(round(float(counts[c - 1])))))
-            spin.setValue(default)
-            how = ("" if source == "head" else
-                   f"; {default} from the boxes its pixels vote for (grouping.count_source={source})")
-            spin.setToolTip(f"Cluster {names[c - 1]} into this many instances (count network: "
-                            f"{counts[c - 1]:.2f}{how}); change it to override. The "
-                            "override also feeds the refinement: 0 (or at most tau) takes the "
-                            "class out when another class is present")
-            spin.valueChanged.connect(self._schedule_recluster)
-            self._count_spins[c] = spin
-            self._count_defaults[c] = default
-            self.counts_form.insertRow(self.counts_form.rowCount() - 1,
-                                       f"{names[c - 1]} ({counts[c - 1]:.2f})", spin)
-        if present:
-            self.counts_info.setText("Predicted count of each class present (> tau or on the "
-                                     "category map); change a box to re-cluster into that many.")
+    def _sync_count_boxes(self) -> None:
+        """One box per class the current clustering grouped (and per class the user typed a
+        count for), showing the number of clusters it used; boxes of other classes go."""
+        c = self.session.clustering
+        shown = sorted(set(c.cluster_counts) | set(self._overrides))
+        for cls in [k for k in self._count_spins if k not in shown]:
+            self.counts_form.removeRow(self._count_spins.pop(cls))
+        found: dict[int, int] = {}
+        for k in c.instances.classes:
+            found[int(k)] = found.get(int(k), 0) + 1
+        for row, cls in enumerate(shown):
+            spin = self._count_spins.get(cls)
+            if spin is None:
+                spin = self._add_count_box(cls, row)
+            spin.blockSignals(True)
+            spin.setValue(self._overrides.get(cls, c.cluster_counts.get(cls, 0)))
+            spin.blockSignals(False)
+            self._label_count_box(cls, spin, found.get(cls, 0))
+        if shown:
+            self.counts_info.setText("Clusters per class the grouping used (the count network's "
+                                     "number, rounded, or the boxes its pixels vote for); type "
+                                     "a number to re-cluster into that many: it stays until "
+                                     "you reset the counts.")
         else:
-            self.counts_info.setText("No class present: every predicted count is at most tau "
-                                     "and the category map is all background.")
+            self.counts_info.setText("No class present: every predicted count is at most tau, "
+                                     "or the category map is all background.")
+        self.reset_counts_button.setEnabled(bool(self._overrides))
+
+    def _add_count_box(self, cls: int, row: int) -> QSpinBox:
+        spin = QSpinBox(minimum=0, maximum=99)
+        spin.valueChanged.connect(lambda value, c=cls: self._count_typed(c, value))
+        self._count_spins[cls] = spin
+        self.counts_form.insertRow(1 + row, _wrapped(""), spin)  # under the info line
+        return spin
+
+    def _label_count_box(self, cls: int, spin: QSpinBox, found: int) -> None:
+        name = self.session.class_names[cls - 1]
+        pred = float(self.session.predicted_counts()[cls - 1])
+        yours = cls in self._overrides
+        label = self.counts_form.labelForField(spin)
+        label.setText(f"{name} (predicted {pred:.2f}, found {found}"
+                      f"{', your count' if yours else ''})")
+        label.setStyleSheet("font-weight: bold;" if yours else "")
+        spin.setToolTip(f"Cluster {name} into this many instances (count network: {pred:.2f}; "
+                        f"the grouping used {self.session.clustering.cluster_counts.get(cls, 0)})."
+                        " A number you type stays until 'Reset counts'; it also feeds the "
+                        "refinement: 0 (or at most tau) takes the class out when another class "
+                        "is present")
+
+    def _count_typed(self, cls: int, value: int) -> None:
+        self._overrides[cls] = int(value)
+        self._schedule_recluster()
 
     def reset_counts(self) -> None:
-        changed = False
-        for c, spin in self._count_spins.items():
-            if spin.value() != self._count_defaults[c]:
-                spin.blockSignals(True)
-                spin.setValue(self._count_defaults[c])
-                spin.blockSignals(False)
-                changed = True
-        if changed:
+        """Forget the counts the user typed: the grouping's own numbers again."""
+        if self._overrides:
+            self._overrides.clear()
             self._schedule_recluster()
 
     def set_count(self, class_id: int, value: int) -> None:
         """Override the instance count of class ``class_id`` (as typing in its box)."""
         if class_id not in self._count_spins:
             raise KeyError(f"class {class_id} has no count box (present: {sorted(self._count_spins)})")
-        self._count_spins[class_id].setValue(int(value))
+        spin = self._count_spins[class_id]
+        if spin.value() == int(value):  # typing the number it shows: keep it, re-cluster
+            self._count_typed(class_id, int(value))
+        else:
+            spin.setValue(int(value))
 
     # ================================================================== layers
     def layer(self, base: str, image: str | None = None) -> Any:
@@ -630,9 +866,11 @@ class PFNWidget(QWidget):
         layer = self._upsert(L.LOCATIONS, "image", data, kw, visible=False if first else None,
                              channel=channel)
         layer.contrast_limits = kw["contrast_limits"]
+        self.colorbar.set_range(*kw["contrast_limits"])
         self.channel_label.setText(f"'{layer.name}' shows {channel} "
                                    f"({L.CHANNEL_MEANING.get(channel, channel)}) in pixels of the "
-                                   f"image; pick another channel above.")
+                                   "image, on the category map's objects only (background "
+                                   "transparent); pick another channel above.")
 
     def _clipped_note(self) -> list[str]:
         """A sentence when some arrows point at a center outside the image (cut at the border)."""
@@ -663,28 +901,18 @@ class PFNWidget(QWidget):
             layer = self._upsert(L.INSTANCES, "labels", data, kw)
             self._watch_edits(layer)
         fg = c.refined_class_map > 0
-        data, kw = L.vectors_layer(s.centers, fg, c.grid_labels, s.geom)
+        prior_ids = np.flatnonzero(c.from_prior)  # (M,) 0-based
+        data, kw = L.vectors_layer(s.centers, fg, c.grid_labels, s.geom,
+                                   prior=(c.instances.masks[prior_ids], prior_ids + 1))
         self._upsert(L.VECTORS, "vectors", data, kw)
         if force_instances:  # a Run: the set goes (back) on top of its image
             self._place_above_image()
-        self._update_counts_text()
+        self._sync_count_boxes()
         where = ("your edited instances kept" if keep
                  else L.plural(len(c.instances), "instance"))
         self.timing_label.setText(f"grouping {c.seconds * 1000:.0f} ms, {where} "
                                   "(networks not re-run)")
         self._update_enabled()
-
-    def _update_counts_text(self) -> None:
-        c = self.session.clustering
-        got: dict[int, int] = {}
-        for k in c.instances.classes:
-            got[int(k)] = got.get(int(k), 0) + 1
-        names = self.session.class_names
-        for cid, spin in self._count_spins.items():
-            label = self.counts_form.labelForField(spin)
-            if label is not None:
-                pred = self.session.predicted_counts()[cid - 1]
-                label.setText(f"{names[cid - 1]} (predicted {pred:.2f}, found {got.get(cid, 0)})")
 
     def _watch_edits(self, layer: Any) -> None:
         if id(layer) in self._watched_layers:
@@ -737,14 +965,16 @@ class PFNWidget(QWidget):
         self._stage = int(np.clip(index, 0, len(STAGES) - 1))
         stage = STAGES[self._stage]
         present = {n: self.layer(n) for n in L.LAYER_NAMES if self.layer(n) is not None}
+        method = self.method_combo.currentText()
+        text = stage_text(stage, method, sigma_role(method))
         if not present:
-            self.stage_label.setText(f"<b>{stage.title}</b><br>{stage.text}<br><i>Run PFN first "
+            self.stage_label.setText(f"<b>{stage.title}</b><br>{text}<br><i>Run PFN first "
                                      "to see this stage.</i>")
             return
         for name, layer in present.items():
             layer.visible = name == stage.layer
         self.stage_label.setText(f"<b>{stage.title}</b> ({self._stage + 1}/{len(STAGES)})"
-                                 f"<br>{stage.text}")
+                                 f"<br>{text}")
         self.prev_button.setEnabled(self._stage > 0)
         self.next_button.setEnabled(self._stage < len(STAGES) - 1)
 
