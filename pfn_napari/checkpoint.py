@@ -241,6 +241,23 @@ def check_finite(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
                               "that wrote it diverged: use an earlier checkpoint")
 
 
+def check_dtypes(state: Mapping[str, Any], expected: Mapping[str, torch.Tensor],
+                 path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the first entry of ``state`` that is not a tensor,
+    or that is stored as integers (or booleans) where the network holds floating-point values
+    (``expected``: the network's own ``state_dict()``). Copied in, such weights would be
+    rounded to whole numbers and the network would predict nothing."""
+    for name, value in state.items():
+        if not torch.is_tensor(value):
+            raise CheckpointError(f"{path}: weight {name!r} is a {type(value).__name__}, not a "
+                                  "tensor; the file is damaged or not written by pfn-napari")
+        own = expected.get(name)
+        if own is not None and own.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: weight tensor {name!r} is stored as {value.dtype}, "
+                                  f"but the network holds {own.dtype} there; the file is "
+                                  "damaged or was converted wrongly: use the original file")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[torch.nn.Module, PFNConfig, dict[str, Any]]:
     """Load a training checkpoint or a weights file.
@@ -260,6 +277,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot rebuild the networks {dict(obj['networks'])} "
                               f"from the stored config ({exc})") from None
+    if not isinstance(obj["model"], Mapping):
+        raise CheckpointError(f"{path}: damaged pfn-napari checkpoint (its 'model' entry is a "
+                              f"{type(obj['model']).__name__}, not a state dict)")
+    check_dtypes(obj["model"], system.state_dict(), path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in obj["model"].items()}
     check_finite(state, path)
     try:

