@@ -82,3 +82,80 @@ def test_cli_export_from_checkpoint(tmp_path: Path) -> None:
         torch.testing.assert_close(ts(x)[2], system(x).counts, atol=1e-4, rtol=1e-4)
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o2")]) == 2
     assert main(["export", str(ckpt), "--out", str(tmp_path / "o3"), "--size", "x"]) == 2
+
+
+def _tiny_checkpoint(tmp_path: Path, networks: str = "unified") -> Path:
+    from pfn_napari.checkpoint import save_weights
+
+    cfg = PFNConfig(model=SMALL, data=PFNConfig().data.__class__(classes=("a", "b")))
+    torch.manual_seed(0)
+    return save_weights(tmp_path / f"{networks}.pt", build_system(SMALL, networks).eval(), cfg)
+
+
+def test_cli_export_checks_out_and_accepts_default(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--out a file or a read-only folder, an earlier export in --out, a stage-1 checkpoint:
+    one line each, exit 2, nothing written; 'default' is the shipped weights ($PFN_WEIGHTS)."""
+    import os
+
+    from pfn_napari.cli import main
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["export", str(ckpt), "--out", str(a_file), "--size", "17", "--no-onnx"]) == 2
+    assert capsys.readouterr().err == (f"pfn: error: --out {a_file}: is a file, not a folder; "
+                                       "pass a folder\n")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert main(["export", str(ckpt), "--out", str(locked), "--size", "17", "--no-onnx"]) == 2
+        assert "cannot write in this folder" in capsys.readouterr().err
+    stage1 = _tiny_checkpoint(tmp_path, "category")
+    assert main(["export", str(stage1), "--out", str(tmp_path / "s1"), "--no-onnx"]) == 2
+    assert f"pfn: error: {stage1}: this checkpoint has no location / count heads" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "s1").exists()
+    monkeypatch.setenv("PFN_WEIGHTS", str(ckpt))
+    out = tmp_path / "out"
+    assert main(["export", "default", "--out", str(out), "--size", "17", "--no-onnx"]) == 0
+    first = (out / "pfn.pt").read_bytes()
+    assert sorted(os.listdir(out)) == ["export.json", "pfn.pt"]  # no temporaries left
+    assert main(["export", "default", "--out", str(out), "--size", "25", "--no-onnx"]) == 2
+    assert capsys.readouterr().err == (f"pfn: error: --out {out}: already holds an export "
+                                       "(pfn.pt, export.json); pass another --out, or "
+                                       "--overwrite to replace it\n")
+    assert (out / "pfn.pt").read_bytes() == first
+    assert main(["export", "default", "--out", str(out), "--size", "25", "--no-onnx",
+                 "--overwrite"]) == 0
+    assert json.loads((out / "export.json").read_text())["input"]["shape"] == [1, 3, 25, 25]
+
+
+def test_an_interrupted_export_leaves_the_previous_files(tmp_path: Path, monkeypatch) -> None:
+    """A failure while a file is written (here: the disk fills) keeps the previous file whole
+    and leaves no temporary behind."""
+    import errno
+
+    from pfn_napari.errors import OutputError
+
+    system = build_system(SMALL, "unified").eval()
+    paths = export_system(system, tmp_path, size=(17, 17), onnx=False)
+    before = paths["torchscript"].read_bytes()
+    real_fsync = __import__("os").fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full)
+    with pytest.raises(OutputError, match=r"disk full while writing .*pfn\.pt; the previous "
+                                          r"file is kept"):
+        export_system(system, tmp_path, size=(25, 25), onnx=False)
+    monkeypatch.setattr("os.fsync", real_fsync)
+    assert paths["torchscript"].read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "pfn.pt"]
+
+
+def test_parse_size_range() -> None:
+    assert parse_size("9x4096") == (9, 4096)
+    for text in ("8", "4097", "0x10", "-5"):
+        with pytest.raises(ValueError, match="sides from 9 to 4096"):
+            parse_size(text)
