@@ -422,6 +422,45 @@ def test_kmeans_runs_match_scikit_learn():
     assert own == pytest.approx(runs.inertia[s], rel=1e-9)
 
 
+def test_kmeans_plusplus_never_picks_a_chosen_point_again():
+    # 5 copies each of 3 points: once a copy is a center, its copies are at distance 0 and
+    # are never drawn while another point remains, so every seeding takes each point once
+    from pfn_napari.grouping.kmeans import kmeans_plusplus
+
+    x = np.repeat([[0.0, 0.0], [100.0, 0.0], [0.0, 200.0]], 5, axis=0)  # (15, 2)
+    centers = kmeans_plusplus(x, 3, n_init=300, rng=np.random.default_rng(0))  # (300, 3, 2)
+    chosen = np.sort(centers[..., 0] + centers[..., 1], axis=1)  # 0, 100, 200 identify them
+    np.testing.assert_array_equal(chosen, np.tile([0.0, 100.0, 200.0], (300, 1)))
+
+
+def test_kmeans_plusplus_draws_by_squared_distance():
+    # points 0, 1, 3 on a line: after a first center at 0 the second is 1 with probability
+    # 1 / (1 + 9) and 3 with 9 / 10 (uniform: 1/2 each; by distance: 1/4 and 3/4)
+    from pfn_napari.grouping.kmeans import kmeans_plusplus
+
+    x = np.array([[0.0], [1.0], [3.0]])
+    centers = kmeans_plusplus(x, 2, n_init=6000, rng=np.random.default_rng(0))[..., 0]
+    second = centers[centers[:, 0] == 0.0, 1]
+    assert len(second) > 1500  # the first center is uniform: about 2,000 of 6,000
+    assert np.mean(second == 3.0) == pytest.approx(0.9, abs=0.03)
+    assert np.mean(second == 1.0) == pytest.approx(0.1, abs=0.03)
+
+
+def test_kmeans_one_seeding_recovers_separated_blobs():
+    # 4 blobs 10 apart, spread 0.05: k-means++ puts one seed in each blob (the chance of two
+    # in one is below 1e-4 per seeding), so a single seeding finds the blobs every time
+    rng = np.random.default_rng(3)
+    corners = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = np.concatenate([c + rng.normal(0, 0.05, (25, 2)) for c in corners])
+    truth = np.repeat(np.arange(4), 25)
+    for seed in range(20):
+        runs = kmeans_runs(x, 4, n_init=1, seed=seed)
+        labels = runs.labels[0]
+        assert len(set(zip(labels.tolist(), truth.tolist()))) == 4, f"seed {seed}"
+        np.testing.assert_allclose(np.sort(runs.centers[0], axis=0), np.sort(
+            np.stack([x[truth == j].mean(0) for j in range(4)]), axis=0), atol=1e-9)
+
+
 def test_select_by_similarity_prefers_the_tight_partition():
     # points 0-1 similar, 2-3 similar, cross pairs dissimilar
     w = np.array([[0, .9, .1, .1], [.9, 0, .1, .1], [.1, .1, 0, .8], [.1, .1, .8, 0]], np.float32)
