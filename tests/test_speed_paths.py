@@ -156,3 +156,95 @@ def test_a_failing_export_falls_back_to_torch_once(lite0_path, monkeypatch):
     assert model.runtime == "torch" and net.class_probs.shape[1:] == (5, 6)
     ref = inference.run_network(inference.load_model(lite0_path, "cpu", runtime="torch"), image)
     np.testing.assert_array_equal(net.class_probs, ref.class_probs)  # it *is* the torch path
+
+
+@pytest.fixture(scope="module")
+def cached_trunks(lite0_path, tmp_path_factory):
+    """Two trunks (the category and instance backbones, other weights) and a cache folder
+    holding both exported graphs with their records, made once for the tests below."""
+    import shutil
+
+    model = inference.load_model(lite0_path, "cpu", runtime="torch")
+    trunks = (model.system.category.backbone, model.system.instance.backbone)
+    folder = tmp_path_factory.mktemp("cache")
+    old = rt.cache_dir
+    rt.cache_dir = lambda: folder
+    graphs, sessions = dict(rt._GRAPHS), dict(rt._SESSIONS)
+    try:
+        for bb in trunks:
+            rt._graph(bb, rt.weights_key(bb))
+    finally:
+        rt.cache_dir = old
+        rt._GRAPHS.clear(), rt._GRAPHS.update(graphs)
+        rt._SESSIONS.clear(), rt._SESSIONS.update(sessions)
+    keys = [rt.weights_key(bb) for bb in trunks]
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == \
+        sorted(f"{k}.{ext}" for k in keys for ext in ("onnx", "json"))
+    return trunks, keys, folder, shutil
+
+
+def _fast_pool3(bb, x):
+    """The trunk's pool3 on ONNX Runtime (through the cache) and in PyTorch."""
+    import copy
+
+    fast = copy.deepcopy(bb)
+    rt.onnx_backbone(fast)
+    with torch.no_grad():
+        return fast.forward_trunk(x)[1]["pool3"], bb.forward_trunk(x)[1]["pool3"]
+
+
+def test_swapped_cache_files_are_rebuilt_not_trusted(cached_trunks, tmp_path):
+    """The two cached graphs swapped (a file's bytes not the ones its record names) and then
+    with their records swapped too: each is rebuilt with one warning, and gives its own
+    trunk's outputs."""
+    (a, b), (ka, kb), folder, shutil = cached_trunks
+    onnx = tmp_path / "cache" / "onnx"
+    shutil.copytree(folder / "onnx", onnx)
+    good_a = (onnx / f"{ka}.onnx").read_bytes()
+    (onnx / f"{ka}.onnx").write_bytes((onnx / f"{kb}.onnx").read_bytes())
+    x = torch.rand(1, 3, 41, 49, generator=torch.Generator().manual_seed(2)) * 255
+    with pytest.warns(RuntimeWarning, match=rf"ONNX cache .*{ka}\.onnx: its bytes are not the "
+                                            r"ones recorded \(corrupt or replaced\); rebuilt it"):
+        got, ref = _fast_pool3(a, x)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert (onnx / f"{ka}.onnx").read_bytes() == good_a  # the cache holds the right graph again
+    rt._GRAPHS.clear(), rt._SESSIONS.clear()
+    (onnx / f"{kb}.json").write_text((onnx / f"{ka}.json").read_text())
+    with pytest.warns(RuntimeWarning, match=rf"{kb}\.onnx: its record names another graph"):
+        _fast_pool3(b, x)
+
+
+def test_a_cache_file_that_lies_or_does_not_load_is_rebuilt(cached_trunks, tmp_path,
+                                                             monkeypatch):
+    """A graph of other weights under a trunk's name with no record (or a forged one): the
+    probe image shows it; a damaged file with a matching record does not load: rebuilt, once.
+    A later process uses the rebuilt file as it is: no warning, no export."""
+    import hashlib
+    import json
+    import warnings
+
+    (a, b), (ka, kb), folder, shutil = cached_trunks
+    onnx = tmp_path / "cache" / "onnx"
+    shutil.copytree(folder / "onnx", onnx)
+    (onnx / f"{ka}.onnx").write_bytes((onnx / f"{kb}.onnx").read_bytes())
+    (onnx / f"{ka}.json").unlink()
+    x = torch.rand(1, 3, 41, 49, generator=torch.Generator().manual_seed(3)) * 255
+    with pytest.warns(RuntimeWarning, match=rf"{ka}\.onnx: gives other outputs than the "
+                                            r"weights it is named after"):
+        got, ref = _fast_pool3(a, x)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    damaged = b"\x08\x07garbage"
+    (onnx / f"{kb}.onnx").write_bytes(damaged)
+    (onnx / f"{kb}.json").write_text(json.dumps({"key": kb, "format": rt.FORMAT,
+                                                 "sha256": hashlib.sha256(damaged).hexdigest()}))
+    with pytest.warns(RuntimeWarning, match=rf"{kb}\.onnx: does not load"):
+        _fast_pool3(b, x)
+    rt._GRAPHS.clear(), rt._SESSIONS.clear()
+
+    def no_export(backbone):
+        raise AssertionError("exported again instead of reading the rebuilt cache")
+
+    monkeypatch.setattr(rt, "export_trunk", no_export)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fast_pool3(a, x), _fast_pool3(b, x)

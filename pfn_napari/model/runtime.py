@@ -20,7 +20,10 @@ pixels and a fifth of the channels for the alignment.
 
 The exported graph is cached in memory per process and on disk under :func:`cache_dir`
 (``$PFN_CACHE_DIR``, else ``$XDG_CACHE_HOME/pfn-napari``, else ``~/.cache/pfn-napari``), named
-by a hash of the trunk's weights, the torch version and :data:`FORMAT`, written atomically.
+by a hash of the trunk's weights, the torch version and :data:`FORMAT`, written atomically,
+with a record beside it (``KEY.json``: key, format, sha256). A cached graph is used only when
+it matches its record and gives the torch trunk's outputs on a probe image; otherwise it is
+rebuilt, with one warning.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -104,29 +108,109 @@ def export_trunk(backbone: EfficientNetLite) -> bytes:
 
 
 def _graph(backbone: EfficientNetLite, key: str, use_disk: bool = True) -> bytes:
-    """ONNX bytes of the trunk: from memory, from the disk cache, or exported (and saved)."""
+    """ONNX bytes of the trunk, checked: from memory, from the disk cache when the file is the
+    one its record describes and gives the trunk's outputs on a probe image, else exported
+    (and saved). A cache file that fails a check is rebuilt, with one warning."""
     if key in _GRAPHS:
         return _GRAPHS[key]
     file = cache_dir() / "onnx" / f"{key}.onnx"
-    data = None
+    data, problem, recorded = None, None, False
     if use_disk and file.is_file():
-        try:
-            data = file.read_bytes()
-        except OSError:
-            data = None
+        data, problem, recorded = _read_cached(file, key)
+        if data is not None:
+            problem = _probe(backbone, key, data)
+            data = None if problem else data
     if data is None:
         data = export_trunk(backbone)
+        fresh = _probe(backbone, key, data)
+        if fresh:
+            raise RuntimeError(f"the exported trunk {fresh}")
         if use_disk:
-            try:  # atomically: a reader never sees half a file
-                file.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, file)
-            except OSError:
-                pass  # a read-only home: keep it in memory only
+            _save(file, key, data)
+        if problem:
+            warnings.warn(f"ONNX cache {file}: {problem}; rebuilt it", RuntimeWarning,
+                          stacklevel=4)
+    elif use_disk and not recorded:  # a cache file of before the records: now checked
+        _save_record(file, key, data)
     _GRAPHS[key] = data
     return data
+
+
+def _record_path(file: Path) -> Path:
+    """The record beside a cached graph: ``KEY.json`` with its key, format and sha256."""
+    return file.with_suffix(".json")
+
+
+def _read_cached(file: Path, key: str) -> tuple[bytes | None, str | None, bool]:
+    """``(bytes, None, recorded)`` of a cached graph that matches its record (or has none:
+    ``recorded`` False), else ``(None, what is wrong, True)``."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})", True
+    try:
+        record = json.loads(_record_path(file).read_text())
+    except FileNotFoundError:
+        return data, None, False
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, f"its record {_record_path(file).name} is unreadable", True
+    if not isinstance(record, dict) or record.get("key") != key or \
+            record.get("format") != FORMAT:
+        return None, "its record names another graph", True
+    if record.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None, "its bytes are not the ones recorded (corrupt or replaced)", True
+    return data, None, True
+
+
+def _probe(backbone: EfficientNetLite, key: str, data: bytes) -> str | None:
+    """``None`` when the graph ``data`` loads and gives the torch trunk's outputs (to 1e-3 of
+    their scale) on a fixed probe image; else what is wrong. A bad graph's session is dropped."""
+    threads = max(1, torch.get_num_threads())
+    try:
+        sess = _session(key, data, threads)
+    except Exception as exc:  # noqa: BLE001 - ORT raises many kinds on a damaged graph
+        return f"does not load ({type(exc).__name__})"
+    x = torch.rand(1, 3, 33, 41, generator=torch.Generator().manual_seed(0)) * 255  # (1, 3, H, W)
+    graph = TrunkGraph(copy.deepcopy(backbone).cpu().float()).eval()
+    with torch.no_grad():
+        ref = graph(x)
+    try:
+        got = sess.run(None, {"images": x.numpy()})
+    except Exception as exc:  # noqa: BLE001
+        got, why = None, f"fails on a probe image ({type(exc).__name__})"
+    if got is not None:
+        worst = max((float(np.abs(g - r.numpy()).max()) / (1.0 + float(r.abs().max()))
+                     if g.shape == tuple(r.shape) else float("inf")) for g, r in zip(got, ref))
+        if worst <= 1e-3:
+            return None
+        why = f"gives other outputs than the weights it is named after (off by {worst:.2g})"
+    _SESSIONS.pop((key, threads), None)
+    return why
+
+
+def _save(file: Path, key: str, data: bytes) -> None:
+    """Write the graph, then its record, each atomically; a read-only cache keeps it in
+    memory only."""
+    from ..errors import OutputError
+    from ..output import atomic_write
+
+    try:
+        atomic_write(file, lambda fh: fh.write(data))
+    except OutputError:
+        return
+    _save_record(file, key, data)
+
+
+def _save_record(file: Path, key: str, data: bytes) -> None:
+    from ..errors import OutputError
+    from ..output import atomic_write_text
+
+    record = {"key": key, "format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
+              "bytes": len(data)}
+    try:
+        atomic_write_text(_record_path(file), json.dumps(record))
+    except OutputError:
+        pass
 
 
 def _session(key: str, graph: bytes, threads: int) -> Any:
