@@ -116,6 +116,38 @@ def test_ties_keep_dataset_order():
     assert (ap_first_tp, ap_first_fp) == (1.0, 0.5)
 
 
+#: 20 predictions, scores 0.9 (even index) and 0.5 (odd): numpy sorts up to 16 elements
+#: stably whatever ``kind``; beyond that only a stable sort keeps ties in dataset order.
+TIED_SCORES = np.tile([0.9, 0.5], 10)
+
+
+def test_many_tied_scores_keep_dataset_order():
+    """The documented tie rule with more than 16 predictions: equal scores rank in dataset
+    order. The first five 0.9s (indices 0, 2, 4, 6, 8) are the hits of 5 instances: ranked
+    first, AP 1; the last five (10..18) ranked after five misses: precision 1/6 ... 5/10 at
+    recall 1/5 ... 1, whose envelope is 5/10 everywhere, AP 1/2."""
+    first = np.zeros(20, bool)
+    first[[0, 2, 4, 6, 8]] = True
+    ap, rec, prec = average_precision(TIED_SCORES, first, 5)
+    assert ap == pytest.approx(1.0)
+    np.testing.assert_allclose(rec[:5], [0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(prec[:5], 1.0)
+    last = np.zeros(20, bool)
+    last[[10, 12, 14, 16, 18]] = True
+    ap, _, prec = average_precision(TIED_SCORES, last, 5)
+    np.testing.assert_allclose(prec[:10], [0, 0, 0, 0, 0, 1 / 6, 2 / 7, 3 / 8, 4 / 9, 5 / 10])
+    assert ap == pytest.approx(0.5)
+
+
+def test_many_tied_scores_match_in_dataset_order():
+    """In one image, 20 predictions all overlap each of 5 instances by IoU 0.6: the first five
+    0.9s in dataset order take the instances (SDS's rule), the other 15 are misses."""
+    ious = np.full((20, 5), 0.6)
+    for style in ("voc", "coco"):
+        tp = match_image(TIED_SCORES, ious, 0.5, style)
+        assert np.flatnonzero(tp).tolist() == [0, 2, 4, 6, 8], style
+
+
 def test_classes_without_gt_or_without_predictions():
     h = w = 8
     gt1 = make_sample([box(h, w, 0, 4, 0, 4), box(h, w, 4, 8, 4, 8)], [1, 2], image_id=1)
