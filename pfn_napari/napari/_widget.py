@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from types import MappingProxyType
+from weakref import WeakKeyDictionary
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -173,6 +174,17 @@ def _is_pfn_layer(layer: Any) -> bool:
     return L.LAYER_KEY in layer.metadata or layer.name in L.LAYER_NAMES
 
 
+def _signature(value: Any) -> Any:
+    """A comparable stand-in for a layer property's value (arrays by their bytes)."""
+    if isinstance(value, np.ndarray):
+        return (value.shape, str(value.dtype), hash(value.tobytes()))
+    if isinstance(value, dict):
+        return tuple((repr(k), _signature(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_signature(v) for v in value)
+    return repr(value)
+
+
 def _label_cmap(cmap: dict):
     from napari.utils.colormaps import DirectLabelColormap
 
@@ -205,6 +217,8 @@ class PFNWidget(QWidget):
         self._touched: set[str] = set()  # knobs the user changed since (kept on Run)
         self._stage = 0
         self._watched_layers: set[int] = set()
+        # layer -> {property: signature of the value this widget last set} (see _set_changed)
+        self._layer_props: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
         self._build()
         self._refresh_image_layers()
         self._load_weights_settings(notify=False)
@@ -790,6 +804,7 @@ class PFNWidget(QWidget):
         from napari.layers import Image, Labels, Vectors
 
         kwargs = dict(kwargs)
+        signatures = {key: _signature(value) for key, value in kwargs.items()}
         if "colormap" in kwargs and isinstance(kwargs["colormap"], dict):
             kwargs["colormap"] = _label_cmap(kwargs["colormap"])
         image = self._image_layer_name
@@ -802,11 +817,13 @@ class PFNWidget(QWidget):
             if kind == "vectors":  # features and colours follow the number of vectors
                 layer.data = data
                 layer.features = kwargs.pop("features")
+                # napari does not re-slice a hidden layer: its view still holds the old
+                # vectors, and the canvas's colour update would index past the new colours
+                layer.set_view_slice()
                 layer.edge_color = kwargs.pop("edge_color")
             else:
                 layer.data = data
-            for key, value in kwargs.items():
-                setattr(layer, key, value)
+            self._set_changed(layer, kwargs, signatures)
             if visible is not None:
                 layer.visible = visible
             if layer.name != base and layer.name != name:  # an adopted layer keeps its name
@@ -823,6 +840,16 @@ class PFNWidget(QWidget):
             return new
         add = getattr(self.viewer, f"add_{kind}")
         return add(data, name=name, visible=True if visible is None else visible, **kwargs)
+
+    def _set_changed(self, layer: Any, kwargs: dict[str, Any], signatures: dict[str, Any]
+                     ) -> None:
+        """Set only the layer properties that changed since this widget last set them: each
+        setter redraws (a colormap or a scale costs as much as the data)."""
+        seen = self._layer_props.setdefault(layer, {})
+        for key, value in kwargs.items():
+            if key == "metadata" or seen.get(key) != signatures[key]:
+                setattr(layer, key, value)
+                seen[key] = signatures[key]
 
     def _place_above_image(self) -> None:
         """Stack this image's PFN layers right above it (order :data:`L.STACK_ORDER`)."""
