@@ -62,14 +62,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import (capture_rng_state, check_finite, config_of, load_checkpoint,
-                         networks_of, read_checkpoint, restore_rng_state, save_checkpoint)
-from .config import PFNConfig, config_to_dict
-from .data import open_dataset
+from .checkpoint import (capture_rng_state, check_dtypes, check_finite, config_of,
+                         load_checkpoint, networks_of, read_checkpoint, restore_rng_state,
+                         save_checkpoint)
+from .config import VOC_CLASSES, PFNConfig, config_to_dict
+from .data import normalise_class_name, open_dataset
 from .data.loader import EpochSampler, TrainingSet, batch_to, collate
 from .data.sbd import drop_sbd_images, read_exclude_ids
 from .data.transforms import TrainTransform
-from .errors import CheckpointError, PFNError
+from .errors import CheckpointError, DatasetError, OutputError, PFNError
 from .losses import total_loss
 from .model import PFNSystem, build_network, load_backbone_weights
 from .model.pfn import gated_counts
@@ -387,6 +388,64 @@ def _exclude_images(dataset, cfg: PFNConfig, note):
     return kept
 
 
+def data_classes(dataset: Any) -> tuple[str, ...]:
+    """The classes ``dataset`` is labelled with before they are mapped onto ``data.classes``
+    (read from the readers' tables, no image decoded): a folder's names, a COCO file's
+    categories, the VOC classes of VOC and SBD, the union over the parts of a concatenation."""
+    for inner in ("parts", "parent"):  # ConcatDataset, SubsetDataset
+        if getattr(dataset, inner, None) is not None:
+            parts = dataset.parts if inner == "parts" else [dataset.parent]
+            return tuple(dict.fromkeys(c for part in parts for c in data_classes(part)))
+    if getattr(dataset, "native_classes", None) is not None:  # FolderDataset
+        return tuple(dataset.native_classes)
+    if getattr(dataset, "coco", None) is not None:  # COCODataset
+        return tuple(str(c["name"]) for c in dataset.coco.dataset["categories"])
+    if getattr(dataset, "lut", None) is not None:  # VOCDataset, SBDDataset
+        return VOC_CLASSES
+    return tuple(dataset.classes)
+
+
+def has_labelled_object(dataset: Any, num_classes: int) -> bool:
+    """True when a sample of ``dataset`` has a pixel of a class 1..``num_classes`` (samples
+    are decoded in order until one has; usually the first does)."""
+    for i in range(len(dataset)):
+        class_map = dataset[i].class_map  # (H, W) uint8: 0 background, 255 void
+        if bool(((class_map >= 1) & (class_map <= num_classes)).any()):
+            return True
+    return False
+
+
+def check_labels(dataset: Any, cfg: PFNConfig, role: str) -> None:
+    """Refuse, before any training, a data set (``role``: 'train' or 'val') that teaches or
+    measures nothing: its classes are none of ``data.classes``, or none of its images has a
+    labelled object (training would learn background only; validation would report a
+    perfect mIoU of 100). Raises :class:`DatasetError` naming the data spec."""
+    d = cfg.data
+    spec, split = (d.train, d.train_split) if role == "train" else (d.val, d.val_split)
+    own = data_classes(dataset)
+    if own and not {normalise_class_name(c) for c in own} & \
+            {normalise_class_name(c) for c in d.classes}:
+        fix = (f"to train on them: --set data.classes=[{','.join(own)}] "
+               f"--set model.num_classes={len(own)}" if role == "train"
+               else "pass a data.val labelled with the classes of data.train")
+        raise DatasetError(f"data.{role}={spec!r}: its classes {list(own)} are none of the "
+                           f"config's data.classes {list(d.classes)}; {fix}")
+    if not has_labelled_object(dataset, len(d.classes)):
+        raise DatasetError(f"data.{role}={spec!r} (split {split!r}): none of its "
+                           f"{len(dataset)} images has a labelled object of data.classes "
+                           f"{list(d.classes)}; check its masks or annotations")
+
+
+def _check_val_labels(cfg: PFNConfig) -> None:
+    """:func:`check_labels` of ``data.val`` before training; a set that cannot be opened is
+    left to the validations (each says why it was skipped)."""
+    try:
+        val = open_dataset(cfg.data.val, cfg.data.val_split, tuple(cfg.data.classes))
+    except DatasetError:
+        return
+    check_labels(val, cfg, "val")
+
+
 def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.SGD:
     pretrained, new = net.param_groups()
     t = cfg.train
@@ -455,9 +514,10 @@ def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: boo
     info = dist_info()
     own_group = _init_process_group(info, cfg.train.device)
     try:
-        run = _setup_run(cfg, resume, info, overwrite)
-        last_parts = _run_steps(run, progress)
-        return _finish(run, last_parts)
+        with _out_dir_lock(Path(cfg.train.out_dir), info.main):
+            run = _setup_run(cfg, resume, info, overwrite)
+            last_parts = _run_steps(run, progress)
+            return _finish(run, last_parts)
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -473,6 +533,84 @@ def _init_process_group(info: DistInfo, device: str) -> bool:
         torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend=backend)
     return True
+
+
+#: The lock file of a run in ``train.out_dir``: it holds the pid of the run working there.
+LOCK = ".pfn-train.lock"
+
+
+@contextmanager
+def _out_dir_lock(out_dir: Path, main: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` while this run works in it (rank 0 only).
+
+    A second run into the same folder (a new one or a ``--resume``) is refused at once with an
+    :class:`OutputError` naming the folder and the pid of the run holding it. The lock is an
+    ``flock`` on :data:`LOCK`: the system releases it when the process ends, even on
+    ``kill -9``, so the lock file of a dead run is simply taken over. Where the file system has
+    no locks (some NFS mounts, Windows) the run goes on unlocked.
+    """
+    lock = _acquire_lock(out_dir) if main else None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            _release_lock(out_dir / LOCK, lock)
+
+
+def _acquire_lock(out_dir: Path) -> Any:
+    """The open, locked :data:`LOCK` file of ``out_dir`` holding this pid (None: no locks)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    check_output_dir(out_dir, "train.out_dir (--out)")
+    path = out_dir / LOCK
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fh)
+            fh.close()
+            raise OutputError(f"train.out_dir (--out) {out_dir}: another `pfn train` (pid "
+                              f"{holder}) is writing to this folder; wait for it to finish or "
+                              "pass another --out") from None
+        except OSError:  # pragma: no cover - a file system without locks: go unlocked
+            fh.close()
+            return None
+        try:  # the file we locked may have been removed by a run that just ended: lock anew
+            same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _lock_holder(fh: Any) -> str:
+    """The pid written in a lock file by the run holding it ('unknown' if it has not yet)."""
+    for _ in range(20):
+        fh.seek(0)
+        text = fh.read().strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "unknown"
+
+
+def _release_lock(path: Path, fh: Any) -> None:
+    """Remove the lock file (still holding the lock, so no run can take the old file), then
+    release it."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    fh.close()
 
 
 #: The files of a run in ``train.out_dir``; a new run (not ``--resume``) refuses a folder holding
@@ -560,6 +698,7 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     _prepare_out_dir(out_dir, claim=not resume, overwrite=overwrite, main=info.main, note=note)
     _seed_everything(t.seed)  # the same initial weights on every rank
     train_set, sampler, loader, plan = _build_data(cfg, info, device, note)
+    _check_val_labels(cfg)
     system, net, kind = _build_networks(cfg, note, resuming=ckpt is not None)
     system.to(device)
     if t.frozen:
@@ -649,6 +788,8 @@ def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
     dataset = open_dataset(cfg.data.train, cfg.data.train_split, tuple(cfg.data.classes))
     if cfg.data.train_exclude:
         dataset = _exclude_images(dataset, cfg, note)
+    if len(dataset):  # (no images at all: refused below, as too few for a batch)
+        check_labels(dataset, cfg, "train")
     transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
                                cfg.data.flip, count_share=cfg.data.count_targets == "share")
     targets = None
@@ -686,6 +827,7 @@ def _freeze(net: nn.Module, frozen: tuple[str, ...], kind: str, note) -> None:
 
 def _restore_training_state(run: _Run, ckpt: Mapping[str, Any], resume) -> None:
     """Weights, optimiser, scheduler, scaler and step of the checkpoint we resume from."""
+    check_dtypes(ckpt["model"], run.system.state_dict(), resume)
     try:
         run.system.load_state_dict(ckpt["model"], strict=True)
         run.optimizer.load_state_dict(ckpt["optimizer"])

@@ -116,3 +116,144 @@ def test_out_that_is_a_file_and_stale_temporaries(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"removed .last.pt.{dead}.k1ll3d.tmp, left by a run killed" in err
     assert os.listdir(out) == []
+
+
+def _folder(root, n: int = 3, labelled: bool = True) -> str:
+    """``folder:IMAGES:MASKS`` of ``n`` 40x40 photos, each mask one square (or empty)."""
+    import numpy as np
+    from PIL import Image
+
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(images / f"p{i}.png")
+        mask = np.zeros((40, 40), np.uint8)
+        if labelled:
+            mask[10:30, 10:30] = 1
+        Image.fromarray(mask).save(masks / f"p{i}_mask.png")
+    return f"folder:{images}:{masks}"
+
+
+def _train_error(capsys, *argv: str) -> str:
+    code = main(["train", "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("pfn: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size=0: in [1, 4096]"),
+    ("train.lr=-1", "train.lr=-1.0: must be >= 0 (0 keeps the pre-trained layers)"),
+    ("data.crop_size=130", "data.crop_size=130: must be 8k+1 so the stride-8 grid lands on "
+                           "pixels 8i (e.g. 129, 321), from 9 to 2049"),
+    ("data.scale_min=1.5", "data.scale_min=1.5 is above data.scale_max=1.3; the scale is drawn "
+                           "from [scale_min, scale_max]"),
+    ("train.max_steps=0", "train.max_steps=0 and train.epochs=0: nothing to train; set "
+                          "train.max_steps or train.epochs to at least 1"),
+    ("grouping.sigma=[1", "override 'grouping.sigma=[1': the value is not valid YAML (while "
+                          "parsing a flow sequence expected ',' or ']', but got '<stream end>')"),
+    ("crf.bi_xy=0", "crf.bi_xy=0.0: in [0.1, 10000] px"),
+])
+def test_bad_settings_stop_train_with_one_line(tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out), "--set", override) \
+        == f"pfn: error: {message}"
+    assert not out.exists()  # refused before anything is written
+
+
+def test_a_stored_bad_setting_stops_resume_with_one_line(tmp_path, capsys):
+    from pfn_napari.checkpoint import save_checkpoint
+    from pfn_napari.model import PFNSystem, build_network
+
+    cfg = load_config("cpu-lite0", ["model.count_hidden=16"])
+    system = PFNSystem(build_network(cfg.model, "category"), None)
+    path = save_checkpoint(tmp_path / "last.pt", system_state=system.state_dict(), config=cfg,
+                           networks={"category": "category"})
+    assert _train_error(capsys, "--resume", str(path), "--set", "train.batch_size=0") == \
+        "pfn: error: train.batch_size=0: in [1, 4096]"
+    assert _train_error(capsys, "--resume", str(path), "--set", "grouping.n_init=[") \
+        .startswith("pfn: error: override 'grouping.n_init=[': the value is not valid YAML")
+
+
+def test_data_whose_classes_are_none_of_the_config_is_refused_before_training(tmp_path, capsys):
+    """A person folder with the shapes recipe used to train and report mIoU 100.00."""
+    spec = _folder(tmp_path) + ":person"
+    out = tmp_path / "run"
+    assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
+                        "--set", f"data.train={spec}", "--set", "data.train_split=all") == (
+        f"pfn: error: data.train={spec!r}: its classes ['person'] are none of the config's "
+        "data.classes ['disc', 'square', 'triangle']; to train on them: "
+        "--set data.classes=[person] --set model.num_classes=1")
+    assert not (out / "final.pt").exists() and not (out / "log.csv").exists()
+    # with the suggested fix the training data passes; a shapes val set is then refused
+    assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
+                        "--set", f"data.train={spec}", "--set", "data.train_split=all",
+                        "--set", "data.classes=[person]", "--set", "model.num_classes=1",
+                        "--set", "train.batch_size=2") == (
+        "pfn: error: data.val='synthetic:20@1': its classes ['disc', 'square', 'triangle'] are "
+        "none of the config's data.classes ['person']; pass a data.val labelled with the "
+        "classes of data.train")
+
+
+def test_data_without_a_labelled_object_is_refused_before_training(tmp_path, capsys):
+    spec = _folder(tmp_path / "empty", labelled=False) + ":disc"
+    out = tmp_path / "run"
+    assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
+                        "--set", f"data.train={spec}", "--set", "data.train_split=all") == (
+        f"pfn: error: data.train={spec!r} (split 'all'): none of its 3 images has a labelled "
+        "object of data.classes ['disc', 'square', 'triangle']; check its masks or annotations")
+    assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
+                        "--set", f"data.val={spec}", "--set", "data.val_split=all") == (
+        f"pfn: error: data.val={spec!r} (split 'all'): none of its 3 images has a labelled "
+        "object of data.classes ['disc', 'square', 'triangle']; check its masks or annotations")
+    assert not (out / "final.pt").exists() and not (out / "log.csv").exists()
+
+
+def test_a_second_run_into_a_busy_out_is_refused_naming_the_pid(tmp_path, capsys):
+    """Two fresh runs into one --out used to both run, interleaving their logs."""
+    import os
+
+    from pfn_napari.train import LOCK, _out_dir_lock
+
+    out = tmp_path / "run"
+    with _out_dir_lock(out, True):  # another run holds the folder (here: this process)
+        assert (out / LOCK).read_text() == f"{os.getpid()}\n"
+        busy = (f"pfn: error: train.out_dir (--out) {out}: another `pfn train` (pid "
+                f"{os.getpid()}) is writing to this folder; wait for it to finish or pass "
+                "another --out")
+        assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out)) == busy
+        assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
+                            "--overwrite") == busy
+    assert not (out / LOCK).exists()  # released and removed at the end of the run
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from pfn_napari.train import LOCK
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from pfn_napari.train import _out_dir_lock\n"
+         f"with _out_dir_lock(Path({str(out)!r}), True):\n"
+         "    print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert f"another `pfn train` (pid {holder.pid})" in _train_error(
+            capsys, "--config", "cpu-lite0", "--out", str(out))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (out / LOCK).read_text() == f"{holder.pid}\n"  # a kill -9 leaves the file
+    # the next run takes it over (and stops at its bad data spec, after the lock)
+    assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
+                        "--set", "data.train=nosuchkind:x").startswith(
+        "pfn: error: dataset spec 'nosuchkind:x'")
+    assert not (out / LOCK).exists()
