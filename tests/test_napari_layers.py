@@ -222,7 +222,7 @@ def test_writer_writes_instance_png_and_coco_json(tmp_path):
     assert anns[3]["bbox"] == [4.0, 3.0, 4.0, 3.0]  # x, y, w, h
     assert anns[1]["score"] == pytest.approx(0.9)
     doc = json.loads(Path(written[1]).read_text())
-    assert doc["images"] == [{"id": "pets", "file_name": "pets.png", "height": 6, "width": 8}]
+    assert doc["images"] == [{"id": 1, "file_name": "pets", "height": 6, "width": 8}]
     assert doc["categories"][11] == {"id": 12, "name": "dog"}
 
 

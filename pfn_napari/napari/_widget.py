@@ -969,9 +969,12 @@ class PFNWidget(QWidget):
         if layer is None:
             self._message("PFN: nothing to export: run PFN first", error=True)
             return []
+        image = layer.metadata.get(L.IMAGE_KEY)
+        photo = self.viewer.layers[image].source.path if image in self.viewer.layers else None
+        metadata = {**layer.metadata, "image_path": photo}  # the JSON's file_name
         try:
             written = write_instances(path, layer.data, {"features": layer.features,
-                                                         "metadata": layer.metadata,
+                                                         "metadata": metadata,
                                                          "name": layer.name})
         except (PFNError, OSError) as exc:
             self._message(f"PFN: export failed: {exc}", error=True)

@@ -9,9 +9,18 @@
   ``area``, ``bbox`` and ``iscrowd = 0``, so it loads with ``pycocotools.coco.COCO`` as ground
   truth (annotators) and still carries each instance's ``score`` (predictions).
 
+The JSON reads back with ``pfn``: as data, ``coco:out/cat.json:PHOTO_FOLDER``, and as
+predictions, ``pfn evaluate --predictions out/cat.json``. Its one image has id 1 (COCO ids
+are integers) and ``file_name`` the photo's file name: ``metadata['image_path']`` (the widget
+passes the image layer's source file) when known, else the image layer's name
+(``metadata['pfn_image']``, as the widget tags its layers, or ``['image_layer']``), else the export's stem; rename it to the
+photo's name when the photo was not opened from a file.
+
 Classes come from the layer's features (``class_id`` per instance id, as the widget writes
 them); hand-painted ids without a row take the class of the last described instance. Category
-ids are the class indices 1..C of ``metadata['class_names']`` (the 20 VOC classes by default).
+ids are the class indices 1..C of ``metadata['class_names']`` (the 20 VOC classes by default);
+each annotation also carries its ``category_name``, by which ``--predictions`` maps it onto a
+dataset's classes.
 """
 
 from __future__ import annotations
@@ -25,7 +34,10 @@ import numpy as np
 
 from ..config import VOC_CLASSES
 from ..errors import PFNError
-from ._layers import instances_from_labels
+from ._layers import IMAGE_KEY, instances_from_labels
+
+#: The image id of an export (one image per file; COCO ids are integers).
+IMAGE_ID = 1
 
 
 def coco_dataset(instances, class_names: tuple[str, ...], file_name: str,
@@ -37,7 +49,8 @@ def coco_dataset(instances, class_names: tuple[str, ...], file_name: str,
     from ..evaluate import instances_to_coco_results
 
     h, w = instances.image_size
-    results = instances_to_coco_results([instances], list(range(1, len(class_names) + 1)))
+    results = instances_to_coco_results([instances], list(range(1, len(class_names) + 1)),
+                                        class_names)
     annotations = []
     ids = list(ids) if ids is not None else list(range(1, len(results) + 1))
     for k, res in zip(ids, results):
@@ -51,6 +64,15 @@ def coco_dataset(instances, class_names: tuple[str, ...], file_name: str,
         "annotations": annotations,
         "info": {"description": "instances exported by the pfn-napari plugin (PNG ids = annotation ids)"},
     }
+
+
+def photo_name(metadata: dict[str, Any], default: str) -> str:
+    """The ``file_name`` of the exported image: the photo's file name when the metadata names
+    its file, else the image layer's name, else ``default``."""
+    path = metadata.get("image_path")
+    if path:
+        return Path(str(path)).name
+    return str(metadata.get(IMAGE_KEY) or metadata.get("image_layer") or default)
 
 
 def write_instances(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -67,13 +89,15 @@ def write_instances(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     png, js = stem.with_suffix(".png"), stem.with_suffix(".json")
     metadata = dict(meta.get("metadata") or {})
     class_names = tuple(metadata.get("class_names") or VOC_CLASSES)
-    image_id = str(metadata.get("image_layer") or stem.name)
-    instances, ids = instances_from_labels(labels, meta.get("features"), image_id=image_id)
+    instances, ids = instances_from_labels(labels, meta.get("features"), image_id=IMAGE_ID)
     bad = [int(c) for c in instances.classes if not 1 <= c <= len(class_names)]
     if bad:
         raise PFNError(f"{path}: instance classes {sorted(set(bad))} are outside 1..{len(class_names)}")
+    photo = metadata.get("image_path")
+    if photo and os.path.realpath(str(photo)) in (os.path.realpath(png), os.path.realpath(js)):
+        raise PFNError(f"{path}: the export would overwrite the photo {photo}; choose another name")
     save_label_png(png, labels.astype(np.int64))
-    doc = coco_dataset(instances, class_names, png.name, ids)
+    doc = coco_dataset(instances, class_names, photo_name(metadata, stem.name), ids)
     tmp = js.with_name(f".{js.name}.tmp")
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, js)
