@@ -296,3 +296,14 @@ def test_a_bad_pfn_max_side_is_one_line(tmp_path, monkeypatch, capsys):
             f"pfn: error: PFN_MAX_SIDE={value!r}: expected an integer from 64 to 32768 (the "
             "longest image side the networks see, in pixels; unset: 1024)\n")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_output_that_would_replace_an_input_is_refused(tmp_path, capsys):
+    weights = tiny_weights(tmp_path)
+    images = tmp_path / "images"
+    _photo(images / "a.png", 24, 32)
+    photo = _photo(images / "a_overlay.png", 24, 32, value=7)  # a photo, named unluckily
+    assert main(["predict", str(weights), str(images), "--out", str(images), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"pfn: error: --out {images}: the output a_overlay.png "
+                                       f"would replace the input {photo}; pass another --out\n")
+    assert np.asarray(Image.open(photo)).max() == 7

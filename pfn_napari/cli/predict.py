@@ -242,6 +242,20 @@ def write_results(out: Path, previous: list[dict], mapping: list[dict], results:
     return kept
 
 
+def check_no_input_overwritten(images: list[Path], ids: list[str], out: Path) -> None:
+    """Refuse (:class:`OutputError`) a run whose output files would replace one of its inputs
+    (``--out`` the input folder and a photo named like ``a_overlay.png`` beside ``a.png``)."""
+    from ..errors import OutputError
+
+    inputs = {_real(p): p for p in images}
+    for image_id in ids:
+        for kind in OUTPUT_KINDS:
+            target = inputs.get(_real(out / f"{image_id}_{kind}.png"))
+            if target is not None:
+                raise OutputError(f"--out {out}: the output {image_id}_{kind}.png would replace "
+                                  f"the input {target}; pass another --out")
+
+
 def load_predictor(args: argparse.Namespace):
     """The :class:`Predictor` of ``args`` (checkpoint, device, CRF, grouping, ``--set``),
     refused before any image when it cannot segment instances; ``PFN_MAX_SIDE`` checked."""
@@ -280,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
     previous, mapping = read_previous(out), read_previous(out, IMAGES)
     known, reserved = earlier_ids(mapping)
     ids = image_ids(images, reserved, known)
+    check_no_input_overwritten(images, ids, out)
     skipped = 0
     if args.resume:
         todo = [k for k, (p, i) in enumerate(zip(images, ids))
