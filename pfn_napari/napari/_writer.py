@@ -13,8 +13,9 @@ The JSON reads back with ``pfn``: as data, ``coco:out/cat.json:PHOTO_FOLDER``, a
 predictions, ``pfn evaluate --predictions out/cat.json``. Its one image has id 1 (COCO ids
 are integers) and ``file_name`` the photo's file name: ``metadata['image_path']`` (the widget
 passes the image layer's source file) when known, else the image layer's name
-(``metadata['pfn_image']``, as the widget tags its layers, or ``['image_layer']``), else the export's stem; rename it to the
-photo's name when the photo was not opened from a file.
+(``metadata['pfn_image']``, as the widget tags its layers, or ``['image_layer']``), else the
+export's stem; rename it to the photo's name when the photo was not opened from a file. An
+export that would overwrite the photo is refused.
 
 Classes come from the layer's features (``class_id`` per instance id, as the widget writes
 them); hand-painted ids without a row take the class of the last described instance. Category
