@@ -849,7 +849,7 @@ class PFNWidget(QWidget):
         for key, value in kwargs.items():
             if key == "metadata" or seen.get(key) != signatures[key]:
                 setattr(layer, key, value)
-                seen[key] = signatures[key]
+                seen[key] = signatures.get(key)
 
     def _place_above_image(self) -> None:
         """Stack this image's PFN layers right above it (order :data:`L.STACK_ORDER`)."""
