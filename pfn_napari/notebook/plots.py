@@ -20,7 +20,7 @@ import numpy as np
 from ..napari import _layers as L
 from ..napari._session import Reclustering
 from ..structures import Instances
-from ..visualize import _label_point, instance_colors, overlay, voc_palette
+from ..visualize import instance_colors, overlay, voc_palette
 from .views import StageView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -197,6 +197,20 @@ def plot_clusters(view: StageView, clustering: Reclustering, ax: "Axes | None" =
     return ax.figure
 
 
+def label_point(mask: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` of the pixel of ``mask`` ``(H, W)`` farthest from its border (the first in
+    row-major order on ties): the distance transform on the mask's bounding box plus a ring of
+    background, not on the whole image (a 500 x 375 photo: 40 ms -> 2 ms for a small object)."""
+    from scipy import ndimage
+
+    ys, xs = np.nonzero(mask)
+    y0, x0 = ys.min(), xs.min()
+    crop = np.pad(mask[y0:ys.max() + 1, x0:xs.max() + 1], 1)
+    dist = ndimage.distance_transform_edt(crop)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x0 + x), float(y0 + y)
+
+
 def label_instances(ax: "Axes", instances: Instances, names: Sequence[str],
                     fontsize: float = 7) -> list:
     """Write ``class score`` inside each instance; returns the text artists (to remove later)."""
@@ -205,7 +219,7 @@ def label_instances(ax: "Axes", instances: Instances, names: Sequence[str],
     for mask, c, s, color in zip(instances.masks, instances.classes, instances.scores, colors):
         if not mask.any():
             continue
-        x, y = _label_point(mask)
+        x, y = label_point(mask)
         name = names[c - 1] if 0 < c <= len(names) else str(c)
         texts.append(ax.text(x, y, f"{name} {s:.2f}", fontsize=fontsize, color="white",
                              ha="center", va="center",
@@ -268,6 +282,20 @@ def figure_png(fig: "Figure", dpi: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["TITLES", "category_map", "class_rgba", "figure_png", "instances_title",
-           "label_instances", "location_images", "plot_category", "plot_clusters",
+def figure_jpeg(fig: "Figure", quality: int = 90) -> bytes:
+    """The figure as JPEG bytes, from the Agg canvas's own pixels (a 480 x 384 panel: about 1 ms
+    to encode, where PNG took 0.1-0.4 s: the notebook's knobs redraw with this)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]  # (h, w, 3) uint8
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="jpeg", quality=quality)
+    return buf.getvalue()
+
+
+__all__ = ["TITLES", "category_map", "class_rgba", "figure_jpeg", "figure_png",
+           "instances_title", "label_instances", "label_point", "location_images", "plot_category", "plot_clusters",
            "plot_instances", "plot_locations", "plot_refined", "plot_stages", "plot_vectors"]
