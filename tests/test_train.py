@@ -90,6 +90,33 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(category_run, tmp_path):
     assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows]
 
 
+def test_deterministic_with_seed_and_the_loss_goes_down(category_run, tmp_path):
+    """The same seed gives the same run, bit for bit; another seed another run; and the steps
+    learn: on the very same batches (same seed), the trained network's loss at steps 2-4 is
+    well below that of a run with lr 0 (measured on the CPU: mean 1.015 vs 1.367, ratio 0.74;
+    the lr-0 losses stay within 1.4 % of their start)."""
+    _, final = category_run
+    trained = [float(r["loss"]) for r in read_log(final.parent / "log.csv")]
+    again = train(tiny_cfg(tmp_path, "again", "train.max_steps=4"), progress=False)
+    assert_same_weights(final, again)
+    assert [float(r["loss"]) for r in read_log(again.parent / "log.csv")] == trained
+    other = train(tiny_cfg(tmp_path, "seed6", "train.max_steps=4", "train.seed=6"),
+                  progress=False)
+    assert float(read_log(other.parent / "log.csv")[0]["loss"]) != trained[0]  # other crops
+    frozen = train(tiny_cfg(tmp_path, "lr0", "train.max_steps=4", "train.lr=0",
+                            "train.lr_new=0"), progress=False)
+    a, b = read_checkpoint(final)["model"], read_checkpoint(other)["model"]
+    z = read_checkpoint(frozen)["model"]
+    floats = [k for k in a if a[k].is_floating_point()]
+    moved = {k for k in floats if not torch.equal(a[k], z[k])}  # what training changes
+    assert len(moved) > 40  # (53 of the 249 float tensors)
+    assert {k for k in floats if not torch.equal(a[k], b[k])} == moved
+    untrained = [float(r["loss"]) for r in read_log(frozen.parent / "log.csv")]
+    assert untrained[0] == trained[0]  # step 1: the same network on the same batch
+    assert max(abs(u - untrained[0]) for u in untrained) < 0.03 * untrained[0]
+    assert sum(trained[1:]) < 0.85 * sum(untrained[1:])
+
+
 def test_resume_refuses_another_model_or_stage(category_run, tmp_path):
     _, final = category_run
     cfg = tiny_cfg(tmp_path, "x", "train.max_steps=5", "model.encoding=centers2")
