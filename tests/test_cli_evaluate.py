@@ -260,3 +260,42 @@ def test_the_prior_reaches_the_networks_the_instances_and_the_class_map(
     check_m = json.loads((tmp_path / "check" / "metrics.json").read_text())
     assert check_m["num_pred"] == off_m["num_pred"]
     assert check_m["miou"] == pytest.approx(off_m["miou"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("crf.bi_xy=0", "crf.bi_xy=0.0: in [0.1, 10000] px"),
+    ("crf.pos_xy=0", "crf.pos_xy=0.0: in [0.1, 10000] px"),
+    ("crf.bi_rgb=0", "crf.bi_rgb=0.0: in [0.1, 1000] (colour levels 0..255)"),
+    ("crf.iterations=100000000", "crf.iterations=100000000: in [0, 100]"),
+    ("grouping.sigma=1e-300", "grouping.sigma=1e-300: in [0.001, 1000] (features are in "
+                              "[0, 1]: outside, every affinity is 0 or 1)"),
+    ("grouping.n_init=1000000", "grouping.n_init=1000000: in [1, 100]"),
+    ("grouping.sigma=[1", "override 'grouping.sigma=[1': the value is not valid YAML (while "
+                          "parsing a flow sequence expected ',' or ']', but got '<stream end>')"),
+    ("grouping.sigma=!!python/object/apply:os.getpid []",
+     "override 'grouping.sigma=!!python/object/apply:os.getpid []': the value is not valid YAML "
+     "(could not determine a constructor for the tag "
+     "'tag:yaml.org,2002:python/object/apply:os.getpid')"),
+])
+def test_bad_settings_stop_predict_and_evaluate_with_one_line(shapes_weights, tmp_path, capsys,
+                                                              override, message):
+    """crf widths of 0 used to segfault (exit 139) in the CRF's C++, a sigma of 1e-300 failed
+    every image with 'float division by zero', broken YAML was a traceback."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(photo)
+    runs = {
+        "predict": ["predict", str(shapes_weights), str(photo), "--out", str(tmp_path / "p")],
+        "evaluate": ["evaluate", str(shapes_weights), "--data", "synthetic:1@1", "--split",
+                     "val", "--out", str(tmp_path / "e")],
+        "oracle-locations": ["evaluate", "--oracle-locations", "--data", "synthetic:1@1",
+                             "--split", "val", "--out", str(tmp_path / "o")],
+    }
+    for name, argv in runs.items():
+        code = main([*argv, "--crf", "--set", override] if name != "oracle-locations"
+                    else [*argv, "--set", override])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (name, err)
+        assert err.strip().splitlines()[-1] == f"pfn: error: {message}", (name, err)
+    assert not list((tmp_path / "e").glob("metrics.*"))
