@@ -39,13 +39,8 @@ def _show_oracle(widget, voc_root: str, sample_key: str) -> None:
         raise SystemExit(f"screenshots: error: {image_id} is {sample.image.shape}, the sample "
                          f"image {s.image.shape}")
     net = oracle_network_output(sample, len(s.class_names), s.model.encoding, full_classes=True)
-    s.use_network_output(net)
+    widget.show_network_output(net)
     widget.weights_edit.setText(f"(oracle: ground truth of COCO {int(image_id)})")
-    widget._build_count_spins()
-    widget._show_network_layers()
-    widget.synchronous = True
-    widget.recluster()
-    widget.synchronous = False
     widget.message_label.setText(f"Oracle view: the ground truth of COCO {int(image_id)} in place "
                                  "of the networks' output (classes, locations, counts).")
 

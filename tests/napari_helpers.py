@@ -23,7 +23,9 @@ PERSON = 15  # VOC class index of 'person'
 COUNT = 2.0
 
 
-def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 0.0) -> Path:
+def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 0.0,
+                      **grouping) -> Path:
+    """The hand-set model saved to ``path``; ``grouping``: more GroupingConfig fields."""
     import torch
 
     from pfn_napari.checkpoint import save_weights
@@ -35,7 +37,7 @@ def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 
         data=DataConfig(),
         model=ModelConfig(backbone="efficientnet_lite0", num_classes=20, streams=("fc7",),
                           stream_channels=8, count_channels=8, count_hidden=16, fc7_channels=64),
-        grouping=GroupingConfig(method=method, prior_weight=prior_weight),
+        grouping=GroupingConfig(method=method, prior_weight=prior_weight, **grouping),
     )
     system = build_system(cfg.model, "unified").eval()
     net = system.instance
@@ -63,6 +65,27 @@ def small_image(h: int = 120, w: int = 160) -> np.ndarray:
     from pfn_napari.napari._sample_data import load_sample
 
     return np.asarray(Image.fromarray(load_sample("skaters")).resize((w, h), Image.BILINEAR))
+
+
+def stripes_output(columns: list[int], counts: dict[int, float], h: int = 64, w: int = 96):
+    """A hand-made network output of an ``h x w`` image: grid column ``j`` is class
+    ``columns[j]`` (0 background), each cell predicts its own position in every location
+    channel (box6), and the count network says ``counts`` ``{class: number}`` (20 VOC classes).
+    """
+    from pfn_napari.structures import NetworkOutput
+
+    gh, gw = -(-h // 8), -(-w // 8)
+    assert len(columns) == gw, f"{gw} grid columns"
+    probs = np.zeros((21, gh, gw), np.float32)
+    for j, cls in enumerate(columns):
+        probs[cls, :, j] = 1.0
+    rows, cols = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    x, y = (8 * cols + 0.5) / w, (8 * rows + 0.5) / h
+    locations = np.stack([x, y, x, y, x, y])  # cx cy lx ly rx ry
+    count = np.zeros(20, np.float32)
+    for cls, value in counts.items():
+        count[cls - 1] = value
+    return NetworkOutput(probs, locations, count, (h, w), "box6")
 
 
 #: Marks for the widget test modules: a deprecation warning (FutureWarning, DeprecationWarning,
@@ -101,6 +124,41 @@ def add_image(widget, data, name="photo", **kw):
     layer = widget.viewer.add_image(data, name=name, **kw)
     widget.image_combo.setCurrentText(name)
     return layer
+
+
+def has_gl() -> bool:
+    """Whether Qt can make an OpenGL context (napari's canvas): Xvfb or a display."""
+    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
+
+    ctx, surface = QOpenGLContext(), QOffscreenSurface()
+    surface.create()
+    ok = ctx.create() and ctx.makeCurrent(surface)
+    if ok:
+        ctx.doneCurrent()
+    return bool(ok)
+
+
+@pytest.fixture
+def viewer_widget(request, qtbot, tiny_weights):
+    """The widget docked in a real napari viewer (canvas and all) where OpenGL works (Xvfb,
+    CI), else over a ViewerModel; synchronous, tiny weights, CPU."""
+    from pfn_napari.napari import PFNWidget
+
+    if has_gl():
+        viewer = request.getfixturevalue("make_napari_viewer")()
+    else:
+        from napari.components import ViewerModel
+
+        viewer = ViewerModel()
+    w = PFNWidget(viewer)
+    if hasattr(viewer, "window"):
+        viewer.window.add_dock_widget(w, name="PFN instance segmentation", area="right")
+    else:
+        qtbot.addWidget(w)
+    w.synchronous = True
+    w.weights_edit.setText(str(tiny_weights))
+    w.device_combo.setCurrentText("cpu")
+    return w
 
 
 @pytest.fixture(scope="session")

@@ -215,6 +215,7 @@ class PFNWidget(QWidget):
         self._weights_grouping: GroupingConfig | None = None  # the settings the knobs came from
         self._knobs_from: str | None = None  # the weights file those settings are of
         self._touched: set[str] = set()  # knobs the user changed since (kept on Run)
+        self._notes: list[str] = []  # sentences for the next re-clustering's message
         self._stage = 0
         self._watched_layers: set[int] = set()
         # layer -> {property: signature of the value this widget last set} (see _set_changed)
@@ -279,7 +280,7 @@ class PFNWidget(QWidget):
         self.weights_edit.setPlaceholderText("shipped default weights")
         self.weights_edit.setToolTip("A PFN weights or checkpoint file (.pt); empty: the shipped "
                                      "default (weights/pfn-lite0-voc.pt or $PFN_WEIGHTS)")
-        self.weights_edit.editingFinished.connect(self._load_weights_settings)
+        self.weights_edit.textChanged.connect(self._load_weights_settings)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse_weights)
         row = QHBoxLayout()
@@ -454,8 +455,11 @@ class PFNWidget(QWidget):
         self._touched.clear()
         own = params_of(self._grouping())
         self._set_param_widgets(own)
-        self._message(f"Knobs back to the weights' own settings ({describe(own)}).",
-                      notify=False)
+        note = f"Knobs back to the weights' own settings ({describe(own)})."
+        if self.session.net is None:
+            self._message(note, notify=False)
+            return
+        self._notes.append(note)  # said with the re-clustering's result
         self._schedule_recluster()
 
     def _knob_changed(self, name: str) -> None:
@@ -643,6 +647,19 @@ class PFNWidget(QWidget):
             self.show_stage(self._stage)
         self._run_pending()
 
+    def show_network_output(self, net: Any) -> None:
+        """Group ``net`` (a :class:`~pfn_napari.structures.NetworkOutput` of the image of the
+        last Run, e.g. its ground truth as an oracle) in place of the networks' output, and
+        redraw every layer; the counts start from ``net``'s own."""
+        self.session.use_network_output(net)
+        self._overrides.clear()
+        self._show_network_layers()
+        was, self.synchronous = self.synchronous, True
+        try:
+            self.recluster()
+        finally:
+            self.synchronous = was
+
     def _bring_to_top(self) -> list[str]:
         """Put the image of the last Run and its PFN layers at the top of the layer list (and
         make them visible), so nothing the user opened hides them; a sentence saying so when
@@ -703,7 +720,8 @@ class PFNWidget(QWidget):
         else:
             text = (f"{self._image_layer_name}: {found} after re-clustering in "
                     f"{c.seconds * 1000:.0f} ms (networks not re-run).")
-        self._message(" ".join([text, *self._clipped_note()]), notify=False)
+        notes, self._notes = self._notes, []
+        self._message(" ".join([*notes, text, *self._clipped_note()]), notify=False)
         if self.teach_check.isChecked():
             self.show_stage(self._stage)  # keep showing only the current stage
         self._run_pending()
