@@ -299,3 +299,23 @@ def test_bad_settings_stop_predict_and_evaluate_with_one_line(shapes_weights, tm
         assert code == 2 and "Traceback" not in err, (name, err)
         assert err.strip().splitlines()[-1] == f"pfn: error: {message}", (name, err)
     assert not list((tmp_path / "e").glob("metrics.*"))
+
+
+def test_data_without_a_labelled_object_is_refused(tmp_path, capsys):
+    """It used to score 'mIoU 100.0' on the background alone."""
+    from PIL import Image
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(images / f"p{i}.png")
+        Image.fromarray(np.zeros((40, 40), np.uint8)).save(masks / f"p{i}_mask.png")
+    spec = f"folder:{images}:{masks}:person"
+    code = main(["evaluate", "--oracle", "--data", spec, "--split", "all",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and capsys.readouterr().err == (
+        f"pfn: error: --data {spec} --split all: none of its 3 images has a labelled object of "
+        "the classes ['person']; there is nothing to score (check its masks or annotations, or "
+        "--classes)\n")
+    assert not (tmp_path / "o" / "metrics.json").exists()

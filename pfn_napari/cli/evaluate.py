@@ -136,7 +136,22 @@ def load_dataset(args: argparse.Namespace) -> PFNDataset:
         raise PFNError(f"--limit {limit}: must be >= 0")
     if limit and limit < len(dataset):
         dataset = dataset.subset(list(range(limit)))
+    if not has_labelled_object(dataset):
+        raise PFNError(f"--data {args.data} --split {args.split}: none of its {len(dataset)} "
+                       f"images has a labelled object of the classes {list(dataset.classes)}; "
+                       "there is nothing to score (check its masks or annotations, or --classes)")
     return dataset
+
+
+def has_labelled_object(dataset: PFNDataset) -> bool:
+    """True when an image of ``dataset`` has a pixel of one of its classes (decoded in order
+    until one has; usually the first). Without one every score is computed on the background
+    alone (an mIoU of 100)."""
+    for i in range(len(dataset)):
+        class_map = dataset[i].class_map  # (H, W) uint8: 0 background, 255 void
+        if bool(((class_map >= 1) & (class_map <= len(dataset.classes))).any()):
+            return True
+    return False
 
 
 def _grouping_config(args: argparse.Namespace, base=None):
