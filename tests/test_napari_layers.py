@@ -240,3 +240,50 @@ def test_writer_refuses_a_3d_layer(tmp_path):
 
     with pytest.raises(PFNError, match="2-D"):
         write_instances(str(tmp_path / "x.png"), np.zeros((2, 3, 4), np.int32), {})
+
+
+def test_location_channel_is_foreground_only_with_its_range():
+    values = np.array([0.5, 0.25, 0.1, 0.2, 0.9, 0.8])  # cx cy lx ly rx ry
+    net = _net(np.broadcast_to(values[:, None, None], (6, 2, 3)), (9, 17))
+    net.class_probs[:, 0, 0] = [1.0, 0.0, 0.0]  # cell (0, 0) is background
+    geom = L.Geometry((9, 17), (9, 17))
+    data, kw = L.location_channel_layer(net, geom, "cx")
+    assert np.isnan(data[0, 0]) and np.isfinite(data.ravel()[1:]).all()
+    np.testing.assert_allclose(data[1], 0.5 * 17 - 0.5)
+    assert kw["contrast_limits"] == (-0.5, 16.5)  # columns of a 17-wide image
+    assert L.location_channel_layer(net, geom, "ry")[1]["contrast_limits"] == (-0.5, 8.5)
+    assert kw["metadata"]["scale"] == ("cx (instance center, column): turbo colours, blue "
+                                       "-0.5 px to red 16.5 px; background transparent")
+
+
+def test_objects_of_the_imagenet_step_get_arrows_to_their_box_center():
+    geom = L.Geometry((24, 32), (24, 32))  # grid 3 x 4, cells on pixels (8i, 8j)
+    centers = np.zeros((2, 3, 4), np.float32)
+    fg = np.zeros((3, 4), bool)  # no network object
+    mask = np.zeros((1, 24, 32), bool)
+    mask[0, 0:20, 0:20] = True  # rows 0..19, cols 0..19: box center (9.5, 9.5)
+    data, kw = L.vectors_layer(centers, fg, np.zeros((3, 4), np.int32), geom, step=1,
+                               prior=(mask, np.array([3])))
+    # grid pixels inside the mask: (0,0) (0,8) (0,16) (8,0) (8,8) (8,16) (16,0) (16,8) (16,16)
+    starts = [[r, c] for r in (0, 8, 16) for c in (0, 8, 16)]
+    np.testing.assert_allclose(data[:, 0], starts)
+    np.testing.assert_allclose(data[:, 0] + data[:, 1], [[9.5, 9.5]] * 9)
+    assert list(kw["features"]["instance"]) == [3] * 9 and all(kw["features"]["prior"])
+    np.testing.assert_allclose(kw["edge_color"][0], L.instance_colormap(3)[3])
+
+
+def test_reclustering_marks_the_instances_the_imagenet_step_named():
+    from types import SimpleNamespace
+
+    from pfn_napari.napari._session import _from_prior
+    from pfn_napari.structures import Instances
+
+    masks = np.zeros((3, 4, 4), bool)
+    masks[0, 0, :] = masks[1, 1, :] = masks[2, 3, :] = True  # rows 0, 1, 3
+    inst = Instances(masks, np.array([15, 15, 12]), np.ones(3, np.float32))
+    prior = np.zeros((4, 4), np.uint8)
+    prior[3, :] = 12  # the third instance's pixels: named by the prior
+    result = SimpleNamespace(instances=inst, label_map=inst.label_map(), prior_labels=prior)
+    assert _from_prior(result).tolist() == [False, False, True]
+    assert _from_prior(SimpleNamespace(instances=inst, label_map=None,
+                                       prior_labels=None)).tolist() == [False] * 3
