@@ -79,6 +79,116 @@ def test_structural_ablations(change: dict) -> None:
     _forward_backward(build_network(cfg, "instance"), "instance", cfg)
 
 
+def _head_parameters(cfg: ModelConfig, channels: dict[str, int]) -> int:
+    """The location and count heads' parameter count by hand: per stream conv1 3x3 (cin ->
+    mid) and conv2 3x3 (mid + 2 coordinate maps -> L); the fusion (concat: 1x1 M L -> L; sum:
+    one weight per stream and channel + a bias per channel; plain sum or one stream: none);
+    the count head's 3x3 conv (its input -> count_channels), fc pool^2 -> hidden, fc -> C."""
+    L, mid, m = len(ENCODING_CHANNELS[cfg.encoding]), cfg.stream_channels, len(cfg.streams)
+    coords = 2 if cfg.coord_maps else 0
+    total = sum(channels[n] * mid * 9 + mid + (mid + coords) * L * 9 + L for n in cfg.streams)
+    if m > 1:
+        total += {"concat": m * L * L + L, "sum": m * L + L, "plain_sum": 0}[cfg.fusion]
+    count_in = {"both": cfg.fc7_channels + L, "category": cfg.fc7_channels,
+                "instance": L}[cfg.count_features]
+    cc, hidden = cfg.count_channels, cfg.count_hidden
+    return total + (count_in * cc * 9 + cc + cc * cfg.count_pool ** 2 * hidden + hidden
+                    + hidden * C + C)
+
+
+def _n_params(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+@pytest.mark.parametrize("change", [{}] + ABLATIONS,
+                         ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "paper")
+def test_ablation_flags_shape_the_heads_by_their_parameter_count(change: dict) -> None:
+    cfg = ModelConfig(backbone="alexnet", **SMALL, **change)
+    net = build_network(cfg, "instance")
+    assert tuple(net.location_head.streams) == cfg.streams
+    assert _n_params(net.location_head, net.count_head) == _head_parameters(
+        cfg, net.backbone.channels)
+
+
+def _fusion_outputs(fusion: str) -> NetOutputs:
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(backbone="alexnet", fusion=fusion, **SMALL), "instance")
+    with torch.no_grad():
+        return net(torch.rand(1, 3, 33, 41) * 255), net
+
+
+def test_fusion_flag_decides_how_the_streams_are_combined() -> None:
+    out, net = _fusion_outputs("concat")
+    stacked = torch.cat(list(out.stream_locations.values()), dim=1)  # (1, 5 L, h, w)
+    assert torch.allclose(out.locations, net.location_head.fuse(stacked), atol=1e-6)
+    out, _ = _fusion_outputs("plain_sum")
+    total = torch.stack(list(out.stream_locations.values())).sum(0)
+    assert torch.allclose(out.locations, total, atol=1e-6)
+    assert not torch.allclose(out.locations, total / 5, atol=1e-3)  # not the mean
+    out, _ = _fusion_outputs("sum")  # the learnable weighted sum starts as the mean
+    assert torch.allclose(out.locations, total / 5, atol=1e-6)
+
+
+def test_without_coordinate_maps_a_stream_cannot_tell_positions_apart() -> None:
+    """A uniform grey image: the input stream's interior cells see the same pixels, so without
+    the coordinate maps they predict the same; with them the prediction varies with (x, y)."""
+    image = torch.full((1, 3, 57, 57), 128.0)
+    outs = {}
+    for coord_maps in (True, False):
+        torch.manual_seed(0)
+        net = build_network(ModelConfig(backbone="alexnet", streams=("input",),
+                                        coord_maps=coord_maps, **SMALL), "instance")
+        with torch.no_grad():
+            outs[coord_maps] = net(image).locations[0, :, 1:-1, 1:-1]  # (L, 6, 6) interior
+    flat = outs[False]
+    assert torch.allclose(flat, flat[:, :1, :1].expand_as(flat), atol=1e-6)
+    varying = outs[True]
+    assert (varying - varying[:, :1, :1]).abs().amax() > 1e-4
+
+
+@pytest.mark.parametrize("features", ["both", "category", "instance"])
+def test_count_features_flag_decides_what_the_count_head_reads(features) -> None:
+    """The count head's input is fc7 ('category'), the fused locations ('instance') or both
+    concatenated ('both', the paper's 64 + 6 channels here)."""
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(backbone="alexnet", count_features=features, **SMALL),
+                        "instance").eval()
+    seen = []
+    net.count_head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    x = torch.rand(1, 3, 41, 41) * 255
+    with torch.no_grad():
+        out = net(x)
+        fc7 = net.backbone(x)["fc7"]  # (1, 64, 6, 6)
+    expected = {"both": torch.cat([fc7, out.locations], dim=1), "category": fc7,
+                "instance": out.locations}[features]
+    (got,) = seen
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-6)
+    assert net.count_head.conv.in_channels == {"both": 70, "category": 64, "instance": 6}[features]
+
+
+def test_ceil_mode_and_pool5_avg_change_the_backbone_with_the_same_weights() -> None:
+    """A 67-px input: conv1 (11x11/2 pad 5) gives 34 cells; pool1 (3x3/2 pad 1) gives
+    ceil(33 / 2) + 1 = 18 in ceil mode, floor(33 / 2) + 1 = 17 without. pool5_avg adds a 3x3
+    average pool (no parameters) after pool5: the same weights give another fc7."""
+    torch.manual_seed(0)
+    paper = build_network(ModelConfig(backbone="alexnet", **SMALL), "instance").eval()
+    x = torch.rand(1, 3, 67, 67) * 255
+    with torch.no_grad():
+        ref = paper.backbone(x)
+        for change in (dict(ceil_mode=False), dict(pool5_avg=True)):
+            other = build_network(ModelConfig(backbone="alexnet", **SMALL, **change),
+                                  "instance").eval()
+            other.load_state_dict(paper.state_dict())  # no weight differs
+            feats = other.backbone(x)
+            if "ceil_mode" in change:
+                assert (ref["pool2"].shape[-1], feats["pool2"].shape[-1]) == (18, 17)
+                assert torch.equal(ref["pool2"][..., :17, :17], feats["pool2"])
+            else:
+                assert torch.equal(ref["pool3"], feats["pool3"])  # before pool5: the same
+                assert not torch.allclose(ref["fc7"], feats["fc7"], atol=1e-6)
+                assert isinstance(other.backbone.pool5[-1], torch.nn.AvgPool2d)
+
+
 @pytest.mark.parametrize("output_stride", [8, 32])
 def test_lite0_output_strides(output_stride: int) -> None:
     cfg = ModelConfig(backbone="efficientnet_lite0", lite_output_stride=output_stride, **SMALL)
