@@ -13,7 +13,8 @@ Examples::
 ``--set section.key=value`` overrides any field (repeatable). With ``--resume`` and no
 ``--config`` the checkpoint's stored config is used (``--set`` may still change e.g.
 ``train.max_steps``). Outputs: OUT/config.yaml, log.csv, val.csv, tb/, last.pt, final.pt. An
-OUT that already holds a run is refused unless ``--resume`` (continue it) or ``--overwrite``.
+OUT that already holds a run is refused unless ``--resume`` (continue it) or ``--overwrite``;
+so is an OUT another ``pfn train`` is writing to (a lock, OUT/.pfn-train.lock, names its pid).
 """
 
 from __future__ import annotations
