@@ -60,8 +60,27 @@ def _forward_backward(net: PFNNet, kind: str, cfg: ModelConfig) -> None:
 def test_every_backbone_and_kind(backbone: str) -> None:
     cfg = ModelConfig(backbone=backbone, **SMALL)
     shared = build_backbone(backbone, cfg.fc7_channels)  # one backbone, three head sets
+    nets = {}
     for kind in ("category", "instance", "unified"):
-        _forward_backward(build_network(cfg, kind, backbone=shared), kind, cfg)
+        nets[kind] = build_network(cfg, kind, backbone=shared)
+        _forward_backward(nets[kind], kind, cfg)
+    # the unified network is the category and the instance heads on one backbone: with their
+    # weights it gives their outputs (the heads of a kind, and only those, exist)
+    assert [type(h).__name__ for h in nets["category"].heads()] == ["CategoryHead"]
+    assert [type(h).__name__ for h in nets["instance"].heads()] == ["LocationHead", "CountHead"]
+    unified = nets["unified"]
+    unified.category_head.load_state_dict(nets["category"].category_head.state_dict())
+    unified.location_head.load_state_dict(nets["instance"].location_head.state_dict())
+    unified.count_head.load_state_dict(nets["instance"].count_head.state_dict())
+    x = torch.rand(1, 3, 57, 73) * 255
+    with torch.no_grad():
+        outs = {kind: net.eval()(x) for kind, net in nets.items()}
+    assert torch.allclose(outs["unified"].seg_logits, outs["category"].seg_logits, atol=1e-5)
+    assert torch.allclose(outs["unified"].locations, outs["instance"].locations, atol=1e-5)
+    assert torch.allclose(outs["unified"].counts, outs["instance"].counts, atol=1e-5)
+    with torch.no_grad():  # other weights, other outputs: the comparisons above can fail
+        fresh = build_network(cfg, "unified").eval()(x)
+    assert not torch.allclose(outs["unified"].locations, fresh.locations, atol=1e-5)
 
 
 ABLATIONS = [
