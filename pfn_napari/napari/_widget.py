@@ -28,7 +28,7 @@ from weakref import WeakKeyDictionary
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -227,6 +227,12 @@ class PFNWidget(QWidget):
         layers.events.inserted.connect(self._refresh_image_layers)
         layers.events.removed.connect(self._refresh_image_layers)
         layers.events.reordered.connect(self._refresh_image_layers)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        """Narrow (the canvas keeps the window), as tall as the controls: the scroll area
+        takes what is left."""
+        inner = self.scroll.widget().sizeHint()
+        return QSize(max(self.minimumSizeHint().width(), 380), inner.height() + 80)
 
     @property
     def count_boxes(self) -> Mapping[int, QSpinBox]:
