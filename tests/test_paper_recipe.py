@@ -6,6 +6,10 @@ config, its two commands' code path and the model it produces work, on tiny synt
 
 from __future__ import annotations
 
+import csv
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,9 +65,43 @@ def test_paper_recipe_one_step_per_stage(tmp_path):
     inst = train(load_config("paper-vgg16", TINY + ["train.stage=instance", f"train.init={cat}",
                                                     f"train.out_dir={tmp_path / 'inst'}"]),
                  progress=False)
+    _check_the_steps(cat, inst)
     model = load_model(inst, device="cpu")
     assert model.config.model.backbone == "vgg16"
     image = np.full((40, 56, 3), 120, np.uint8)
     out = predict(model, image)
     assert out.masks.shape[1:] == (40, 56)
     assert np.all((out.classes >= 1) & (out.classes <= 3))
+
+
+def _log_row(run: Path) -> dict[str, float]:
+    """The one row of a one-step run's log.csv."""
+    with open(run.parent / "log.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    return {k: float(v) for k, v in row.items()}
+
+
+def _check_the_steps(cat: Path, inst: Path) -> None:
+    """What each stage of the recipe trained, not only that it ran: the category stage's loss
+    is the segmentation loss alone; the instance stage's is the paper's L = 10 Lo + Ln with
+    Lo summed over the five streams and the fused output (deep supervision); the instance
+    checkpoint carries the category network of ``train.init`` unchanged."""
+    import torch
+
+    from pfn_napari.checkpoint import load_checkpoint
+
+    row = _log_row(cat)
+    assert row["step"] == 1 and set(row) >= {"loss", "seg"} and "loc" not in row
+    assert row["loss"] == pytest.approx(row["seg"], rel=1e-5) and math.isfinite(row["loss"])
+    row = _log_row(inst)
+    names = ("input", "pool1", "pool2", "pool3", "fc7", "fused")
+    assert "seg" not in row and row["step"] == 1
+    assert row["loc"] == pytest.approx(sum(row[f"loc/{n}"] for n in names), rel=1e-4)
+    assert row["loss"] == pytest.approx(10.0 * row["loc"] + row["count"], rel=1e-4)
+    cat_system, _, cat_meta = load_checkpoint(cat)
+    system, cfg, meta = load_checkpoint(inst)
+    assert (cat_meta["step"], meta["step"]) == (1, 1)
+    assert cfg.model.streams == names[:5] and cfg.loss.loc_weight == 10.0
+    before, after = cat_system.category.state_dict(), system.category.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
