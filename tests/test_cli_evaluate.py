@@ -319,3 +319,19 @@ def test_data_without_a_labelled_object_is_refused(tmp_path, capsys):
         "the classes ['person']; there is nothing to score (check its masks or annotations, or "
         "--classes)\n")
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--noise", "-1"], "--noise -1.0: a standard deviation in [0, 1] (normalised units: 1 is "
+                        "the whole image)"),
+    (["--noise", "nan"], "--noise nan: a standard deviation in [0, 1]"),
+    (["--stride", "0"], "--stride 0: a grid stride from 1 to 64 pixels (8 is the network's)"),
+    (["--stride", "-8"], "--stride -8: a grid stride from 1 to 64 pixels"),
+    (["--seed", "-1"], "--seed -1: from 0 to 2^32 - 1"),
+])
+def test_numeric_options_are_range_checked(tmp_path, capsys, option, message):
+    """--stride 0 was taken as 8, --noise nan scored nan locations, --seed -1 a traceback."""
+    code = main(["evaluate", "--oracle-locations", "--data", "synthetic:1@1", "--split", "val",
+                 "--out", str(tmp_path / "o"), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"pfn: error: {message}") and err.count("\n") == 1, err

@@ -244,11 +244,28 @@ def make_producer(args: argparse.Namespace, dataset: PFNDataset) -> tuple[str, P
                    "--predictions PRED.json")
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Range-check the numeric options (``--limit`` is checked with the data)."""
+    import math
+
+    from ..errors import PFNError
+
+    if not (math.isfinite(args.noise) and 0 <= args.noise <= 1):
+        raise PFNError(f"--noise {args.noise}: a standard deviation in [0, 1] "
+                       "(normalised units: 1 is the whole image)")
+    if args.stride is not None and not 1 <= args.stride <= 64:
+        raise PFNError(f"--stride {args.stride}: a grid stride from 1 to 64 pixels (8 is the "
+                       "network's)")
+    if not 0 <= args.seed < 2**32:
+        raise PFNError(f"--seed {args.seed}: from 0 to 2^32 - 1")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import format_table, write_metrics
     from ..output import check_output_dir
     from ..producers import evaluate_dataset
 
+    check_numbers(args)
     thresholds = parse_thresholds(args.thresholds)
     check_output_dir(args.out)  # before the work, not after it
     dataset = load_dataset(args)
