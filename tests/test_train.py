@@ -127,6 +127,26 @@ def test_resume_refuses_another_model_or_stage(category_run, tmp_path):
         train(cfg, resume=final, progress=False)
 
 
+def test_resume_refuses_integer_weights_and_keys_that_do_not_fit(category_run, tmp_path):
+    _, final = category_run
+    obj = torch.load(final, weights_only=True)
+    name = next(k for k, v in obj["model"].items() if v.is_floating_point())
+    weight = obj["model"][name]
+    obj["model"][name] = weight.to(torch.int32)
+    bad = tmp_path / "int.pt"
+    torch.save(obj, bad)
+    cfg = tiny_cfg(tmp_path, "r", "train.max_steps=5")
+    with pytest.raises(CheckpointError, match=rf"int.pt: weight tensor '{name}' is stored as "
+                                              "torch.int32, but the network holds torch.float32"):
+        train(cfg, resume=bad, progress=False)
+    obj["model"][name] = weight
+    obj["model"]["category.extra.weight"] = torch.zeros(2)
+    torch.save(obj, bad)
+    with pytest.raises(CheckpointError, match=r"int.pt: cannot restore the training state "
+                                              r"\(Error\(s\) in loading state_dict"):
+        train(cfg, resume=bad, progress=False)
+
+
 def test_category_stage_continues_the_network_of_init(category_run, tmp_path):
     """train.init on stage 1: the category network of that file is the starting point (0 steps
     of training would give it back), not ImageNet weights; another class list is refused."""
