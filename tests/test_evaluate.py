@@ -177,6 +177,16 @@ def test_void_is_left_out_of_areas_and_intersection():
     assert m.ap_r == {"0.9": 100.0} and m.ap_r_vol == 100.0
 
 
+def test_an_instance_hidden_by_void_is_no_positive():
+    """Instance 2 lies wholly under void (SBD crops, COCO crowds): it cannot be found, so it is
+    not a positive. One perfect prediction of instance 1: recall 1 of 1, AP 100 (not 50)."""
+    a, b = box(8, 8, 0, 4, 0, 4), box(8, 8, 4, 8, 4, 8)
+    gt = make_sample([a, b], [1, 1], void=b)
+    m = evaluate([gt], [preds([a], [1], [0.9])], ["a"], thresholds=[0.5])
+    assert m.num_gt.tolist() == [1]
+    assert m.ap_r == {"0.5": 100.0}
+
+
 def test_ap_vol_is_mean_over_nine_thresholds():
     gt = make_sample([box(10, 10, 0, 10, 0, 10)], [1])
     pred = preds([box(10, 10, 0, 10, 0, 5)], [1], [1.0])  # IoU 0.5

@@ -62,6 +62,15 @@ def test_location_loss_pools_foreground_over_the_batch() -> None:
     assert location_loss(pred, target, weight).item() == pytest.approx(0.5 * 0.16 / 3, rel=1e-6)
 
 
+def test_location_loss_divides_by_foreground_cells_not_by_the_weights() -> None:
+    # weights 2 and 0.5 on two foreground cells (errors 0.4 and 0.2): Omega = 2 cells, not
+    # 2.5; the loss is (2 * 0.5 * 0.16 + 0.5 * 0.5 * 0.04) / 2 = 0.085
+    pred = torch.zeros(1, 1, 1, 3)
+    target = torch.tensor([[[[0.4, 0.2, 0.9]]]])
+    weight = torch.tensor([[[2.0, 0.5, 0.0]]])
+    assert location_loss(pred, target, weight).item() == pytest.approx(0.085, rel=1e-6)
+
+
 def test_location_loss_empty_foreground_is_zero_with_finite_gradient() -> None:
     pred = torch.randn(2, 6, 3, 3, requires_grad=True)
     loss = location_loss(pred, torch.ones(2, 6, 3, 3), torch.zeros(2, 3, 3))
