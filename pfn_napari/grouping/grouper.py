@@ -55,7 +55,8 @@ from ..errors import PFNError
 from ..structures import Instances, NetworkOutput
 from ..targets import decode_locations
 from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
-from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
+from .methods import (GROUPING_METHODS, ClassData, Clustering, GroupingMethod,
+                      warm_up_in_background)
 from .prior import check_instances, grabcut_shape, prior_fill
 from .refine import refine_class_map
 from .spectral import normalise_by_max
@@ -100,6 +101,20 @@ def _key(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+_blas_controller: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """A context in which BLAS (numpy's OpenBLAS) uses one thread (threadpoolctl, which
+    scikit-learn requires; its controller is built once)."""
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
 def _descriptors(locations: np.ndarray, encoding: str, xy: np.ndarray) -> np.ndarray:
     """``(n, L)`` locations of pixels at normalised ``xy`` ``(n, 2)`` -> ``(n, D)`` decoded
     boxes ``(cx, cy, x1, y1, x2, y2)``, or ``(cx, cy)`` for the center-only encodings."""
@@ -130,7 +145,9 @@ class Grouper:
                  classify_crops: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
                  ) -> None:
         """``eager``: compute spectral embeddings even for classes with one instance, so that
-        raising a count later re-runs only k-means (the napari widget's setting).
+        raising a count later re-runs only k-means, and import the other methods' modules in a
+        background thread (:func:`~pfn_napari.grouping.methods.warm_up`; the napari widget's
+        and the notebook's setting).
 
         With the prior on, two steps also need the photo the networks saw, ``image`` ``(H, W,
         3)`` uint8 at ``net.image_size``: ``grouping.prior_shape='grabcut'`` and
@@ -143,6 +160,8 @@ class Grouper:
                            "must be (C+1, h, w) and (L, h, w) on the same grid")
         self.net = net
         self.eager = eager
+        if eager:  # interactive: import what the other methods need while the user looks
+            warm_up_in_background()
         self.num_classes = probs.shape[0] - 1
         counts = np.asarray(net.counts, dtype=np.float32).reshape(-1)
         if len(counts) != self.num_classes:
@@ -171,6 +190,7 @@ class Grouper:
         self.classify_crops = classify_crops
         self._crop_evidence: dict[tuple, np.ndarray] = {}
         self._shapes: dict[str, np.ndarray] = {}  # GrabCut outlines by (region, free pixels)
+        self._fills: dict[tuple, Any] = {}  # prior_fill by (refined full map, prior settings)
 
     # ------------------------------------------------------------------ cached maps
     @property
@@ -404,9 +424,12 @@ class Grouper:
         big_h, big_w = self.image_size
         ev = self.evidence  # (C, H, W)
         covered = np.asarray(self.net.prior_evidence).reshape(len(ev), -1).max(1) > 0  # (C,)
-        fill = prior_fill(full_map, self.full_probs, ev, covered,
-                          cfg.prior_weight, cfg.prior_eps, cfg.prior_min_frac,
-                          cfg.prior_touch)
+        settings = (cfg.prior_weight, cfg.prior_eps, cfg.prior_min_frac, cfg.prior_touch)
+        key = (_key(full_map),) + settings  # a new count, sigma or method: the same map
+        fill = self._fills.get(key)
+        if fill is None:
+            fill = self._remember(self._fills, key, prior_fill(full_map, self.full_probs, ev,
+                                                               covered, *settings))
         n_net = len(masks)
         for mask, cls, score in zip(fill.masks, fill.classes, fill.scores):
             masks.append(mask)
@@ -463,7 +486,18 @@ class Grouper:
 
     def run(self, cfg: GroupingConfig, count_override: dict[int, int] | None = None
             ) -> GroupingResult:
-        """Group the cached network output with ``cfg`` (see the module docstring)."""
+        """Group the cached network output with ``cfg`` (see the module docstring).
+
+        An eager (interactive) Grouper runs with one BLAS thread: its matrices are small, and
+        on a busy 2-core machine OpenBLAS's second thread turned a 10-30 ms re-clustering
+        into 0.1-1.3 s (``benchmarks/recluster.py``)."""
+        if not self.eager:
+            return self._run(cfg, count_override)
+        with _one_blas_thread():
+            return self._run(cfg, count_override)
+
+    def _run(self, cfg: GroupingConfig, count_override: dict[int, int] | None
+             ) -> GroupingResult:
         cfg.validate()
         timings: dict[str, float] = {}
         start = time.perf_counter()
