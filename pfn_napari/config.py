@@ -396,7 +396,7 @@ class GroupingConfig:
     """Test-time refinement and clustering (the paper's section 3.4)."""
 
     method: str = "spectral"  # 'spectral' (faithful), or a fast method (see grouping)
-    sigma: float = 0.5
+    sigma: float = 0.5  # similarity bandwidth; its role depends on the method (methods.sigma_role)
     tau: float = 0.5
     min_size_frac: float = 0.001  # clusters under 0.1% of the class mask are dropped
     use_coords: bool = True  # False is "PFN w/o coordinates"

@@ -30,8 +30,9 @@ What sigma does (``GroupingMethod.sigma_role``, one line each, for the widget an
 ``vote``           how far a vote may be from its instance's box: a cell or pixel whose
                    similarity ``exp(-d^2 / (D sigma^2))`` to the nearest box (D = 6 box
                    numbers, image units) is under 1/2 is in no instance, i.e. it must lie within
-                   ``sigma * sqrt(D ln 2)`` (0.5 -> 1.02, a whole image: nothing is left out;
-                   0.1 -> 0.20; 0.05 -> 0.10). Smaller trims the pixels that disagree.
+                   ``sigma * sqrt(D ln 2)`` (0.5, the shipped value -> 1.02: no vote on
+                   the val photos is that far, nothing is left out; 0.1 -> 0.20; 0.05 ->
+                   0.10). Smaller trims the pixels that disagree.
 ``knn-spectral``   as ``spectral``, on the 10-neighbour graph.
 ``kmeans``         only the score of ``grouping.scoring=prob_x_similarity``.
 =================  ==========================================================================
@@ -262,7 +263,7 @@ GROUPING_METHODS: dict[str, GroupingMethod] = {
     "vote": GroupingMethod(
         vote, ("sigma", "n_init", "seed"), assign="location",
         sigma_role="how far a pixel's vote may be from its instance's box: smaller leaves "
-                   "out more pixels (0.5 and above: none)"),
+                   "out more pixels (at 0.5 in practice none)"),
     "knn-spectral": GroupingMethod(
         knn_spectral, ("sigma", "use_coords", "n_init", "seed"),
         sigma_role="the width of the similarity between neighbouring cells: smaller splits "

@@ -297,5 +297,6 @@ def figure_jpeg(fig: "Figure", quality: int = 90) -> bytes:
 
 
 __all__ = ["TITLES", "category_map", "class_rgba", "figure_jpeg", "figure_png",
-           "instances_title", "label_instances", "label_point", "location_images", "plot_category", "plot_clusters",
-           "plot_instances", "plot_locations", "plot_refined", "plot_stages", "plot_vectors"]
+           "instances_title", "label_instances", "label_point", "location_images",
+           "plot_category", "plot_clusters", "plot_instances", "plot_locations", "plot_refined",
+           "plot_stages", "plot_vectors"]
