@@ -55,8 +55,7 @@ from ..errors import PFNError
 from ..structures import Instances, NetworkOutput
 from ..targets import decode_locations
 from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
-from .methods import (GROUPING_METHODS, ClassData, Clustering, GroupingMethod,
-                      warm_up_in_background)
+from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
 from .prior import check_instances, grabcut_shape, prior_fill
 from .refine import refine_class_map
 from .spectral import normalise_by_max
@@ -145,9 +144,8 @@ class Grouper:
                  classify_crops: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
                  ) -> None:
         """``eager``: compute spectral embeddings even for classes with one instance, so that
-        raising a count later re-runs only k-means, and import the other methods' modules in a
-        background thread (:func:`~pfn_napari.grouping.methods.warm_up`; the napari widget's
-        and the notebook's setting).
+        raising a count later re-runs only k-means, and cluster with one BLAS thread (the
+        napari widget's and the notebook's setting).
 
         With the prior on, two steps also need the photo the networks saw, ``image`` ``(H, W,
         3)`` uint8 at ``net.image_size``: ``grouping.prior_shape='grabcut'`` and
@@ -160,8 +158,6 @@ class Grouper:
                            "must be (C+1, h, w) and (L, h, w) on the same grid")
         self.net = net
         self.eager = eager
-        if eager:  # interactive: import what the other methods need while the user looks
-            warm_up_in_background()
         self.num_classes = probs.shape[0] - 1
         counts = np.asarray(net.counts, dtype=np.float32).reshape(-1)
         if len(counts) != self.num_classes:

@@ -156,8 +156,10 @@ def run_pfn(image: np.ndarray, model: "PFNModel | str | Path | None" = None,
         A :class:`StageView` whose ``session`` is the plugin's :class:`PFNSession` (so napari
         can adopt it) and whose grouper already holds the first grouping's caches.
     """
+    from ..grouping.methods import warm_up_in_background
     from ..inference import PFNModel, default_weights_path
 
+    warm_up_in_background()  # knn-spectral's imports, while the weights load and networks run
     bar = _progress(len(RUN_STEPS), "PFN", progress)
     done: list[str] = []
     try:
