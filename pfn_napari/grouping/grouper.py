@@ -100,18 +100,13 @@ def _key(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-_blas_controller: Any = None
-
-
 def _one_blas_thread() -> Any:
-    """A context in which BLAS (numpy's OpenBLAS) uses one thread (threadpoolctl, which
-    scikit-learn requires; its controller is built once)."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
+    """A context in which BLAS (numpy's and scipy's OpenBLAS) uses one thread (threadpoolctl,
+    which scikit-learn requires). The libraries are looked up on each call (about 3 ms): one
+    loaded after a cached lookup (scipy's own OpenBLAS) would keep its threads."""
+    from threadpoolctl import threadpool_limits
 
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _descriptors(locations: np.ndarray, encoding: str, xy: np.ndarray) -> np.ndarray:
