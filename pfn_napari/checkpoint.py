@@ -323,7 +323,7 @@ def join_networks(category_path: str | Path, instance_path: str | Path
     if tuple(cat_cfg.data.classes) != tuple(inst_cfg.data.classes):
         raise CheckpointError(f"{category_path}: classes {list(cat_cfg.data.classes)} differ "
                               f"from those of {instance_path} ({list(inst_cfg.data.classes)})")
-    for field in ("num_classes", "fc7_channels", "lite_output_stride", "ceil_mode", "pool5_avg"):
+    for field in ("num_classes", "fc7_channels", "lite_output_stride", "ceil_mode"):
         a, b = getattr(cat_cfg.model, field), getattr(inst_cfg.model, field)
         if a != b:
             raise CheckpointError(f"{category_path}: model.{field}={a!r}, but {instance_path} "

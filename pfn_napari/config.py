@@ -8,6 +8,7 @@ config (:func:`config_to_dict`) so a run can be reproduced from its checkpoint a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import math
@@ -45,7 +46,7 @@ class BackboneSpec:
     ``build``, ``load_weights`` and ``default_weights`` are callables or ``"module:function"``
     names, imported only when used (:meth:`resolve`), so this file stays free of torch:
 
-    * ``build(fc7_channels, *, ceil_mode, pool5_avg, dropout, output_stride) -> Backbone``
+    * ``build(fc7_channels, *, ceil_mode, dropout, output_stride) -> Backbone``
       (``pfn_napari.model.backbones``; a backbone ignores the options that do not apply to it);
     * ``load_weights(backbone, state_dict, path) -> None``: initialise the built backbone from
       an ImageNet state dict read from ``path`` (``pfn_napari.model.weights``); bad files raise
@@ -105,9 +106,14 @@ STREAMS = ("input", "pool1", "pool2", "pool3", "fc7")
 #: How the location streams are fused (``model.fusion``), see ``model/heads.py``.
 FUSIONS = ("concat", "plain_sum", "sum")
 #: Instance scores (``grouping.scoring``) and full-resolution assignments (``grouping.assign``),
-#: see ``grouping/grouper.py``; the grouping methods are ``grouping.GROUPING_METHODS``.
+#: see ``grouping/grouper.py``.
 SCORINGS = ("mean_prob", "prob_x_similarity", "ones")
 ASSIGNS = ("auto", "cell", "location")
+#: The names of ``grouping.GROUPING_METHODS`` (``grouping.method``) and of the count sources
+#: of ``grouping/votes.py`` (``grouping.count_source``). Held here so this bottom layer imports
+#: nothing from grouping/; tests/test_config.py keeps them equal to the registry's keys.
+GROUPING_METHOD_NAMES = ("spectral", "vote", "knn-spectral", "kmeans")
+COUNT_SOURCES = ("head", "votes", "mean")
 PRIOR_SHAPES = ("region", "grabcut")  # grouping.prior_shape
 
 #: The 20 PASCAL VOC classes, index 1..20 (0 is background).
@@ -224,11 +230,8 @@ class ModelConfig:
     stream_channels: int = 128
     count_channels: int = 128
     count_hidden: int = 1024
-    count_pool: int = 4  # adaptive pool grid before the count fc (any image size)
     ceil_mode: bool = True  # DeepLab pools with ceil mode
-    pool5_avg: bool = False  # extra 3x3/1 average pool after pool5, as some ports add
     dropout: float = 0.5
-    init_std: float = 0.01  # Gaussian init of new layers
     fc7_channels: int = 0  # width of fc6/fc7 (lite0: projection); 0 = backbone default (1024/256)
     lite_output_stride: int = 16  # efficientnet_lite*: 8 dilates stages 4-7, 16/32 upsample
     # Size-consistent locations (docs/model.md): 0 is the literal reading (coordinate maps and
@@ -236,7 +239,7 @@ class ModelConfig:
     # predict, in units of this many pixels, its offset from the cell's own position, with
     # coordinate maps in pixels / COORD_UNIT_PX, so a pixel's answer does not depend on the canvas.
     location_unit: float = 0.0
-    # 'fc': average pool to count_pool x count_pool + fc layers (our first reading; it sees a
+    # 'fc': average pool to 4 x 4 + fc layers (our first reading; it sees a
     # density, so counts shrink as the image grows); 'density': the same layers applied per cell
     # as 1x1 convs, a non-negative count per cell and class, summed over the image.
     count_head: str = "fc"
@@ -265,9 +268,7 @@ class ModelConfig:
             _in("model.stream_channels", self.stream_channels, 1, 4096),
             _in("model.count_channels", self.count_channels, 1, 4096),
             _in("model.count_hidden", self.count_hidden, 1, 16384),
-            _in("model.count_pool", self.count_pool, 1, 64),
             (0 <= self.dropout < 1, f"model.dropout={self.dropout}: a probability in [0, 1)"),
-            (0 < self.init_std <= 1, f"model.init_std={self.init_std}: in (0, 1]"),
             (self.lite_output_stride in (8, 16, 32),
              f"model.lite_output_stride={self.lite_output_stride}: 8, 16 or 32"),
             (0 <= self.fc7_channels <= 4096, f"model.fc7_channels={self.fc7_channels}: 0..4096"),
@@ -291,15 +292,6 @@ class LossConfig:
     loc_weight: float = 10.0  # lambda in L = lambda * Lo + Ln
     count_weight: float = 1.0
     seg_weight: float = 1.0  # used by the category stage and the unified network
-    # < 1: bootstrapped cross-entropy, the mean over this fraction of each image's hardest
-    # cells (small and rare classes weigh more); 1: plain cross-entropy (the paper)
-    seg_top_k: float = 1.0
-    smooth_l1_beta: float = 1.0
-    # Per-instance balance of the location loss: each cell of an instance with n cells in the
-    # crop weighs n^-loc_balance (rescaled so the crop's weights still sum to its foreground
-    # cells). 0: every cell the same (the paper), so large instances dominate; 0.5: small
-    # instances (people far away in a crowd) count more; 1: every instance the same in total.
-    loc_balance: float = 0.0
     # 0: location errors in normalised units (x / W, y / H of the input); > 0: in units of this
     # many pixels, so the loss does not depend on the crop size and content offsets are O(1).
     loc_unit: float = 0.0
@@ -314,10 +306,6 @@ class LossConfig:
             (self.loc_weight >= 0, f"loss.loc_weight={self.loc_weight}: must be >= 0"),
             (self.count_weight >= 0, f"loss.count_weight={self.count_weight}: must be >= 0"),
             (self.seg_weight >= 0, f"loss.seg_weight={self.seg_weight}: must be >= 0"),
-            (self.smooth_l1_beta >= 0,
-             f"loss.smooth_l1_beta={self.smooth_l1_beta}: must be >= 0 (0: plain L1)"),
-            (0 < self.seg_top_k <= 1, f"loss.seg_top_k={self.seg_top_k}: a fraction in (0, 1]"),
-            (0 <= self.loc_balance <= 1, f"loss.loc_balance={self.loc_balance}: in [0, 1]"),
             (self.count_reduction in ("mean", "sum"),
              f"loss.count_reduction={self.count_reduction!r}: 'mean' or 'sum'"),
         ])
@@ -437,13 +425,9 @@ class GroupingConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
         or a value out of range (``Grouper.run`` calls this too)."""
-        # imported here: the grouping package imports this module (numpy / scipy, no torch)
-        from .grouping.methods import GROUPING_METHODS
-        from .grouping.votes import COUNT_SOURCES
-
         _check([
-            (self.method in GROUPING_METHODS,
-             f"grouping.method={self.method!r}: choose one of {tuple(GROUPING_METHODS)}"),
+            (self.method in GROUPING_METHOD_NAMES,
+             f"grouping.method={self.method!r}: choose one of {GROUPING_METHOD_NAMES}"),
             (self.scoring in SCORINGS,
              f"grouping.scoring={self.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
             (self.assign in ASSIGNS, f"grouping.assign={self.assign!r}: choose one of {ASSIGNS}"),
@@ -581,9 +565,99 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return replace(base, **kwargs)
 
 
+#: Renamed and removed fields, old dotted key -> new dotted key (``None``: removed), in the
+#: order the changes were made (a key renamed twice follows the chain). Every dict passes
+#: through it (:func:`migrate`, called by :func:`config_from_dict`): YAML files, ``--set``
+#: overrides and the config stored in a checkpoint, so an old checkpoint still loads. A
+#: renamed key moves its value. A removed key is dropped when its value is what the code now
+#: always does (:data:`RETIRED`); any other value is a :class:`ConfigError`, because the run
+#: that stored it cannot be reproduced. Why each field left: docs/experiments/config-history.md.
+MIGRATIONS: dict[str, str | None] = {
+    # issue 29: fields no shipped recipe, paper ablation or kept result used
+    "model.pool5_avg": None,
+    "model.count_pool": None,
+    "model.init_std": None,
+    "loss.smooth_l1_beta": None,
+    "loss.seg_top_k": None,
+    "loss.loc_balance": None,
+}
+
+#: What the code now always does in place of each removed field (its value before removal).
+RETIRED: dict[str, Any] = {
+    "model.pool5_avg": False,
+    "model.count_pool": 4,  # model.heads.COUNT_POOL
+    "model.init_std": 0.01,  # model.heads.INIT_STD
+    "loss.smooth_l1_beta": 1.0,
+    "loss.seg_top_k": 1.0,
+    "loss.loc_balance": 0.0,
+}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and other values are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _unflatten(flat: dict[str, Any], where: str) -> dict[str, Any]:
+    """The inverse of :func:`_flatten`."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, name = key.split(".")
+        node = out
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {'.'.join(parents[:i + 1])} is a value, "
+                                  f"not a section holding {key}")
+        if isinstance(node.get(name), dict):
+            raise ConfigError(f"{where}: {key} is a section, not a value")
+        node[name] = value
+    return out
+
+
+def _check_retired(key: str, value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` unless the removed field ``key`` holds what the code does."""
+    kept = RETIRED[key]
+    if _coerce(value, kept, f"{where}.{key}") != kept:
+        raise ConfigError(f"{where}: {key}={value!r} is no longer supported (the field was "
+                          f"removed; the code now always uses {kept!r})")
+
+
+def migrate_key(key: str) -> str:
+    """The current name of the dotted field ``key`` (a removed field keeps its old name)."""
+    while MIGRATIONS.get(key) is not None:
+        key = MIGRATIONS[key]  # type: ignore[assignment]
+    return key
+
+
+def migrate(values: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """A nested dict with :data:`MIGRATIONS` applied: renamed keys moved, removed keys dropped
+    (or a :class:`ConfigError` when one holds another value than the code now uses)."""
+    flat = _flatten(values or {})
+    for old, new in MIGRATIONS.items():
+        if old not in flat:
+            continue
+        value = flat.pop(old)
+        if new is None:
+            _check_retired(old, value, where)
+        elif new in flat and flat[new] != value:
+            raise ConfigError(f"{where}: {old} (the old name of {new}) and {new} are both "
+                              f"given, with different values; keep only {new}")
+        else:
+            flat[new] = value
+    return _unflatten(flat, where)
+
+
 def config_from_dict(values: dict[str, Any], where: str = "config") -> PFNConfig:
-    """Build a :class:`PFNConfig` from a nested dict; unknown keys are an error."""
-    return _build(PFNConfig, values or {}, where)
+    """Build a :class:`PFNConfig` from a nested dict, after :func:`migrate`; unknown keys are
+    an error."""
+    return _build(PFNConfig, migrate(values or {}, where), where)
 
 
 def config_to_dict(cfg: PFNConfig) -> dict[str, Any]:
@@ -612,25 +686,28 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.field=value`` strings to a nested dict (values parsed as YAML)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (values or {}).items()}
+    """Apply ``section.field=value`` strings (``section.sub.field=value`` for a nested field;
+    an old name is renamed by :data:`MIGRATIONS`) to a nested dict (values parsed as YAML)."""
+    out = copy.deepcopy(dict(values or {}))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.field=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) != 2:
+        parts = migrate_key(key.strip()).split(".")
+        if len(parts) < 2 or not all(parts):
             raise ConfigError(f"override {item!r}: expected section.field=value, e.g. train.epochs=5")
-        section, name = parts
         try:
             parsed = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: the value is not valid YAML "
                               f"({_yaml_problem(exc)})") from None
-        out.setdefault(section, {})
-        if not isinstance(out[section], dict):
-            raise ConfigError(f"override {item!r}: {section!r} is not a section")
-        out[section][name] = parsed
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is not a "
+                                  "section")
+        node[parts[-1]] = parsed
     return out
 
 

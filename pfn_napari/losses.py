@@ -1,10 +1,8 @@
 """The losses of PFN, as pure functions of tensors (no model import).
 
 * :func:`segmentation_loss`: pixel-wise cross-entropy on the stride-8 grid, 255 ignored;
-  ``top_k < 1`` keeps only that fraction of the hardest cells of each image (bootstrapped
-  cross-entropy, as Panoptic-DeepLab trains its semantic head), so small and rare classes are
-  not drowned by easy background;
-* :func:`location_loss`: ``(1 / Omega) sum_i [k_i >= 1] sum_channels smoothL1(t_i - t*_i)``,
+* :func:`location_loss`: ``(1 / Omega) sum_i [k_i >= 1] sum_channels smoothL1(t_i - t*_i)``
+  (smooth-L1 with beta 1),
   Omega = the foreground cells of the batch (the paper's per-image Omega, pooled over the batch);
 * :func:`count_loss`: Euclidean, ``mean_c (g_c - g*_c)^2`` averaged over the batch
   (``reduction='sum'``: Caffe's EuclideanLoss, ``sum_c (g_c - g*_c)^2 / 2`` averaged over the
@@ -26,32 +24,20 @@ from torch import Tensor
 from .config import VOID, LossConfig
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = VOID,
-                      top_k: float = 1.0) -> Tensor:
+def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = VOID) -> Tensor:
     """Cross-entropy of ``logits (B, C+1, h, w)`` against ``target (B, h, w)`` long, averaged
-    over the non-ignored cells (0 if there are none). ``top_k`` in (0, 1]: the mean over the
-    ``ceil(top_k * n)`` cells with the largest loss of each image (``n`` its non-ignored cells)
-    instead of over all of them; 1 is plain cross-entropy (the paper)."""
+    over the non-ignored cells (0 if there are none)."""
     if not bool((target != ignore_index).any()):
         return logits.sum() * 0.0
-    if top_k >= 1.0:
-        return F.cross_entropy(logits, target, ignore_index=ignore_index)
-    per = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
-    valid = target != ignore_index  # (B, h, w)
-    per = per.masked_fill(~valid, -1.0).flatten(1)  # (B, h*w); ignored cells sort last
-    n = valid.flatten(1).sum(dim=1)  # (B,)
-    k = torch.ceil(n.to(per.dtype) * top_k).long()  # (B,) cells kept per image
-    hardest, _ = per.sort(dim=1, descending=True)  # (B, h*w)
-    keep = torch.arange(per.shape[1], device=per.device)[None] < k[:, None]  # (B, h*w)
-    return hardest[keep].mean()
+    return F.cross_entropy(logits, target, ignore_index=ignore_index)
 
 
-def location_loss(pred: Tensor, target: Tensor, weight: Tensor, beta: float = 1.0) -> Tensor:
-    """Masked smooth-L1: ``pred`` and ``target`` ``(B, L, h, w)``, ``weight (B, h, w)`` (1 on
+def location_loss(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Masked smooth-L1 (beta 1): ``pred`` and ``target`` ``(B, L, h, w)``, ``weight (B, h, w)`` (1 on
     foreground, 0 elsewhere). Sum over channels and cells of ``weight * smoothL1``, divided by
     the number of foreground cells ``sum(weight > 0)`` of the batch. An empty foreground gives 0
     (with a zero, finite gradient)."""
-    per = F.smooth_l1_loss(pred, target, reduction="none", beta=beta).sum(dim=1)  # (B, h, w)
+    per = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0).sum(dim=1)  # (B, h, w)
     omega = (weight > 0).sum().clamp(min=1).to(per.dtype)
     return (per * weight).sum() / omega
 
@@ -96,7 +82,7 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
     if kind in ("category", "unified"):
         if out.seg_logits is None:
             raise ValueError(f"a {kind!r} loss needs seg_logits")
-        seg = segmentation_loss(out.seg_logits, batch["class_map"], top_k=cfg.seg_top_k)
+        seg = segmentation_loss(out.seg_logits, batch["class_map"])
         terms.append(cfg.seg_weight * seg)
         parts["seg"] = float(seg.detach())
     if kind in ("instance", "unified"):
@@ -114,7 +100,7 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
         lo = out.locations.new_zeros(())
         for name, p in preds.items():
             p = p * units if units is not None else p
-            term = location_loss(p, target, weight, cfg.smooth_l1_beta)
+            term = location_loss(p, target, weight)
             parts[f"loc/{name}"] = float(term.detach())
             lo = lo + term
         ln = count_loss(out.counts, batch["counts"], cfg.count_reduction)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import math
 import os
@@ -75,7 +74,6 @@ from .losses import total_loss
 from .model import PFNSystem, build_network, load_backbone_weights
 from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries, write_error
-from .targets import build_targets
 
 #: Fraction of the steps the location phase takes with ``count_finetune='separate'`` and
 #: ``separate_schedule='split'``.
@@ -308,7 +306,7 @@ def _init_system(cfg: PFNConfig) -> PFNSystem:
         raise CheckpointError(f"{cfg.train.init}: its category network is a {a!r}, but this run's "
                               f"is a {b!r} (model.backbone / model.category_backbone); use the "
                               "same model settings")
-    for field in ("num_classes", "ceil_mode", "pool5_avg"):
+    for field in ("num_classes", "ceil_mode"):
         a, b = getattr(cat_cfg.model, field), getattr(cfg.model, field)
         if a != b:
             raise CheckpointError(f"{cfg.train.init}: was trained with model.{field}={a!r}, but this "
@@ -792,11 +790,8 @@ def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
         check_labels(dataset, cfg, "train")
     transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
                                cfg.data.flip, count_share=cfg.data.count_targets == "share")
-    targets = None
-    if cfg.loss.loc_balance > 0:
-        targets = functools.partial(build_targets, loc_balance=cfg.loss.loc_balance)
     train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
-                            seed=t.seed, build_targets=targets, copy_paste=cfg.data.copy_paste)
+                            seed=t.seed, copy_paste=cfg.data.copy_paste)
     sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)
     spe = len(sampler) // t.batch_size  # steps per epoch (incomplete batches dropped)
     if spe < 1:

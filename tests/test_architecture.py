@@ -22,10 +22,8 @@ LAYERS = [
 #: Front ends that may use another front end: the notebook reuses the plugin's session and
 #: layers (both are views of one Predictor); nothing imports the command line.
 FRONT_END_USES = {"notebook": {"napari"}, "napari": set(), "cli": set()}
-#: The one upward import, inside a function: ``GroupingConfig.validate`` asks the grouping
-#: registry which method names exist (numpy/scipy only, at call time), so a method is added in
-#: one place.
-ALLOWED_UP = {("config", "grouping")}
+#: Upward imports allowed (none: config holds the grouping method names itself).
+ALLOWED_UP: set[tuple[str, str]] = set()
 
 
 def top_module(path: Path) -> str:

@@ -77,7 +77,7 @@ def test_one_entry_makes_a_backbone_known_everywhere(tiny, tmp_path: Path) -> No
                       count_hidden=8, lite_output_stride=32)
     net = build_network(cfg, "unified")
     assert isinstance(net.backbone, TinyBackbone) and net.backbone.channels["fc7"] == 8
-    assert BUILT == [{"fc7_channels": 8, "ceil_mode": True, "pool5_avg": False, "dropout": 0.5,
+    assert BUILT == [{"fc7_channels": 8, "ceil_mode": True, "dropout": 0.5,
                       "output_stride": 32}]
     out = net(torch.rand(1, 3, 33, 41) * 255)
     assert out.seg_logits.shape == (1, 3, grid_size(33), grid_size(41)) == (1, 3, 5, 6)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pfn_napari.config import (ConfigError, CRFConfig, DataConfig, GroupingConfig, LossConfig,
-                               ModelConfig, PFNConfig, TrainConfig, load_config)
+import pfn_napari.config as config_module
+from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, DataConfig,
+                               GroupingConfig, LossConfig, ModelConfig, PFNConfig, TrainConfig,
+                               config_from_dict, config_to_dict, load_config)
 
 
 @pytest.mark.parametrize("section, message", [
@@ -27,19 +29,14 @@ from pfn_napari.config import (ConfigError, CRFConfig, DataConfig, GroupingConfi
     (ModelConfig(stream_channels=0), r"model.stream_channels=0: in \[1, 4096\]"),
     (ModelConfig(count_channels=0), r"model.count_channels=0: in \[1, 4096\]"),
     (ModelConfig(count_hidden=0), r"model.count_hidden=0: in \[1, 16384\]"),
-    (ModelConfig(count_pool=0), r"model.count_pool=0: in \[1, 64\]"),
     (ModelConfig(dropout=1.0), r"model.dropout=1.0: a probability in \[0, 1\)"),
-    (ModelConfig(init_std=0.0), r"model.init_std=0.0: in \(0, 1\]"),
     (ModelConfig(lite_output_stride=4), "model.lite_output_stride=4: 8, 16 or 32"),
     (ModelConfig(location_unit=-1.0), r"model.location_unit=-1.0: 0 \(normalised\) or > 0 px"),
     (ModelConfig(count_gate=True), "model.count_gate=true needs model.count_head=density"),
     (LossConfig(count_reduction="max"), "loss.count_reduction='max': 'mean' or 'sum'"),
-    (LossConfig(seg_top_k=0.0), r"loss.seg_top_k=0.0: a fraction in \(0, 1\]"),
-    (LossConfig(loc_balance=1.5), r"loss.loc_balance=1.5: in \[0, 1\]"),
     (LossConfig(loc_weight=-1.0), "loss.loc_weight=-1.0: must be >= 0"),
     (LossConfig(count_weight=-1.0), "loss.count_weight=-1.0: must be >= 0"),
     (LossConfig(seg_weight=-1.0), "loss.seg_weight=-1.0: must be >= 0"),
-    (LossConfig(smooth_l1_beta=-1.0), "loss.smooth_l1_beta=-1.0: must be >= 0"),
     (TrainConfig(separate_schedule="half"), "train.separate_schedule='half': 'split' or 'full'"),
     (TrainConfig(batch_size=0), r"train.batch_size=0: in \[1, 4096\]"),
     (TrainConfig(lr=-1.0), "train.lr=-1.0: must be >= 0"),
@@ -140,3 +137,56 @@ def test_broken_yaml_in_a_config_file_is_one_line(tmp_path) -> None:
         load_config(bad)
     assert "\n" not in str(info.value)
     assert str(info.value).startswith(f"{bad}: not valid YAML (while parsing a flow sequence")
+
+
+def test_every_removed_field_names_what_the_code_now_does() -> None:
+    removed = {old for old, new in MIGRATIONS.items() if new is None}
+    assert removed == set(RETIRED)
+    names = set(config_module._flatten(config_to_dict(PFNConfig())))
+    assert not removed & names  # a removed field is gone from the dataclasses
+    renamed = {new for new in MIGRATIONS.values() if new is not None}
+    assert renamed - set(MIGRATIONS) <= names  # every rename ends on a field that exists
+
+
+def test_an_old_checkpoint_dict_with_a_renamed_and_a_removed_key_loads(monkeypatch) -> None:
+    """A stored config as an old version wrote it: ``train.lr_base`` was renamed ``train.lr``
+    (a made-up rename, for the test), ``model.pool5_avg`` was removed (off, as the code is)."""
+    monkeypatch.setitem(MIGRATIONS, "train.lr_base", "train.lr")
+    stored = config_to_dict(PFNConfig())
+    stored["train"].pop("lr")
+    stored["train"]["lr_base"] = 0.25
+    stored["model"]["pool5_avg"] = False
+    stored["loss"]["smooth_l1_beta"] = 1.0
+    cfg = config_from_dict(stored, "old.pt (stored config)")
+    assert cfg.train.lr == 0.25
+    assert cfg == PFNConfig(train=TrainConfig(lr=0.25))
+    # the same through --set, with the value given as text
+    assert load_config(None, ["train.lr_base=0.5", "model.pool5_avg=false"]).train.lr == 0.5
+
+
+def test_a_removed_field_with_another_value_than_the_code_uses_is_refused() -> None:
+    stored = config_to_dict(PFNConfig())
+    stored["model"]["pool5_avg"] = True
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(stored, "old.pt (stored config)")
+    assert str(info.value) == ("old.pt (stored config): model.pool5_avg=True is no longer "
+                               "supported (the field was removed; the code now always uses False)")
+    with pytest.raises(ConfigError, match=r"^config: loss.seg_top_k=0.5 is no longer"):
+        load_config(None, ["loss.seg_top_k=0.5"])
+
+
+def test_an_old_and_a_new_name_with_different_values_are_refused(monkeypatch) -> None:
+    monkeypatch.setitem(MIGRATIONS, "train.lr_base", "train.lr")
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"lr_base": 0.1, "lr": 0.2}})
+    assert str(info.value) == ("config: train.lr_base (the old name of train.lr) and train.lr "
+                               "are both given, with different values; keep only train.lr")
+
+
+def test_config_knows_the_grouping_registrys_names() -> None:
+    """config.py holds the method and count-source names (no import of grouping/)."""
+    from pfn_napari.grouping.methods import GROUPING_METHODS
+    from pfn_napari.grouping.votes import COUNT_SOURCES
+
+    assert config_module.GROUPING_METHOD_NAMES == tuple(GROUPING_METHODS)
+    assert config_module.COUNT_SOURCES == COUNT_SOURCES

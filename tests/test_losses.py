@@ -23,23 +23,6 @@ def test_segmentation_loss_ignores_void() -> None:
     assert segmentation_loss(logits, all_void).item() == 0.0
 
 
-def test_segmentation_loss_top_k_keeps_each_images_hardest_cells() -> None:
-    """Bootstrapped cross-entropy: image 0 has 3 valid cells (losses a > b > c, one void),
-    image 1 has 4 (d > e > f > g). top_k 0.5 keeps ceil(1.5) = 2 and ceil(2) = 2 cells."""
-    p = torch.tensor([[0.1, 0.3, 0.6, 0.9], [0.2, 0.4, 0.7, 0.8]])  # p(true class) per cell
-    logits = torch.zeros(2, 2, 1, 4)
-    logits[:, 1, 0, :] = torch.log(p / (1 - p))  # softmax over (0, logit) gives p for class 1
-    target = torch.tensor([[[1, 1, 1, 255]], [[1, 1, 1, 1]]])
-    ce = -torch.log(p)
-    expected = (ce[0, 0] + ce[0, 1] + ce[1, 0] + ce[1, 1]) / 4
-    got = segmentation_loss(logits, target, top_k=0.5)
-    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    plain = (ce[0, :3].sum() + ce[1].sum()) / 7
-    assert segmentation_loss(logits, target, top_k=1.0).item() == pytest.approx(plain.item(), rel=1e-5)
-    assert got.item() > plain.item()  # the hard cells weigh more
-    assert segmentation_loss(logits, torch.full((2, 1, 4), 255), top_k=0.5).item() == 0.0
-
-
 def test_location_loss_masked_smooth_l1_per_foreground_cell() -> None:
     pred = torch.zeros(1, 2, 1, 3)
     target = torch.zeros(1, 2, 1, 3)
@@ -49,10 +32,7 @@ def test_location_loss_masked_smooth_l1_per_foreground_cell() -> None:
     target[0, 1, 0, 2] = -0.2  # 0.02
     weight = torch.tensor([[[1.0, 0.0, 1.0]]])
     expected = (0.125 + 2.5 + 0.02) / 2  # two foreground cells
-    assert location_loss(pred, target, weight, beta=1.0).item() == pytest.approx(expected, rel=1e-6)
-    # beta changes the kink: 0.5 d^2 / beta below beta
-    assert location_loss(pred, target, weight, beta=0.1).item() == pytest.approx(
-        (0.45 + 2.95 + 0.15) / 2, rel=1e-5)
+    assert location_loss(pred, target, weight).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_location_loss_pools_foreground_over_the_batch() -> None:
@@ -178,17 +158,4 @@ def test_total_loss_reads_loss_count_reduction(reduction, expected) -> None:
     cfg = LossConfig(loc_weight=0.0, count_weight=1.0, count_reduction=reduction)
     loss, parts = total_loss(out, batch, cfg, "instance")
     assert parts["count"] == pytest.approx(expected)
-    assert loss.item() == pytest.approx(expected)
-
-
-@pytest.mark.parametrize("beta, expected", [
-    (1.0, 0.5 * 0.5 ** 2 / 1.0),  # |d| = 0.5 < beta: 0.5 d^2 / beta = 0.125
-    (2.0, 0.5 * 0.5 ** 2 / 2.0),  # 0.0625
-    (0.25, 0.5 - 0.25 / 2),  # |d| >= beta: |d| - beta / 2 = 0.375
-])
-def test_total_loss_reads_loss_smooth_l1_beta(beta, expected) -> None:
-    out, batch = _count_and_location_case()
-    cfg = LossConfig(loc_weight=1.0, count_weight=0.0, smooth_l1_beta=beta)
-    loss, parts = total_loss(out, batch, cfg, "instance")
-    assert parts["loc/fc7"] == pytest.approx(expected)
     assert loss.item() == pytest.approx(expected)

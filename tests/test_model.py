@@ -13,7 +13,8 @@ from pfn_napari.config import ENCODING_CHANNELS, ConfigError, ModelConfig
 from pfn_napari.model import (NetOutputs, PFNNet, PFNSystem, align_to_grid, build_network,
                               build_system)
 from pfn_napari.model.backbones import VGG16LargeFOV, build_backbone
-from pfn_napari.model.heads import CountHead, LocationHead, LocationStream, coordinate_maps
+from pfn_napari.model.heads import (COUNT_POOL, CountHead, LocationHead, LocationStream,
+                                    coordinate_maps)
 from pfn_napari.structures import grid_size
 
 C = 3
@@ -88,7 +89,7 @@ ABLATIONS = [
     dict(encoding="box10"), dict(streams=("fc7",)), dict(streams=("input", "pool2")),
     dict(coord_maps=False), dict(fusion="sum"), dict(fusion="plain_sum"),
     dict(count_features="category"),
-    dict(count_features="instance"), dict(ceil_mode=False), dict(pool5_avg=True),
+    dict(count_features="instance"), dict(ceil_mode=False),
 ]
 
 
@@ -111,7 +112,7 @@ def _head_parameters(cfg: ModelConfig, channels: dict[str, int]) -> int:
     count_in = {"both": cfg.fc7_channels + L, "category": cfg.fc7_channels,
                 "instance": L}[cfg.count_features]
     cc, hidden = cfg.count_channels, cfg.count_hidden
-    return total + (count_in * cc * 9 + cc + cc * cfg.count_pool ** 2 * hidden + hidden
+    return total + (count_in * cc * 9 + cc + cc * COUNT_POOL ** 2 * hidden + hidden
                     + hidden * C + C)
 
 
@@ -185,27 +186,20 @@ def test_count_features_flag_decides_what_the_count_head_reads(features) -> None
     assert net.count_head.conv.in_channels == {"both": 70, "category": 64, "instance": 6}[features]
 
 
-def test_ceil_mode_and_pool5_avg_change_the_backbone_with_the_same_weights() -> None:
+def test_ceil_mode_changes_the_backbone_with_the_same_weights() -> None:
     """A 67-px input: conv1 (11x11/2 pad 5) gives 34 cells; pool1 (3x3/2 pad 1) gives
-    ceil(33 / 2) + 1 = 18 in ceil mode, floor(33 / 2) + 1 = 17 without. pool5_avg adds a 3x3
-    average pool (no parameters) after pool5: the same weights give another fc7."""
+    ceil(33 / 2) + 1 = 18 in ceil mode, floor(33 / 2) + 1 = 17 without."""
     torch.manual_seed(0)
     paper = build_network(ModelConfig(backbone="alexnet", **SMALL), "instance").eval()
     x = torch.rand(1, 3, 67, 67) * 255
     with torch.no_grad():
         ref = paper.backbone(x)
-        for change in (dict(ceil_mode=False), dict(pool5_avg=True)):
-            other = build_network(ModelConfig(backbone="alexnet", **SMALL, **change),
-                                  "instance").eval()
-            other.load_state_dict(paper.state_dict())  # no weight differs
-            feats = other.backbone(x)
-            if "ceil_mode" in change:
-                assert (ref["pool2"].shape[-1], feats["pool2"].shape[-1]) == (18, 17)
-                assert torch.equal(ref["pool2"][..., :17, :17], feats["pool2"])
-            else:
-                assert torch.equal(ref["pool3"], feats["pool3"])  # before pool5: the same
-                assert not torch.allclose(ref["fc7"], feats["fc7"], atol=1e-6)
-                assert isinstance(other.backbone.pool5[-1], torch.nn.AvgPool2d)
+        other = build_network(ModelConfig(backbone="alexnet", **SMALL, ceil_mode=False),
+                              "instance").eval()
+        other.load_state_dict(paper.state_dict())  # no weight differs
+        feats = other.backbone(x)
+        assert (ref["pool2"].shape[-1], feats["pool2"].shape[-1]) == (18, 17)
+        assert torch.equal(ref["pool2"][..., :17, :17], feats["pool2"])
 
 
 @pytest.mark.parametrize("output_stride", [8, 32])

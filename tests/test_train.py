@@ -12,8 +12,8 @@ import torch
 from pfn_napari.checkpoint import load_checkpoint, read_checkpoint
 from pfn_napari.config import load_config
 from pfn_napari.errors import CheckpointError, PFNError
-from pfn_napari.train import (COUNT_PHASE_SPLIT, DistInfo, _build_data, _set_phase, lr_factor,
-                              phase_plan, schedule_step, train)
+from pfn_napari.train import (COUNT_PHASE_SPLIT, _set_phase, lr_factor, phase_plan,
+                              schedule_step, train)
 
 #: A model and data small enough for a few CPU steps per second: EfficientNet-Lite0 (its
 #: packaged ImageNet weights), thin heads, 65x65 crops of 6 synthetic images, batch 2 -> 3 steps/epoch.
@@ -152,7 +152,7 @@ def test_category_stage_continues_the_network_of_init(category_run, tmp_path):
     of training would give it back), not ImageNet weights; another class list is refused."""
     _, final = category_run
     cfg = tiny_cfg(tmp_path, "again", "train.max_steps=1", f"train.init={final}",
-                   "train.lr=0", "train.lr_new=0", "loss.seg_top_k=0.5")
+                   "train.lr=0", "train.lr_new=0")
     again = train(cfg, progress=False)
     before, after = read_checkpoint(final)["model"], read_checkpoint(again)["model"]
     weights = [k for k in before if k.endswith(".weight") and "bn" not in k]
@@ -164,19 +164,6 @@ def test_category_stage_continues_the_network_of_init(category_run, tmp_path):
                      "model.num_classes=2", "data.classes=[disc,square]")
     with pytest.raises(CheckpointError, match="num_classes"):
         train(other, progress=False)
-
-
-def test_loc_balance_reaches_the_training_targets(tmp_path):
-    """loss.loc_balance=1: the cells of the instances of a training crop weigh unequally in the
-    location loss (1 each without it), and each crop's weights still sum to its cells."""
-    for balance in (0.0, 1.0):
-        cfg = tiny_cfg(tmp_path, f"b{balance}", f"loss.loc_balance={balance}")
-        train_set, *_ = _build_data(cfg, DistInfo(), torch.device("cpu"), print)
-        weights = [train_set[i]["location_weight"] for i in range(len(train_set))]  # (h, w) each
-        for w in weights:
-            assert float(w.sum()) == pytest.approx(float((w > 0).sum()), rel=1e-5)
-        unequal = [w for w in weights if not set(w.unique().tolist()) <= {0.0, 1.0}]
-        assert bool(unequal) == (balance > 0)
 
 
 def test_instance_stage_needs_init(tmp_path):

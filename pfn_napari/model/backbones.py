@@ -116,15 +116,14 @@ class VGG16LargeFOV(Backbone):
     """VGG-16 DeepLab-LargeFOV (Chen et al. 2015), as SPEC.md states it.
 
     conv1-conv5 of VGG-16; pool1-3 3x3/2 pad 1 (``ceil_mode`` switch), pool4/5 3x3/1 pad 1,
-    conv5 dilation 2, optional 3x3/1 average pool after pool5 (``pool5_avg``), fc6 3x3
-    dilation 12 -> ``fc7_channels`` (1024), fc7 1x1, ReLU + dropout after each. Input: BGR minus
+    conv5 dilation 2, fc6 3x3 dilation 12 -> ``fc7_channels`` (1024), fc7 1x1, ReLU + dropout after each. Input: BGR minus
     (104.008, 116.669, 122.675). A 321x321 input gives 41x41 ``fc7``.
     """
 
     name = "vgg16"
     CFG = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
-    def __init__(self, fc7_channels: int = 1024, ceil_mode: bool = True, pool5_avg: bool = False,
+    def __init__(self, fc7_channels: int = 1024, ceil_mode: bool = True,
                  dropout: float = 0.5) -> None:
         super().__init__()
         self.norm = _CaffeNorm()
@@ -137,8 +136,6 @@ class VGG16LargeFOV(Backbone):
                 cin = cout
             stride = 2 if b < 3 else 1
             layers.append(nn.MaxPool2d(3, stride, 1, ceil_mode=ceil_mode))
-            if b == 4 and pool5_avg:
-                layers.append(nn.AvgPool2d(3, 1, 1))
             blocks.append(nn.Sequential(*layers))
         self.block1, self.block2, self.block3, self.block4, self.block5 = blocks
         self.fc6 = _conv(512, fc7_channels, dilation=12)
@@ -177,7 +174,7 @@ class AlexNetLargeFOV(Backbone):
 
     name = "alexnet"
 
-    def __init__(self, fc7_channels: int = 1024, ceil_mode: bool = True, pool5_avg: bool = False,
+    def __init__(self, fc7_channels: int = 1024, ceil_mode: bool = True,
                  dropout: float = 0.5) -> None:
         super().__init__()
         self.norm = _CaffeNorm()
@@ -188,10 +185,7 @@ class AlexNetLargeFOV(Backbone):
         self.conv3 = _conv(192, 384)
         self.conv4 = _conv(384, 256)
         self.conv5 = _conv(256, 256)
-        pool5: list[nn.Module] = [nn.MaxPool2d(3, 1, 1)]
-        if pool5_avg:
-            pool5.append(nn.AvgPool2d(3, 1, 1))
-        self.pool5 = nn.Sequential(*pool5)
+        self.pool5 = nn.MaxPool2d(3, 1, 1)
         self.fc6 = _conv(256, fc7_channels, dilation=4)
         self.fc7 = nn.Conv2d(fc7_channels, fc7_channels, 1)
         self.drop = nn.Dropout(dropout)
@@ -363,39 +357,39 @@ class EfficientNetLite0(EfficientNetLite):
 # --- the builders named by config.BACKBONES --------------------------------------------------
 # Each takes the same keywords (see config.BackboneSpec) and ignores those that do not apply.
 
-def build_vgg16(fc7_channels: int, *, ceil_mode: bool = True, pool5_avg: bool = False,
+def build_vgg16(fc7_channels: int, *, ceil_mode: bool = True,
                 dropout: float = 0.5, output_stride: int = 8) -> VGG16LargeFOV:
-    return VGG16LargeFOV(fc7_channels, ceil_mode=ceil_mode, pool5_avg=pool5_avg, dropout=dropout)
+    return VGG16LargeFOV(fc7_channels, ceil_mode=ceil_mode, dropout=dropout)
 
 
-def build_alexnet(fc7_channels: int, *, ceil_mode: bool = True, pool5_avg: bool = False,
+def build_alexnet(fc7_channels: int, *, ceil_mode: bool = True,
                   dropout: float = 0.5, output_stride: int = 8) -> AlexNetLargeFOV:
-    return AlexNetLargeFOV(fc7_channels, ceil_mode=ceil_mode, pool5_avg=pool5_avg, dropout=dropout)
+    return AlexNetLargeFOV(fc7_channels, ceil_mode=ceil_mode, dropout=dropout)
 
 
 def build_efficientnet_lite0(fc7_channels: int, *, ceil_mode: bool = True,
-                             pool5_avg: bool = False, dropout: float = 0.5,
+                             dropout: float = 0.5,
                              output_stride: int = 8) -> EfficientNetLite0:
     """Lite0 has no pools to switch and keeps its own dropout (0): only the stride applies."""
     return EfficientNetLite0(fc7_channels, output_stride=output_stride)
 
 
 def build_efficientnet_lite1(fc7_channels: int, *, ceil_mode: bool = True,
-                             pool5_avg: bool = False, dropout: float = 0.5,
+                             dropout: float = 0.5,
                              output_stride: int = 8) -> EfficientNetLite:
     """Lite1 (depth 1.1): as Lite0, only the stride applies."""
     return EfficientNetLite(fc7_channels, output_stride=output_stride, variant=1)
 
 
 def build_efficientnet_lite2(fc7_channels: int, *, ceil_mode: bool = True,
-                             pool5_avg: bool = False, dropout: float = 0.5,
+                             dropout: float = 0.5,
                              output_stride: int = 8) -> EfficientNetLite:
     """Lite2 (depth 1.2, width 1.1): as Lite0, only the stride applies."""
     return EfficientNetLite(fc7_channels, output_stride=output_stride, variant=2)
 
 
 def build_backbone(name: str, fc7_channels: int = 0, ceil_mode: bool = True,
-                   pool5_avg: bool = False, dropout: float = 0.5,
+                   dropout: float = 0.5,
                    output_stride: int = 8) -> Backbone:
     """A backbone by name, from its entry in :data:`pfn_napari.config.BACKBONES` (which names
     its builder); ``fc7_channels`` 0 takes the entry's default."""
@@ -403,5 +397,5 @@ def build_backbone(name: str, fc7_channels: int = 0, ceil_mode: bool = True,
     if spec is None:
         raise ValueError(f"backbone {name!r}: choose one of {tuple(BACKBONES)}")
     build = spec.resolve("build")
-    return build(fc7_channels or spec.fc7_channels, ceil_mode=ceil_mode, pool5_avg=pool5_avg,
+    return build(fc7_channels or spec.fc7_channels, ceil_mode=ceil_mode,
                  dropout=dropout, output_stride=output_stride)

@@ -24,7 +24,7 @@ network reads from the image content is then a pixel offset, the same in a 193-p
 crop and a 640-pixel test image; with ``u = 0`` (the literal reading) it is a fraction of the
 input's size, which changes with the canvas.
 
-New layers are initialised from N(0, ``init_std``) with zero bias (the paper: std 0.01).
+New layers are initialised from N(0, :data:`INIT_STD`) with zero bias (the paper's 0.01).
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ COORD_UNIT_PX = 512.0
 #: Offset added to the density count head's per-cell logits before the softplus, so an
 #: untrained head predicts ~0.0025 instances per cell and class rather than 0.69.
 DENSITY_OFFSET = -6.0
+#: Standard deviation of the Gaussian init of new layers (the paper's).
+INIT_STD = 0.01
+#: Grid of the fc count head's adaptive average pool (any image size gives pool x pool cells).
+COUNT_POOL = 4
 
 
-def init_new_layers(module: nn.Module, std: float) -> None:
+def init_new_layers(module: nn.Module, std: float = INIT_STD) -> None:
     """Gaussian N(0, std) weights and zero biases for every conv / linear layer of ``module``."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -258,7 +262,7 @@ class CountHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128,
-                 hidden: int = 1024, pool: int = 4) -> None:
+                 hidden: int = 1024, pool: int = COUNT_POOL) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
         self.pool = pool

@@ -64,7 +64,7 @@ class PFNNet(nn.Module):
         self.kind = kind
         self.backbone: Backbone = backbone if backbone is not None else build_backbone(
             cfg.backbone_of(kind), cfg.fc7_channels, ceil_mode=cfg.ceil_mode,
-            pool5_avg=cfg.pool5_avg, dropout=cfg.dropout, output_stride=cfg.lite_output_stride)
+            dropout=cfg.dropout, output_stride=cfg.lite_output_stride)
         ch = self.backbone.channels
         L = len(ENCODING_CHANNELS[cfg.encoding])
         self.category_head: CategoryHead | None = None
@@ -83,15 +83,15 @@ class PFNNet(nn.Module):
                                                    cfg.count_channels, cfg.count_hidden)
             else:
                 self.count_head = CountHead(count_in[cfg.count_features], cfg.num_classes,
-                                            cfg.count_channels, cfg.count_hidden, cfg.count_pool)
+                                            cfg.count_channels, cfg.count_hidden)
         for head in self.heads():
-            init_new_layers(head, cfg.init_std)
+            init_new_layers(head)
         if self.location_head is not None:
             self.location_head.reset_fusion()
         if self.backbone.new_prefixes:  # e.g. Lite0's fc7 projection: a new layer too
             for name, module in self.backbone.named_modules():
                 if any(f"{name}.".startswith(p) for p in self.backbone.new_prefixes):
-                    init_new_layers(module, cfg.init_std)
+                    init_new_layers(module)
 
     def heads(self) -> list[nn.Module]:
         return [h for h in (self.category_head, self.location_head, self.count_head) if h is not None]
