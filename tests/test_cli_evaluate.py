@@ -154,7 +154,7 @@ def test_crf_flags_and_settings_reach_the_networks(shapes_weights, tmp_path, mon
     seen = []
 
     def fake_run_network(model, image, crf=None, name="image", **kw):
-        seen.append((crf, model.config.crf.iterations))
+        seen.append((crf.enabled, crf.iterations, model.config.crf.iterations))
         return oracle_network_output(data[0], 3, full_classes=True)
 
     monkeypatch.setattr(inference, "run_network", fake_run_network)
@@ -162,7 +162,8 @@ def test_crf_flags_and_settings_reach_the_networks(shapes_weights, tmp_path, mon
               "--grouping", "vote", "--out", str(tmp_path / "o")]
     for flags in ([], ["--crf", "--set", "crf.iterations=3"], ["--no-crf"]):
         assert main(["evaluate", *common, *flags]) == 0
-    assert seen == [(None, 10), (True, 3), (False, 10)]
+    # the settings travel beside the model: its own config keeps crf.iterations 10
+    assert seen == [(False, 10, 10), (True, 3, 10), (False, 10, 10)]
 
 
 def test_unwritable_out_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
@@ -211,14 +212,16 @@ def test_predictions_with_a_wrong_size_rle_are_refused(tmp_path, capsys):
         f"RLE runs add up to 100 pixels, but the image has {h} x {w}" in err
 
 
-def test_the_prior_reaches_the_networks_the_instances_and_the_class_map(
+def test_the_imagenet_step_reaches_the_instances_and_the_class_map(
         shapes_weights, tmp_path, monkeypatch):
-    """--set grouping.prior_weight=5 asks the networks for the ImageNet evidence; an object the
-    (faked) category map misses and the evidence names comes back as one more instance, and
-    the mIoU counts it."""
+    """--set imagenet.weight=5 runs the ImageNet step after the grouping (its classifier once
+    per image, only then); an object the (faked) category map misses and the evidence names
+    comes back as one more instance, and the mIoU counts it; --set imagenet.enabled=false
+    switches it off."""
     from dataclasses import replace
 
     import pfn_napari.inference as inference
+    import pfn_napari.predictor as predictor_module
     from pfn_napari.grouping import oracle_network_output
     from pfn_napari.structures import grid_size
 
@@ -228,34 +231,41 @@ def test_the_prior_reaches_the_networks_the_instances_and_the_class_map(
     cls = int(sample.class_map[missed][0])
     seen = []
 
-    def fake_run_network(model, image, crf=None, name="image", prior=None, **kw):
-        seen.append(prior)
+    def fake_evidence(model, image):
+        seen.append(image.shape[:2])
+        h, w = image.shape[:2]
+        evidence = np.zeros((3, grid_size(h, 32), grid_size(w, 32)), np.float32)
+        evidence[cls - 1] = 0.9  # the classifier says this class everywhere: only bg is named
+        return evidence
+
+    def fake_run_network(model, image, crf=None, name="image", **kw):
         net = oracle_network_output(sample, 3, full_classes=True)
         full = net.full_class_probs.copy()  # (C+1, H, W)
         full[:, missed] = 0.0
         full[0, missed] = 1.0
         full = 0.9 * full + 0.1 / len(full)  # the network is 92.5 % sure, not certain
-        h, w = missed.shape
-        evidence = np.zeros((3, grid_size(h, 32), grid_size(w, 32)), np.float32)
-        evidence[cls - 1] = 0.9  # the prior says this class everywhere: only bg is named
-        return replace(net, class_probs=full[:, ::8, ::8].copy(), full_class_probs=full,
-                       prior_evidence=evidence if prior else None)
+        return replace(net, class_probs=full[:, ::8, ::8].copy(), full_class_probs=full)
 
     monkeypatch.setattr(inference, "run_network", fake_run_network)
+    monkeypatch.setattr(predictor_module, "imagenet_evidence", fake_evidence)
     common = [str(shapes_weights), "--data", "synthetic:1@1", "--split", "val",
               "--grouping", "vote", "--set", "grouping.count_source=votes"]
     assert main(["evaluate", *common, "--out", str(tmp_path / "off")]) == 0
-    on = ["--set", "grouping.prior_weight=5", "--set", "grouping.prior_touch=1",
-          "--set", "grouping.prior_min_frac=0.001"]
+    on = ["--set", "imagenet.weight=5", "--set", "imagenet.touch=1",
+          "--set", "imagenet.min_frac=0.001"]
     assert main(["evaluate", *common, *on, "--out", str(tmp_path / "on")]) == 0
     off_m = json.loads((tmp_path / "off" / "metrics.json").read_text())
     on_m = json.loads((tmp_path / "on" / "metrics.json").read_text())
-    assert seen == [False, True]
+    assert seen == [missed.shape]
     assert on_m["num_pred"] == off_m["num_pred"] + 1
     assert on_m["miou"] != off_m["miou"]
+    switched = ["--set", "imagenet.enabled=false"]
+    assert main(["evaluate", *common, *on, *switched, "--out", str(tmp_path / "sw")]) == 0
+    sw_m = json.loads((tmp_path / "sw" / "metrics.json").read_text())
+    assert sw_m["num_pred"] == off_m["num_pred"] and len(seen) == 1
     # the crop check asks the real ImageNet classifier, which has no class for a shape: the
     # prior's object is not confirmed and goes, from the instances and from the class map
-    check = ["--set", "grouping.prior_check=true"]
+    check = ["--set", "imagenet.check=true"]
     assert main(["evaluate", *common, *on, *check, "--out", str(tmp_path / "check")]) == 0
     check_m = json.loads((tmp_path / "check" / "metrics.json").read_text())
     assert check_m["num_pred"] == off_m["num_pred"]
@@ -297,6 +307,9 @@ def test_bad_settings_stop_predict_and_evaluate_with_one_line(shapes_weights, tm
                     else [*argv, "--set", override])
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err, (name, err)
+        if name == "oracle-locations" and override.startswith("crf."):  # no CRF runs there
+            message = (f"--set {override}: pfn evaluate --oracle-locations reads only the "
+                       "grouping section; drop this override")
         assert err.strip().splitlines()[-1] == f"pfn: error: {message}", (name, err)
     assert not list((tmp_path / "e").glob("metrics.*"))
 
@@ -335,3 +348,24 @@ def test_numeric_options_are_range_checked(tmp_path, capsys, option, message):
                  "--out", str(tmp_path / "o"), *option])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"pfn: error: {message}") and err.count("\n") == 1, err
+
+
+def test_set_refuses_a_section_the_command_does_not_read(shapes_weights, tmp_path, capsys):
+    """pfn predict and pfn evaluate CHECKPOINT read grouping, crf and imagenet from --set; a
+    model or train override used to be accepted and ignored."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(photo)
+    runs = {
+        "pfn predict": ["predict", str(shapes_weights), str(photo), "--out", str(tmp_path / "p")],
+        "pfn evaluate CHECKPOINT": ["evaluate", str(shapes_weights), "--data", "synthetic:1@1",
+                                    "--split", "val", "--out", str(tmp_path / "e")],
+    }
+    for command, argv in runs.items():
+        for override in ("model.dropout=0.1", "train.lr=1"):
+            assert main([*argv, "--set", override]) == 2
+            assert capsys.readouterr().err.strip().splitlines()[-1] == (
+                f"pfn: error: --set {override}: {command} reads only the grouping, crf and "
+                "imagenet sections; drop this override")
+    assert not (tmp_path / "p").exists() and not list((tmp_path / "e").glob("metrics.*"))

@@ -155,16 +155,17 @@ def has_labelled_object(dataset: PFNDataset) -> bool:
 
 
 def _grouping_config(args: argparse.Namespace, base=None):
-    """The grouping settings: the model's (or the defaults), then --grouping and --set."""
+    """The settings: the model's (or the defaults), then --grouping and --set (a new config;
+    with a model the sections grouping, crf and imagenet, without one only grouping)."""
     from dataclasses import replace
 
-    from ..config import PFNConfig, apply_overrides, config_from_dict, config_to_dict
+    from ..config import PFNConfig
+    from .settings import TEST_TIME_SECTIONS, test_time_config
 
-    cfg = base or PFNConfig()
-    overrides = list(getattr(args, "overrides", None) or [])
-    if overrides:
-        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
-        cfg.validate()
+    sections = TEST_TIME_SECTIONS if base is not None else ("grouping",)
+    command = "pfn evaluate CHECKPOINT" if base is not None else "pfn evaluate --oracle-locations"
+    cfg = test_time_config(base or PFNConfig(), list(getattr(args, "overrides", None) or []),
+                           command, sections)
     gcfg = cfg.grouping
     if getattr(args, "grouping", None):
         gcfg = replace(gcfg, method=args.grouping)
@@ -174,16 +175,18 @@ def _grouping_config(args: argparse.Namespace, base=None):
 
 def model_producer(args: argparse.Namespace, dataset: PFNDataset) -> Producer:
     """A checkpoint through a :class:`~pfn_napari.predictor.Predictor`; ``--oracle-counts``
-    swaps in the true counts, ``--oracle-locations`` the true locations."""
+    swaps in the true counts, ``--oracle-locations`` the true locations. The test-time
+    settings go to the predictor; the loaded model's config stays as stored."""
     from dataclasses import replace
 
     from ..predictor import Predictor
     from ..producers import model_producer as produce_with
 
-    predictor = Predictor(args.checkpoint, args.device, crf=args.crf)
+    predictor = Predictor(args.checkpoint, args.device)
     cfg, gcfg = _grouping_config(args, predictor.model.config)
-    predictor.model.config = replace(predictor.model.config, crf=cfg.crf)  # --set crf.KEY=VALUE
+    predictor.crf = cfg.crf if args.crf is None else replace(cfg.crf, enabled=args.crf)
     predictor.grouping = gcfg
+    predictor.imagenet = cfg.imagenet  # --set imagenet.KEY=VALUE reaches the ImageNet step
     return produce_with(predictor, dataset, oracle_counts=args.oracle_counts,
                         oracle_locations=args.oracle_locations, noise=args.noise, seed=args.seed)
 

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "checkpoint's crf.enabled, on in the paper recipes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="grouping.KEY=VALUE",
-                   help="override a test-time setting, e.g. --set grouping.sigma=0.1")
+                   help="override a test-time setting of the sections grouping, crf or imagenet, "
+                        "e.g. --set grouping.sigma=0.1")
     p.add_argument("--resume", action="store_true",
                    help="skip the images --out's images.json lists as done (after Ctrl-C)")
     p.set_defaults(run=run)
@@ -258,28 +259,26 @@ def check_no_input_overwritten(images: list[Path], ids: list[str], out: Path) ->
 
 def load_predictor(args: argparse.Namespace):
     """The :class:`Predictor` of ``args`` (checkpoint, device, CRF, grouping, ``--set``),
-    refused before any image when it cannot segment instances; ``PFN_MAX_SIDE`` checked."""
+    refused before any image when it cannot segment instances; ``PFN_MAX_SIDE`` checked. The
+    test-time settings go to the predictor; the loaded model's config stays as stored."""
     from dataclasses import replace
 
-    from ..config import apply_overrides, config_from_dict, config_to_dict
     from ..errors import CheckpointError
     from ..inference import configured_max_side
     from ..predictor import Predictor
+    from .settings import test_time_config
 
     configured_max_side()
-    predictor = Predictor(args.checkpoint, args.device, crf=args.crf)
+    predictor = Predictor(args.checkpoint, args.device)
     if not predictor.has_instances:
         raise CheckpointError(f"{predictor.model.path}: this checkpoint holds only the category "
                               "network (stage 1); pfn predict needs a stage-2 (instance) or "
                               "unified checkpoint")
-    model = predictor.model
-    cfg = model.config
-    if args.overrides:
-        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), args.overrides))
-        cfg.validate()
+    cfg = test_time_config(predictor.model.config, args.overrides, "pfn predict")
     predictor.grouping = replace(cfg.grouping, method=args.grouping) if args.grouping \
         else cfg.grouping
-    model.config = replace(model.config, crf=cfg.crf)  # --set crf.KEY=VALUE reaches the CRF
+    predictor.imagenet = cfg.imagenet  # --set imagenet.enabled=false switches the step off
+    predictor.crf = cfg.crf if args.crf is None else replace(cfg.crf, enabled=args.crf)
     return predictor
 
 
