@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from pfn_napari.checkpoint import join_networks, load_checkpoint, run_meta, save_weights
-from pfn_napari.config import load_config
+from pfn_napari.config import config_to_dict, load_config
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
 from pfn_napari.errors import PFNError
@@ -57,8 +58,9 @@ def per_class_rows(report: Path, sets: list[str]) -> list[str]:
     return rows
 
 
-def grouping_row(g) -> str:
-    """The model card's words for the grouping settings stored in the weights."""
+def grouping_row(g, step) -> str:
+    """The model card's words for the test-time settings (``g``: a ``GroupingConfig``,
+    ``step``: an ``ImageNetConfig``), as weights/pfn-lite0-voc.yaml holds them."""
     count = ("k = the count head's number rounded (the paper)" if g.count_source == "head" else
              f"k = {'the mean of the count head and ' if g.count_source == 'mean' else ''}the "
              f"number of distinct boxes the cells vote for (`count_source={g.count_source}`, "
@@ -67,18 +69,52 @@ def grouping_row(g) -> str:
     method = f"`{g.method}`"
     if g.method == "vote":
         method += " (the fast grouping; `--grouping spectral` for the paper's)"
-    prior = ("" if g.prior_weight <= 0 else
-             f"; objects the category map left as background named by the ImageNet classifier "
-             f"(prior_weight {g.prior_weight:g}, prior_eps {g.prior_eps:g}, prior_min_frac "
-             f"{g.prior_min_frac:g}, prior_touch {g.prior_touch:g}"
-             + (", their outlines fitted with GrabCut (prior_shape grabcut)"
-                if g.prior_shape == "grabcut" else "")
-             + (f"; every object of a class ImageNet knows checked on its crop (prior_check: "
-                f"dropped under {g.prior_check_any:g} of those classes, a named one under "
-                f"{g.prior_check_named:g} of its own; relabelled at {g.prior_check_relabel:g})"
-                if g.prior_check else "") + "; docs/model.md)")
+    prior = ("" if not step.active else
+             f"; then the ImageNet step names objects the category map left as background "
+             f"(imagenet.weight {step.weight:g}, eps {step.eps:g}, min_frac "
+             f"{step.min_frac:g}, touch {step.touch:g}"
+             + (", outlines fitted with GrabCut (shape grabcut)"
+                if step.shape == "grabcut" else "")
+             + (f"; every object of a class ImageNet knows checked on its crop (check: "
+                f"dropped under {step.check_any:g} of those classes, a named one under "
+                f"{step.check_named:g} of its own; relabelled at {step.check_relabel:g})"
+                if step.check else "") + "; docs/model.md)")
     return (f"{method}, tau {g.tau:g}, sigma {g.sigma:g}, min_size_frac {g.min_size_frac:g}; "
             f"{count}{prior}")
+
+
+#: The sections of a weights file's config that are its test-time settings (the YAML beside it).
+TEST_TIME_SECTIONS = ("grouping", "crf", "imagenet")
+
+
+def settings_file(weights: Path) -> Path:
+    """``weights/pfn-lite0-voc.pt`` -> ``weights/pfn-lite0-voc.yaml``."""
+    return weights.with_suffix(".yaml")
+
+
+def write_settings(weights: Path, cfg) -> Path:
+    """The test-time settings the weights store, as the YAML file beside them."""
+    values = config_to_dict(cfg)
+    header = [f"# The test-time settings of {weights.name}, as the weights file stores them.",
+              "# The .pt is what runs; this is the copy to read and diff",
+              "# (tests/test_checkpoint.py keeps the two equal). Override any of them at",
+              "# run time, e.g. pfn predict --set grouping.tau=0.5."]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(
+        {k: values[k] for k in TEST_TIME_SECTIONS}, sort_keys=False)
+    path = settings_file(weights)
+    path.write_text(text)
+    return path
+
+
+def read_settings(weights: Path):
+    """The config of the YAML beside ``weights``; a difference from the .pt's own is refused."""
+    stored = load_checkpoint(weights)[1]
+    settings = load_config(settings_file(weights))
+    differ = [k for k in TEST_TIME_SECTIONS if getattr(stored, k) != getattr(settings, k)]
+    if differ:
+        raise PFNError(f"{settings_file(weights)}: its {', '.join(differ)} differ from what "
+                       f"{weights} stores; write it again (write_settings) or fix the weights")
+    return settings
 
 
 def _nice(backbone: str) -> str:
@@ -122,9 +158,11 @@ def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, repor
         before = ("\n## Before and after (the previous shipped model -> this one, same val splits)\n\n"
                   "| data (val) | AP^r@0.5 | AP^r_vol | mIoU | count error |\n|---|---:|---:|---:|---:|\n"
                   + "\n".join(lines) + "\n")
-    cfg = load_checkpoint(weights)[1]  # its backbones and grouping defaults
+    cfg = load_checkpoint(weights)[1]  # its backbones
+    settings = read_settings(weights)  # its test-time settings, from the YAML beside it
+    if before:  # history leaves the card: the comparison is kept beside the report
+        (report.parent / "before-after.md").write_text(before.lstrip("\n"))
     real = [n for n in summary["datasets"] if n != "synthetic"]
-    notes = "".join(f"\n{n}\n" for n in meta.get("notes", []))
     t = summary["timing"]
     steps = meta["steps"]
     text = f"""# Model card: `{weights.name}`
@@ -142,7 +180,7 @@ truncated or other-version file gives one line naming it (`CheckpointError`).
 | stages | 1: the category network; 2: the instance network from it; 3: the count head alone (everything else frozen), its per-cell counts weighted by the category network's probabilities (`model.count_gate`), as the shipped model reads them |
 | training time | {meta['train_minutes']} min = {meta['train_minutes'] / 60:.2f} hours on this project's 2-core CPU ({meta['machine']}): {', '.join(f'{k} {v} steps' for k, v in steps.items())} (stage 1 category, stage 2 instance, stage 3 counts; bounds: {meta['category_minutes']:g} + {meta['instance_minutes']:g} + {meta.get('count_minutes', 0):g} min) |
 | command | `{meta['command']}` |
-| grouping default | {grouping_row(cfg.grouping)} |
+| test-time settings | `{settings_file(weights).name}` beside the weights (the .pt stores the same; `--set` overrides them): {grouping_row(settings.grouping, settings.imagenet)} |
 | size | {weights.stat().st_size / 1e6:.1f} MB (float16; cast to float32 on load) |
 
 ## AP^r on the val splits (SDS protocol, percent)
@@ -154,7 +192,10 @@ the classes with ground truth.
 | data (val) | images | AP^r@0.5 | AP^r@0.7 | AP^r_vol | mIoU | count error |
 |---|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
-{before}{notes}
+
+How this file came to be, run by run, and what was tried and not kept:
+docs/experiments/weights-history.md.
+
 ## Per class on the real val splits
 
 | data | class | true | predicted | AP^r@0.5 | AP^r_vol | IoU | count error |
@@ -214,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                          "instance network is kept, then stage 3 (the count gate reads the new "
                          "category network)")
     ap.add_argument("--category-overrides", action="append", default=[],
-                    help="a setting for stage 1 only (e.g. loss.seg_top_k=0.25); repeatable")
+                    help="a setting for stage 1 only (e.g. data.copy_paste=0); repeatable")
     ap.add_argument("--instance-overrides", action="append", default=[],
                     help="a setting for stage 2 only (e.g. data.scale_min=0.4); repeatable")
     ap.add_argument("--coco-repeats", type=int, default=None,
@@ -222,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instance-lr", default="0.002,0.01", type=number_pair,
                     help="stage-2 learning rates (pre-trained,new)")
     ap.add_argument("--note", action="append", default=[],
-                    help="a sentence for the model card about this run (repeatable)")
+                    help="a sentence about this run, kept in the weights (meta['notes']) for "
+                         "docs/experiments/weights-history.md (repeatable)")
     ap.add_argument("--join-category", type=Path, default=None,
                     help="with --from-weights: the category network of this stage-1 checkpoint "
                          "(any backbone, e.g. efficientnet_lite2) beside the instance network of "
@@ -434,6 +476,7 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
         _, old_cfg, _ = load_checkpoint(earlier)
         cfg = dataclasses.replace(cfg, grouping=old_cfg.grouping)
     path = save_weights(args.weights, system, cfg, meta, half=True)
+    write_settings(path, cfg)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min "
           "of training")
     return evaluate_and_card(path, out, meta, baseline)

@@ -306,3 +306,17 @@ def test_a_stored_crf_width_of_zero_is_refused_at_load(tmp_path, cfg, system, fi
     assert str(info.value) == (f"{bad}: stored config does not fit this pfn-napari: "
                                f"crf.{field}=0.0: in [0.1, {'1000' if field == 'bi_rgb' else '10000'}]"
                                + (" (colour levels 0..255)" if field == "bi_rgb" else " px"))
+
+
+def test_the_shipped_weights_hold_the_test_time_settings_of_their_yaml() -> None:
+    """weights/pfn-lite0-voc.yaml is the readable copy of what the .pt stores (after the
+    migration table): grouping, crf and imagenet equal, section for section."""
+    from pfn_napari.checkpoint import load_checkpoint
+
+    root = Path(__file__).resolve().parents[1] / "weights"
+    stored = load_checkpoint(root / "pfn-lite0-voc.pt")[1]
+    text = load_config(root / "pfn-lite0-voc.yaml")
+    for section in ("grouping", "crf", "imagenet"):
+        assert getattr(stored, section) == getattr(text, section), section
+    assert text.grouping.method == "vote" and text.grouping.tau == 0.35  # read, not defaults
+    assert text.imagenet.weight == 5.0 and text.imagenet.shape == "grabcut"

@@ -72,6 +72,7 @@ def test_a_built_wheel_carries_the_weights_and_finds_them(tmp_path):
     wheel = next(out.glob("pfn_napari-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert f"pfn_napari/weights/{WEIGHTS}" in names and "pfn_napari/weights/README.md" in names
+    assert "pfn_napari/weights/pfn-lite0-voc.yaml" in names  # the test-time settings
     assert zipfile.ZipFile(wheel).getinfo(f"pfn_napari/weights/{WEIGHTS}").file_size == \
         (REPO / "weights" / WEIGHTS).stat().st_size
     assert {"pfn_napari/napari.yaml", "pfn_napari/configs/cpu-demo.yaml",
