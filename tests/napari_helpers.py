@@ -29,7 +29,8 @@ def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 
     import torch
 
     from pfn_napari.checkpoint import save_weights
-    from pfn_napari.config import DataConfig, GroupingConfig, ModelConfig, PFNConfig
+    from pfn_napari.config import (DataConfig, GroupingConfig, ImageNetConfig, ModelConfig,
+                                   PFNConfig)
     from pfn_napari.model import build_system
 
     torch.manual_seed(0)
@@ -37,7 +38,8 @@ def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 
         data=DataConfig(),
         model=ModelConfig(backbone="efficientnet_lite0", num_classes=20, streams=("fc7",),
                           stream_channels=8, count_channels=8, count_hidden=16, fc7_channels=64),
-        grouping=GroupingConfig(method=method, prior_weight=prior_weight, **grouping),
+        grouping=GroupingConfig(method=method, **grouping),
+        imagenet=ImageNetConfig(weight=prior_weight),
     )
     system = build_system(cfg.model, "unified").eval()
     net = system.instance
@@ -62,7 +64,7 @@ def small_image(h: int = 120, w: int = 160) -> np.ndarray:
     """The skaters sample, resized to ``w x h`` (uint8 RGB)."""
     from PIL import Image
 
-    from pfn_napari.napari._sample_data import load_sample
+    from pfn_napari.samples import load_sample
 
     return np.asarray(Image.fromarray(load_sample("skaters")).resize((w, h), Image.BILINEAR))
 

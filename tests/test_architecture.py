@@ -16,12 +16,13 @@ LAYERS = [
     ("base", {"errors", "config", "structures", "output"}),
     ("pure", {"data", "targets", "losses", "grouping", "evaluate", "visualize"}),
     ("model", {"model", "checkpoint"}),
-    ("library", {"inference", "predictor", "producers", "train", "demo"}),
+    ("library", {"inference", "predictor", "imagenet", "session", "layer_data", "samples",
+                 "producers", "train", "demo"}),
     ("front ends", {"cli", "napari", "notebook"}),
 ]
-#: Front ends that may use another front end: the notebook reuses the plugin's session and
-#: layers (both are views of one Predictor); nothing imports the command line.
-FRONT_END_USES = {"notebook": {"napari"}, "napari": set(), "cli": set()}
+#: Front ends that may use another front end: none. The session, layer data and sample photos
+#: napari and the notebook share are library code (siblings); nothing imports the command line.
+FRONT_END_USES = {"notebook": set(), "napari": set(), "cli": set()}
 #: Upward imports allowed (none: config holds the grouping method names itself).
 ALLOWED_UP: set[tuple[str, str]] = set()
 

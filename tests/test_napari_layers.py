@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pfn_napari.errors import PFNError
-from pfn_napari.napari import _layers as L
-from pfn_napari.napari._session import TuneParams, prepare_image
+from pfn_napari import layer_data as L
+from pfn_napari.session import TuneParams, prepare_image
 from pfn_napari.structures import NetworkOutput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,12 +33,13 @@ def test_manifest_is_valid_and_found_through_the_entry_point():
 
 
 def test_sample_images_are_small_real_photos_with_a_readme():
-    from pfn_napari.napari import _sample_data as S
+    from pfn_napari import samples as S
+    from pfn_napari.napari import _sample_data as N
 
     shapes = {"skaters": (375, 500, 3), "horses": (500, 381, 3), "cat": (375, 500, 3)}
     readme = (S.SAMPLE_DIR / "README.md").read_text()
     for key, shape in shapes.items():
-        data, meta, kind = getattr(S, key)()[0]
+        data, meta, kind = getattr(N, key)()[0]
         assert data.shape == shape and data.dtype == np.uint8 and kind == "image" and meta["rgb"]
         assert data.std() > 20  # a photo, not a blank
         assert S.SAMPLES[key][0] in readme
@@ -175,12 +176,14 @@ def test_tune_params_override_only_the_exposed_fields():
     assert (cfg.n_init, cfg.scoring) == (3, "ones")
     assert TuneParams(count_override=((15, 3),)).overrides() == {15: 3}
     assert TuneParams().overrides() is None
-    # the ImageNet prior: untouched (None / True) or off (False), never switched on from nothing
-    with_prior = GroupingConfig(prior_weight=5.0)
-    assert TuneParams().grouping_config(with_prior).prior_weight == 5.0
-    assert TuneParams(prior=True).grouping_config(with_prior).prior_weight == 5.0
-    assert TuneParams(prior=False).grouping_config(with_prior).prior_weight == 0.0
-    assert TuneParams(prior=True).grouping_config(base).prior_weight == 0.0
+    # the ImageNet step: untouched (None / True) or off (False), never switched on from nothing
+    from pfn_napari.config import ImageNetConfig
+
+    with_step, without = ImageNetConfig(weight=5.0), ImageNetConfig()
+    assert TuneParams().imagenet_config(with_step).active
+    assert TuneParams(imagenet=True).imagenet_config(with_step).active
+    assert not TuneParams(imagenet=False).imagenet_config(with_step).active
+    assert not TuneParams(imagenet=True).imagenet_config(without).active
 
 
 # ----------------------------------------------------------------------------- writer
@@ -275,7 +278,7 @@ def test_objects_of_the_imagenet_step_get_arrows_to_their_box_center():
 def test_reclustering_marks_the_instances_the_imagenet_step_named():
     from types import SimpleNamespace
 
-    from pfn_napari.napari._session import _from_prior
+    from pfn_napari.session import _from_prior
     from pfn_napari.structures import Instances
 
     masks = np.zeros((3, 4, 4), bool)

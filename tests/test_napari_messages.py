@@ -16,7 +16,7 @@ pytest.importorskip("pytestqt")
 from napari_helpers import (COUNT, NAPARI_WARNINGS_ARE_ERRORS, PERSON, add_image,  # noqa: E402,F401
                             make_tiny_weights, small_image, tiny_weights, widget)
 
-from pfn_napari.napari import _layers as L  # noqa: E402
+from pfn_napari import layer_data as L  # noqa: E402
 
 pytestmark = [pytest.mark.gui, *NAPARI_WARNINGS_ARE_ERRORS]
 

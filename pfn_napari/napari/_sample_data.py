@@ -3,27 +3,9 @@ display name; see ``sample_data/README.md``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
-
-#: key -> (file, layer name): three COCO photographs holding VOC classes, at most 500 px.
-SAMPLES = {
-    "skaters": ("skaters.jpg", "skaters (COCO 77)"),
-    "horses": ("horses.jpg", "horses (COCO 49)"),
-    "cat": ("cat.jpg", "cat (COCO 443)"),
-}
-
-
-def load_sample(key: str) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB of sample ``key`` (one of :data:`SAMPLES`)."""
-    from PIL import Image
-
-    file = SAMPLE_DIR / SAMPLES[key][0]
-    with Image.open(file) as img:
-        return np.asarray(img.convert("RGB"))
+from ..samples import SAMPLES, load_sample
 
 
 def _layer(key: str) -> list[tuple[np.ndarray, dict, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import _layers as L
+from .. import layer_data as L
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@
 re-cluster on every change of sigma, tau, size threshold, method or instance counts.
 
 The widget only wires library calls (:mod:`pfn_napari.inference`, :mod:`pfn_napari.grouping`
-through :class:`~pfn_napari.napari._session.PFNSession`) to layers
-(:mod:`pfn_napari.napari._layers`). Long work runs in ``napari.qt.threading`` workers; set
+through :class:`~pfn_napari.session.PFNSession`) to layers
+(:mod:`pfn_napari.layer_data`). Long work runs in ``napari.qt.threading`` workers; set
 ``widget.synchronous = True`` (tests, scripts) to run the same jobs in the calling thread.
 
 Every image keeps its own set of PFN layers, named after it (``"PFN instances: photo"``, see
-:func:`~pfn_napari.napari._layers.layer_name`) and stacked right above it, so running image A
+:func:`~pfn_napari.layer_data.layer_name`) and stacked right above it, so running image A
 and then image B shows B's results on B and leaves A's on A. Run on the same image again
 updates its set in place; the knobs act on the image of the last Run.
 
@@ -49,10 +49,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..config import GroupingConfig
+from .. import layer_data as L
+from ..config import GroupingConfig, ImageNetConfig
 from ..errors import PFNError
-from . import _layers as L
-from ._session import PFNSession, TuneParams, params_of, weights_grouping
+from ..session import PFNSession, TuneParams, params_of, weights_grouping
 from ._teaching import STAGES, stage_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,7 +116,7 @@ def knob_help(method: str, g: GroupingConfig) -> dict[str, tuple[bool, str]]:
 def describe(p: TuneParams) -> str:
     """``"vote, sigma 0.50, tau 0.35, size 0.10 %, ImageNet on"``."""
     return (f"{p.method}, sigma {p.sigma:.2f}, tau {p.tau:.2f}, size "
-            f"{100 * p.min_size_frac:.2f} %, ImageNet {'off' if p.prior is False else 'on'}")
+            f"{100 * p.min_size_frac:.2f} %, ImageNet {'off' if p.imagenet is False else 'on'}")
 
 
 def _fmt(value: Any) -> str:
@@ -213,6 +213,7 @@ class PFNWidget(QWidget):
         self._count_spins: dict[int, QSpinBox] = {}
         self._overrides: dict[int, int] = {}  # class -> the count the user typed
         self._weights_grouping: GroupingConfig | None = None  # the settings the knobs came from
+        self._weights_imagenet: ImageNetConfig | None = None
         self._knobs_from: str | None = None  # the weights file those settings are of
         self._touched: set[str] = set()  # knobs the user changed since (kept on Run)
         self._notes: list[str] = []  # sentences for the next re-clustering's message
@@ -328,10 +329,10 @@ class PFNWidget(QWidget):
         self.prior_check = QCheckBox("Name missed objects (ImageNet)")
         self.prior_check.setToolTip("Objects the category network left as background, named by "
                                     "the ImageNet classifier (bus, dog, aeroplane ...), and, with "
-                                    "the model's grouping.prior_check, the found objects of the "
+                                    "the model's imagenet.check, the found objects of the "
                                     "classes it knows checked on their crops (dropped or "
                                     "relabelled); people never change. Only for models whose "
-                                    "grouping has a prior_weight (the shipped one)")
+                                    "imagenet.weight is above 0 (the shipped one)")
         form.addRow(self.prior_check)
         self.keep_edits_check = QCheckBox("Keep hand edits of 'PFN instances'")
         self.keep_edits_check.setToolTip("Ticked by painting on the instance layer: re-clustering "
@@ -409,7 +410,7 @@ class PFNWidget(QWidget):
             if self.method_combo.findText(p.method) < 0:
                 self.method_combo.addItem(p.method)
             self.method_combo.setCurrentText(p.method)
-            self.prior_check.setChecked(p.prior is not False)
+            self.prior_check.setChecked(p.imagenet is not False)
         finally:
             for w in widgets:
                 w.blockSignals(False)
@@ -420,7 +421,7 @@ class PFNWidget(QWidget):
         return TuneParams(method=self.method_combo.currentText(), sigma=self.sigma_spin.value(),
                           tau=self.tau_spin.value(), min_size_frac=self.size_spin.value() / 100.0,
                           count_override=tuple(sorted(self._overrides.items())),
-                          prior=self.prior_check.isChecked())
+                          imagenet=self.prior_check.isChecked())
 
     # ================================================================== the weights' settings
     def _grouping(self) -> GroupingConfig:
@@ -428,6 +429,12 @@ class PFNWidget(QWidget):
         if self.session.model is not None:
             return self.session.model.config.grouping
         return self._weights_grouping or GroupingConfig()
+
+    def _imagenet(self) -> ImageNetConfig:
+        """The ImageNet step's settings: the loaded model's, else the weights'."""
+        if self.session.model is not None:
+            return self.session.model.config.imagenet
+        return self._weights_imagenet or ImageNetConfig()
 
     def _load_weights_settings(self, *_: Any, notify: bool = True) -> None:
         """Show the grouping settings stored in the weights file in the knobs (before any
@@ -437,16 +444,17 @@ class PFNWidget(QWidget):
         if weights == self._knobs_from:
             return
         try:
-            file, grouping = weights_grouping(weights or None)
+            file, grouping, imagenet = weights_grouping(weights or None)
         except PFNError:
             return
         self._knobs_from, self._weights_grouping = weights, grouping
-        self._show_weights_settings(file.name, grouping, notify)
+        self._weights_imagenet = imagenet
+        self._show_weights_settings(file.name, params_of(grouping, imagenet), notify)
 
-    def _show_weights_settings(self, file: str, grouping: GroupingConfig, notify: bool) -> None:
-        own, now = params_of(grouping), self.params()
+    def _show_weights_settings(self, file: str, own: TuneParams, notify: bool) -> None:
+        now = self.params()
         fields = {"method": "method", "sigma": "sigma", "tau": "tau", "size": "min_size_frac",
-                  "prior": "prior"}
+                  "prior": "imagenet"}
         kept = {f: getattr(now, fields[f]) for f in self._touched}
         self._set_param_widgets(replace(own, **{fields[f]: v for f, v in kept.items()}))
         text = f"Knobs: the grouping settings of {file} ({describe(own)})"
@@ -459,7 +467,7 @@ class PFNWidget(QWidget):
     def reset_knobs(self) -> None:
         """The weights' own grouping settings in every knob (forgets what the user set)."""
         self._touched.clear()
-        own = params_of(self._grouping())
+        own = params_of(self._grouping(), self._imagenet())
         self._set_param_widgets(own)
         note = f"Knobs back to the weights' own settings ({describe(own)})."
         if self.session.net is None:
@@ -489,7 +497,7 @@ class PFNWidget(QWidget):
         has_net = self.session.net is not None
         self.run_button.setEnabled(not self.busy)
         self.export_button.setEnabled(self.layer(L.INSTANCES) is not None)
-        self.prior_check.setEnabled(self._grouping().prior_weight > 0)
+        self.prior_check.setEnabled(self._imagenet().weight > 0)
         self.reset_counts_button.setEnabled(bool(self._overrides))
         for w in (self.prev_button, self.next_button):
             w.setEnabled(self.teach_check.isChecked() and has_net)
@@ -1033,6 +1041,25 @@ class PFNWidget(QWidget):
         self.next_button.setEnabled(self._stage < len(STAGES) - 1)
 
     # ================================================================== sync helpers
+    def adopt_session(self, session: PFNSession, clustering: Any, image_name: str) -> None:
+        """Show a session another front end ran (the notebook's ``open_in_napari``): its
+        knobs, count boxes and layers for the image layer ``image_name``, as a Run would
+        leave them; the session's count overrides are typed in the count boxes."""
+        self.session = session
+        session.clustering = clustering
+        self.image_combo.setCurrentText(image_name)
+        self._image_layer_name = image_name
+        self._network_done(clustering.params)
+        self.synchronous = True
+        try:
+            for cls, number in clustering.params.count_override:
+                try:
+                    self.set_count(cls, number)
+                except KeyError:
+                    pass
+        finally:
+            self.synchronous = False
+
     def run_sync(self) -> None:
         """Run, blocking until the layers are there (scripts and tests)."""
         was = self.synchronous

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import VOC_CLASSES
 from ..errors import PFNError
-from ._layers import IMAGE_KEY, instances_from_labels
+from ..layer_data import IMAGE_KEY, instances_from_labels
 
 #: The image id of an export (one image per file; COCO ids are integers).
 IMAGE_ID = 1

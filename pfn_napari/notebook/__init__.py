@@ -1,10 +1,10 @@
 """PFN in Jupyter: the stages as inline figures, knobs as ipywidgets, and napari in one call.
 
 The notebook ``examples/pfn_tour.ipynb`` reads like a lesson because the work is here. It is the
-notebook counterpart of the napari plugin and wires the same pieces: the plugin's
-:class:`~pfn_napari.napari._session.PFNSession` runs the networks once, a
-:class:`~pfn_napari.grouping.Grouper` re-clusters the cached output, and the plugin's layer
-functions give the data of every picture. See ``docs/notebook.md``.
+notebook counterpart of the napari plugin and wires the same pieces: the library's
+:class:`~pfn_napari.session.PFNSession` (the plugin's too) runs the networks once, its
+predictor re-clusters the cached output, and the layer data functions
+(:mod:`pfn_napari.layer_data`) give the data of every picture. See ``docs/notebook.md``.
 
 >>> import pfn_napari.notebook as nb                                    # doctest: +SKIP
 >>> view = nb.run_pfn(nb.load_sample("skaters"))                        # doctest: +SKIP
@@ -22,8 +22,8 @@ functions give the data of every picture. See ``docs/notebook.md``.
 from __future__ import annotations
 
 from ..inference import load_model
-from ..napari._sample_data import SAMPLES, load_sample
-from ..napari._session import Reclustering, TuneParams
+from ..samples import SAMPLES, load_sample
+from ..session import Reclustering, TuneParams
 from .controls import Explorer, compare_with_oracle, explore
 from .plots import (TITLES, figure_png, plot_category, plot_clusters, plot_instances,
                     plot_locations, plot_refined, plot_stages, plot_vectors)

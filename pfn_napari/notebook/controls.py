@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import PFNError
-from ..napari._session import Reclustering, TuneParams
+from ..session import Reclustering, TuneParams
 from ..structures import Sample
 from .plots import figure_jpeg, instances_title, label_instances
 from .views import StageView, oracle_view, run_pfn

@@ -2,7 +2,7 @@
 
 Each ``plot_*`` function draws into ``ax`` when given (and returns its figure), else makes a
 figure, closes it in pyplot (so Jupyter shows it once, as the cell's value) and returns it.
-The data come from the same functions as the napari layers (:mod:`pfn_napari.napari._layers`),
+The data come from the same functions as the napari layers (:mod:`pfn_napari.layer_data`),
 so a figure and a layer of the same name show the same numbers.
 
 Coordinates: ``imshow`` puts the *center* of pixel ``(row, col)`` at ``(x, y) = (col, row)``,
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..napari import _layers as L
-from ..napari._session import Reclustering
+from .. import layer_data as L
+from ..session import Reclustering
 from ..structures import Instances
 from ..visualize import instance_colors, overlay, voc_palette
 from .views import StageView

@@ -3,7 +3,7 @@
 :func:`open_in_napari` needs a desktop session (a display) and the ``napari`` extra; where there
 is none (a server, CI, a browser-only Jupyter) it says why in one line and returns ``None``, so
 a notebook runs top to bottom anywhere. The layers are built by the plugin's own functions
-(:mod:`pfn_napari.napari._layers`) and carry the plugin's names; for a view made by the model,
+(:mod:`pfn_napari.layer_data`) and carry the plugin's names; for a view made by the model,
 the PFN dock widget is added on the same session, so its knobs go on re-clustering the same
 cached network output and update those layers in place.
 """
@@ -14,9 +14,12 @@ import os
 import sys
 from typing import Any
 
-from ..napari import _layers as L
-from ..napari._session import Reclustering
+from .. import layer_data as L
+from ..session import Reclustering
 from .views import StageView
+
+#: The plugin and its dock widget as napari.yaml names them.
+PLUGIN, PLUGIN_WIDGET = "pfn-napari", "PFN instance segmentation"
 
 
 def display_problem(allow_offscreen: bool = False) -> str | None:
@@ -110,21 +113,8 @@ def open_in_napari(view: StageView, clustering: Reclustering | None = None, view
     add_layers(viewer, view, clustering, image_name)
     window = getattr(viewer, "window", None)
     if dock_widget and view.session is not None and window is not None:
-        from ..napari import PFNWidget
-
-        widget = PFNWidget(viewer)
-        widget.session = view.session
-        view.session.clustering = clustering
-        window.add_dock_widget(widget, name="PFN", area="right")
-        widget.image_combo.setCurrentText(image_name)
-        widget._image_layer_name = image_name
-        # what Run does once the networks are done: knobs, count boxes, layers (in place)
-        widget._network_done(clustering.params)
-        widget.synchronous = True  # count overrides of the notebook, typed in the count boxes
-        for cls, number in clustering.params.count_override:
-            try:
-                widget.set_count(cls, number)
-            except KeyError:
-                pass
-        widget.synchronous = False
+        # the plugin's dock widget through napari's plugin registry (the notebook and napari
+        # are sibling front ends: neither imports the other)
+        _, widget = window.add_plugin_dock_widget(PLUGIN, PLUGIN_WIDGET)
+        widget.adopt_session(view.session, clustering, image_name)
     return viewer

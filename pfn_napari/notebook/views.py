@@ -1,13 +1,13 @@
 """One image and one network output, ready to be re-clustered: the notebook's unit of study.
 
-A :class:`StageView` holds what the napari plugin's :class:`~pfn_napari.napari._session.PFNSession`
-holds after *Run PFN*: the image, the cached :class:`~pfn_napari.structures.NetworkOutput` and a
-:class:`~pfn_napari.grouping.Grouper` on it. The network output comes from the model
-(:func:`run_pfn`, through the plugin's own session) or from an annotated image's ground truth
+A :class:`StageView` holds what a :class:`~pfn_napari.session.PFNSession` (the napari plugin's
+too) holds after *Run PFN*: the image, the cached :class:`~pfn_napari.structures.NetworkOutput`
+and a :class:`~pfn_napari.grouping.Grouper` on it. The network output comes from the model
+(:func:`run_pfn`, through a session) or from an annotated image's ground truth
 (:func:`oracle_view`, :func:`pfn_napari.grouping.oracle_network_output`); either way
-:meth:`StageView.recluster` runs only the test-time grouping, the plugin's
-:class:`~pfn_napari.napari._session.TuneParams` in, its
-:class:`~pfn_napari.napari._session.Reclustering` out.
+:meth:`StageView.recluster` runs only the test-time grouping, the session's
+:class:`~pfn_napari.session.TuneParams` in, its :class:`~pfn_napari.session.Reclustering` out
+(with the ImageNet step after the grouping for views made by the model, when it is on).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..config import GroupingConfig
+from ..config import GroupingConfig, ImageNetConfig
 from ..errors import PFNError
-from ..napari._layers import Geometry
-from ..napari._session import PFNSession, Reclustering, TuneParams, recluster
+from ..layer_data import Geometry
+from ..session import PFNSession, Reclustering, TuneParams, params_of, recluster
 from ..targets import predicted_centers
 from ..structures import NetworkOutput, Sample
 
@@ -55,6 +55,8 @@ class StageView:
     title: str = ""
     network_seconds: float = 0.0  # time the networks took (0 for the oracle)
     session: PFNSession | None = None  # the plugin's session, for views made by the model
+    # the ImageNet step's settings for views made by the model (None: the model's own)
+    imagenet: ImageNetConfig | None = None
     _grouper: Any = field(default=None, repr=False)
 
     @property
@@ -80,10 +82,21 @@ class StageView:
         """``(2, gh, gw)`` normalised (x, y) instance center each grid cell predicts."""
         return predicted_centers(self.net)
 
+    @property
+    def by_model(self) -> bool:
+        """Whether the network output is the session's (the ImageNet step can run on it)."""
+        return self.session is not None and self.session.net is self.net
+
+    def imagenet_config(self) -> ImageNetConfig | None:
+        """The ImageNet step's settings of a view made by the model (None for the others)."""
+        if not self.by_model:
+            return None
+        return self.imagenet or self.session.model.config.imagenet
+
     def default_params(self) -> TuneParams:
-        """The base grouping config as the knobs' start values, no count override."""
-        g = self.grouping
-        return TuneParams(method=g.method, sigma=g.sigma, tau=g.tau, min_size_frac=g.min_size_frac)
+        """The base grouping config (and the ImageNet switch of a view made by the model) as
+        the knobs' start values, no count override."""
+        return params_of(self.grouping, self.imagenet_config())
 
     def predicted_counts(self) -> np.ndarray:
         """``(C,)`` float32 instance numbers of the count network (the truth for the oracle)."""
@@ -120,7 +133,9 @@ class StageView:
             changes["count_override"] = tuple(sorted(
                 (int(c), int(n)) for c, n in changes["count_override"].items()))
         params = replace(params, **changes) if changes else params
-        return recluster(self.grouper, self.grouping, params, self.image.shape[:2])
+        runner = self.session.predictor if self.by_model else self.grouper
+        return recluster(runner, self.grouping, params, self.image.shape[:2],
+                         self.imagenet_config())
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -1,10 +1,11 @@
-"""The widget's state without the widget: a predictor, the image notes, the last grouping.
+"""A front end's state without the front end: a predictor, the image notes, the last grouping.
 
-:class:`PFNSession` is what the dock widget drives and what ``benchmarks/recluster.py`` times.
+Library code that the napari dock widget and the notebook both drive (siblings; neither
+imports the other). :class:`PFNSession` is also what ``benchmarks/recluster.py`` times.
 It holds a :class:`pfn_napari.predictor.Predictor` (the one path from image to instances the
 command line uses too): the networks run once per image (the slow part), and every change of
 sigma, tau, size threshold, method or instance counts re-runs only the grouping on the cached
-output (:func:`recluster`, the fast part), masks brought back to the viewer image when the
+output (:func:`recluster`, the fast part; the ImageNet step after it when on), masks brought back to the viewer image when the
 networks saw it resized (images over :data:`pfn_napari.inference.MAX_SIDE`).
 """
 
@@ -18,15 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import GroupingConfig
-from ..errors import PFNError
-from ..structures import Instances, NetworkOutput
-from ._layers import Geometry
+from .config import GroupingConfig, ImageNetConfig
+from .errors import PFNError
+from .layer_data import Geometry
+from .structures import Instances, NetworkOutput
 
 
 @dataclass(frozen=True)
 class TuneParams:
-    """The test-time knobs the widget exposes (the rest of GroupingConfig comes from the model).
+    """The test-time knobs the front ends expose (the rest of the grouping and ImageNet
+    settings comes from the model).
 
     ``count_override`` maps class id (1..C) to the number of instances to cluster it into.
     """
@@ -36,23 +38,27 @@ class TuneParams:
     tau: float = 0.5
     min_size_frac: float = 0.001
     count_override: tuple[tuple[int, int], ...] = ()
-    # name objects the category map missed with the ImageNet prior (False: off; True / None:
-    # the model's own grouping.prior_weight, which is 0 for a model without it)
-    prior: bool | None = None
+    # the ImageNet step's switch (False: off; True / None: the model's own imagenet settings,
+    # which name nothing for a model without the step: imagenet.weight 0)
+    imagenet: bool | None = None
 
     def overrides(self) -> dict[int, int] | None:
         return dict(self.count_override) or None
 
     def grouping_config(self, base: GroupingConfig) -> GroupingConfig:
         return replace(base, method=self.method, sigma=float(self.sigma), tau=float(self.tau),
-                       min_size_frac=float(self.min_size_frac),
-                       prior_weight=0.0 if self.prior is False else base.prior_weight)
+                       min_size_frac=float(self.min_size_frac))
+
+    def imagenet_config(self, base: ImageNetConfig) -> ImageNetConfig:
+        """``base`` switched off when the knob says so (never switched on from nothing)."""
+        return replace(base, enabled=False) if self.imagenet is False else base
 
 
-def params_of(g: GroupingConfig) -> TuneParams:
-    """The knobs of grouping settings ``g`` (a model's own, with no count override)."""
+def params_of(g: GroupingConfig, imagenet: ImageNetConfig | None = None) -> TuneParams:
+    """The knobs of grouping settings ``g`` and ImageNet settings ``imagenet`` (a model's
+    own, with no count override)."""
     return TuneParams(method=g.method, sigma=g.sigma, tau=g.tau, min_size_frac=g.min_size_frac,
-                      prior=g.prior_weight > 0)
+                      imagenet=None if imagenet is None else imagenet.active)
 
 
 @dataclass
@@ -65,7 +71,7 @@ class ImageNotes:
     def messages(self, size: tuple[int, int]) -> list[str]:
         out = list(self.converted)
         if self.resized_to is not None:
-            from ..inference import MAX_SIDE
+            from .inference import MAX_SIDE
 
             out.append(f"the image is {size[1]}x{size[0]}: the networks saw it resized to "
                        f"{self.resized_to[1]}x{self.resized_to[0]} (longest side at most "
@@ -80,7 +86,7 @@ def prepare_image(data: Any, rgb: bool | None = None, name: str = "image") -> tu
     :func:`pfn_napari.inference.as_rgb_uint8` takes. Anything else (stacks, volumes, channel-first
     arrays) raises :class:`PFNError` saying what to do.
     """
-    from ..inference import as_rgb_uint8
+    from .inference import as_rgb_uint8
 
     arr = np.asarray(data)
     notes = ImageNotes()
@@ -117,18 +123,28 @@ class Reclustering:
     # class -> the number of clusters it was split into (the override, the head's rounded
     # count, or the votes': grouping.count_source)
     cluster_counts: dict[int, int] = field(default_factory=dict)
-    # (N,) bool: instance n was named by the ImageNet prior (it has no grid cells)
+    # (N,) bool: instance n was named by the ImageNet step (it has no grid cells)
     from_prior: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
-def recluster(grouper: Any, base: GroupingConfig, params: TuneParams,
-              image_size: tuple[int, int]) -> Reclustering:
-    """``params`` on ``base`` through a cached :class:`~pfn_napari.grouping.Grouper`, masks
-    brought to ``image_size`` (the viewer's): what the widget and the notebook both run."""
-    from ..inference import resize_instances
+def recluster(runner: Any, base: GroupingConfig, params: TuneParams,
+              image_size: tuple[int, int], imagenet: ImageNetConfig | None = None
+              ) -> Reclustering:
+    """``params`` on ``base``, masks brought to ``image_size`` (the viewer's): what the widget
+    and the notebook both run. ``runner``: a :class:`~pfn_napari.predictor.Predictor` (the
+    grouping, then the ImageNet step: ``imagenet``, default the predictor's, with ``params``'
+    switch) or a bare :class:`~pfn_napari.grouping.Grouper` (the grouping alone: a network
+    output without a model)."""
+    from .inference import resize_instances
+    from .predictor import Predictor
 
     t0 = time.perf_counter()
-    result = grouper.run(params.grouping_config(base), params.overrides())
+    cfg, overrides = params.grouping_config(base), params.overrides()
+    if isinstance(runner, Predictor):
+        step = params.imagenet_config(imagenet or runner.imagenet)
+        result = runner.group(cfg, overrides, step)
+    else:
+        result = runner.run(cfg, overrides)
     instances = resize_instances(result.instances, image_size)
     return Reclustering(instances, np.asarray(result.refined_class_map, np.uint8),
                         np.asarray(result.full_class_map, np.uint8),
@@ -138,7 +154,7 @@ def recluster(grouper: Any, base: GroupingConfig, params: TuneParams,
 
 
 def _from_prior(result: Any) -> np.ndarray:
-    """``(N,)`` bool: which instances of a GroupingResult the ImageNet prior named (their
+    """``(N,)`` bool: which instances of a GroupingResult the ImageNet step named (their
     pixels are the ones of ``prior_labels``, disjoint from the clustered instances')."""
     flags = np.zeros(len(result.instances), dtype=bool)
     if result.prior_labels is not None and len(flags):
@@ -148,26 +164,29 @@ def _from_prior(result: Any) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _stored_grouping(path: str, mtime_ns: int, size: int) -> GroupingConfig:
-    from ..checkpoint import config_of, read_checkpoint
+def _stored_config(path: str, mtime_ns: int, size: int) -> Any:
+    from .checkpoint import config_of, read_checkpoint
 
-    return config_of(read_checkpoint(path), path).grouping
+    return config_of(read_checkpoint(path), path)
 
 
-def weights_grouping(weights: str | Path | None = None) -> tuple[Path, GroupingConfig]:
-    """The file ``weights`` (None/'': the shipped default) names and the grouping settings
-    stored in it, without building the model (cached per file and modification time).
+def weights_grouping(weights: str | Path | None = None
+                     ) -> tuple[Path, GroupingConfig, ImageNetConfig]:
+    """The file ``weights`` (None/'': the shipped default) names and the grouping and ImageNet
+    settings stored in it, without building the model (cached per file and modification
+    time).
 
     Raises :class:`~pfn_napari.errors.CheckpointError` as :func:`pfn_napari.inference.load_model`.
     """
-    from ..errors import CheckpointError
-    from ..inference import default_weights_path
+    from .errors import CheckpointError
+    from .inference import default_weights_path
 
     file = default_weights_path() if not weights or str(weights) == "default" else Path(weights)
     if not file.is_file():
         raise CheckpointError(f"{file}: weights file not found")
     stat = file.stat()
-    return file, _stored_grouping(str(file), stat.st_mtime_ns, stat.st_size)
+    cfg = _stored_config(str(file), stat.st_mtime_ns, stat.st_size)
+    return file, cfg.grouping, cfg.imagenet
 
 
 class PFNSession:
@@ -197,14 +216,14 @@ class PFNSession:
 
     @model.setter
     def model(self, model) -> None:
-        from ..predictor import Predictor
+        from .predictor import Predictor
 
         self.predictor = Predictor(model, eager=True)
         self.geom = self.centers = self.clustering = None
 
     def load_model(self, weights: str | Path | None = None, device: str = "auto"):
         """Load (or keep, when unchanged) the model; ``weights`` None/'' = shipped default."""
-        from ..inference import load_model
+        from .inference import load_model
 
         key = (str(weights or ""), device)
         if self.predictor is None or key != self.model_key:
@@ -217,8 +236,9 @@ class PFNSession:
         return tuple(self.model.class_names) if self.model is not None else ()
 
     def default_params(self) -> TuneParams:
-        g = self.model.config.grouping if self.model is not None else GroupingConfig()
-        return params_of(g)
+        if self.model is None:
+            return params_of(GroupingConfig(), ImageNetConfig())
+        return params_of(self.model.config.grouping, self.model.config.imagenet)
 
     # ------------------------------------------------------------------ network
     @property
@@ -238,7 +258,7 @@ class PFNSession:
 
     def run_network(self, data: Any, rgb: bool | None = None, name: str = "image") -> NetworkOutput:
         """Run the networks once on a layer's data; caches the output for re-clustering."""
-        from ..targets import predicted_centers
+        from .targets import predicted_centers
 
         if self.predictor is None:
             raise PFNError("no model loaded: choose weights first")
@@ -257,7 +277,7 @@ class PFNSession:
     def use_network_output(self, net: NetworkOutput) -> None:
         """Group ``net`` in place of the networks' output on the current image (e.g. the
         ground truth as an oracle, :func:`pfn_napari.grouping.oracle_network_output`)."""
-        from ..targets import predicted_centers
+        from .targets import predicted_centers
 
         if self.image is None:
             raise PFNError("run the network first: the oracle replaces the output on its image")
@@ -287,9 +307,10 @@ class PFNSession:
         return self.grouper.instance_numbers(params.grouping_config(self.model.config.grouping))
 
     def recluster(self, params: TuneParams) -> Reclustering:
-        """Test-time steps only (refinement, clustering, size filter) on the cached output."""
+        """Test-time steps only (refinement, clustering, size filter, the ImageNet step) on the
+        cached output."""
         if self.net is None or self.model is None:
             raise PFNError("run the network first (no cached network output)")
-        self.clustering = recluster(self.grouper, self.model.config.grouping, params,
-                                    self.image.shape[:2])
+        self.clustering = recluster(self.predictor, self.model.config.grouping, params,
+                                    self.image.shape[:2], self.model.config.imagenet)
         return self.clustering

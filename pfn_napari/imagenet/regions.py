@@ -1,4 +1,5 @@
-"""Naming what the category network left as background with the ImageNet classifier's evidence.
+"""The ImageNet step's regions: naming what the category network left as background with the
+ImageNet classifier's evidence, checking objects on their crops, fitting outlines.
 
 Beyond the paper. :class:`~pfn_napari.model.imagenet_prior.ImageNetPrior` gives, for each class,
 how much of the ImageNet softmax its synsets hold at each stride-32 cell. :func:`prior_fill` adds
@@ -17,8 +18,9 @@ to the photo (the stride-32 region is a blob several times larger than a small o
 shown cropped as an ImageNet photo (``ImageNetPrior.classify_crops``): it drops the objects it
 sees nothing of and relabels the ones it is sure are another class.
 
-Pure numpy / scipy (and OpenCV for GrabCut); ``Grouper.run`` calls them when
-``GroupingConfig.prior_weight > 0`` and the network output holds the evidence.
+Pure numpy / scipy (and OpenCV for GrabCut, the optional extra ``grabcut``);
+:class:`~pfn_napari.imagenet.step.ImageNetStep` calls them after the grouping when
+``imagenet.enabled`` and ``imagenet.weight > 0``.
 """
 
 from __future__ import annotations
@@ -176,6 +178,10 @@ def check_instances(classes: np.ndarray, from_prior: np.ndarray, evidence: np.nd
     return keep, classes
 
 
+#: The one line a user without OpenCV reads when ``imagenet.shape`` is ``'grabcut'``.
+GRABCUT_MISSING = ("imagenet.shape='grabcut' needs OpenCV, an optional extra: "
+                   "pip install 'pfn-napari[grabcut]' (or --set imagenet.shape=region)")
+
 #: GrabCut's window around an object: its box grown by this fraction of its sides (+ 4 px).
 GRABCUT_PAD = 0.5
 #: Pixels within this fraction of the box's longer side around the region may still be object.
@@ -199,8 +205,7 @@ def grabcut_shape(image: np.ndarray, mask: np.ndarray, allowed: np.ndarray) -> n
     except ImportError:
         from ..errors import PFNError
 
-        raise PFNError("grouping.prior_shape='grabcut' needs OpenCV: "
-                       "pip install opencv-python-headless") from None
+        raise PFNError(GRABCUT_MISSING) from None
     mask = np.asarray(mask, dtype=bool)
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:

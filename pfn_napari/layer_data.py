@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ENCODING_CHANNELS
-from ..structures import STRIDE, Instances, NetworkOutput
-from ..visualize import instance_colors, voc_palette
+from .config import ENCODING_CHANNELS
+from .structures import STRIDE, Instances, NetworkOutput
+from .visualize import instance_colors, voc_palette
 
 #: Base names of the PFN layers. The widget names its layers ``"<base>: <image layer>"``
 #: (:func:`layer_name`) and tags them with :data:`LAYER_KEY` and :data:`IMAGE_KEY` in their metadata, so a re-run
