@@ -200,6 +200,25 @@ def test_controls_exist_with_the_right_ranges_and_recluster(view):
         ex.set_count("triangle", 2)
 
 
+def test_controls_enable_the_knobs_the_method_and_settings_read(view):
+    """The sliders follow what the method declares (grouping.method_knobs): kmeans reads sigma;
+    without the refinement tau does nothing and without the size filter the size threshold;
+    each disabled slider says why in its tooltip."""
+    pytest.importorskip("ipywidgets", reason="the notebook extra is not installed")
+    from dataclasses import replace
+
+    from pfn_napari.notebook import explore
+
+    ex = explore(replace(view, grouping=replace(view.grouping, refine=False, size_filter=False),
+                         _grouper=None))
+    assert not ex.sigma.disabled and "sigma in 'spectral'" in ex.sigma.tooltip
+    assert ex.tau.disabled and "grouping.refine=false" in ex.tau.tooltip
+    assert ex.size.disabled and "grouping.size_filter=false" in ex.size.tooltip
+    assert ex.imagenet is None and ex.params().imagenet is None  # an oracle view: no model
+    on = explore(view)
+    assert not on.tau.disabled and not on.size.disabled
+
+
 def test_count_boxes_start_at_the_k_the_grouping_used():
     """The head says 3.4 squares, the votes 2 (two distinct boxes), count_source 'votes': the
     grouping makes 2, so the box shows 2 (the head's 3.40 in brackets); one more than that
@@ -314,6 +333,15 @@ def test_run_pfn_on_a_640x480_photo_uses_the_plugin_session():
     result = view.recluster(sigma=0.3, tau=0.6)
     assert time.process_time() - t0 <= 0.2
     assert result.instances.image_size == (480, 640)
+    # the ImageNet step's switch (the shipped model has the step): one box, as napari's
+    assert "imagenet" in result.timings and view.default_params().imagenet is True
+    pytest.importorskip("ipywidgets", reason="the notebook extra is not installed")
+    from pfn_napari.notebook import explore
+
+    ex = explore(view)
+    assert ex.imagenet is not None and ex.imagenet.value is True
+    ex.imagenet.value = False
+    assert ex.params().imagenet is False and "imagenet" not in ex.clusterings[0].timings
 
 
 # ---------------------------------------------------------------- napari

@@ -8,8 +8,9 @@ model. See ``docs/grouping.md``.
 >>> instances = group(net, cfg.grouping)                                     # doctest: +SKIP
 """
 
-from .grouper import Grouper, GroupingResult, group, grouping_method
-from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
+from .grouper import Grouper, GroupingResult, group
+from .methods import (GROUPING_METHODS, KNOBS, ClassData, Clustering, GroupingMethod, Knob,
+                      grouping_method, method_knobs)
 from .oracle import oracle_network_output, own_box_share, with_true_locations
 from .refine import present_classes, refine_class_map
 
@@ -20,8 +21,11 @@ __all__ = [
     "Grouper",
     "GroupingMethod",
     "GroupingResult",
+    "KNOBS",
+    "Knob",
     "group",
     "grouping_method",
+    "method_knobs",
     "oracle_network_output",
     "own_box_share",
     "present_classes",

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ from ..errors import PFNError
 from ..structures import Instances, NetworkOutput
 from ..targets import decode_locations
 from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
-from .methods import GROUPING_METHODS, ClassData, Clustering, GroupingMethod
+from .methods import ClassData, Clustering, grouping_method
 from .refine import refine_class_map
 from .spectral import normalise_by_max
 from .votes import combine_counts, vote_count
@@ -107,15 +107,6 @@ def _descriptors(locations: np.ndarray, encoding: str, xy: np.ndarray) -> np.nda
     dec = decode_locations(locations.T[:, :, None], encoding, pixel_xy=xy.T[:, :, None])
     names = ("cx", "cy", "x1", "y1", "x2", "y2") if "x1" in dec else ("cx", "cy")
     return np.stack([dec[name][:, 0] for name in names], axis=1)  # (n, D)
-
-
-def grouping_method(name: str) -> GroupingMethod:
-    """The :data:`GROUPING_METHODS` entry of ``name``. A bare function registered there (a
-    benchmark's) is taken as reading every field, so its cached clusterings are never stale."""
-    entry = GROUPING_METHODS[name]
-    if isinstance(entry, GroupingMethod):
-        return entry
-    return GroupingMethod(entry, tuple(f.name for f in fields(GroupingConfig)))
 
 
 class Grouper:

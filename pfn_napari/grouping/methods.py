@@ -40,7 +40,7 @@ What sigma does (``GroupingMethod.sigma_role``, one line each, for the widget an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import math
@@ -255,6 +255,56 @@ class GroupingMethod:
 
     def __call__(self, data: ClassData, k: int, cfg: GroupingConfig) -> Clustering:
         return self.fn(data, k, cfg)
+
+    def knobs(self, cfg: GroupingConfig, name: str = "this") -> dict[str, Knob]:
+        """Which of the front ends' knobs (:data:`KNOBS`) matter with this method over the
+        settings ``cfg``, each with one line: what it does here, or why it does nothing.
+
+        ``sigma`` matters when the method declares it (:attr:`cache_fields`; its line is
+        :attr:`sigma_role`); ``tau`` only with the refinement by the counts (``cfg.refine``);
+        ``min_size_frac`` only with the size filter (``cfg.size_filter``); ``count`` (an
+        instance number typed for a class) always: every method clusters into ``k``."""
+        role = self.sigma_role or "the width of the similarity the cells are grouped with"
+        return {
+            "sigma": Knob(True, f"sigma in '{name}': {role}") if "sigma" in self.cache_fields
+            else Knob(False, f"the '{name}' method does not read sigma"),
+            "tau": Knob(True, "a class is present when its count exceeds tau; the others are "
+                              "taken out of the class map (refinement by the counts)")
+            if cfg.refine else Knob(False, "the refinement is off (grouping.refine=false), the "
+                                           "only step that reads tau"),
+            "min_size_frac": Knob(True, "clusters smaller than this share of their class's "
+                                        "cells are dropped")
+            if cfg.size_filter else Knob(False, "the size filter is off "
+                                                "(grouping.size_filter=false)"),
+            "count": Knob(True, "the number of instances the class's cells are clustered into"),
+        }
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob of a front end under a grouping method: whether it matters, and why."""
+
+    matters: bool
+    why: str  # one line: what it does there, or why it does nothing
+
+
+#: The knobs the napari widget and the notebook show, as :meth:`GroupingMethod.knobs` names
+#: them: ``grouping.sigma``, ``grouping.tau``, ``grouping.min_size_frac`` and a class's count.
+KNOBS = ("sigma", "tau", "min_size_frac", "count")
+
+
+def grouping_method(name: str) -> GroupingMethod:
+    """The :data:`GROUPING_METHODS` entry of ``name``. A bare function registered there (a
+    benchmark's) is taken as reading every field, so its cached clusterings are never stale."""
+    entry = GROUPING_METHODS[name]
+    if isinstance(entry, GroupingMethod):
+        return entry
+    return GroupingMethod(entry, tuple(f.name for f in fields(GroupingConfig)))
+
+
+def method_knobs(name: str, cfg: GroupingConfig) -> dict[str, Knob]:
+    """:meth:`GroupingMethod.knobs` of the method ``name`` (the front ends' entry point)."""
+    return grouping_method(name).knobs(cfg, name)
 
 
 #: name -> method. ``spectral`` is the paper's (the config default).

@@ -91,26 +91,20 @@ def sigma_role(method: str) -> str:
 
 def knob_help(method: str, g: GroupingConfig) -> dict[str, tuple[bool, str]]:
     """``{knob: (enabled, tooltip)}`` for sigma, tau and size threshold with ``method`` over
-    grouping settings ``g``: a knob whose setting the method (``GROUPING_METHODS[method]
-    .cache_fields``) or the grouping (``refine``, ``size_filter``) does not read is disabled,
-    its tooltip one line saying why."""
-    from ..grouping import GROUPING_METHODS
+    grouping settings ``g``, from what the method declares
+    (:func:`pfn_napari.grouping.method_knobs`): a knob that does not matter is disabled, its
+    tooltip one line saying why."""
+    from ..grouping import method_knobs
 
-    entry = GROUPING_METHODS.get(method)
-    fields = tuple(getattr(entry, "cache_fields", ("sigma",)))
-    role = sigma_role(method) or "the width of the similarity the cells are grouped with"
-    return {
-        "sigma": (True, f"sigma in '{method}': {role}") if "sigma" in fields else
-        (False, f"Disabled: the '{method}' method does not read sigma"),
-        "tau": (True, "A class is present when its count exceeds tau; the others are taken "
-                      "out of the class map (refinement by the counts)") if g.refine else
-        (False, "Disabled: these weights' grouping has the refinement off "
-                "(grouping.refine=false), the only step that reads tau"),
-        "size": (True, "Clusters smaller than this share of their class's cells are dropped")
-        if g.size_filter else
-        (False, "Disabled: these weights' grouping has the size filter off "
-                "(grouping.size_filter=false)"),
-    }
+    knobs = method_knobs(method, g) if method in grouping_methods() else {}
+
+    def tip(name: str) -> tuple[bool, str]:
+        knob = knobs.get(name)
+        if knob is None:
+            return True, ""
+        return (True, knob.why) if knob.matters else (False, f"Disabled: {knob.why}")
+
+    return {"sigma": tip("sigma"), "tau": tip("tau"), "size": tip("min_size_frac")}
 
 
 def describe(p: TuneParams) -> str:

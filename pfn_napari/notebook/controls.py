@@ -127,6 +127,12 @@ class Explorer:
                                   max=SIZE_PERCENT_RANGE[1], step=SIZE_PERCENT_RANGE[2],
                                   description="size threshold %", readout_format=".2f",
                                   continuous_update=False, style=style)
+        # the ImageNet step's switch, for a view made by a model that has the step
+        step = self.views[0].imagenet_config()
+        self.imagenet = None
+        if step is not None and step.weight > 0:
+            self.imagenet = W.Checkbox(value=bool(base.imagenet), indent=False,
+                                       description="Name missed objects (ImageNet)")
         self.counts: dict[int, Any] = {}
         self.count_defaults: dict[int, int] = {}
         self.typed: set[int] = set()
@@ -162,6 +168,9 @@ class Explorer:
         knobs = [self.method, self.sigma, self.tau, self.size]
         rows = [W.HBox([self.method, self.sigma]), self.sigma_note,
                 W.HBox([self.tau, self.size])]
+        if self.imagenet is not None:
+            knobs.append(self.imagenet)
+            rows.append(self.imagenet)
         if self.counts:
             rows.append(W.HTML("<b>instances per class</b>: the number the grouping used "
                                "(the count head's own number in brackets); type one to set it"))
@@ -187,7 +196,8 @@ class Explorer:
         override = tuple(sorted((c, int(self.counts[c].value)) for c in self.typed))
         return TuneParams(method=self.method.value, sigma=float(self.sigma.value),
                           tau=float(self.tau.value), min_size_frac=float(self.size.value) / 100.0,
-                          count_override=override)
+                          count_override=override,
+                          imagenet=None if self.imagenet is None else bool(self.imagenet.value))
 
     def class_id(self, name_or_id: int | str) -> int:
         """A class id from its name (``"person"``) or id, checked against the count boxes."""
@@ -216,6 +226,8 @@ class Explorer:
         try:
             self.method.value, self.sigma.value, self.tau.value = p.method, p.sigma, p.tau
             self.size.value = 100.0 * p.min_size_frac
+            if self.imagenet is not None:
+                self.imagenet.value = bool(p.imagenet)
         finally:
             self._paused = False
         self.typed.clear()
@@ -257,15 +269,27 @@ class Explorer:
             self._paused = False
         return self.update()
 
+    def _explain_knobs(self, method: str) -> None:
+        """Enable the sliders the method reads over the first view's grouping settings
+        (:func:`pfn_napari.grouping.method_knobs`), each with its one line as the tooltip; the
+        line under sigma says what sigma does there, or why it does nothing."""
+        from ..grouping import GROUPING_METHODS, method_knobs
+
+        if method not in GROUPING_METHODS:
+            self.sigma_note.value = f"<i>{html.escape(method)}: see the method's documentation</i>"
+            return
+        knobs = method_knobs(method, self.views[0].grouping)
+        for name, slider in (("sigma", self.sigma), ("tau", self.tau),
+                             ("min_size_frac", self.size)):
+            slider.disabled = not knobs[name].matters
+            slider.tooltip = knobs[name].why
+        self.sigma_note.value = f"<i>{html.escape(knobs['sigma'].why)}</i>"
+
     # ------------------------------------------------------------------ the work
     def update(self) -> list[Reclustering]:
         """Re-cluster every view with the knobs (networks not re-run) and redraw the panels."""
-        from ..grouping import GROUPING_METHODS
-
         params = self.params()
-        entry = GROUPING_METHODS.get(params.method)
-        role = getattr(entry, "sigma_role", "") or "see the method's documentation"
-        self.sigma_note.value = f"<i>sigma in {html.escape(params.method)}: {html.escape(role)}</i>"
+        self._explain_knobs(params.method)
         try:
             t0 = time.perf_counter()
             results = [v.recluster(params) for v in self.views]
