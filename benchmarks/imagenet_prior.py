@@ -14,7 +14,7 @@ Measured on the 17 COCO val photos: 7 of 14 non-person objects have their own cl
 furniture and bottles do not (the 118 dog synsets win there). Fused into the category logits
 everywhere it raised COCO val mIoU to 14-17 but lowered every AP^r; the shipped model uses it
 only where the category map says background (``pfn_napari.model.imagenet_prior``,
-``pfn_napari.grouping.prior``; docs/model.md, "The ImageNet prior").
+``pfn_napari.imagenet``; docs/model.md, "The ImageNet prior").
 
     python benchmarks/imagenet_prior.py [--data voc:../shared/data/coco128-train/voc/VOC2012]
 
@@ -62,8 +62,8 @@ def draw_fills(data: str, split: str, weights: str | None, out: Path, most: int)
     from pfn_napari.predictor import Predictor
 
     predictor = Predictor(weights)
-    if predictor.grouping.prior_weight <= 0:
-        print(f"{predictor.model.path}: its grouping has no ImageNet prior (prior_weight 0)",
+    if not predictor.imagenet.active:
+        print(f"{predictor.model.path}: it has no ImageNet step (imagenet.weight 0)",
               file=sys.stderr)
         return 2
     from pfn_napari.demo import find_shared_data, open_set, real_specs

@@ -168,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     warm_up()
     t_warm = time.perf_counter() - t0
     run_net()  # the first forward allocates
-    g = s.model.config.grouping
+    g, step = s.model.config.grouping, s.model.config.imagenet
     name = Path(args.image).name if oracle is None else args.oracle_id
     print(f"image {name} {image.shape[1]}x{image.shape[0]}, weights {s.model.path}{note}, "
           f"device {s.model.device}, {args.threads} torch thread(s), median of {args.repeats}")
     print(f"the weights' grouping: method {g.method}, sigma {g.sigma}, tau {g.tau}, "
-          f"count_source {g.count_source}, prior_weight {g.prior_weight}, prior_check "
-          f"{g.prior_check}, prior_shape {g.prior_shape}")
+          f"count_source {g.count_source}; ImageNet step: weight {step.weight}, check "
+          f"{step.check}, shape {step.shape}")
     print(f"one-time imports of the first clustering in a process (warm_up): {t_warm:.3f} s")
 
     def run_once(_: Any) -> None:

@@ -8,8 +8,8 @@ rounds, ``--repeat`` rounds timed:
 * ``PFN torch``: ``load_model(runtime='torch')``, the networks in eager PyTorch (the old path);
 * ``PFN onnx``: ``load_model(runtime='onnx')``, the backbone trunks on ONNX Runtime
   (docs/speed.md);
-* ``PFN onnx no prior``: the fast path without the ImageNet prior (``grouping.prior_weight``
-  0: no ImageNet classifier run, no fill; docs/model.md), when the model has it;
+* ``PFN onnx no prior``: the fast path without the ImageNet step (``imagenet.enabled``
+  false: no ImageNet classifier run, no fill; docs/model.md), when the model has it;
 * ``Mask R-CNN``: torchvision's Mask R-CNN on the same EfficientNet-Lite0 backbone
   (benchmarks/maskrcnn_peer.py), ``--peer-weights`` if given, else untrained (its time then
   depends on how many boxes survive; the count is printed).
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
           f"fast path ready in {w + fw:.1f} s (export or cache read), runtime {new.runtime!r}")
     old, new = Predictor(old), Predictor(new)
     paths = {"PFN torch": lambda: pfn_step(old, image), "PFN onnx": lambda: pfn_step(new, image)}
-    if new.grouping.prior_weight > 0:
-        bare = Predictor(new.model, grouping=replace(new.grouping, prior_weight=0.0))
+    if new.imagenet.active:
+        bare = Predictor(new.model, imagenet=replace(new.imagenet, enabled=False))
         paths["PFN onnx no prior"] = lambda: pfn_step(bare, image)
     peer_boxes = None
     if not args.no_peer:

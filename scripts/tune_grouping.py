@@ -9,11 +9,11 @@ Prints one row per setting: AP^r@0.5 on each real val split of ``../shared/data`
 in VOC layout, Penn-Fudan, Weizmann horses), their mean (the choice), the person AP^r@0.5 of
 the COCO photos and the mean absolute error of the per-image person count on Penn-Fudan, and
 each split's mIoU (the class map each setting's grouping ends with: refined by the counts, with
-the objects the ImageNet prior names and checks, so every setting changes it; ``--objective
+the objects the ImageNet step names and checks, so every setting changes it; ``--objective
 ap+miou`` chooses by the mean of both). Tune
 on these val splits only: the photos the shipped weights are checked on are kept elsewhere.
 ``--save`` writes a new file (never the weights read) with the best setting as its
-``grouping`` config; everything else is copied.
+``grouping`` and ``imagenet`` config; everything else is copied.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import dataclasses
 import itertools
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
+from pfn_napari.config import GroupingConfig, ImageNetConfig
 from pfn_napari.demo import find_shared_data, open_set, real_specs
 from pfn_napari.errors import PFNError
 from pfn_napari.evaluate import Evaluator
@@ -37,30 +39,45 @@ from pfn_napari.producers import class_lut, to_data_classes
 
 #: ``GroupingConfig`` fields the grid varies, in the table's column order.
 GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "count_source", "vote_iou",
-               "vote_min_frac", "vote_merge_iou", "prior_weight", "prior_eps", "prior_min_frac",
-               "prior_touch", "prior_check", "prior_shape")
-#: Fields that only matter when the prior is on (``prior_weight`` > 0).
-PRIOR_FIELDS = ("prior_eps", "prior_min_frac", "prior_touch", "prior_check", "prior_shape")
+               "vote_min_frac", "vote_merge_iou")
+#: ``ImageNetConfig`` fields the grid varies (after the grouping's in the table).
+IMAGENET_FIELDS = ("weight", "eps", "min_frac", "touch", "check", "shape")
+#: Fields that only matter when the ImageNet step is on (``imagenet.weight`` > 0).
+PRIOR_FIELDS = IMAGENET_FIELDS[1:]
 #: Fields that only matter when the count source is not the head.
 VOTE_FIELDS = ("vote_iou", "vote_min_frac", "vote_merge_iou")
 
 
-def settings_grid(base, taus, sigmas, min_sizes, methods, **more) -> list:
-    """Every combination of the given values over ``base`` (a ``GroupingConfig``); ``more``
-    maps other fields to their values (e.g. ``count_source=["head", "votes"]``). Settings that
-    differ only in the vote fields of the head's count source are listed once."""
+class Setting(NamedTuple):
+    """One row of the grid: the grouping's settings and the ImageNet step's after it."""
+
+    grouping: GroupingConfig
+    imagenet: ImageNetConfig
+
+
+def settings_grid(base, taus, sigmas, min_sizes, methods, imagenet=None, **more) -> list:
+    """Every combination of the given values over ``base`` (a ``GroupingConfig``) and
+    ``imagenet`` (an ``ImageNetConfig``, default the defaults) as :class:`Setting` rows;
+    ``more`` maps other fields of either to their values (e.g. ``count_source=["head",
+    "votes"]``, ``weight=[0, 5]``). Settings that differ only in the vote fields of the head's
+    count source, or in the ImageNet fields of a step with weight 0, are listed once."""
+    imagenet = imagenet or ImageNetConfig()
     values = {"tau": taus, "sigma": sigmas, "min_size_frac": min_sizes, "method": methods,
               **{k: v for k, v in more.items() if v}}
     grid, seen = [], set()
     for combo in itertools.product(*values.values()):
-        g = dataclasses.replace(base, **dict(zip(values, combo)))
+        chosen = dict(zip(values, combo))
+        g = dataclasses.replace(base, **{k: v for k, v in chosen.items()
+                                         if k not in IMAGENET_FIELDS})
+        step = dataclasses.replace(imagenet, **{k: v for k, v in chosen.items()
+                                                if k in IMAGENET_FIELDS})
         if g.count_source == "head":
             g = dataclasses.replace(g, **{k: getattr(base, k) for k in VOTE_FIELDS})
-        if g.prior_weight == 0:
-            g = dataclasses.replace(g, **{k: getattr(base, k) for k in PRIOR_FIELDS})
-        if g not in seen:
-            seen.add(g)
-            grid.append(g)
+        if step.weight == 0:
+            step = dataclasses.replace(step, **{k: getattr(imagenet, k) for k in PRIOR_FIELDS})
+        if Setting(g, step) not in seen:
+            seen.add(Setting(g, step))
+            grid.append(Setting(g, step))
     return grid
 
 
@@ -71,20 +88,23 @@ def _cell(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def describe(g) -> str:
-    """The grid fields of a setting as ``key=value`` words."""
-    return " ".join(f"{k}={getattr(g, k):g}" if isinstance(getattr(g, k), float)
-                    else f"{k}={getattr(g, k)}" for k in GRID_FIELDS)
+def describe(setting: Setting) -> str:
+    """The grid fields of a setting as ``key=value`` words (``imagenet.`` before the step's)."""
+    words = [(k, getattr(setting.grouping, k)) for k in GRID_FIELDS]
+    words += [(f"imagenet.{k}", getattr(setting.imagenet, k)) for k in IMAGENET_FIELDS]
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) and not isinstance(v, bool)
+                    else f"{k}={v}" for k, v in words)
 
 
 def evaluate_settings(predictor: Predictor, settings: list, shared: Path,
                       limit: int | None = None) -> dict[str, list]:
     """``{set name: [Metrics per setting]}`` over the real val splits (the first ``limit``
-    images of each); the networks run once per image (with the ImageNet evidence when a
-    setting uses the prior)."""
+    images of each); the networks run once per image (the ImageNet classifier too, at the first
+    setting whose step is on). A setting is a :class:`Setting`, or a ``GroupingConfig`` with
+    the predictor's ImageNet settings."""
     classes = tuple(predictor.class_names)
-    weight = max(g.prior_weight for g in settings)
-    predictor.grouping = dataclasses.replace(predictor.grouping, prior_weight=weight)
+    settings = [s if isinstance(s, Setting) else Setting(s, predictor.imagenet)
+                for s in settings]
     out = {}
     for es in real_specs(shared):
         ds = open_set(es, "val", classes, limit=limit)
@@ -97,7 +117,9 @@ def evaluate_settings(predictor: Predictor, settings: list, shared: Path,
             predictor.set_image(sample.image, name=str(sample.image_id),
                                 image_id=sample.image_id)
             for setting, ev in zip(settings, evaluators):
-                inst = to_data_classes(predictor.instances(setting), lut, sample.image_id)
+                inst = to_data_classes(predictor.instances(setting.grouping,
+                                                           imagenet=setting.imagenet),
+                                       lut, sample.image_id)
                 semantic = lut[predictor.class_map()].astype(np.uint8)  # (H, W), this setting's
                 ev.add(sample, inst, semantic)
         out[es.name] = [ev.result() for ev in evaluators]
@@ -131,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vote-min-frac", type=float, nargs="+", default=None)
     ap.add_argument("--vote-merge-iou", type=float, nargs="+", default=None)
     ap.add_argument("--prior-weight", type=float, nargs="+", default=None,
-                    help="grouping.prior_weight values (0: no ImageNet prior)")
+                    help="imagenet.weight values (0: no ImageNet step)")
     ap.add_argument("--prior-eps", type=float, nargs="+", default=None)
     ap.add_argument("--prior-min-frac", type=float, nargs="+", default=None)
     ap.add_argument("--prior-touch", type=float, nargs="+", default=None)
     ap.add_argument("--prior-check", choices=("on", "off"), nargs="+", default=None,
-                    help="grouping.prior_check: the ImageNet classifier checks each object's crop")
+                    help="imagenet.check: the ImageNet classifier checks each object's crop")
     ap.add_argument("--prior-shape", choices=("region", "grabcut"), nargs="+", default=None,
-                    help="grouping.prior_shape values")
+                    help="imagenet.shape values")
     ap.add_argument("--objective", choices=("ap", "ap+miou"), default="ap",
                     help="choose by the mean AP^r@0.5 over the splits, or by the mean of that "
                          "and the splits' mean mIoU")
@@ -160,13 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tune_grouping: {exc}", file=sys.stderr)
         return 2
     settings = settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
-                             args.method or [cfg.grouping.method],
+                             args.method or [cfg.grouping.method], imagenet=cfg.imagenet,
                              count_source=args.count_source, vote_iou=args.vote_iou,
                              vote_min_frac=args.vote_min_frac, vote_merge_iou=args.vote_merge_iou,
-                             prior_weight=args.prior_weight, prior_eps=args.prior_eps,
-                             prior_min_frac=args.prior_min_frac, prior_touch=args.prior_touch,
-                             prior_check=[v == "on" for v in args.prior_check or []],
-                             prior_shape=args.prior_shape)
+                             weight=args.prior_weight, eps=args.prior_eps,
+                             min_frac=args.prior_min_frac, touch=args.prior_touch,
+                             check=[v == "on" for v in args.prior_check or []],
+                             shape=args.prior_shape)
     results = evaluate_settings(Predictor(str(args.weights)), settings, shared, args.limit)
     names = list(results)
     print("| method | tau | sigma | min size | count source | vote iou | vote min | vote merge | "
@@ -175,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
           + "---:|" * (2 * len(names) + 3))
     means = []
-    for i, g in enumerate(settings):
+    for i, (g, step) in enumerate(settings):
         aps = [results[n][i].ap_r["0.5"] for n in names]
         mious = [results[n][i].miou for n in names]
         means.append(float(np.mean(aps)) if args.objective == "ap" else
@@ -184,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         coco = person_ap(results["coco-voc"][i]) if "coco-voc" in results else np.nan
         votes = ("-",) * 3 if g.count_source == "head" else \
             tuple(f"{getattr(g, k):g}" for k in VOTE_FIELDS)
-        prior = (f"{g.prior_weight:g}",) + (("-",) * 5 if g.prior_weight == 0 else
-                                            tuple(_cell(getattr(g, k)) for k in PRIOR_FIELDS))
+        prior = (f"{step.weight:g}",) + (("-",) * 5 if step.weight == 0 else
+                                         tuple(_cell(getattr(step, k)) for k in PRIOR_FIELDS))
         print(f"| {g.method} | {g.tau:g} | {g.sigma:g} | {g.min_size_frac:g} | {g.count_source} | "
               + " | ".join(votes + prior) + " | " + " | ".join(f"{a:.1f}" for a in aps)
               + f" | {means[-1]:.1f} | {coco:.1f} | {pf:.2f} | "
@@ -198,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["notes"] = [*meta.get("notes", []), f"Grouping defaults chosen on the val splits by "
                          f"scripts/tune_grouping.py: {describe(best)} "
                          f"({objective} {max(means):.1f})."]
-        path = save_weights(args.save, system, dataclasses.replace(cfg, grouping=best), meta,
-                            half=True)
+        path = save_weights(args.save, system, dataclasses.replace(
+            cfg, grouping=best.grouping, imagenet=best.imagenet), meta, half=True)
         print(f"wrote {path}")
     return 0
 

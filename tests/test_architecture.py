@@ -94,6 +94,41 @@ def test_imports_point_down(path: Path):
     assert not bad, f"{path.relative_to(PACKAGE)} ({LAYERS[mine][0]}) imports {', '.join(bad)}"
 
 
+def private_imports(path: Path, text: str | None = None) -> list[str]:
+    """The ``pfn_napari.X._private`` modules ``path`` imports from outside ``X``."""
+    tree = ast.parse(path.read_text() if text is None else text)
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts[:-1])
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = parts[: len(parts) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names = [module] + [f"{module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            bits = name.split(".")
+            if bits[0] != "pfn_napari" or len(bits) < 3:
+                continue
+            if bits[2].startswith("_") and bits[1] != top_module(path):
+                bad.append(name)
+    return bad
+
+
+def test_no_module_imports_another_packages_private_module():
+    """The notebook once imported ``napari._session``, ``._layers`` and ``._sample_data``."""
+    bad = {str(p.relative_to(PACKAGE)): private_imports(p) for p in package_files()}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"private modules of another package imported: {bad}"
+    views = PACKAGE / "notebook" / "views.py"
+    assert private_imports(views, "from ..napari._session import PFNSession\n") == \
+        ["pfn_napari.napari._session", "pfn_napari.napari._session.PFNSession"]
+    assert private_imports(views, "from ..session import PFNSession\n") == []
+
+
 def test_nothing_in_the_package_imports_the_command_line():
     users = [str(p.relative_to(PACKAGE)) for p in package_files()
              if top_module(p) not in ("cli", "__main__") and "cli" in imported_top_modules(p)]

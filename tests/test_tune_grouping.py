@@ -27,19 +27,24 @@ def load_script():
 
 def test_grid_holds_every_combination_over_the_base() -> None:
     base = GroupingConfig(method="vote", n_init=7)
-    grid = load_script().settings_grid(base, [0.2, 0.5], [0.5, 1.0], [0.001], ["vote"])
+    grid = [g for g, _ in load_script().settings_grid(base, [0.2, 0.5], [0.5, 1.0], [0.001],
+                                                       ["vote"])]
     assert {(g.tau, g.sigma) for g in grid} == {(0.2, 0.5), (0.2, 1.0), (0.5, 0.5), (0.5, 1.0)}
     assert all(g.n_init == 7 and g.method == "vote" for g in grid)
     # the head's count ignores the vote settings: one row for it, one per vote setting
-    grid = load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
-                                       count_source=["head", "votes"], vote_iou=[0.4, 0.6])
+    grid = [g for g, _ in load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
+                                                       count_source=["head", "votes"],
+                                                       vote_iou=[0.4, 0.6])]
     assert [(g.count_source, g.vote_iou) for g in grid] == \
         [("head", base.vote_iou), ("votes", 0.4), ("votes", 0.6)]
-    # likewise the prior's settings matter only with a prior weight
+    # likewise the ImageNet step's settings matter only with a weight
+    from pfn_napari.config import ImageNetConfig
+
     grid = load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
-                                       prior_weight=[0.0, 5.0], prior_touch=[0.25, 0.5])
-    assert [(g.prior_weight, g.prior_touch) for g in grid] == \
-        [(0.0, base.prior_touch), (5.0, 0.25), (5.0, 0.5)]
+                                       weight=[0.0, 5.0], touch=[0.25, 0.5])
+    assert [(s.weight, s.touch) for _, s in grid] == \
+        [(0.0, ImageNetConfig().touch), (5.0, 0.25), (5.0, 0.5)]
+    assert all(g == grid[0][0] for g, _ in grid)
 
 
 def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
@@ -68,13 +73,15 @@ def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
     assert tune.main([*argv, "--save", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"min_size_frac={cfg.grouping.min_size_frac:g}" in printed.splitlines()[-2]  # best
+    assert f"imagenet.weight={cfg.imagenet.weight:g}" in printed.splitlines()[-2]
     assert f"count_source={cfg.grouping.count_source}" in printed.splitlines()[-2]
     rows = [line for line in printed.splitlines() if line.startswith(f"| {cfg.grouping.method} |")]
     assert len(rows) == 2  # each row ends with its own setting's mIoU per split
     assert rows[0].endswith(" | " + " | ".join(f"{results[n][0].miou:.1f}" for n in results)
                             + " |")
     _, tuned, meta = load_checkpoint(out)
-    assert tuned.grouping == cfg.grouping and "tune_grouping" in meta["notes"][-1]
+    assert tuned.grouping == cfg.grouping and tuned.imagenet == cfg.imagenet
+    assert "tune_grouping" in meta["notes"][-1]
     assert tune.main([*argv, "--save", str(out)]) == 2  # never overwrites
     assert tune.main(["--weights", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: checkpoint file not found" in capsys.readouterr().err
