@@ -84,6 +84,36 @@ class GroupingResult:
         return self.instances.label_map()
 
 
+@dataclass
+class Objects:
+    """The instances a run has found so far, one entry each (in place of five parallel lists
+    passed around): full-resolution mask, class, score, center ``(x, y)`` and box ``(x1, y1,
+    x2, y2)`` in pixels (nan when the encoding has no box)."""
+
+    masks: list[np.ndarray] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    centers: list[tuple] = field(default_factory=list)
+    boxes: list[tuple] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def add(self, mask: np.ndarray, cls: int, score: float, center: tuple, box: tuple) -> None:
+        self.masks.append(mask)
+        self.classes.append(cls)
+        self.scores.append(score)
+        self.centers.append(center)
+        self.boxes.append(box)
+
+    def instances(self, size: tuple[int, int]) -> Instances:
+        """:class:`Instances` ``(N, H, W)`` of ``size``."""
+        if not self.masks:
+            return Instances.empty(*size)
+        return Instances(np.stack(self.masks), np.array(self.classes), np.array(self.scores),
+                         image_id="")
+
+
 def _key(*arrays: np.ndarray) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for a in arrays:
@@ -353,82 +383,79 @@ class Grouper:
             grid_map = refine_class_map(grid_map, counts, cfg.tau)
             full_map = refine_class_map(full_map, counts, cfg.tau)
         timings["class_maps"] = time.perf_counter() - start
-        assign = grouping_method(cfg.method).assign if cfg.assign == "auto" else cfg.assign
-        big_h, big_w = self.image_size
         grid_labels = np.zeros(self.grid_shape, dtype=np.int32)
-        masks, classes, scores, centers, boxes = [], [], [], [], []
+        objects = Objects()
         t0 = time.perf_counter()
         cluster_counts = self._instance_numbers(grid_map, counts, count_override, cfg)
         t_cluster, t_full = time.perf_counter() - t0, 0.0
         for cls, k in cluster_counts.items():
-            cell_mask = grid_map == cls
-            t0 = time.perf_counter()
-            data = self.class_data(cls, cell_mask)  # cached by instance_numbers
-            clustering = self.cluster(data, k, cfg)
-            t1 = time.perf_counter()
-            labels = clustering.labels
-            m = int(labels.max()) + 1
-            sizes = np.bincount(labels, minlength=m)
-            keep = np.ones(m, dtype=bool)
-            if cfg.size_filter:
-                keep = sizes >= cfg.min_size_frac * len(data)
-            # full resolution
-            entry = self._full(data, cell_mask, full_map == cls)
-            if len(entry["py"]) == 0:
-                t_full += time.perf_counter() - t1
-                t_cluster += t1 - t0
-                continue
-            desc = data.descriptors
-            mean_box = np.stack([np.bincount(labels, weights=desc[:, i], minlength=m)
-                                 for i in range(desc.shape[1])], 1) / sizes[:, None]  # (m, D)
-            member, pix_label = self._assign_pixels(data, entry, clustering, mean_box, keep,
-                                                    assign)
-            valid = pix_label >= 0
-            pix_count = np.bincount(pix_label[valid], minlength=m)
-            prob_sum = np.bincount(pix_label[valid], weights=entry["prob"][valid], minlength=m)
-            for j in range(m):
-                if not keep[j] or pix_count[j] == 0:
-                    continue
-                mask = np.zeros((big_h, big_w), dtype=bool)
-                sel = pix_label == j
-                mask[entry["py"][sel], entry["px"][sel]] = True
-                if cfg.scoring == "ones":
-                    score = 1.0
-                else:
-                    score = prob_sum[j] / pix_count[j]
-                    if cfg.scoring == "prob_x_similarity":
-                        score *= float(clustering.similarity[j])
-                masks.append(mask)
-                classes.append(cls)
-                scores.append(score)
-                cells = (labels == j) & member
-                grid_labels[data.rows[cells], data.cols[cells]] = len(masks)
-                b = mean_box[j]
-                centers.append((b[0] * big_w, b[1] * big_h))
-                boxes.append((b[2] * big_w, b[3] * big_h, b[4] * big_w, b[5] * big_h)
-                             if len(b) >= 6 else (np.nan,) * 4)
-            t_cluster += t1 - t0
-            t_full += time.perf_counter() - t1
+            seconds = self._class_instances(cls, k, grid_map == cls, full_map == cls, cfg,
+                                            objects, grid_labels)
+            t_cluster, t_full = t_cluster + seconds[0], t_full + seconds[1]
         timings["cluster"] = t_cluster
         timings["full_resolution"] = t_full
-        if masks:
-            instances = Instances(np.stack(masks), np.array(classes), np.array(scores),
-                                  image_id="")
-        else:
-            instances = Instances.empty(big_h, big_w)
         timings["total"] = time.perf_counter() - start
         return GroupingResult(
-            instances=instances,
+            instances=objects.instances(self.image_size),
             refined_class_map=grid_map.astype(np.uint8),
             full_class_map=full_map.astype(np.uint8),
             grid_labels=grid_labels,
-            centers=np.asarray(centers, dtype=np.float32).reshape(-1, 2),
-            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            centers=np.asarray(objects.centers, dtype=np.float32).reshape(-1, 2),
+            boxes=np.asarray(objects.boxes, dtype=np.float32).reshape(-1, 4),
             counts=counts,
             cluster_counts=cluster_counts,
             stride=self.stride,
             timings=timings,
         )
+
+    def _class_instances(self, cls: int, k: int, cell_mask: np.ndarray, pixel_mask: np.ndarray,
+                         cfg: GroupingConfig, objects: Objects, grid_labels: np.ndarray
+                         ) -> tuple[float, float]:
+        """Steps 2-4 of :meth:`run` for one class: cluster its cells ``cell_mask`` ``(h, w)``
+        into ``k``, size filter, its full-resolution pixels ``pixel_mask`` ``(H, W)`` to the
+        clusters, scores. Appends the instances to ``objects`` and numbers their cells in
+        ``grid_labels``; returns the seconds of ``(clustering, full resolution)``."""
+        t0 = time.perf_counter()
+        data = self.class_data(cls, cell_mask)  # cached by instance_numbers
+        clustering = self.cluster(data, k, cfg)
+        t1 = time.perf_counter()
+        labels = clustering.labels
+        m = int(labels.max()) + 1
+        sizes = np.bincount(labels, minlength=m)
+        keep = np.ones(m, dtype=bool)
+        if cfg.size_filter:
+            keep = sizes >= cfg.min_size_frac * len(data)
+        entry = self._full(data, cell_mask, pixel_mask)
+        if len(entry["py"]) == 0:
+            return t1 - t0, time.perf_counter() - t1
+        desc = data.descriptors
+        mean_box = np.stack([np.bincount(labels, weights=desc[:, i], minlength=m)
+                             for i in range(desc.shape[1])], 1) / sizes[:, None]  # (m, D)
+        assign = grouping_method(cfg.method).assign if cfg.assign == "auto" else cfg.assign
+        member, pix_label = self._assign_pixels(data, entry, clustering, mean_box, keep, assign)
+        valid = pix_label >= 0
+        pix_count = np.bincount(pix_label[valid], minlength=m)
+        prob_sum = np.bincount(pix_label[valid], weights=entry["prob"][valid], minlength=m)
+        big_h, big_w = self.image_size
+        for j in range(m):
+            if not keep[j] or pix_count[j] == 0:
+                continue
+            mask = np.zeros((big_h, big_w), dtype=bool)
+            sel = pix_label == j
+            mask[entry["py"][sel], entry["px"][sel]] = True
+            if cfg.scoring == "ones":
+                score = 1.0
+            else:
+                score = prob_sum[j] / pix_count[j]
+                if cfg.scoring == "prob_x_similarity":
+                    score *= float(clustering.similarity[j])
+            b = mean_box[j]
+            objects.add(mask, cls, score, (b[0] * big_w, b[1] * big_h),
+                        (b[2] * big_w, b[3] * big_h, b[4] * big_w, b[5] * big_h)
+                        if len(b) >= 6 else (np.nan,) * 4)
+            cells = (labels == j) & member
+            grid_labels[data.rows[cells], data.cols[cells]] = len(objects)
+        return t1 - t0, time.perf_counter() - t1
 
 
 def group(net: NetworkOutput, cfg: GroupingConfig | None = None,
