@@ -31,7 +31,17 @@ Classes:
 
   an image missing from ``"instances"`` is an error when there is more than one class, else
   all its instances take the single class. With ``classes`` given, the JSON's names are mapped
-  onto it by name (names not in the list become background).
+  onto it by name (names not in the list become background);
+* ``MASK_DIR/STEM.json`` beside an image's mask (what
+  :func:`~pfn_napari.data.corrections.save_correction` writes, one file per image, so adding an
+  image never rewrites another's table) gives that image's classes by mask value::
+
+      {"classes": {"1": "person", "2": "cat"}}
+
+  It takes the place of the image's entry in ``classes.json``. Without NAMES the folder's
+  classes are those of ``classes.json`` followed by the other names of the per-image files,
+  sorted; with several NAMES their names must be among them. One NAME still makes every
+  instance that class (no table is read).
 
 Splits: ``{split}.txt`` (one stem per line) is looked for in ``MASK_DIR``, ``IMAGE_DIR`` and
 the parent of ``IMAGE_DIR``, in that order. Without one, ``all``/``trainval`` is every image,
@@ -150,10 +160,11 @@ class FolderDataset(PFNDataset):
         self.mask_dir = require_dir(Path(mask_dir), "mask")
         self.images = list_images(self.image_dir, self.mask_dir)
         self.instance_table: dict[str, Any] = {}
+        self._sidecar_stems: frozenset[str] = frozenset()
         if names is not None and len(names) == 1:
             native: tuple[str, ...] | None = tuple(names)  # every instance is this class
         else:
-            native = self._read_class_json(names)
+            native = self._read_class_tables(names)
         if native is None:
             if classes is not None and len(classes) != 1:
                 raise DatasetError(f"{self.mask_dir}: the masks carry no classes; give one class "
@@ -171,6 +182,45 @@ class FolderDataset(PFNDataset):
         super().__init__(name or f"folder:{image_dir}:{mask_dir}", target, stems)
 
     # -- set-up
+    def _read_class_tables(self, names: Sequence[str] | None) -> tuple[str, ...] | None:
+        """The folder's classes from ``classes.json`` and the per-image ``STEM.json`` files
+        (None: neither exists); fills :attr:`instance_table` (stem -> classes)."""
+        sidecars = self._read_sidecars()
+        if not sidecars:
+            return self._read_class_json(names)
+        listed = self._read_class_json(names) if (self.mask_dir / "classes.json").is_file() \
+            else None
+        known = tuple(listed or names or ())
+        found = {c for entry in sidecars.values() for c in entry.values()}
+        extra = sorted(found - set(known))
+        if names is not None and extra:
+            stem = next(s for s, e in sidecars.items() if set(e.values()) & set(extra))
+            raise DatasetError(f"{self.mask_dir / (stem + '.json')}: class {extra[0]!r} is not "
+                               f"one of the spec's {list(names)}")
+        self.instance_table.update(sidecars)
+        self._sidecar_stems = frozenset(sidecars)
+        return known + tuple(extra)
+
+    def _read_sidecars(self) -> dict[str, dict[str, str]]:
+        """``stem -> {mask value: class name}`` of the images that have a ``MASK_DIR/STEM.json``."""
+        tables: dict[str, dict[str, str]] = {}
+        for stem in self.images:
+            path = self.mask_dir / f"{stem}.json"
+            if not path.is_file():
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+                raise DatasetError(f"{path}: malformed JSON ({exc})") from None
+            entry = data.get("classes") if isinstance(data, dict) else None
+            if not isinstance(entry, dict) or not all(
+                    str(k).isdigit() and isinstance(v, str) and v.strip()
+                    for k, v in entry.items()):
+                raise DatasetError(f"{path}: expected {{\"classes\": {{mask value: class name}}}}, "
+                                   "e.g. {\"classes\": {\"1\": \"person\", \"2\": \"cat\"}}")
+            tables[stem] = {str(int(k)): v.strip() for k, v in entry.items()}
+        return tables
+
     def _read_class_json(self, names: Sequence[str] | None = None) -> tuple[str, ...] | None:
         path = self.mask_dir / "classes.json"
         if not path.is_file():
@@ -220,23 +270,25 @@ class FolderDataset(PFNDataset):
         """Native class (1-based) of each mask value in ``values`` (sorted)."""
         native = self.native_classes
         entry = self.instance_table.get(stem)
+        table = self.mask_dir / (f"{stem}.json" if stem in self._sidecar_stems else "classes.json")
         if entry is None:
             if len(native) == 1:
                 return np.ones(len(values), dtype=np.int64)
-            raise DatasetError(f"{self.mask_dir / 'classes.json'}: no classes for image {stem} "
-                               f"({len(values)} instances in {where.name})")
+            raise DatasetError(f"{table}: no classes for image {stem} "
+                               f"({len(values)} instances in {where.name}); add its entry or "
+                               f"write {self.mask_dir / (stem + '.json')}")
 
         def index_of(c: Any) -> int:
             if isinstance(c, str) and c in native:
                 return native.index(c) + 1
             if isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= len(native):
                 return c
-            raise DatasetError(f"{self.mask_dir / 'classes.json'}: image {stem}: class {c!r} "
+            raise DatasetError(f"{table}: image {stem}: class {c!r} "
                                f"is not one of {list(native)}")
 
         if isinstance(entry, list):
             if len(entry) != len(values):
-                raise DatasetError(f"{self.mask_dir / 'classes.json'}: image {stem} lists "
+                raise DatasetError(f"{table}: image {stem} lists "
                                    f"{len(entry)} classes but {where.name} has {len(values)} "
                                    "instances")
             return np.asarray([index_of(c) for c in entry], dtype=np.int64)
@@ -245,9 +297,9 @@ class FolderDataset(PFNDataset):
             unknown = [int(v) for v in values if str(int(v)) not in by_value]
             if unknown:
                 raise DatasetError(f"{where}: mask ids {unknown} have no class in "
-                                   f"{self.mask_dir / 'classes.json'}")
+                                   f"{table}")
             return np.asarray([index_of(by_value[str(int(v))]) for v in values], dtype=np.int64)
-        raise DatasetError(f"{self.mask_dir / 'classes.json'}: image {stem}: expected a list or "
+        raise DatasetError(f"{table}: image {stem}: expected a list or "
                            "a mapping of classes")
 
     def load(self, index: int) -> Sample:
