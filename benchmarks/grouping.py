@@ -33,7 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pfn_napari.config import VOC_CLASSES, GroupingConfig  # noqa: E402
-from pfn_napari.grouping import GROUPING_METHODS, ClassData, Clustering, Grouper  # noqa: E402
+from pfn_napari.grouping import (GROUPING_METHODS, ClassData, Clustering, Grouper,  # noqa: E402
+                                 register_grouping_method)
 from pfn_napari.grouping import oracle_network_output  # noqa: E402
 from pfn_napari.grouping.spectral import dense_affinity  # noqa: E402
 from pfn_napari.structures import Sample  # noqa: E402
@@ -186,7 +187,7 @@ def main() -> None:
 
     # one BLAS thread: on a shared 2-core machine OpenBLAS's second thread makes eigh ~8x slower
     threadpool_limits(1)
-    GROUPING_METHODS["sklearn-spectral"] = sklearn_spectral  # this script's comparison only
+    register_grouping_method("sklearn-spectral", sklearn_spectral)  # this comparison only
     print("### speed and memory (one class mask, k = 4, from scratch)\n")
     print(speed_table(args.sizes, args.repeat))
     if not args.no_ap:

@@ -102,6 +102,15 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_grouping_method_name(name: str) -> None:
+    """Let ``grouping.method=<name>`` validate (``grouping.register_grouping_method`` calls
+    this when it adds a method to the registry)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"grouping method name {name!r}: a non-empty string")
+    if name not in GROUPING_METHOD_NAMES:
+        GROUPING_METHOD_NAMES.append(name)
+
+
 STREAMS = ("input", "pool1", "pool2", "pool3", "fc7")
 #: How the location streams are fused (``model.fusion``), see ``model/heads.py``.
 FUSIONS = ("concat", "plain_sum", "sum")
@@ -109,10 +118,13 @@ FUSIONS = ("concat", "plain_sum", "sum")
 #: see ``grouping/grouper.py``.
 SCORINGS = ("mean_prob", "prob_x_similarity", "ones")
 ASSIGNS = ("auto", "cell", "location")
-#: The names of ``grouping.GROUPING_METHODS`` (``grouping.method``) and of the count sources
-#: of ``grouping/votes.py`` (``grouping.count_source``). Held here so this bottom layer imports
-#: nothing from grouping/; tests/test_config.py keeps them equal to the registry's keys.
-GROUPING_METHOD_NAMES = ("spectral", "vote", "knn-spectral", "kmeans")
+#: The names ``grouping.method`` accepts: the keys of ``grouping.GROUPING_METHODS``. Held here
+#: so this bottom layer imports nothing from grouping/ (tests/test_config.py keeps the built-in
+#: ones equal to the registry's keys); a method registered at run time
+#: (``grouping.register_grouping_method``, e.g. a benchmark's) adds its name through
+#: :func:`register_grouping_method_name`.
+GROUPING_METHOD_NAMES: list[str] = ["spectral", "vote", "knn-spectral", "kmeans"]
+#: The count sources of ``grouping/votes.py`` (``grouping.count_source``).
 COUNT_SOURCES = ("head", "votes", "mean")
 PRIOR_SHAPES = ("region", "grabcut")  # imagenet.shape
 
@@ -406,7 +418,7 @@ class GroupingConfig:
         or a value out of range (``Grouper.run`` calls this too)."""
         _check([
             (self.method in GROUPING_METHOD_NAMES,
-             f"grouping.method={self.method!r}: choose one of {GROUPING_METHOD_NAMES}"),
+             f"grouping.method={self.method!r}: choose one of {tuple(GROUPING_METHOD_NAMES)}"),
             (self.scoring in SCORINGS,
              f"grouping.scoring={self.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
             (self.assign in ASSIGNS, f"grouping.assign={self.assign!r}: choose one of {ASSIGNS}"),

@@ -188,5 +188,23 @@ def test_config_knows_the_grouping_registrys_names() -> None:
     from pfn_napari.grouping.methods import GROUPING_METHODS
     from pfn_napari.grouping.votes import COUNT_SOURCES
 
-    assert config_module.GROUPING_METHOD_NAMES == tuple(GROUPING_METHODS)
+    assert tuple(config_module.GROUPING_METHOD_NAMES) == tuple(GROUPING_METHODS)
     assert config_module.COUNT_SOURCES == COUNT_SOURCES
+
+
+def test_a_grouping_method_registered_at_run_time_validates(monkeypatch) -> None:
+    """benchmarks/grouping.py registers 'sklearn-spectral': config then accepts the name (before,
+    its fixed tuple refused it: "grouping.method='sklearn-spectral': choose one of ...")."""
+    from pfn_napari.grouping import GROUPING_METHODS, register_grouping_method
+    from pfn_napari.grouping.methods import vote
+
+    monkeypatch.setattr(config_module, "GROUPING_METHOD_NAMES",
+                        list(config_module.GROUPING_METHOD_NAMES))
+    monkeypatch.setitem(GROUPING_METHODS, "my-method", None)
+    with pytest.raises(ConfigError, match="grouping.method='my-method': choose one of"):
+        load_config(None, ["grouping.method=my-method"])
+    register_grouping_method("my-method", vote)
+    assert load_config(None, ["grouping.method=my-method"]).grouping.method == "my-method"
+    assert GROUPING_METHODS["my-method"] is vote
+    with pytest.raises(ConfigError, match="grouping method name '': a non-empty string"):
+        register_grouping_method("", vote)

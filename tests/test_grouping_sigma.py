@@ -9,8 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from pfn_napari import config as config_module
 from pfn_napari.config import GroupingConfig
-from pfn_napari.grouping import GROUPING_METHODS, Grouper
+from pfn_napari.grouping import (GROUPING_METHODS, Grouper, GroupingMethod,
+                                 register_grouping_method)
 from pfn_napari.grouping.methods import ClassData, vote, vote_reach
 from pfn_napari.structures import NetworkOutput
 
@@ -130,6 +132,10 @@ def test_an_interactive_grouper_clusters_with_one_blas_thread(monkeypatch):
                         default=1))
         return vote(data, k, cfg)
 
-    monkeypatch.setitem(GROUPING_METHODS, "vote", spy)  # a registered name: config accepts it
-    Grouper(one_class_output(0.1), eager=True).run(GroupingConfig(method="vote"))
+    monkeypatch.setattr(config_module, "GROUPING_METHOD_NAMES",
+                        list(config_module.GROUPING_METHOD_NAMES))
+    monkeypatch.setitem(GROUPING_METHODS, "blas-spy", None)  # removed again after the test
+    register_grouping_method("blas-spy", GroupingMethod(spy, ("sigma", "n_init", "seed"),
+                                                        assign="location"))
+    Grouper(one_class_output(0.1), eager=True).run(GroupingConfig(method="blas-spy"))
     assert seen == [1]

@@ -10,7 +10,7 @@ model. See ``docs/grouping.md``.
 
 from .grouper import Grouper, GroupingResult, group
 from .methods import (GROUPING_METHODS, KNOBS, ClassData, Clustering, GroupingMethod, Knob,
-                      grouping_method, method_knobs)
+                      grouping_method, method_knobs, register_grouping_method)
 from .oracle import oracle_network_output, own_box_share, with_true_locations
 from .refine import present_classes, refine_class_map
 
@@ -30,5 +30,6 @@ __all__ = [
     "own_box_share",
     "present_classes",
     "refine_class_map",
+    "register_grouping_method",
     "with_true_locations",
 ]

@@ -48,7 +48,7 @@ import threading
 
 import numpy as np
 
-from ..config import ConfigError, GroupingConfig
+from ..config import ConfigError, GroupingConfig, register_grouping_method_name
 from .kmeans import distinct_rows, kmeans_runs
 from .spectral import (MAX_DENSE_CELLS, cluster_similarity, dense_affinity, knn_affinity,
                        njw_eigenvectors, sparse_embedding, spectral_partition)
@@ -325,3 +325,10 @@ GROUPING_METHODS: dict[str, GroupingMethod] = {
         sigma_role="only the score of grouping.scoring=prob_x_similarity (the instances do "
                    "not change)"),
 }
+
+
+def register_grouping_method(name: str, method: GroupingMethod | Method) -> None:
+    """Add (or replace) the method ``name``: ``grouping.method=<name>`` then validates and
+    clusters with it. A bare function is taken as reading every field (:func:`grouping_method`)."""
+    register_grouping_method_name(name)
+    GROUPING_METHODS[name] = method
