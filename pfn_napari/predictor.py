@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import inference  # inference.run_network is looked up at each call (tests replace it)
-from .config import GroupingConfig, ImageNetConfig
+from .config import CRFConfig, GroupingConfig, ImageNetConfig
 from .errors import CheckpointError, PFNError
 from .grouping import Grouper, GroupingResult
 from .imagenet import ImageNetStep, imagenet_evidence
@@ -74,8 +74,9 @@ class Predictor:
             ``model`` is already loaded).
         grouping: the grouping settings :meth:`instances` uses by default (default: the
             model's own, ``model.config.grouping``).
-        crf: refine the category map with the dense CRF (``None``: the model's
-            ``crf.enabled``).
+        crf: the dense CRF on the category map: a :class:`CRFConfig` (its ``enabled`` and
+            kernels; ``pfn predict --set crf.*`` passes one), ``True``/``False`` (on or off
+            with the model's kernels), or ``None``: the model's own ``crf`` settings.
         eager: compute spectral embeddings even for classes of one instance, so that raising a
             count later re-runs only k-means (the napari widget's setting).
         imagenet: the ImageNet step's settings :meth:`instances` uses by default (default: the
@@ -83,8 +84,9 @@ class Predictor:
     """
 
     def __init__(self, model: PFNModel | str | Path | None = None, device: str = "auto",
-                 grouping: GroupingConfig | None = None, crf: bool | None = None,
-                 eager: bool = False, imagenet: ImageNetConfig | None = None) -> None:
+                 grouping: GroupingConfig | None = None,
+                 crf: bool | CRFConfig | None = None, eager: bool = False,
+                 imagenet: ImageNetConfig | None = None) -> None:
         if not isinstance(model, PFNModel):
             model = load_model(None if model in (None, "", "default") else model, device)
         self.model = model
@@ -324,7 +326,7 @@ class FileResult:
 
 
 def predict(model: PFNModel, image: np.ndarray, grouping: GroupingConfig | None = None,
-            crf: bool | None = None, image_id: str | int = "",
+            crf: bool | CRFConfig | None = None, image_id: str | int = "",
             count_override: dict[int, int] | None = None,
             imagenet: ImageNetConfig | None = None) -> Instances:
     """One image in, its instances out (full resolution of the given image).

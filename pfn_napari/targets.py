@@ -197,35 +197,24 @@ def decode_locations(locations: np.ndarray, encoding: str = "box6",
     return out
 
 
-def location_weights(class_map: np.ndarray, instance_map: np.ndarray | None = None,
-                     balance: float = 0.0) -> np.ndarray:
-    """Where, and how much, the location loss counts.
+def location_weights(class_map: np.ndarray, instance_map: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Where the location loss counts.
 
     Args:
         class_map: ``(H, W)`` 0 background, 1..C, 255 void.
         instance_map: optional ``(H, W)`` instance ids; when given, foreground pixels that
             belong to no instance (id 0 or 255) get weight 0 too (they have no location target).
-        balance: with ``instance_map``, each pixel of an instance of ``n`` pixels weighs
-            ``n ** -balance``, rescaled so the weights still sum to the number of foreground
-            pixels (``loss.loc_balance``; 0: every pixel 1, 1: every instance the same total).
 
     Returns:
-        ``(H, W)`` float32: 0 on background and void; 1 on foreground, or its balanced weight.
+        ``(H, W)`` float32: 1 on foreground, 0 on background and void.
     """
     class_map = np.asarray(class_map)
     on = (class_map != 0) & (class_map != VOID)  # (H, W)
-    if instance_map is None:
-        return on.astype(np.float32)
-    instance_map = np.asarray(instance_map)
-    on &= (instance_map != 0) & (instance_map != VOID)
-    if balance <= 0 or not on.any():
-        return on.astype(np.float32)
-    ids = instance_map[on].astype(np.int64)  # (N,) the instance of each foreground pixel
-    sizes = np.bincount(ids)  # (K + 1,)
-    w = sizes[ids].astype(np.float64) ** -balance  # (N,)
-    out = np.zeros(class_map.shape, np.float32)
-    out[on] = w * (w.size / w.sum())
-    return out
+    if instance_map is not None:
+        instance_map = np.asarray(instance_map)
+        on &= (instance_map != 0) & (instance_map != VOID)
+    return on.astype(np.float32)
 
 
 def instance_counts(instance_classes: np.ndarray, num_classes: int,
@@ -259,14 +248,13 @@ def count_targets(sample: Sample, num_classes: int) -> np.ndarray:
 
 
 def build_targets(sample: Sample, num_classes: int, encoding: str = "box6",
-                  stride: int = STRIDE, loc_balance: float = 0.0) -> Targets:
+                  stride: int = STRIDE) -> Targets:
     """Everything one (cropped, augmented) sample is trained against, on the stride-8 grid.
 
     Locations are encoded at full resolution (boxes over the visible pixels), then all maps
     are sampled at pixels ``stride * i`` (``h = grid_size(H)``). Counts are the instances of
     each class with at least one visible pixel (:func:`count_targets`: each counts its
-    ``instance_share`` when the sample records one). ``loc_balance``: the per-instance balance
-    of the location weights (:func:`location_weights`, counted in grid cells).
+    ``instance_share`` when the sample records one).
 
     Returns:
         :class:`~pfn_napari.structures.Targets` with ``class_map`` ``(h, w)`` int64 (0..C, 255
@@ -286,7 +274,7 @@ def build_targets(sample: Sample, num_classes: int, encoding: str = "box6",
     return Targets(
         class_map=class_map,
         locations=np.ascontiguousarray(locations[:, rows][:, :, cols]),  # (L, h, w)
-        location_weight=location_weights(class_map, instance_map, loc_balance),  # (h, w)
+        location_weight=location_weights(class_map, instance_map),  # (h, w)
         counts=count_targets(sample, num_classes),  # (C,)
     )
 

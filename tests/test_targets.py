@@ -147,22 +147,14 @@ def test_location_weights():
     assert location_weights(cm).dtype == np.float32
 
 
-def test_location_weights_balanced_per_instance():
-    """An instance of 9 pixels beside one of 1: with balance 0.5 each of the big one's pixels
-    weighs 1/3 of the small one's; with 1 both instances weigh the same in total; the crop's
-    total stays its 10 foreground pixels either way."""
-    im = np.zeros((4, 5), np.int32)
-    im[0:3, 0:3] = 1
-    im[3, 4] = 2
-    cm = np.where(im > 0, 15, 0).astype(np.uint8)
-    half = location_weights(cm, im, balance=0.5)
-    assert half[0, 0] == pytest.approx(half[3, 4] / 3)
-    assert half.sum() == pytest.approx(10)
-    assert half[0, 0] == pytest.approx(10 / (9 / 3 + 1) / 3)  # 0.833: 9 x 0.833 + 2.5 = 10
-    full = location_weights(cm, im, balance=1.0)
-    assert full[im == 1].sum() == pytest.approx(full[3, 4]) == pytest.approx(5)
-    np.testing.assert_array_equal(location_weights(cm, im, balance=0.0), im > 0)
-    assert location_weights(np.zeros_like(cm), im, balance=1.0).sum() == 0  # no foreground
+def test_location_weights_take_no_balance() -> None:
+    """loss.loc_balance left the code (issue 29): every instance pixel weighs 1."""
+    with pytest.raises(TypeError):
+        location_weights(np.ones((1, 1), np.uint8), np.ones((1, 1), np.int32), balance=0.5)
+    with pytest.raises(TypeError):
+        build_targets(Sample(np.zeros((9, 9, 3), np.uint8), np.zeros((9, 9), np.uint8),
+                             np.zeros((9, 9), np.int32), np.zeros(0, np.int64), "x"),
+                      num_classes=1, loc_balance=0.0)
 
 
 def test_instance_counts():
