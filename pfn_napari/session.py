@@ -12,6 +12,7 @@ networks saw it resized (images over :data:`pfn_napari.inference.MAX_SIDE`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -314,3 +315,45 @@ class PFNSession:
         self.clustering = recluster(self.predictor, self.model.config.grouping, params,
                                     self.image.shape[:2], self.model.config.imagenet)
         return self.clustering
+
+
+# ---------------------------------------------------------------------- corrections
+def instance_classes(labels: np.ndarray, features: Any, class_names: tuple[str, ...],
+                     chosen: Mapping[int, str] | None = None) -> dict[int, str]:
+    """``{instance id: class name}`` of every id in a (hand-edited) instance label map
+    ``labels`` ``(H, W)``: the name the user ``chosen`` for it, else the class the grouping
+    gave it (the ``features`` row with that index; an id painted by hand takes the class of
+    the last row with one, as :func:`~pfn_napari.layer_data.instances_from_labels`)."""
+    from .layer_data import instances_from_labels
+
+    instances, ids = instances_from_labels(labels, features)
+    chosen = chosen or {}
+    out = {}
+    for label_id, cls in zip(ids, instances.classes):
+        k = int(cls)
+        name = class_names[k - 1] if 0 < k <= len(class_names) else str(k)
+        out[label_id] = str(chosen.get(label_id, name))
+    return out
+
+
+def class_summary(classes: Mapping[int, str]) -> str:
+    """``"3 person, 1 cat"``: instances per class name, most first (ties by name)."""
+    counts: dict[str, int] = {}
+    for name in classes.values():
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} {name}" for name, n in sorted(counts.items(),
+                                                         key=lambda kv: (-kv[1], kv[0])))
+
+
+def finetune_dir(training_set: str | Path, now: float | None = None) -> Path:
+    """A new folder beside ``training_set`` for a fine-tune's output,
+    ``<set>-finetuned-YYYYmmdd-HHMMSS`` (``-2``, ``-3`` ... when that name is taken): never
+    one that exists."""
+    folder = Path(training_set).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = folder.parent / f"{folder.name}-finetuned-{stamp}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out

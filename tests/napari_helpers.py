@@ -24,8 +24,9 @@ COUNT = 2.0
 
 
 def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 0.0,
-                      **grouping) -> Path:
-    """The hand-set model saved to ``path``; ``grouping``: more GroupingConfig fields."""
+                      count: float = COUNT, **grouping) -> Path:
+    """The hand-set model saved to ``path``, its count head saying ``count`` people;
+    ``grouping``: more GroupingConfig fields."""
     import torch
 
     from pfn_napari.checkpoint import save_weights
@@ -56,7 +57,7 @@ def make_tiny_weights(path: Path, method: str = "kmeans", prior_weight: float = 
         fc2 = net.count_head.fc2
         fc2.weight.zero_()
         fc2.bias.zero_()
-        fc2.bias[PERSON - 1] = COUNT
+        fc2.bias[PERSON - 1] = count
     return save_weights(path, system, cfg)
 
 

@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 from weakref import WeakKeyDictionary
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ from .. import layer_data as L
 from ..config import GroupingConfig, ImageNetConfig
 from ..errors import PFNError
 from ..session import PFNSession, TuneParams, params_of, weights_grouping
+from ._teach import TeachBox
 from ._teaching import STAGES, stage_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -211,6 +213,7 @@ class PFNWidget(QWidget):
         self._knobs_from: str | None = None  # the weights file those settings are of
         self._touched: set[str] = set()  # knobs the user changed since (kept on Run)
         self._notes: list[str] = []  # sentences for the next re-clustering's message
+        self._run_notes: list[str] = []  # sentences for the next Run's message
         self._stage = 0
         self._watched_layers: set[int] = set()
         # layer -> {property: signature of the value this widget last set} (see _set_changed)
@@ -250,6 +253,8 @@ class PFNWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         body.addWidget(self.export_button)
         body.addWidget(self._build_teaching_box())
+        self.teach_box = TeachBox(self)  # add fixed images to a training set, fine-tune
+        body.addWidget(self.teach_box)
         body.addStretch(1)
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
@@ -495,6 +500,8 @@ class PFNWidget(QWidget):
         self.reset_counts_button.setEnabled(bool(self._overrides))
         for w in (self.prev_button, self.next_button):
             w.setEnabled(self.teach_check.isChecked() and has_net)
+        if hasattr(self, "teach_box"):
+            self.teach_box.update_enabled()
         self._update_knob_help()
 
     # ================================================================== messages
@@ -514,6 +521,7 @@ class PFNWidget(QWidget):
         self._finish_job()
         self._running_image = None
         self._pending_recluster = False
+        self._run_notes.clear()
         if isinstance(exc, PFNError):
             self._message(f"PFN: {exc}", error=True)
         else:  # a bug or a library failure: one line for the user, the traceback in the log
@@ -647,6 +655,7 @@ class PFNWidget(QWidget):
         self._show_network_layers()
         self._show_clustering(force_instances=True)
         notes = s.notes.messages(s.image.shape[:2])
+        notes, self._run_notes = [*self._run_notes, *notes], []
         self._message(" ".join([f"{self._image_layer_name}: "
                                 f"{L.plural(len(s.clustering.instances), 'instance')} (PFN ran on "
                                 f"{s.model.device} in {s.network_seconds:.2f} s).",
@@ -965,15 +974,18 @@ class PFNWidget(QWidget):
                  else L.plural(len(c.instances), "instance"))
         self.timing_label.setText(f"grouping {c.seconds * 1000:.0f} ms, {where} "
                                   "(networks not re-run)")
+        self.teach_box.refresh()
         self._update_enabled()
 
     def _watch_edits(self, layer: Any) -> None:
         if id(layer) in self._watched_layers:
             return
         layer.events.paint.connect(self._on_paint)
+        layer.events.selected_label.connect(self.teach_box.follow_selected)
         self._watched_layers.add(id(layer))
 
     def _on_paint(self, *_: Any) -> None:
+        self.teach_box.schedule_refresh()
         if not self.keep_edits_check.isChecked():
             self.keep_edits_check.setChecked(True)
             self.last_message = ("hand edits on 'PFN instances' are kept: re-clustering no longer "
@@ -1053,6 +1065,38 @@ class PFNWidget(QWidget):
                     pass
         finally:
             self.synchronous = False
+
+    # ================================================================== teach (see _teach.py)
+    @property
+    def training_folder(self) -> Path:
+        """The training set's folder ('Training set' in the Teach group)."""
+        return self.teach_box.folder
+
+    @training_folder.setter
+    def training_folder(self, folder: str | Path) -> None:
+        self.teach_box.folder_edit.setText(str(folder))
+
+    def set_instance_class(self, label_id: int, name: str) -> bool:
+        """Instance ``label_id`` of 'PFN instances' is a ``name`` (a new name: a new class)."""
+        return self.teach_box.set_instance_class(label_id, name)
+
+    def add_to_training_set(self) -> Path | None:
+        """Press 'Add this image to the training set': the written image's path, or None."""
+        return self.teach_box.add()
+
+    def finetune_sync(self, minutes: float | None = None) -> Any:
+        """Press 'Fine-tune on the training set' and block until it is done and the active
+        image is re-run with the new weights (scripts and tests): the FinetuneResult, or None
+        when it failed (the message says why)."""
+        box = self.teach_box
+        box.last_result = None
+        was = self.synchronous
+        self.synchronous = True
+        try:
+            box.finetune(minutes, sync=True)
+        finally:
+            self.synchronous = was
+        return box.last_result
 
     def run_sync(self) -> None:
         """Run, blocking until the layers are there (scripts and tests)."""
