@@ -48,7 +48,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ from .checkpoint import (capture_rng_state, check_dtypes, check_finite, config_o
 from .config import VOC_CLASSES, PFNConfig, config_to_dict
 from .data import normalise_class_name, open_dataset
 from .data.loader import EpochSampler, TrainingSet, batch_to, collate
+from .data.folder import VAL_EVERY
 from .data.sbd import drop_sbd_images, read_exclude_ids
 from .data.transforms import TrainTransform
 from .errors import CheckpointError, DatasetError, OutputError, PFNError
@@ -301,11 +302,10 @@ def _init_system(cfg: PFNConfig) -> PFNSystem:
     if getattr(cat_system, "category", None) is None:
         raise CheckpointError(f"{cfg.train.init}: holds no category network; --init needs a "
                               "checkpoint of stage 'category' or 'instance'")
-    a, b = cat_cfg.model.backbone_of("category"), cfg.model.backbone_of("category")
+    a, b = cat_cfg.model.backbone, cfg.model.backbone
     if a != b:
         raise CheckpointError(f"{cfg.train.init}: its category network is a {a!r}, but this run's "
-                              f"is a {b!r} (model.backbone / model.category_backbone); use the "
-                              "same model settings")
+                              f"is a {b!r} (model.backbone); use the same model settings")
     for field in ("num_classes", "ceil_mode"):
         a, b = getattr(cat_cfg.model, field), getattr(cfg.model, field)
         if a != b:
@@ -349,11 +349,6 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
     if previous is not None:  # an instance checkpoint: continue its instance network
         _continue_instance(net, previous, cfg.train.init)
         note(f"instance network continued from the one in {cfg.train.init}")
-    elif cfg.model.backbone_of("category") != cfg.model.backbone:
-        # another backbone than the category network's (model.category_backbone): ImageNet
-        used = load_backbone_weights(net, cfg.train.backbone_weights or None)
-        note(f"instance network ({cfg.model.backbone}) from ImageNet weights {used or 'none'}: "
-             f"the category network of {cfg.train.init} is a {cfg.model.backbone_of('category')}")
     else:
         net.init_from(category.state_dict())
         note(f"instance network initialised from {cfg.train.init}")
@@ -401,6 +396,14 @@ def data_classes(dataset: Any) -> tuple[str, ...]:
     if getattr(dataset, "lut", None) is not None:  # VOCDataset, SBDDataset
         return VOC_CLASSES
     return tuple(dataset.classes)
+
+
+def held_back_indices(image_ids: Sequence[str]) -> list[int]:
+    """The indices of the images held back for validation when none is given: every
+    :data:`VAL_EVERY`-th of the ids in sorted order (positions 4, 9, 14, ...), the folder
+    reader's built-in ``val`` split, so the same images are held back everywhere."""
+    order = sorted(range(len(image_ids)), key=lambda i: str(image_ids[i]))
+    return sorted(i for k, i in enumerate(order) if k % VAL_EVERY == VAL_EVERY - 1)
 
 
 def has_labelled_object(dataset: Any, num_classes: int) -> bool:
@@ -465,12 +468,19 @@ def validation_metrics(system: nn.Module, cfg: PFNConfig, device: torch.device, 
     ``mIoU`` of the category map always; ``APr@0.5`` and ``APr_vol`` (grouping with
     ``cfg.grouping``) when the system predicts instances.
     """
-    from .data import open_dataset
+    data = open_dataset(cfg.data.val, cfg.data.val_split, cfg.data.classes)
+    return dataset_metrics(system, cfg, device, data, max_images)
+
+
+@torch.no_grad()
+def dataset_metrics(system: nn.Module, cfg: PFNConfig, device: torch.device, data: Any,
+                    max_images: int | None = None) -> dict[str, float]:
+    """:func:`validation_metrics` on an opened dataset ``data`` (its own classes: the model's
+    classes are matched to them by name)."""
     from .inference import PFNModel
     from .predictor import Predictor
     from .producers import evaluate_dataset, model_producer
 
-    data = open_dataset(cfg.data.val, cfg.data.val_split, cfg.data.classes)
     was_training = system.training
     system.eval()
     predictor = Predictor(PFNModel(system=system, config=cfg, device=device), crf=False)
@@ -512,7 +522,7 @@ def train(cfg: PFNConfig, resume: str | os.PathLike | None = None, progress: boo
     info = dist_info()
     own_group = _init_process_group(info, cfg.train.device)
     try:
-        with _out_dir_lock(Path(cfg.train.out_dir), info.main):
+        with out_dir_lock(Path(cfg.train.out_dir), info.main):
             run = _setup_run(cfg, resume, info, overwrite)
             last_parts = _run_steps(run, progress)
             return _finish(run, last_parts)
@@ -538,7 +548,7 @@ LOCK = ".pfn-train.lock"
 
 
 @contextmanager
-def _out_dir_lock(out_dir: Path, main: bool) -> Iterator[None]:
+def out_dir_lock(out_dir: Path, main: bool) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` while this run works in it (rank 0 only).
 
     A second run into the same folder (a new one or a ``--resume``) is refused at once with an
@@ -694,7 +704,7 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     note = _note_function(info.main)
     ckpt = _read_resume_checkpoint(resume, cfg) if resume else None
     _prepare_out_dir(out_dir, claim=not resume, overwrite=overwrite, main=info.main, note=note)
-    _seed_everything(t.seed)  # the same initial weights on every rank
+    seed_everything(t.seed)  # the same initial weights on every rank
     train_set, sampler, loader, plan = _build_data(cfg, info, device, note)
     _check_val_labels(cfg)
     system, net, kind = _build_networks(cfg, note, resuming=ckpt is not None)
@@ -772,7 +782,7 @@ def _prepare_out_dir(out_dir: Path, claim: bool, overwrite: bool, main: bool, no
             note(f"removed {stale.name}, left by a run killed while saving")
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     """Seed torch, NumPy's legacy global generator and Python's ``random``."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)

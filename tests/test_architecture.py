@@ -17,7 +17,7 @@ LAYERS = [
     ("pure", {"data", "targets", "losses", "grouping", "evaluate", "visualize"}),
     ("model", {"model", "checkpoint"}),
     ("library", {"inference", "predictor", "imagenet", "session", "layer_data", "samples",
-                 "producers", "train", "demo"}),
+                 "producers", "train", "finetune", "demo"}),
     ("front ends", {"cli", "napari", "notebook"}),
 ]
 #: Front ends that may use another front end: none. The session, layer data and sample photos

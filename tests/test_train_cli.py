@@ -216,10 +216,10 @@ def test_a_second_run_into_a_busy_out_is_refused_naming_the_pid(tmp_path, capsys
     """Two fresh runs into one --out used to both run, interleaving their logs."""
     import os
 
-    from pfn_napari.train import LOCK, _out_dir_lock
+    from pfn_napari.train import LOCK, out_dir_lock
 
     out = tmp_path / "run"
-    with _out_dir_lock(out, True):  # another run holds the folder (here: this process)
+    with out_dir_lock(out, True):  # another run holds the folder (here: this process)
         assert (out / LOCK).read_text() == f"{os.getpid()}\n"
         busy = (f"pfn: error: train.out_dir (--out) {out}: another `pfn train` (pid "
                 f"{os.getpid()}) is writing to this folder; wait for it to finish or pass "
@@ -240,8 +240,8 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from pfn_napari.train import _out_dir_lock\n"
-         f"with _out_dir_lock(Path({str(out)!r}), True):\n"
+         "from pfn_napari.train import out_dir_lock\n"
+         f"with out_dir_lock(Path({str(out)!r}), True):\n"
          "    print('locked', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
     try:
