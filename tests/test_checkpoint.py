@@ -203,56 +203,6 @@ def test_atomic_save_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_pat
     assert torch.equal(torch.load(path, weights_only=True)["v"], torch.arange(3))
 
 
-def test_join_networks_puts_another_backbones_category_network_beside_an_instance_network(
-        tmp_path, cfg, system) -> None:
-    import dataclasses
-
-    from pfn_napari.checkpoint import join_networks
-    from pfn_napari.model import EfficientNetLite, PFNSystem, build_network
-
-    lite2 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                                backbone="efficientnet_lite2"))
-    torch.manual_seed(1)
-    category = build_network(lite2.model, "category")
-    cat_file = save_weights(tmp_path / "cat.pt", PFNSystem(category, None), lite2)
-    inst_file = save_weights(tmp_path / "inst.pt", system, cfg, {"notes": ["v1"]})
-    joined, jcfg, meta = join_networks(cat_file, inst_file)
-    assert jcfg.model.backbone == "efficientnet_lite0"
-    assert jcfg.model.category_backbone == "efficientnet_lite2"
-    assert meta["notes"] == ["v1"]
-    assert joined.category.backbone.name == "efficientnet_lite2"
-    assert joined.instance.backbone.name == "efficientnet_lite0"
-    # saved and loaded again: the file alone rebuilds both backbones, weights as joined
-    path = save_weights(tmp_path / "joined.pt", joined, jcfg)
-    loaded, cfg2, _ = load_checkpoint(path)
-    assert cfg2.model.backbone_of("category") == "efficientnet_lite2"
-    assert isinstance(loaded.category.backbone, EfficientNetLite)
-    assert loaded.category.backbone.channels["pool3"] == 48  # Lite2's stage-3 width
-    assert torch.equal(loaded.category.category_head.fc8.weight, category.category_head.fc8.weight)
-    ref = system.instance.state_dict()
-    assert all(torch.equal(v, ref[k]) for k, v in loaded.instance.state_dict().items())
-    # the same backbone on both sides leaves category_backbone empty
-    _, same, _ = join_networks(inst_file, inst_file)
-    assert same.model.category_backbone == ""
-
-
-def test_join_networks_refuses_files_that_do_not_fit(tmp_path, cfg, system) -> None:
-    import dataclasses
-
-    from pfn_napari.checkpoint import join_networks
-    from pfn_napari.model import PFNSystem, build_network
-
-    inst_file = save_weights(tmp_path / "inst.pt", system, cfg)
-    cat_only = save_weights(tmp_path / "cat.pt", PFNSystem(system.category, None), cfg)
-    with pytest.raises(CheckpointError, match="cat.pt: holds no category \\+ instance"):
-        join_networks(inst_file, cat_only)
-    wide = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fc7_channels=64))
-    wide_file = save_weights(tmp_path / "wide.pt",
-                             PFNSystem(build_network(wide.model, "category"), None), wide)
-    with pytest.raises(CheckpointError, match="wide.pt: model.fc7_channels=64"):
-        join_networks(wide_file, inst_file)
-
-
 def _save_state(path: Path, state, cfg, system) -> Path:
     return save_checkpoint(path, system_state=state, config=cfg, networks=networks_of(system))
 

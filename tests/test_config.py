@@ -208,3 +208,17 @@ def test_a_grouping_method_registered_at_run_time_validates(monkeypatch) -> None
     assert GROUPING_METHODS["my-method"] is vote
     with pytest.raises(ConfigError, match="grouping method name '': a non-empty string"):
         register_grouping_method("", vote)
+
+
+def test_category_backbone_left_the_code() -> None:
+    """model.category_backbone (tried and not kept): '' (both networks on model.backbone) loads
+    from an old stored config; another backbone is one line, not a silent Lite0 network."""
+    stored = config_to_dict(PFNConfig())
+    stored["model"]["category_backbone"] = ""
+    assert config_from_dict(stored, "old.pt") == PFNConfig()
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.category_backbone=efficientnet_lite2"])
+    assert str(info.value) == ("config: model.category_backbone='efficientnet_lite2' is no "
+                               "longer supported (the field was removed; the code now always "
+                               "uses '')")
+    assert not hasattr(PFNConfig().model, "backbone_of")

@@ -66,24 +66,6 @@ def test_onnx_system_matches_the_torch_system(lite0_path, size):
     assert len(model.system.category.backbone._blocks) == 16
 
 
-def test_onnx_system_matches_torch_with_a_lite2_category_network(tmp_path):
-    """model.category_backbone=efficientnet_lite2: both trunks (21 and 16 blocks) on ONNX."""
-    cfg = load_config("cpu-lite0", [*LITE0, "model.category_backbone=efficientnet_lite2"])
-    torch.manual_seed(0)
-    system = build_system(cfg.model, "instance").eval()
-    path = save_weights(tmp_path / "mixed.pt", system, cfg)
-    model = inference.load_model(path, "cpu", runtime="torch")
-    assert rt.supports(model.system)
-    fast = rt.onnx_system(model.system)
-    x = torch.rand(1, 3, 57, 89, generator=torch.Generator().manual_seed(2)) * 255
-    with torch.no_grad():
-        ref, got = model.system(x), fast(x)
-    for a, b in ((got.seg_logits, ref.seg_logits), (got.locations, ref.locations),
-                 (got.counts, ref.counts)):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
-    assert len(model.system.category.backbone._blocks) == 21
-
-
 def test_run_network_onnx_gives_the_torch_outputs_and_instances(lite0_path):
     old = inference.load_model(lite0_path, "cpu", runtime="torch")
     new = inference.load_model(lite0_path, "cpu", runtime="onnx")

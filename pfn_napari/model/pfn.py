@@ -63,7 +63,7 @@ class PFNNet(nn.Module):
         self.cfg = cfg
         self.kind = kind
         self.backbone: Backbone = backbone if backbone is not None else build_backbone(
-            cfg.backbone_of(kind), cfg.fc7_channels, ceil_mode=cfg.ceil_mode,
+            cfg.backbone, cfg.fc7_channels, ceil_mode=cfg.ceil_mode,
             dropout=cfg.dropout, output_stride=cfg.lite_output_stride)
         ch = self.backbone.channels
         L = len(ENCODING_CHANNELS[cfg.encoding])
