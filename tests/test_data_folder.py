@@ -225,3 +225,30 @@ def test_folder_split_file_listing_an_id_twice_is_refused(tmp_path: Path) -> Non
     with pytest.raises(DatasetError, match=r"PedMasks/val\.txt: image id 'a' is listed twice "
                                            r"\(lines 1 and 4\)"):
         open_dataset(f"folder:{images}:{masks}", "val")
+
+
+def test_folder_per_image_class_tables(tmp_path: Path) -> None:
+    """MASK_DIR/STEM.json gives one image's classes; it takes the place of the image's entry in
+    classes.json, and its new names follow the JSON's classes, sorted."""
+    images, masks = make_folder(tmp_path)
+    (masks / "a.json").write_text(json.dumps({"classes": {"1": "zebra", "2": "person"}}))
+    (masks / "b.json").write_text(json.dumps({"classes": {"1": "cat", "2": "cat"}}))
+    (masks / "classes.json").write_text(json.dumps(
+        {"classes": ["person"], "instances": {"a": ["person", "person"], "c": [1, 1],
+                                              "d": [1, 1]}}))
+    ds = open_dataset(f"folder:{images}:{masks}", "all")
+    assert ds.classes == ("person", "cat", "zebra")
+    assert ds[0].instance_classes.tolist() == [3, 1]  # a.json wins over classes.json
+    assert ds[1].instance_classes.tolist() == [2, 2]
+    assert ds[2].instance_classes.tolist() == [1, 1]  # c from classes.json
+    one = open_dataset(f"folder:{images}:{masks}:horse", "all")  # one NAME: no table read
+    assert one.classes == ("horse",) and one[0].instance_classes.tolist() == [1, 1]
+    (masks / "classes.json").unlink()
+    with pytest.raises(DatasetError, match=r"a\.json: class 'zebra' is not one of the spec's"):
+        open_dataset(f"folder:{images}:{masks}:person,cat", "all")
+    (masks / "b.json").write_text(json.dumps({"classes": {"1": "cat"}}))
+    with pytest.raises(DatasetError, match=r"mask ids \[2\] have no class in .*b\.json"):
+        open_dataset(f"folder:{images}:{masks}", "all")[1]
+    (masks / "b.json").write_text(json.dumps({"classes": ["cat"]}))
+    with pytest.raises(DatasetError, match=r"b\.json: expected \{\"classes\": \{mask value"):
+        open_dataset(f"folder:{images}:{masks}", "all")

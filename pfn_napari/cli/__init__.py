@@ -1,4 +1,4 @@
-"""The ``pfn`` command line: ``pfn train | evaluate | predict | export | demo``.
+"""The ``pfn`` command line: ``pfn train | finetune | evaluate | predict | export | demo``.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and ``run(args) -> int``.
 Errors a user can act on (:class:`~pfn_napari.errors.PFNError`) are printed as one line.
@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("train", "evaluate", "predict", "export", "demo")
+SUBCOMMANDS = ("train", "finetune", "evaluate", "predict", "export", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
