@@ -122,3 +122,93 @@ def test_errors_are_one_line_messages(viewer_widget, tmp_path):
     assert w.add_to_training_set() is None
     assert w.last_error.startswith(f"PFN: could not add 'photo' to {tmp_path / 'file'}: ")
     assert "\n" not in w.last_error
+
+
+def _added(w, tmp_path):
+    """A Run, instance 2 called a skateboard (a class the model lacks), the image added."""
+    _run(w, tmp_path)
+    assert w.set_instance_class(2, "skateboard")
+    assert w.add_to_training_set() is not None, w.last_error
+
+
+def test_finetune_loads_the_new_weights_and_reruns_the_active_image(viewer_widget, tmp_path):
+    w = viewer_widget
+    _added(w, tmp_path)
+    net_before = w.session.net
+    result = w.finetune_sync(0.01)  # the real fine-tune, one step of the tiny model
+    assert result is not None, w.last_error
+    out = result.out_dir
+    assert out.parent == tmp_path and out.name.startswith("set-finetuned-")
+    final = out / "final.pt"
+    assert result.weights == final and final.is_file()
+    # loaded as if chosen in the Weights box: the model has the new class's channel ...
+    assert w.weights_edit.text() == str(final)
+    assert w.session.model_key == (str(final), "cpu")
+    assert w.session.class_names[-1] == "skateboard" and len(w.session.class_names) == 21
+    # ... and the active image was run again through it (21 classes + background)
+    assert w.session.net is not net_before and w.session.net.class_probs.shape[0] == 22
+    assert w.layer(L.INSTANCES).metadata["class_names"][-1] == "skateboard"
+    assert w.teach_box.class_combo.findText("skateboard") >= 0
+    assert w.last_error is None, w.last_error
+    said = (f"fine-tuned 1 step in {result.minutes:.1f} min: weights {final}, card "
+            f"{out / 'README.md'}; no before/after numbers (too few images to hold some back).")
+    assert w.teach_box.status_label.text() == said
+    assert said in w.last_message and w.last_message.startswith("photo: ")
+    assert w.teach_box.progress.format() == "done: 1 step"
+    # a second fine-tune never writes into the first one's folder
+    second = w.finetune_sync(0.01)
+    assert second is not None and second.out_dir != out and (out / "final.pt").is_file()
+
+
+def test_cancel_stops_early_and_leaves_a_resumable_checkpoint(viewer_widget, tmp_path):
+    from pfn_napari.finetune import finetune
+
+    w = viewer_widget
+    _added(w, tmp_path)
+    box = w.teach_box
+    seen = []
+
+    def on_progress(p):
+        seen.append((p.stage, p.step))
+        if p.stage == "train":
+            assert box.cancel_button.isEnabled()
+            box.cancel_button.click()  # the user presses Cancel after the first step
+
+    box._bridge.progressed.connect(on_progress)
+    result = w.finetune_sync(5.0)
+    assert result is not None, w.last_error
+    assert result.steps == 1 and result.minutes < 1.0  # not the 5 minutes asked for
+    assert seen[0] == ("train", 1) and ("done", 1) in seen
+    assert "(cancelled)" in box.status_label.text()
+    assert box.progress.format() == "stopped: 1 step"
+    assert not box.cancel_button.isEnabled() and box.finetune_button.isEnabled()
+    assert w.session.model_key[0] == str(result.weights)  # what it learnt so far is loaded
+    assert "(stopped by the user)" in (result.out_dir / "README.md").read_text()
+    resumed = finetune(w.session.model_key[0], "unused: resume reads the checkpoint",
+                       result.out_dir, 5.0, resume=True, max_steps=2)
+    assert resumed.steps == 2
+
+
+def test_fine_tune_errors_are_one_line_messages(viewer_widget, tiny_weights, tmp_path):
+    from pfn_napari.data.corrections import save_correction
+
+    w = viewer_widget
+    w.training_folder = folder = tmp_path / "set"
+    labels = np.zeros((40, 48), np.int32)
+    labels[8:24, 8:40] = 1
+    save_correction(folder, small_image(40, 48), labels, {1: "person"}, "a")
+    w.weights_edit.setText(str(tmp_path / "missing.pt"))
+    assert w.finetune_sync(0.01) is None
+    assert w.last_error.startswith("PFN: fine-tune failed: ")
+    assert str(tmp_path / "missing.pt") in w.last_error and "\n" not in w.last_error
+    assert w.teach_box.progress.format() == "failed" and not w.teach_box.busy
+    w.weights_edit.setText(str(tiny_weights))
+    (folder / "masks" / "a.png").unlink()  # an image without its mask
+    assert w.finetune_sync(0.01) is None
+    assert w.last_error == (f"PFN: fine-tune failed: {folder / 'images' / 'a.png'}: no mask for "
+                            f"this image in {folder / 'masks'} (looked for a_mask.png and a.png)")
+    (folder / "images" / "a.jpg").write_bytes(b"")  # two images of one name: the reader refuses
+    assert w.finetune_sync(0.01) is None
+    assert w.last_error.startswith(f"PFN: cannot fine-tune on {folder}: {folder / 'images'}: "
+                                   "two images named 'a'")
+    assert "\n" not in w.last_error

@@ -54,30 +54,36 @@ def _mmss(seconds: float) -> str:
 
 
 def progress_text(p: Any) -> str:
-    """One line for a :class:`~pfn_napari.finetune.FinetuneProgress`: ``"category: step 12/40,
-    0:31 / 5:00, loss 0.412"``."""
+    """One line for a :class:`~pfn_napari.finetune.FinetuneProgress`: ``"train: step 12/40,
+    0:31 / 5:00, loss 0.412"`` (no step total when time alone ends it, no loss before one)."""
     steps = f"/{p.steps}" if p.steps else ""
-    loss = "" if p.loss is None else f", loss {float(p.loss):.3f}"
+    loss = f", loss {float(p.loss):.3f}" if p.loss is not None and np.isfinite(p.loss) else ""
     return f"{p.stage}: step {p.step}{steps}, {_mmss(p.elapsed_s)} / {_mmss(p.budget_s)}{loss}"
 
 
+#: The numbers a fine-tune's before/after dictionaries hold that the widget reports.
+REPORTED = ("APr@0.5", "mIoU")
+
+
 def before_after(before: Any, after: Any) -> str:
-    """``"APr@0.5 10.0 -> 31.2, mIoU 40.1 -> 55.0 on the held-back images"``, or a sentence
+    """``"APr@0.5 10.0 -> 31.2, mIoU 40.1 -> 55.0 on held-back images"``, or a sentence
     saying there were none (``before``/``after``: ``{metric: value}`` or None)."""
     if not before or not after:
         return "no before/after numbers (too few images to hold some back)"
-    pairs = [f"{k} {float(before[k]):.1f} -> {float(after[k]):.1f}" for k in before if k in after]
-    return ", ".join(pairs) + " on the held-back images"
+
+    def num(v: Any) -> str:
+        return "-" if v is None or not np.isfinite(float(v)) else f"{float(v):.1f}"
+
+    keys = [k for k in REPORTED if k in before or k in after]
+    return ", ".join(f"{k} {num(before.get(k))} -> {num(after.get(k))}" for k in keys) + \
+        " on held-back images"
 
 
 def card_of(result: Any) -> Path | None:
-    """The model card written beside a fine-tune's weights (None when there is none)."""
-    weights = Path(result.weights)
-    for path in (weights.with_suffix(".md"), Path(result.out_dir) / "card.md",
-                 Path(result.out_dir) / "README.md"):
-        if path.is_file():
-            return path
-    return None
+    """The model card :func:`~pfn_napari.finetune.finetune` writes beside the weights
+    (``DIR/README.md``; None when there is none)."""
+    path = Path(result.out_dir) / "README.md"
+    return path if path.is_file() else None
 
 
 def image_count(folder: Path) -> int:
@@ -351,13 +357,13 @@ class TeachBox(QGroupBox):
         worker.start()
 
     def _job(self, weights: str, folder: Path, out: Path, minutes: float):
-        bridge = self._bridge
+        bridge, device = self._bridge, self.w.device_combo.currentText()
 
         def job() -> Any:
             from ..data.corrections import correction_spec
             from ..finetune import finetune
 
-            return finetune(weights, correction_spec(folder), out, minutes,
+            return finetune(weights, correction_spec(folder), out, minutes, device=device,
                             progress=bridge.progressed.emit, should_stop=lambda: self._stop)
 
         return job
@@ -383,9 +389,10 @@ class TeachBox(QGroupBox):
         self._finish()
         self.last_result = result
         self.progress.setValue(_BAR)
-        self.progress.setFormat(f"{'stopped' if stopped else 'done'}: {result.steps} steps")
+        self.progress.setFormat(f"{'stopped' if stopped else 'done'}: "
+                                f"{L.plural(result.steps, 'step')}")
         card = card_of(result)
-        text = (f"fine-tuned {result.steps} steps in {float(result.minutes):.1f} min"
+        text = (f"fine-tuned {L.plural(result.steps, 'step')} in {float(result.minutes):.1f} min"
                 f"{' (cancelled)' if stopped else ''}: weights {result.weights}"
                 f"{f', card {card}' if card else ''}; "
                 f"{before_after(result.before, result.after)}.")
