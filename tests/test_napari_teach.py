@@ -212,3 +212,21 @@ def test_fine_tune_errors_are_one_line_messages(viewer_widget, tiny_weights, tmp
     assert w.last_error.startswith(f"PFN: cannot fine-tune on {folder}: {folder / 'images'}: "
                                    "two images named 'a'")
     assert "\n" not in w.last_error
+
+
+def test_the_button_runs_the_fine_tune_in_a_worker_thread(viewer_widget, tmp_path, qtbot):
+    w = viewer_widget
+    _added(w, tmp_path)
+    box = w.teach_box
+    lines = []
+    box._bridge.progressed.connect(lambda p: lines.append(box.progress.format()))
+    w.synchronous = False
+    box.minutes_spin.setValue(0.01)
+    box.finetune_button.click()
+    assert box.busy and not box.finetune_button.isEnabled() and box.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not box.busy and not w.busy, timeout=120_000)
+    assert w.last_error is None, w.last_error
+    assert w.session.model_key[0] == str(box.last_result.weights)
+    assert w.session.class_names[-1] == "skateboard"  # the image re-ran with the new model
+    assert lines and lines[0].startswith("train: step 1, 0:")  # progress reached the widget
+    assert "fine-tuned 1 step" in w.last_message
