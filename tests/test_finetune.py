@@ -1,0 +1,167 @@
+"""pfn_napari.finetune: new class channels, classes the data does not label kept, the loss
+falling, exact resume, final.pt loading everywhere, the card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pfn_napari.checkpoint import load_checkpoint, save_weights
+from pfn_napari.config import VOID, load_config
+from pfn_napari.data.corrections import correction_spec, save_correction
+from pfn_napari.errors import DatasetError, OutputError
+from pfn_napari.finetune import (NEW_CLASS_BIAS, add_classes, drop_classes, finetune,
+                                 keep_unlabelled, plan_classes)
+from pfn_napari.inference import load_model
+from pfn_napari.model import build_system
+from pfn_napari.predictor import Predictor
+
+#: crops of 65 pixels, batch 2, no workers: a step takes a fraction of a second
+RECIPE = ("data: {crop_size: 65, num_workers: 0, copy_paste: 0.0, scale_min: 1.0, "
+          "scale_max: 1.0}\ntrain: {batch_size: 2, lr: 0.002, lr_new: 0.02, grad_clip: 10.0}\n")
+
+
+def tiny_system():
+    """An AlexNet PFN (category + instance networks) of the classes disc, square, triangle."""
+    cfg = load_config("cpu-lite0", ["model.backbone=alexnet", "model.streams=[pool3,fc7]",
+                                    "model.fc7_channels=32", "model.count_hidden=16"])
+    torch.manual_seed(0)
+    return build_system(cfg.model, "instance").eval(), cfg
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    """(weights file, recipe file)."""
+    system, cfg = tiny_system()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    return save_weights(tmp_path / "tiny.pt", system, cfg), recipe
+
+
+def blob_set(folder: Path, n: int = 4, cls: str = "blob") -> str:
+    """``n`` 64 x 80 photos, each with a red ``cls`` rectangle and a blue disc."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(90, 140, (64, 80, 3), dtype=np.uint8)
+        lab = np.zeros((64, 80), np.int64)
+        lab[8:40, 6 + i:46 + i] = 1
+        lab[44:62, 50:74] = 2
+        img[lab == 1] = (240, 30, 30)
+        img[lab == 2] = (30, 30, 240)
+        save_correction(folder, img, lab, {1: cls, 2: "disc"}, f"p{i}")
+    return correction_spec(folder)
+
+
+def test_plan_classes_maps_by_name_and_appends_new_ones() -> None:
+    model = ("aeroplane", "person", "tvmonitor")
+    assert plan_classes(model, ("Person", "kayak"), None) == \
+        (("aeroplane", "person", "tvmonitor", "kayak"), ("person", "kayak"))
+    assert plan_classes(model, ("person",), ["tv", "boat"]) == \
+        (("aeroplane", "person", "tvmonitor", "boat"), ("tvmonitor", "boat"))
+    with pytest.raises(DatasetError, match="the data labels 'kayak', which is neither in "
+                                           r"--classes \['boat'\]"):
+        plan_classes(model, ("kayak",), ["boat"])
+
+
+def test_add_classes_keeps_old_outputs_and_starts_new_ones_rare() -> None:
+    system, cfg = tiny_system()
+    image = torch.rand(1, 3, 65, 81) * 255
+    with torch.no_grad():
+        before = system(image)
+        cfg2 = add_classes(system, cfg, ["blob", "kayak"])
+        after = system(image)
+    assert cfg2.data.classes == ("disc", "square", "triangle", "blob", "kayak")
+    assert cfg2.model.num_classes == 5
+    assert after.seg_logits.shape[1] == 6 and after.counts.shape[1] == 5
+    assert torch.allclose(after.seg_logits[:, :4], before.seg_logits[:, :4])
+    assert torch.allclose(after.seg_logits[:, 4], before.seg_logits[:, 0] - NEW_CLASS_BIAS)
+    assert torch.allclose(after.counts[:, :3], before.counts)
+    # the fc count head is linear in its last layer: a new count is the mean of the old ones
+    assert torch.allclose(after.counts[:, 3], before.counts.mean(dim=1), atol=1e-6)
+    with torch.no_grad():
+        cfg3 = drop_classes(system, cfg2, ["blob", "kayak", "square"])
+        dropped = system(image)
+    assert cfg3.data.classes == ("disc", "triangle") and cfg3.model.num_classes == 2
+    assert torch.allclose(dropped.seg_logits, before.seg_logits[:, [0, 1, 3]], atol=1e-5)
+
+
+def test_keep_unlabelled_voids_background_the_model_gives_to_unlabelled_classes() -> None:
+    class_map = torch.tensor([[[0, 0, 1, 0]]])  # (1, 1, 4)
+    logits = torch.zeros(1, 3, 1, 4)  # background, labelled class 1, unlabelled class 2
+    logits[0, 2, 0, 0] = 5.0  # p(class 2) = e^5 / (e^5 + 2) = 0.987: void
+    logits[0, 2, 0, 1] = 0.5  # p = 0.45: stays background
+    logits[0, 2, 0, 2] = 5.0  # labelled pixel: kept
+    out = keep_unlabelled(class_map, logits, torch.tensor([False, True]))
+    assert out.tolist() == [[[VOID, 0, 1, 0]]]
+    assert keep_unlabelled(class_map, logits, torch.tensor([False, False])) is class_map
+
+
+def test_finetune_learns_a_new_class_and_writes_a_loadable_model(tiny, tmp_path) -> None:
+    weights, recipe = tiny
+    spec = blob_set(tmp_path / "set")
+    seen = []
+    result = finetune(weights, spec, tmp_path / "out", 0, max_steps=40, recipe=recipe,
+                      progress=seen.append)
+    assert result.classes == ("disc", "square", "triangle", "blob") and result.steps == 40
+    assert [p.step for p in seen if p.stage == "train"] == list(range(1, 41))
+    assert seen[-1].stage == "done" and result.before is None  # 4 images: none held back
+    losses = np.loadtxt(tmp_path / "out" / "log.csv", delimiter=",", skiprows=1, usecols=2)
+    assert losses[-10:].mean() < 0.5 * losses[:5].mean()  # the loss falls
+    model = load_model(result.weights, "cpu")
+    assert model.config.data.classes[-1] == "blob"
+    predictor = Predictor(model, crf=False)
+    predictor.set_image(np.asarray(Image.open(tmp_path / "set" / "images" / "p1.png")))
+    class_map = predictor.class_map()  # (64, 80)
+    assert (class_map[8:40, 7:47] == 4).mean() > 0.5  # the new class, where it was taught
+    assert predictor.instances().masks.shape[1:] == (64, 80)
+    system, cfg, meta = load_checkpoint(result.weights)
+    assert meta["finetune"]["new_classes"] == ["blob"] and meta["finetune"]["steps"] == 40
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| new classes | blob |" in card and "| steps | 40 |" in card
+    with pytest.raises(OutputError, match="already holds a fine-tuning run"):
+        finetune(weights, spec, tmp_path / "out", 0, max_steps=1, recipe=recipe)
+
+
+def test_resume_is_exact(tiny, tmp_path) -> None:
+    weights, recipe = tiny
+    spec = blob_set(tmp_path / "set", n=3)
+    whole = finetune(weights, spec, tmp_path / "whole", 0, max_steps=6, recipe=recipe)
+    steps = []
+
+    def stop() -> bool:
+        steps.append(1)
+        return len(steps) == 3  # a cancel after step 3, in the middle of the first epoch
+
+    cut = finetune(weights, spec, tmp_path / "cut", 0, max_steps=6, recipe=recipe,
+                   should_stop=stop)
+    assert cut.steps == 3 and (tmp_path / "cut" / "final.pt").is_file()
+    done = finetune(weights, spec, tmp_path / "cut", 0, max_steps=6, recipe=recipe,
+                    resume=True)
+    assert done.steps == 6
+    a, b = load_checkpoint(whole.weights)[0].state_dict(), load_checkpoint(done.weights)[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_held_back_images_are_measured_before_and_after(tiny, tmp_path) -> None:
+    weights, recipe = tiny
+    spec = blob_set(tmp_path / "set", n=15)
+    result = finetune(weights, spec, tmp_path / "out", 0, max_steps=1, recipe=recipe)
+    meta = load_checkpoint(result.weights)[2]["finetune"]
+    # sorted: p0 p1 p10 p11 [p12] p13 p14 p2 p3 [p4] p5 p6 p7 p8 [p9]: every 5th is held back
+    assert meta["held_back"] == ["p12", "p4", "p9"]
+    assert len(meta["images"]) == 12 and not set(meta["images"]) & set(meta["held_back"])
+    assert set(result.before) >= {"APr@0.5", "mIoU"} and set(result.after) >= {"APr@0.5"}
+    assert "Measured on 3 images not trained on" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_data_without_a_labelled_object_is_refused_as_by_pfn_train(tiny, tmp_path) -> None:
+    weights, recipe = tiny
+    img = np.full((32, 32, 3), 100, np.uint8)
+    save_correction(tmp_path / "set", img, np.zeros((32, 32), int), {}, "empty")
+    with pytest.raises(DatasetError, match=r"none of its 1 images has a labelled object"):
+        finetune(weights, correction_spec(tmp_path / "set"), tmp_path / "out", 1,
+                 classes=["person"], recipe=recipe)
