@@ -398,6 +398,31 @@ def data_classes(dataset: Any) -> tuple[str, ...]:
     return tuple(dataset.classes)
 
 
+def data_defaults(cfg: PFNConfig, given: set[str], note: Callable[[str], None]) -> PFNConfig:
+    """What follows from the user's own training data (``data.train`` in ``given``, the
+    ``section.key`` names the user set): without ``data.classes`` (and ``model.num_classes``)
+    the classes are the data's own; without ``data.val`` validation reads the held-back part
+    of the same data (its ``val`` split: for a folder every :data:`VAL_EVERY`-th image, which
+    its ``train`` split leaves out). Each change is said in one ``note`` line."""
+    if "data.train" not in given:
+        return cfg
+    d, m = cfg.data, cfg.model
+    if not given & {"data.classes", "model.num_classes"}:
+        own = data_classes(open_dataset(d.train, d.train_split, None))
+        if own and tuple(own) != tuple(d.classes):
+            d, m = dataclasses.replace(d, classes=tuple(own)), \
+                dataclasses.replace(m, num_classes=len(own))
+            note(f"data.classes={list(own)} and model.num_classes={len(own)}, from the training "
+                 f"data {d.train!r} (set data.classes to choose others)")
+    if "data.val" not in given:
+        d = dataclasses.replace(d, val=d.train, val_split="val",
+                                train_split=d.train_split if "data.train_split" in given
+                                else "train")
+        note(f"validation on the held-back images of the training data (data.val={d.train!r}, "
+             f"split 'val'; the 'train' split leaves them out; set data.val to choose others)")
+    return dataclasses.replace(cfg, data=d, model=m)
+
+
 def held_back_indices(image_ids: Sequence[str]) -> list[int]:
     """The indices of the images held back for validation when none is given: every
     :data:`VAL_EVERY`-th of the ids in sorted order (positions 4, 9, 14, ...), the folder
@@ -741,6 +766,12 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     else:  # a rank-specific dropout stream
         torch.manual_seed(t.seed + 1000003 * info.rank)
     return run
+
+
+def note_line(msg: str) -> None:
+    """One line ``pfn train: msg`` on stderr from rank 0 (kept clear of a progress bar)."""
+    if dist_info().main:
+        tqdm.write(f"pfn train: {msg}", file=sys.stderr)
 
 
 def _note_function(main: bool) -> Callable[[str], None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 
 from pfn_napari.cli import build_parser, main
@@ -257,3 +258,49 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
                         "--set", "data.train=nosuchkind:x").startswith(
         "pfn: error: dataset spec 'nosuchkind:x'")
     assert not (out / LOCK).exists()
+
+
+def _folder_of_people(root, n: int = 5):
+    """``n`` 16 x 16 photos, each with one person (masks 0/1), Penn-Fudan style."""
+    from PIL import Image
+
+    images, masks = root / "PNGImages", root / "PedMasks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(images / f"p{i}.png")
+        m = np.zeros((16, 16), np.uint8)
+        m[4:12, 4:8] = 1
+        Image.fromarray(m).save(masks / f"p{i}_mask.png")
+    return f"folder:{images}:{masks}:person"
+
+
+def test_train_takes_classes_and_validation_from_the_users_data(tmp_path, capsys):
+    """Issue 28: `--set data.train=folder:...:person` alone trains on [person] and validates on
+    the held-back every 5th image of the same data, each said in one line."""
+    from pfn_napari.cli import build_parser
+    from pfn_napari.cli.train import build_config
+
+    spec = _folder_of_people(tmp_path)
+    args = build_parser().parse_args(["train", "--stage", "category", "--config", "cpu-lite0",
+                                      "--set", f"data.train={spec}", "--out", str(tmp_path / "o")])
+    cfg = build_config(args)
+    assert cfg.data.classes == ("person",) and cfg.model.num_classes == 1
+    assert (cfg.data.val, cfg.data.val_split, cfg.data.train_split) == (spec, "val", "train")
+    err = capsys.readouterr().err
+    assert "pfn train: data.classes=['person'] and model.num_classes=1, from the training data" in err
+    assert "pfn train: validation on the held-back images of the training data" in err
+    from pfn_napari.data import open_dataset
+
+    assert open_dataset(cfg.data.val, "val").image_ids == ["p4"]
+    assert open_dataset(spec, "train").image_ids == ["p0", "p1", "p2", "p3"]
+    # what the user sets is kept
+    args = build_parser().parse_args(["train", "--config", "cpu-lite0", "--set",
+                                      f"data.train={spec}", "--set", "data.val=synthetic:4",
+                                      "--set", "data.classes=[person,horse]", "--set",
+                                      "model.num_classes=2"])
+    cfg = build_config(args)
+    assert cfg.data.classes == ("person", "horse") and cfg.data.val == "synthetic:4"
+    # the recipe's own data: nothing changes
+    cfg = build_config(build_parser().parse_args(["train", "--config", "cpu-lite0"]))
+    assert cfg.data.classes == ("disc", "square", "triangle") and cfg.data.val.startswith("synthetic")

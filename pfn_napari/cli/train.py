@@ -20,6 +20,9 @@ so is an OUT another ``pfn train`` is writing to (a lock, OUT/.pfn-train.lock, n
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import yaml
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,8 +76,26 @@ def build_config(args: argparse.Namespace):
             section, name = key.split(".")
             values[section][name] = str(value)
     cfg = config_from_dict(values)
+    if not args.resume:
+        from ..train import data_defaults, note_line
+
+        cfg = data_defaults(cfg, given_keys(args), note_line)
     cfg.validate()
     return cfg
+
+
+def given_keys(args: argparse.Namespace) -> set[str]:
+    """The ``section.key`` settings the user chose: ``--set`` ones, and those of a
+    ``--config`` YAML of their own (a shipped recipe's are not the user's choice)."""
+    from ..config import CONFIG_DIR, migrate_key
+
+    keys = {migrate_key(o.split("=", 1)[0].strip()) for o in args.overrides if "=" in o}
+    path = Path(args.config) if args.config else None
+    if path is not None and path.is_file() and path.resolve().parent != CONFIG_DIR.resolve():
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        keys |= {f"{section}.{key}" for section, fields in values.items()
+                 if isinstance(fields, dict) for key in fields}
+    return keys
 
 
 def run(args: argparse.Namespace) -> int:
