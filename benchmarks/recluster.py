@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
           f"device {s.model.device}, {args.threads} torch thread(s), median of {args.repeats}")
     print(f"the weights' grouping: method {g.method}, sigma {g.sigma}, tau {g.tau}, "
           f"count_source {g.count_source}; ImageNet step: weight {step.weight}, check "
-          f"{step.check}, shape {step.shape}")
+          f"{step.check.enabled}, shape {step.shape}")
     print(f"one-time imports of the first clustering in a process (warm_up): {t_warm:.3f} s")
 
     def run_once(_: Any) -> None:

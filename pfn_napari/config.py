@@ -379,6 +379,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class VoteCountConfig:
+    """The instance number read off the boxes the cells vote for (``grouping/votes.py``; beyond
+    the paper). Read only when ``grouping.count_source`` is 'votes' or 'mean'."""
+
+    iou: float = 0.5  # two votes agree above this box IoU
+    min_frac: float = 0.05  # a vote cluster needs this fraction of the class's cells
+    merge_iou: float = 0.3  # clusters whose mean boxes overlap above this count once
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a value out of range."""
+        _check([
+            (0 <= self.iou < 1, f"grouping.votes.iou={self.iou}: in [0, 1)"),
+            (0 <= self.min_frac < 1, f"grouping.votes.min_frac={self.min_frac}: in [0, 1)"),
+            (0 <= self.merge_iou <= 1, f"grouping.votes.merge_iou={self.merge_iou}: in [0, 1]"),
+        ])
+
+
+@dataclass(frozen=True)
 class GroupingConfig:
     """Test-time refinement and clustering (the paper's section 3.4)."""
 
@@ -394,11 +412,9 @@ class GroupingConfig:
     seed: int = 0
     assign: str = "auto"  # full-res pixels: 'cell' (nearest grid cell), 'location', or the method's
     # k of each class: 'head' (the count head, the paper), 'votes' (distinct boxes the cells
-    # vote for) or 'mean' of both (grouping/votes.py); the vote_* settings tune the votes
+    # vote for) or 'mean' of both (grouping/votes.py); ``votes`` tunes the votes
     count_source: str = "head"
-    vote_iou: float = 0.5  # two votes agree above this box IoU
-    vote_min_frac: float = 0.05  # a vote cluster needs this fraction of the class's cells
-    vote_merge_iou: float = 0.3  # clusters whose mean boxes overlap above this count once
+    votes: VoteCountConfig = field(default_factory=VoteCountConfig)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
@@ -417,11 +433,30 @@ class GroupingConfig:
             _in("grouping.seed", self.seed, 0, 2**32 - 1),
             (self.count_source in COUNT_SOURCES,
              f"grouping.count_source={self.count_source!r}: one of {COUNT_SOURCES}"),
-            (0 <= self.vote_iou < 1, f"grouping.vote_iou={self.vote_iou}: in [0, 1)"),
-            (0 <= self.vote_min_frac < 1,
-             f"grouping.vote_min_frac={self.vote_min_frac}: in [0, 1)"),
-            (0 <= self.vote_merge_iou <= 1,
-             f"grouping.vote_merge_iou={self.vote_merge_iou}: in [0, 1]"),
+        ])
+        self.votes.validate()
+
+
+@dataclass(frozen=True)
+class CropCheckConfig:
+    """The ImageNet step's check (``imagenet.check``): the classifier also looks at each object
+    of a class it knows, cropped. It drops a network's object whose crop holds less than
+    ``any`` of all those classes together and a named object whose crop holds less than
+    ``named`` of its own class, and relabels a network's object whose crop holds ``relabel``
+    of another class (> 1: never). The thresholds are read only when ``enabled``."""
+
+    enabled: bool = False
+    any: float = 0.2
+    named: float = 0.2
+    relabel: float = 0.8
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a value out of range."""
+        _check([
+            (0 <= self.any <= 1, f"imagenet.check.any={self.any}: in [0, 1]"),
+            (0 <= self.named <= 1, f"imagenet.check.named={self.named}: in [0, 1]"),
+            (self.relabel > 0, f"imagenet.check.relabel={self.relabel}: must be > 0 (above "
+             "1: never relabel)"),
         ])
 
 
@@ -442,14 +477,8 @@ class ImageNetConfig:
     eps: float = 0.1
     min_frac: float = 0.02
     touch: float = 0.25
-    # check: the classifier also looks at each object of a class it knows, cropped; it drops a
-    # network's object whose crop holds less than check_any of all those classes together and
-    # a named object whose crop holds less than check_named of its own class, and relabels a
-    # network's object whose crop holds check_relabel of another class (> 1: never).
-    check: bool = False
-    check_any: float = 0.2
-    check_named: float = 0.2
-    check_relabel: float = 0.8
+    # check.enabled: the classifier also checks each found object on its crop (CropCheckConfig)
+    check: CropCheckConfig = field(default_factory=CropCheckConfig)
     # 'grabcut' fits each named object's outline to the photo (OpenCV's GrabCut in a window
     # around the stride-32 region; pip install 'pfn-napari[grabcut]'); 'region' keeps it.
     shape: str = "region"
@@ -466,13 +495,9 @@ class ImageNetConfig:
             (self.eps > 0, f"imagenet.eps={self.eps}: must be > 0"),
             (0 <= self.min_frac < 1, f"imagenet.min_frac={self.min_frac}: in [0, 1)"),
             (0 <= self.touch <= 1, f"imagenet.touch={self.touch}: in [0, 1]"),
-            (0 <= self.check_any <= 1, f"imagenet.check_any={self.check_any}: in [0, 1]"),
-            (0 <= self.check_named <= 1,
-             f"imagenet.check_named={self.check_named}: in [0, 1]"),
-            (self.check_relabel > 0, f"imagenet.check_relabel={self.check_relabel}: must be "
-             "> 0 (above 1: never relabel)"),
             (self.shape in PRIOR_SHAPES, f"imagenet.shape={self.shape!r}: one of {PRIOR_SHAPES}"),
         ])
+        self.check.validate()
 
 
 @dataclass(frozen=True)
@@ -607,6 +632,14 @@ MIGRATIONS: dict[str, str | None] = {
     "grouping.prior_check_named": "imagenet.check_named",
     "grouping.prior_check_relabel": "imagenet.check_relabel",
     "grouping.prior_shape": "imagenet.shape",
+    # issue 29: fields read only when another is set are nested under it
+    "grouping.vote_iou": "grouping.votes.iou",
+    "grouping.vote_min_frac": "grouping.votes.min_frac",
+    "grouping.vote_merge_iou": "grouping.votes.merge_iou",
+    "imagenet.check": "imagenet.check.enabled",
+    "imagenet.check_any": "imagenet.check.any",
+    "imagenet.check_named": "imagenet.check.named",
+    "imagenet.check_relabel": "imagenet.check.relabel",
 }
 
 #: What the code now always does in place of each removed field (its value before removal).
@@ -669,8 +702,8 @@ def migrate(values: dict[str, Any], where: str = "config") -> dict[str, Any]:
     (or a :class:`ConfigError` when one holds another value than the code now uses)."""
     flat = _flatten(values or {})
     for old, new in MIGRATIONS.items():
-        if old not in flat:
-            continue
+        if old not in flat or isinstance(flat[old], dict):
+            continue  # absent, or an empty section of that name (imagenet.check: {})
         value = flat.pop(old)
         if new is None:
             _check_retired(old, value, where)
@@ -774,7 +807,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
-    values = apply_overrides(values, overrides or [])
+    values = apply_overrides(migrate(values, where), overrides or [])  # old file, new --set
     cfg = config_from_dict(values, where)
     cfg.validate()
     return cfg

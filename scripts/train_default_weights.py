@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import csv
 import json
+import os
 import platform
 import sys
 import time
@@ -64,8 +65,8 @@ def grouping_row(g, step) -> str:
     count = ("k = the count head's number rounded (the paper)" if g.count_source == "head" else
              f"k = {'the mean of the count head and ' if g.count_source == 'mean' else ''}the "
              f"number of distinct boxes the cells vote for (`count_source={g.count_source}`, "
-             f"vote_iou {g.vote_iou:g}, vote_min_frac {g.vote_min_frac:g}, vote_merge_iou "
-             f"{g.vote_merge_iou:g}; docs/grouping.md)")
+             f"votes.iou {g.votes.iou:g}, votes.min_frac {g.votes.min_frac:g}, "
+             f"votes.merge_iou {g.votes.merge_iou:g}; docs/grouping.md)")
     method = f"`{g.method}`"
     if g.method == "vote":
         method += " (the fast grouping; `--grouping spectral` for the paper's)"
@@ -75,10 +76,11 @@ def grouping_row(g, step) -> str:
              f"{step.min_frac:g}, touch {step.touch:g}"
              + (", outlines fitted with GrabCut (shape grabcut)"
                 if step.shape == "grabcut" else "")
-             + (f"; every object of a class ImageNet knows checked on its crop (check: "
-                f"dropped under {step.check_any:g} of those classes, a named one under "
-                f"{step.check_named:g} of its own; relabelled at {step.check_relabel:g})"
-                if step.check else "") + "; docs/model.md)")
+             + (f"; every object of a class ImageNet knows checked on its crop "
+                f"(imagenet.check: a found one dropped under check.any {step.check.any:g} of "
+                f"those classes, a named one under check.named {step.check.named:g} of its "
+                f"own; relabelled at check.relabel {step.check.relabel:g})"
+                if step.check.enabled else "") + "; docs/model.md)")
     return (f"{method}, tau {g.tau:g}, sigma {g.sigma:g}, min_size_frac {g.min_size_frac:g}; "
             f"{count}{prior}")
 
@@ -102,7 +104,9 @@ def write_settings(weights: Path, cfg) -> Path:
     text = "\n".join(header) + "\n" + yaml.safe_dump(
         {k: values[k] for k in TEST_TIME_SECTIONS}, sort_keys=False)
     path = settings_file(weights)
-    path.write_text(text)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)  # atomic: a reader sees the old file or the new one
     return path
 
 
@@ -432,9 +436,9 @@ def finish(ckpt: Path, out: Path, spec: str, meta: dict, args, baseline: dict | 
     system, cfg, _ = load_checkpoint(ckpt)
     earlier = args.from_weights or (args.continue_meta or default_weights_path()
                                      if args.continue_from is not None else None)
-    if earlier is not None:  # keep the grouping settings chosen for the run continued
+    if earlier is not None:  # keep the test-time settings chosen for the run continued
         _, old_cfg, _ = load_checkpoint(earlier)
-        cfg = dataclasses.replace(cfg, grouping=old_cfg.grouping)
+        cfg = dataclasses.replace(cfg, grouping=old_cfg.grouping, imagenet=old_cfg.imagenet)
     path = save_weights(args.weights, system, cfg, meta, half=True)
     write_settings(path, cfg)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min "

@@ -37,15 +37,38 @@ from pfn_napari.predictor import Predictor
 from pfn_napari.producers import class_lut, to_data_classes
 
 
-#: ``GroupingConfig`` fields the grid varies, in the table's column order.
-GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "count_source", "vote_iou",
-               "vote_min_frac", "vote_merge_iou")
+#: ``GroupingConfig`` fields the grid varies (dotted below the section, as ``--set`` names
+#: them), in the table's column order.
+GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "count_source", "votes.iou",
+               "votes.min_frac", "votes.merge_iou")
 #: ``ImageNetConfig`` fields the grid varies (after the grouping's in the table).
-IMAGENET_FIELDS = ("weight", "eps", "min_frac", "touch", "check", "shape")
+IMAGENET_FIELDS = ("weight", "eps", "min_frac", "touch", "check.enabled", "shape")
 #: Fields that only matter when the ImageNet step is on (``imagenet.weight`` > 0).
 PRIOR_FIELDS = IMAGENET_FIELDS[1:]
 #: Fields that only matter when the count source is not the head.
-VOTE_FIELDS = ("vote_iou", "vote_min_frac", "vote_merge_iou")
+VOTE_FIELDS = ("votes.iou", "votes.min_frac", "votes.merge_iou")
+
+
+def field_of(cfg, name: str):
+    """The value of the dotted field ``name`` of the config section ``cfg``
+    (``field_of(g, "votes.iou") == g.votes.iou``)."""
+    for part in name.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def with_fields(cfg, values: dict):
+    """``cfg`` (a frozen config section) with the dotted fields of ``values`` replaced."""
+    nested: dict[str, dict] = {}
+    flat = {}
+    for name, value in values.items():
+        head, _, rest = name.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[head] = value
+    flat.update({head: with_fields(getattr(cfg, head), sub) for head, sub in nested.items()})
+    return dataclasses.replace(cfg, **flat)
 
 
 class Setting(NamedTuple):
@@ -55,26 +78,29 @@ class Setting(NamedTuple):
     imagenet: ImageNetConfig
 
 
-def settings_grid(base, taus, sigmas, min_sizes, methods, imagenet=None, **more) -> list:
+def settings_grid(base, taus, sigmas, min_sizes, methods, imagenet=None,
+                  more: dict | None = None) -> list:
     """Every combination of the given values over ``base`` (a ``GroupingConfig``) and
     ``imagenet`` (an ``ImageNetConfig``, default the defaults) as :class:`Setting` rows;
-    ``more`` maps other fields of either to their values (e.g. ``count_source=["head",
-    "votes"]``, ``weight=[0, 5]``). Settings that differ only in the vote fields of the head's
+    ``more`` maps other fields of either, by their ``--set`` names, to their values (e.g.
+    ``{"grouping.count_source": ["head", "votes"], "grouping.votes.iou": [0.4, 0.6],
+    "imagenet.weight": [0, 5]}``). Settings that differ only in the vote fields of the head's
     count source, or in the ImageNet fields of a step with weight 0, are listed once."""
     imagenet = imagenet or ImageNetConfig()
-    values = {"tau": taus, "sigma": sigmas, "min_size_frac": min_sizes, "method": methods,
-              **{k: v for k, v in more.items() if v}}
+    values = {"grouping.tau": taus, "grouping.sigma": sigmas,
+              "grouping.min_size_frac": min_sizes, "grouping.method": methods,
+              **{k: v for k, v in (more or {}).items() if v}}
     grid, seen = [], set()
     for combo in itertools.product(*values.values()):
         chosen = dict(zip(values, combo))
-        g = dataclasses.replace(base, **{k: v for k, v in chosen.items()
-                                         if k not in IMAGENET_FIELDS})
-        step = dataclasses.replace(imagenet, **{k: v for k, v in chosen.items()
-                                                if k in IMAGENET_FIELDS})
+        g = with_fields(base, {k.partition(".")[2]: v for k, v in chosen.items()
+                               if k.startswith("grouping.")})
+        step = with_fields(imagenet, {k.partition(".")[2]: v for k, v in chosen.items()
+                                      if k.startswith("imagenet.")})
         if g.count_source == "head":
-            g = dataclasses.replace(g, **{k: getattr(base, k) for k in VOTE_FIELDS})
+            g = dataclasses.replace(g, votes=base.votes)
         if step.weight == 0:
-            step = dataclasses.replace(step, **{k: getattr(imagenet, k) for k in PRIOR_FIELDS})
+            step = with_fields(step, {k: field_of(imagenet, k) for k in PRIOR_FIELDS})
         if Setting(g, step) not in seen:
             seen.add(Setting(g, step))
             grid.append(Setting(g, step))
@@ -90,8 +116,8 @@ def _cell(value) -> str:
 
 def describe(setting: Setting) -> str:
     """The grid fields of a setting as ``key=value`` words (``imagenet.`` before the step's)."""
-    words = [(k, getattr(setting.grouping, k)) for k in GRID_FIELDS]
-    words += [(f"imagenet.{k}", getattr(setting.imagenet, k)) for k in IMAGENET_FIELDS]
+    words = [(k, field_of(setting.grouping, k)) for k in GRID_FIELDS]
+    words += [(f"imagenet.{k}", field_of(setting.imagenet, k)) for k in IMAGENET_FIELDS]
     return " ".join(f"{k}={v:g}" if isinstance(v, float) and not isinstance(v, bool)
                     else f"{k}={v}" for k, v in words)
 
@@ -149,18 +175,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="grouping methods (default: the weights' own)")
     ap.add_argument("--count-source", nargs="+", default=None,
                     help="grouping.count_source values: head, votes, mean (default: the weights' own)")
-    ap.add_argument("--vote-iou", type=float, nargs="+", default=None)
-    ap.add_argument("--vote-min-frac", type=float, nargs="+", default=None)
-    ap.add_argument("--vote-merge-iou", type=float, nargs="+", default=None)
-    ap.add_argument("--prior-weight", type=float, nargs="+", default=None,
+    # each option is the config field of its name; the second spelling is the older name
+    # (kept: the record of experiments quotes commands with it)
+    ap.add_argument("--votes-iou", "--vote-iou", type=float, nargs="+", default=None,
+                    help="grouping.votes.iou values")
+    ap.add_argument("--votes-min-frac", "--vote-min-frac", type=float, nargs="+", default=None,
+                    help="grouping.votes.min_frac values")
+    ap.add_argument("--votes-merge-iou", "--vote-merge-iou", type=float, nargs="+",
+                    default=None, help="grouping.votes.merge_iou values")
+    ap.add_argument("--imagenet-weight", "--prior-weight", type=float, nargs="+", default=None,
                     help="imagenet.weight values (0: no ImageNet step)")
-    ap.add_argument("--prior-eps", type=float, nargs="+", default=None)
-    ap.add_argument("--prior-min-frac", type=float, nargs="+", default=None)
-    ap.add_argument("--prior-touch", type=float, nargs="+", default=None)
-    ap.add_argument("--prior-check", choices=("on", "off"), nargs="+", default=None,
-                    help="imagenet.check: the ImageNet classifier checks each object's crop")
-    ap.add_argument("--prior-shape", choices=("region", "grabcut"), nargs="+", default=None,
-                    help="imagenet.shape values")
+    ap.add_argument("--imagenet-eps", "--prior-eps", type=float, nargs="+", default=None)
+    ap.add_argument("--imagenet-min-frac", "--prior-min-frac", type=float, nargs="+",
+                    default=None)
+    ap.add_argument("--imagenet-touch", "--prior-touch", type=float, nargs="+", default=None)
+    ap.add_argument("--imagenet-check", "--prior-check", choices=("on", "off"), nargs="+",
+                    default=None, help="imagenet.check.enabled: the ImageNet classifier checks "
+                                       "each object's crop")
+    ap.add_argument("--imagenet-shape", "--prior-shape", choices=("region", "grabcut"),
+                    nargs="+", default=None, help="imagenet.shape values")
     ap.add_argument("--objective", choices=("ap", "ap+miou"), default="ap",
                     help="choose by the mean AP^r@0.5 over the splits, or by the mean of that "
                          "and the splits' mean mIoU")
@@ -183,12 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
                              args.method or [cfg.grouping.method], imagenet=cfg.imagenet,
-                             count_source=args.count_source, vote_iou=args.vote_iou,
-                             vote_min_frac=args.vote_min_frac, vote_merge_iou=args.vote_merge_iou,
-                             weight=args.prior_weight, eps=args.prior_eps,
-                             min_frac=args.prior_min_frac, touch=args.prior_touch,
-                             check=[v == "on" for v in args.prior_check or []],
-                             shape=args.prior_shape)
+                             more={"grouping.count_source": args.count_source,
+                                   "grouping.votes.iou": args.votes_iou,
+                                   "grouping.votes.min_frac": args.votes_min_frac,
+                                   "grouping.votes.merge_iou": args.votes_merge_iou,
+                                   "imagenet.weight": args.imagenet_weight,
+                                   "imagenet.eps": args.imagenet_eps,
+                                   "imagenet.min_frac": args.imagenet_min_frac,
+                                   "imagenet.touch": args.imagenet_touch,
+                                   "imagenet.check.enabled":
+                                       [v == "on" for v in args.imagenet_check or []],
+                                   "imagenet.shape": args.imagenet_shape})
     results = evaluate_settings(Predictor(str(args.weights)), settings, shared, args.limit)
     names = list(results)
     print("| method | tau | sigma | min size | count source | vote iou | vote min | vote merge | "
@@ -205,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         pf = person_count_error(results["pennfudan"][i]) if "pennfudan" in results else np.nan
         coco = person_ap(results["coco-voc"][i]) if "coco-voc" in results else np.nan
         votes = ("-",) * 3 if g.count_source == "head" else \
-            tuple(f"{getattr(g, k):g}" for k in VOTE_FIELDS)
+            tuple(f"{field_of(g, k):g}" for k in VOTE_FIELDS)
         prior = (f"{step.weight:g}",) + (("-",) * 5 if step.weight == 0 else
-                                         tuple(_cell(getattr(step, k)) for k in PRIOR_FIELDS))
+                                         tuple(_cell(field_of(step, k)) for k in PRIOR_FIELDS))
         print(f"| {g.method} | {g.tau:g} | {g.sigma:g} | {g.min_size_frac:g} | {g.count_source} | "
               + " | ".join(votes + prior) + " | " + " | ".join(f"{a:.1f}" for a in aps)
               + f" | {means[-1]:.1f} | {coco:.1f} | {pf:.2f} | "

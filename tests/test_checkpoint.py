@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pfn_napari import __version__
 from pfn_napari.checkpoint import (FORMAT_TAG, FORMAT_VERSION, atomic_save, capture_rng_state,
                                    load_checkpoint, networks_of, read_checkpoint,
                                    restore_rng_state, run_meta, save_checkpoint, save_weights)
-from pfn_napari.config import load_config
+from pfn_napari.config import load_config, migrate
 from pfn_napari.errors import CheckpointError
 
 TINY = ["model.backbone=efficientnet_lite0", "model.num_classes=3",
@@ -270,3 +271,22 @@ def test_the_shipped_weights_hold_the_test_time_settings_of_their_yaml() -> None
         assert getattr(stored, section) == getattr(text, section), section
     assert text.grouping.method == "vote" and text.grouping.tau == 0.35  # read, not defaults
     assert text.imagenet.weight == 5.0 and text.imagenet.shape == "grabcut"
+    raw = yaml.safe_load((root / "pfn-lite0-voc.yaml").read_text())
+    assert migrate(raw) == raw  # written with today's names (grouping.votes, imagenet.check)
+
+
+def test_the_model_cards_settings_row_is_generated_from_the_yaml() -> None:
+    """weights/README.md's test-time settings row is grouping_row of the YAML's settings
+    (scripts/train_default_weights.py writes the card from it)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "train_default_weights", root / "scripts" / "train_default_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    settings = script.read_settings(root / "weights" / "pfn-lite0-voc.pt")
+    row = next(line for line in (root / "weights" / "README.md").read_text().splitlines()
+               if line.startswith("| test-time settings |"))
+    assert row.endswith(": " + script.grouping_row(settings.grouping, settings.imagenet) + " |")
+    assert "votes.iou 0.6" in row and "check.relabel 0.8" in row

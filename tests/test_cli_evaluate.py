@@ -265,7 +265,7 @@ def test_the_imagenet_step_reaches_the_instances_and_the_class_map(
     assert sw_m["num_pred"] == off_m["num_pred"] and len(seen) == 1
     # the crop check asks the real ImageNet classifier, which has no class for a shape: the
     # prior's object is not confirmed and goes, from the instances and from the class map
-    check = ["--set", "imagenet.check=true"]
+    check = ["--set", "imagenet.check.enabled=true"]
     assert main(["evaluate", *common, *on, *check, "--out", str(tmp_path / "check")]) == 0
     check_m = json.loads((tmp_path / "check" / "metrics.json").read_text())
     assert check_m["num_pred"] == off_m["num_pred"]

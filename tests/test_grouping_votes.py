@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pfn_napari.config import ConfigError, GroupingConfig
+from pfn_napari.config import ConfigError, GroupingConfig, VoteCountConfig, load_config
 from pfn_napari.grouping import Grouper, oracle_network_output
 from pfn_napari.grouping.votes import box_iou_matrix, combine_counts, vote_count
 from pfn_napari.structures import Sample
@@ -116,6 +116,19 @@ def test_grouper_takes_k_from_the_count_source(source, k):
     assert Grouper(net).instance_numbers(GroupingConfig(count_source=source), {1: 5}) == {1: 5}
 
 
+def test_grouper_reads_the_votes_section():
+    """grouping.votes.min_frac (grouping.vote_min_frac before issue 29): each person holds a
+    third of the class's cells, under 0.4, so no vote cluster is an object and k falls back to
+    1; the same Grouper (its cached vote count keyed by the section) gives 3 again at 0.05."""
+    net = oracle_network_output(three_people(), num_classes=2, full_classes=True)
+    grouper = Grouper(net)
+    strict = load_config(None, ["grouping.method=vote", "grouping.count_source=votes",
+                                "grouping.votes.min_frac=0.4"]).grouping
+    assert strict.votes == VoteCountConfig(min_frac=0.4)
+    assert grouper.instance_numbers(strict) == {1: 1}
+    assert grouper.instance_numbers(replace(strict, votes=VoteCountConfig())) == {1: 3}
+
+
 def test_center_only_encodings_keep_the_heads_count():
     net = oracle_network_output(three_people(), num_classes=2, encoding="centers2",
                                 full_classes=True)
@@ -126,10 +139,11 @@ def test_center_only_encodings_keep_the_heads_count():
 
 @pytest.mark.parametrize("field, value, message", [
     ("count_source", "max", "grouping.count_source='max': one of"),
-    ("vote_iou", 1.0, r"grouping.vote_iou=1.0: in \[0, 1\)"),
-    ("vote_min_frac", -0.1, "grouping.vote_min_frac=-0.1"),
-    ("vote_merge_iou", 1.5, "grouping.vote_merge_iou=1.5"),
+    ("votes.iou", 1.0, r"grouping.votes.iou=1.0: in \[0, 1\)"),
+    ("votes.min_frac", -0.1, "grouping.votes.min_frac=-0.1"),
+    ("votes.merge_iou", 1.5, "grouping.votes.merge_iou=1.5"),
+    ("vote_iou", 1.0, r"grouping.votes.iou=1.0: in \[0, 1\)"),  # the name before issue 29
 ])
 def test_bad_vote_settings_are_config_errors(field, value, message):
     with pytest.raises(ConfigError, match=message):
-        replace(GroupingConfig(), **{field: value}).validate()
+        load_config(None, [f"grouping.{field}={value}"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pfn_napari.config import ConfigError, GroupingConfig, ImageNetConfig
+from pfn_napari.config import (ConfigError, CropCheckConfig, GroupingConfig, ImageNetConfig,
+                               config_to_dict, load_config)
 from pfn_napari.errors import PFNError
 from pfn_napari.grouping import Grouper
 from pfn_napari.imagenet import ImageNetStep, name_missed_objects
@@ -135,10 +136,14 @@ def class_map_of_person() -> np.ndarray:
 
 def test_imagenet_settings_are_validated() -> None:
     for bad in ({"weight": -1.0}, {"eps": 0.0}, {"min_frac": 1.0}, {"touch": 1.5},
-                {"check_any": 2.0}, {"check_named": -0.1}, {"check_relabel": 0.0},
                 {"shape": "snake"}):
         with pytest.raises(ConfigError, match=f"imagenet.{next(iter(bad))}"):
             ImageNetConfig(**bad).validate()
+    for override, message in (("imagenet.check.any=2", r"imagenet.check.any=2.0: in \[0, 1\]"),
+                              ("imagenet.check.named=-0.1", "imagenet.check.named=-0.1: in"),
+                              ("imagenet.check.relabel=0", "imagenet.check.relabel=0.0: must be")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [override])
 
 
 def test_old_grouping_prior_keys_load_into_the_imagenet_section() -> None:
@@ -149,9 +154,25 @@ def test_old_grouping_prior_keys_load_into_the_imagenet_section() -> None:
            "prior_check": True, "prior_check_any": 0.1, "prior_check_named": 0.15,
            "prior_check_relabel": 0.9, "prior_shape": "grabcut"}
     cfg = config_from_dict({"grouping": {"method": "vote", **old}})
-    assert cfg.imagenet == ImageNetConfig(True, 5.0, 0.2, 0.005, 0.3, True, 0.1, 0.15, 0.9,
-                                          "grabcut")
+    assert cfg.imagenet == ImageNetConfig(True, 5.0, 0.2, 0.005, 0.3,
+                                          CropCheckConfig(True, 0.1, 0.15, 0.9), "grabcut")
     assert cfg.grouping.method == "vote" and cfg.imagenet.active
+
+
+def test_the_check_settings_are_a_section_under_imagenet_check() -> None:
+    """imagenet.check_* (read only with the check) nest under imagenet.check (issue 29); the
+    flat names of a file or --set before it still load, and --set of the new names too."""
+    from pfn_napari.config import config_from_dict
+
+    flat = {"check": True, "check_any": 0.1, "check_named": 0.15, "check_relabel": 0.9}
+    cfg = config_from_dict({"imagenet": flat})
+    assert cfg.imagenet.check == CropCheckConfig(enabled=True, any=0.1, named=0.15, relabel=0.9)
+    assert load_config(None, ["imagenet.check=true", "imagenet.check_any=0.1"]).imagenet.check \
+        == CropCheckConfig(enabled=True, any=0.1)
+    new = load_config(None, ["imagenet.check.enabled=true", "imagenet.check.relabel=2"])
+    assert new.imagenet.check == CropCheckConfig(enabled=True, relabel=2.0)
+    assert config_to_dict(new)["imagenet"]["check"] == {"enabled": True, "any": 0.2,
+                                                        "named": 0.2, "relabel": 2.0}
 
 
 def test_wrong_evidence_shape_is_one_clear_error() -> None:
@@ -267,7 +288,7 @@ class FakeCrops:
         return np.stack([self.left if x0 < 30 else self.right for x0, *_ in boxes])
 
 
-CHECK = replace(STEP, check=True)
+CHECK = replace(STEP, check=CropCheckConfig(enabled=True))
 
 
 def stepped(net: NetworkOutput, cfg: ImageNetConfig, image=None, crops=None):
@@ -291,7 +312,7 @@ def test_the_check_relabels_a_found_object_everywhere_it_is_painted() -> None:
     assert "imagenet_check" in result.timings and len(crops.calls) == 1
     step.run(before, CHECK)
     assert len(crops.calls) == 1  # the same objects: classified once
-    assert step.run(before, replace(CHECK, check=False)).instances.classes.tolist() == [3, 2]
+    assert step.run(before, replace(CHECK, check=CropCheckConfig())).instances.classes.tolist() == [3, 2]
 
 
 def test_the_check_drops_what_the_crops_do_not_see_and_renumbers() -> None:

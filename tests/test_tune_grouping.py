@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pfn_napari.checkpoint import load_checkpoint
-from pfn_napari.config import GroupingConfig
+from pfn_napari.config import GroupingConfig, ImageNetConfig
 from pfn_napari.demo import open_set, real_specs
 from pfn_napari.inference import default_weights_path
 from pfn_napari.predictor import Predictor
@@ -32,18 +32,22 @@ def test_grid_holds_every_combination_over_the_base() -> None:
     assert {(g.tau, g.sigma) for g in grid} == {(0.2, 0.5), (0.2, 1.0), (0.5, 0.5), (0.5, 1.0)}
     assert all(g.n_init == 7 and g.method == "vote" for g in grid)
     # the head's count ignores the vote settings: one row for it, one per vote setting
-    grid = [g for g, _ in load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
-                                                       count_source=["head", "votes"],
-                                                       vote_iou=[0.4, 0.6])]
-    assert [(g.count_source, g.vote_iou) for g in grid] == \
-        [("head", base.vote_iou), ("votes", 0.4), ("votes", 0.6)]
+    grid = [g for g, _ in load_script().settings_grid(
+        base, [0.5], [0.5], [0.001], ["vote"],
+        more={"grouping.count_source": ["head", "votes"], "grouping.votes.iou": [0.4, 0.6]})]
+    assert [(g.count_source, g.votes.iou) for g in grid] == \
+        [("head", base.votes.iou), ("votes", 0.4), ("votes", 0.6)]
+    words = load_script().describe(load_script().Setting(grid[1], ImageNetConfig()))
+    assert "count_source=votes votes.iou=0.4 votes.min_frac=0.05" in words
+    assert "imagenet.check.enabled=False" in words
     # likewise the ImageNet step's settings matter only with a weight
-    from pfn_napari.config import ImageNetConfig
 
     grid = load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
-                                       weight=[0.0, 5.0], touch=[0.25, 0.5])
-    assert [(s.weight, s.touch) for _, s in grid] == \
-        [(0.0, ImageNetConfig().touch), (5.0, 0.25), (5.0, 0.5)]
+                                       more={"imagenet.weight": [0.0, 5.0],
+                                             "imagenet.touch": [0.25, 0.5],
+                                             "imagenet.check.enabled": [True]})
+    assert [(s.weight, s.touch, s.check.enabled) for _, s in grid] == \
+        [(0.0, ImageNetConfig().touch, False), (5.0, 0.25, True), (5.0, 0.5, True)]
     assert all(g == grid[0][0] for g, _ in grid)
 
 

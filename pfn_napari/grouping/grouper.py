@@ -318,10 +318,11 @@ class Grouper:
         no boxes and keep the head's count). The vote count is cached per setting."""
         if overridden or cfg.count_source == "head" or data.descriptors.shape[1] < 6:
             return combine_counts(count, 0, "head")
-        key = ("votes", cfg.vote_iou, cfg.vote_min_frac, cfg.vote_merge_iou)
+        votes = cfg.votes
+        key = ("votes", votes.iou, votes.min_frac, votes.merge_iou)
         if key not in data.cache:
-            data.cache[key] = vote_count(data.descriptors[:, 2:6], cfg.vote_iou,
-                                         cfg.vote_min_frac, cfg.vote_merge_iou)
+            data.cache[key] = vote_count(data.descriptors[:, 2:6], votes.iou, votes.min_frac,
+                                         votes.merge_iou)
         return combine_counts(count, data.cache[key], cfg.count_source)
 
     def instance_numbers(self, cfg: GroupingConfig,

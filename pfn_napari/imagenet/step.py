@@ -5,7 +5,7 @@ probabilities and the ImageNet classifier's dense evidence (:func:`imagenet_evid
 
 1. names objects on the refined class map's background (:func:`~.regions.prior_fill`) and
    appends them as instances, scored by their mean evidence;
-2. with ``imagenet.check``, shows every object of a class the classifier knows to it, cropped
+2. with ``imagenet.check.enabled``, shows every object of a class the classifier knows to it, cropped
    (``classify_crops``, :func:`~.regions.check_instances`): objects it sees nothing of are
    dropped (their pixels and cells become background), objects it is sure are another class
    relabelled;
@@ -185,12 +185,13 @@ class ImageNetStep:
         fill = self.fill(result.full_class_map, cfg)
         objects.extend(fill.masks, fill.classes, fill.scores)
         keep, found = np.ones(len(objects), dtype=bool), list(objects.classes)
-        if cfg.check and self.classify_crops is not None and self.image is not None:
+        check = cfg.check
+        if check.enabled and self.classify_crops is not None and self.image is not None:
             t1 = time.perf_counter()  # on the regions as named: no GrabCut for dropped ones
             keep, checked = check_instances(
                 np.asarray(objects.classes, np.int64), np.arange(len(objects)) >= n_net,
                 self.crop_classes(objects.masks, objects.classes), self.covered,
-                cfg.check_any, cfg.check_named, cfg.check_relabel)
+                check.any, check.named, check.relabel)
             objects.classes = checked.tolist()
             timings["imagenet_check"] = time.perf_counter() - t1
         if cfg.shape == "grabcut" and self.image is not None:
