@@ -150,10 +150,11 @@ def test_finetune_loads_the_new_weights_and_reruns_the_active_image(viewer_widge
     assert w.layer(L.INSTANCES).metadata["class_names"][-1] == "skateboard"
     assert w.teach_box.class_combo.findText("skateboard") >= 0
     assert w.last_error is None, w.last_error
-    said = (f"fine-tuned 1 step in {result.minutes:.1f} min: weights {final}, card "
+    said = (f"fine-tuned 1 step in {60 * result.minutes:.0f} s: weights {final}, card "
             f"{out / 'README.md'}; no before/after numbers (too few images to hold some back).")
     assert w.teach_box.status_label.text() == said
-    assert said in w.last_message and w.last_message.startswith("photo: ")
+    assert w.last_message == (f"F{said[1:]} With them, photo: 2 instances (PFN ran on cpu in "
+                              f"{w.session.network_seconds:.2f} s).")
     assert w.teach_box.progress.format() == "done: 1 step"
     # a second fine-tune never writes into the first one's folder
     second = w.finetune_sync(0.01)
@@ -229,4 +230,4 @@ def test_the_button_runs_the_fine_tune_in_a_worker_thread(viewer_widget, tmp_pat
     assert w.session.model_key[0] == str(box.last_result.weights)
     assert w.session.class_names[-1] == "skateboard"  # the image re-ran with the new model
     assert lines and lines[0].startswith("train: step 1, 0:")  # progress reached the widget
-    assert "fine-tuned 1 step" in w.last_message
+    assert w.last_message.startswith("Fine-tuned 1 step in ")

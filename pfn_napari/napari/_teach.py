@@ -61,6 +61,11 @@ def progress_text(p: Any) -> str:
     return f"{p.stage}: step {p.step}{steps}, {_mmss(p.elapsed_s)} / {_mmss(p.budget_s)}{loss}"
 
 
+def duration(minutes: float) -> str:
+    """``"12 s"`` under a minute, else ``"5.0 min"``."""
+    return f"{60 * minutes:.0f} s" if minutes < 1 else f"{minutes:.1f} min"
+
+
 #: The numbers a fine-tune's before/after dictionaries hold that the widget reports.
 REPORTED = ("APr@0.5", "mIoU")
 
@@ -392,7 +397,7 @@ class TeachBox(QGroupBox):
         self.progress.setFormat(f"{'stopped' if stopped else 'done'}: "
                                 f"{L.plural(result.steps, 'step')}")
         card = card_of(result)
-        text = (f"fine-tuned {L.plural(result.steps, 'step')} in {float(result.minutes):.1f} min"
+        text = (f"fine-tuned {L.plural(result.steps, 'step')} in {duration(result.minutes)}"
                 f"{' (cancelled)' if stopped else ''}: weights {result.weights}"
                 f"{f', card {card}' if card else ''}; "
                 f"{before_after(result.before, result.after)}.")
@@ -412,7 +417,7 @@ class TeachBox(QGroupBox):
             w._message(f"{text} Press Run PFN to use the new weights.")
             return
         w.image_combo.setCurrentText(image)
-        w._run_notes.append(f"Now running the fine-tuned weights. {text}")
+        w._run_notes.append(f"{text[0].upper()}{text[1:]} With them,")
         w.run_sync() if sync else w.run()
 
     def _failed(self, exc: BaseException) -> None:

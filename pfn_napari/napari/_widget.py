@@ -655,8 +655,8 @@ class PFNWidget(QWidget):
         self._show_network_layers()
         self._show_clustering(force_instances=True)
         notes = s.notes.messages(s.image.shape[:2])
-        notes, self._run_notes = [*self._run_notes, *notes], []
-        self._message(" ".join([f"{self._image_layer_name}: "
+        first, self._run_notes = self._run_notes, []
+        self._message(" ".join([*first, f"{self._image_layer_name}: "
                                 f"{L.plural(len(s.clustering.instances), 'instance')} (PFN ran on "
                                 f"{s.model.device} in {s.network_seconds:.2f} s).",
                                 *self._bring_to_top(), *self._clipped_note(), *notes]))
