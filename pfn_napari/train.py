@@ -408,7 +408,10 @@ def data_defaults(cfg: PFNConfig, given: set[str], note: Callable[[str], None]) 
         return cfg
     d, m = cfg.data, cfg.model
     if not given & {"data.classes", "model.num_classes"}:
-        own = data_classes(open_dataset(d.train, d.train_split, None))
+        try:
+            own = data_classes(open_dataset(d.train, d.train_split, None))
+        except DatasetError:  # said by the run itself, after the output folder's checks
+            own = ()
         if own and tuple(own) != tuple(d.classes):
             d, m = dataclasses.replace(d, classes=tuple(own)), \
                 dataclasses.replace(m, num_classes=len(own))

@@ -184,7 +184,8 @@ def test_data_whose_classes_are_none_of_the_config_is_refused_before_training(tm
     spec = _folder(tmp_path) + ":person"
     out = tmp_path / "run"
     assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
-                        "--set", f"data.train={spec}", "--set", "data.train_split=all") == (
+                        "--set", f"data.train={spec}", "--set", "data.train_split=all",
+                        "--set", "data.classes=[disc,square,triangle]") == (
         f"pfn: error: data.train={spec!r}: its classes ['person'] are none of the config's "
         "data.classes ['disc', 'square', 'triangle']; to train on them: "
         "--set data.classes=[person] --set model.num_classes=1")
@@ -193,7 +194,7 @@ def test_data_whose_classes_are_none_of_the_config_is_refused_before_training(tm
     assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
                         "--set", f"data.train={spec}", "--set", "data.train_split=all",
                         "--set", "data.classes=[person]", "--set", "model.num_classes=1",
-                        "--set", "train.batch_size=2") == (
+                        "--set", "train.batch_size=2", "--set", "data.val=synthetic:20@1") == (
         "pfn: error: data.val='synthetic:20@1': its classes ['disc', 'square', 'triangle'] are "
         "none of the config's data.classes ['person']; pass a data.val labelled with the "
         "classes of data.train")
@@ -203,7 +204,8 @@ def test_data_without_a_labelled_object_is_refused_before_training(tmp_path, cap
     spec = _folder(tmp_path / "empty", labelled=False) + ":disc"
     out = tmp_path / "run"
     assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
-                        "--set", f"data.train={spec}", "--set", "data.train_split=all") == (
+                        "--set", f"data.train={spec}", "--set", "data.train_split=all",
+                        "--set", "data.classes=[disc,square,triangle]") == (
         f"pfn: error: data.train={spec!r} (split 'all'): none of its 3 images has a labelled "
         "object of data.classes ['disc', 'square', 'triangle']; check its masks or annotations")
     assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
