@@ -8,7 +8,7 @@ model. See ``docs/grouping.md``.
 >>> instances = group(net, cfg.grouping)                                     # doctest: +SKIP
 """
 
-from .grouper import Grouper, GroupingResult, group
+from .grouper import Grouper, GroupingResult, Objects, group
 from .methods import (GROUPING_METHODS, KNOBS, ClassData, Clustering, GroupingMethod, Knob,
                       grouping_method, method_knobs, register_grouping_method)
 from .oracle import oracle_network_output, own_box_share, with_true_locations
@@ -23,6 +23,7 @@ __all__ = [
     "GroupingResult",
     "KNOBS",
     "Knob",
+    "Objects",
     "group",
     "grouping_method",
     "method_knobs",

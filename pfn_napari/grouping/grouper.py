@@ -3,7 +3,8 @@
 :func:`group` is the pure entry point; :class:`Grouper` is the same computation with caches
 for one :class:`~pfn_napari.structures.NetworkOutput`, for the napari widget: a changed count
 re-runs only k-means, a changed sigma only the affinity and embedding, and the full-resolution
-maps (upsampled class probabilities, nearest cells, upsampled locations) are computed once.
+maps (upsampled class probabilities, nearest cells, upsampled locations: its
+:class:`~pfn_napari.grouping.full_resolution.FullResolution`) are computed once.
 
 Steps of :meth:`Grouper.run`:
 
@@ -16,14 +17,12 @@ Steps of :meth:`Grouper.run`:
    vote for, or the mean of both, :mod:`~pfn_napari.grouping.votes`), cluster its cells with
    ``GROUPING_METHODS[cfg.method]``; clusters with fewer cells than ``cfg.min_size_frac`` of
    the class's cells are dropped (``cfg.size_filter``).
-3. Full resolution: every pixel of class ``c`` in the refined full map takes a cluster of
-   class ``c``: ``assign="cell"``: the cluster of the nearest class-``c`` grid cell (exact
-   Euclidean distance transform); ``assign="location"``: the cluster whose mean box is nearest
-   to the pixel's own box, decoded from the class-``c`` locations interpolated bilinearly
-   *among class-``c`` cells only* (normalised convolution, so background cells' zeros do not
-   leak in). Pixels of dropped clusters, and of classes without grid cells, are background.
-   A method's ``Clustering.reach`` (``vote``: from sigma) also leaves out the cells whose vote,
-   and the pixels whose box, lies farther than it from their cluster's mean box.
+3. Full resolution (:mod:`~pfn_napari.grouping.full_resolution`): every pixel of class ``c``
+   in the refined full map takes a cluster of class ``c``, that of its nearest class-``c``
+   cell (``assign="cell"``) or the one whose mean box is nearest to its own (``"location"``).
+   Pixels of dropped clusters, and of classes without grid cells, are background. A method's
+   ``Clustering.reach`` (``vote``: from sigma) also leaves out the cells whose vote, and the
+   pixels whose box, lies farther than it from their cluster's mean box.
 4. Scores (``cfg.scoring``): ``mean_prob``: mean probability of the class over the instance's
    full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
    similarity; ``ones``: 1.
@@ -34,7 +33,6 @@ a :class:`GroupingResult` and returns one; nothing here runs a network.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,16 +42,13 @@ import numpy as np
 from ..config import VOID, GroupingConfig
 from ..errors import PFNError
 from ..structures import Instances, NetworkOutput
-from ..targets import decode_locations
-from .geometry import infer_stride, nearest_cell_index, pixel_xy, upsample_bilinear
+from .cache import cache_key, remember
+from .full_resolution import FullResolution, box_descriptors
+from .geometry import infer_stride, pixel_xy
 from .methods import ClassData, Clustering, grouping_method
 from .refine import refine_class_map
 from .spectral import normalise_by_max
 from .votes import combine_counts, vote_count
-
-#: Per-class entries kept by a Grouper before the oldest are forgotten.
-MAX_CACHED_CLASSES = 64
-
 
 @dataclass
 class GroupingResult:
@@ -96,6 +91,14 @@ class Objects:
     centers: list[tuple] = field(default_factory=list)
     boxes: list[tuple] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, result: GroupingResult) -> Objects:
+        """The instances of ``result``, to edit (the ImageNet step's)."""
+        inst = result.instances
+        return cls(list(inst.masks), [int(c) for c in inst.classes],
+                   [float(s) for s in inst.scores], [tuple(c) for c in result.centers],
+                   [tuple(b) for b in result.boxes])
+
     def __len__(self) -> int:
         return len(self.masks)
 
@@ -106,20 +109,18 @@ class Objects:
         self.centers.append(center)
         self.boxes.append(box)
 
-    def instances(self, size: tuple[int, int]) -> Instances:
+    def kept(self, keep: np.ndarray) -> Objects:
+        """The objects where ``keep`` ``(N,)`` is True, in their order."""
+        pick = np.flatnonzero(keep)
+        return Objects(*([values[i] for i in pick] for values in (
+            self.masks, self.classes, self.scores, self.centers, self.boxes)))
+
+    def instances(self, size: tuple[int, int], image_id: str | int = "") -> Instances:
         """:class:`Instances` ``(N, H, W)`` of ``size``."""
         if not self.masks:
-            return Instances.empty(*size)
+            return Instances.empty(*size, image_id=image_id)
         return Instances(np.stack(self.masks), np.array(self.classes), np.array(self.scores),
-                         image_id="")
-
-
-def _key(*arrays: np.ndarray) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for a in arrays:
-        digest.update(np.ascontiguousarray(a).tobytes())
-        digest.update(str(a.shape).encode())
-    return digest.hexdigest()
+                         image_id=image_id)
 
 
 def _one_blas_thread() -> Any:
@@ -129,14 +130,6 @@ def _one_blas_thread() -> Any:
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def _descriptors(locations: np.ndarray, encoding: str, xy: np.ndarray) -> np.ndarray:
-    """``(n, L)`` locations of pixels at normalised ``xy`` ``(n, 2)`` -> ``(n, D)`` decoded
-    boxes ``(cx, cy, x1, y1, x2, y2)``, or ``(cx, cy)`` for the center-only encodings."""
-    dec = decode_locations(locations.T[:, :, None], encoding, pixel_xy=xy.T[:, :, None])
-    names = ("cx", "cy", "x1", "y1", "x2", "y2") if "x1" in dec else ("cx", "cy")
-    return np.stack([dec[name][:, 0] for name in names], axis=1)  # (n, D)
 
 
 class Grouper:
@@ -173,41 +166,25 @@ class Grouper:
                            f"not (C+1, H, W) = ({probs.shape[0]}, {self.image_size})")
         self.grid_shape = probs.shape[1:]
         self.grid_class = probs.argmax(0).astype(np.uint8)  # (h, w)
-        self._full_probs: np.ndarray | None = None
-        self._full_class: np.ndarray | None = None
+        self.full = FullResolution(net, self.stride)  # step 3: the pixels' side, cached
         self._class_data: dict[str, ClassData] = {}
-        self._full_data: dict[str, dict[str, Any]] = {}
         self._clusterings: dict[tuple, Clustering] = {}
 
     # ------------------------------------------------------------------ cached maps
     @property
     def full_probs(self) -> np.ndarray:
-        """``(C+1, H, W)`` float32: ``full_class_probs``, or bilinearly upsampled
-        ``class_probs``."""
-        if self._full_probs is None:
-            if self.net.full_class_probs is not None:
-                self._full_probs = np.asarray(self.net.full_class_probs, dtype=np.float32)
-            else:
-                self._full_probs = upsample_bilinear(self.net.class_probs, self.image_size,
-                                                     self.stride)
-        return self._full_probs
+        """``(C+1, H, W)`` float32 full-resolution class probabilities
+        (:attr:`FullResolution.probs`)."""
+        return self.full.probs
 
     @property
     def full_class(self) -> np.ndarray:
         """``(H, W)`` uint8 unrefined full-resolution class map."""
-        if self._full_class is None:
-            self._full_class = self.full_probs.argmax(0).astype(np.uint8)
-        return self._full_class
-
-    def _remember(self, store: dict, key: Any, value: Any) -> Any:
-        if len(store) >= MAX_CACHED_CLASSES:
-            store.pop(next(iter(store)))
-        store[key] = value
-        return value
+        return self.full.class_map
 
     def class_data(self, cls: int, cell_mask: np.ndarray) -> ClassData:
         """Cached :class:`ClassData` of class ``cls`` on the cells ``cell_mask`` ``(h, w)``."""
-        key = _key(np.array([cls]), cell_mask)
+        key = cache_key(np.array([cls]), cell_mask)
         data = self._class_data.get(key)
         if data is not None:
             return data
@@ -215,88 +192,10 @@ class Grouper:
         locs = np.asarray(self.net.locations, dtype=np.float64)[:, rows, cols].T  # (n, L)
         xy = pixel_xy(self.image_size, rows * self.stride, cols * self.stride)  # (n, 2)
         data = ClassData(cls=cls, rows=rows, cols=cols, locations=locs,
-                         descriptors=_descriptors(locs, self.net.encoding, xy),
+                         descriptors=box_descriptors(locs, self.net.encoding, xy),
                          t=normalise_by_max(locs), q=normalise_by_max(xy), key=key)
         data.cache["eager"] = self.eager
-        return self._remember(self._class_data, key, data)
-
-    def _full(self, data: ClassData, cell_mask: np.ndarray, pixel_mask: np.ndarray
-              ) -> dict[str, Any]:
-        """Cached full-resolution data of one class: its pixels, their class probability, and
-        (lazily) the nearest cell and the interpolated box of each pixel."""
-        key = _key(np.array([data.cls]), cell_mask, pixel_mask)
-        entry = self._full_data.get(key)
-        if entry is None:
-            py, px = np.nonzero(pixel_mask)
-            entry = {"py": py, "px": px, "prob": self.full_probs[data.cls, py, px],
-                     "cell_mask": cell_mask, "pixel_mask": pixel_mask}
-            self._remember(self._full_data, key, entry)
-        return entry
-
-    def _nearest(self, data: ClassData, entry: dict[str, Any]) -> np.ndarray:
-        """``(n_full,)`` index into ``data``'s cells of each pixel's nearest class cell."""
-        if "nearest" not in entry:
-            flat = nearest_cell_index(entry["cell_mask"], entry["pixel_mask"], self.stride)
-            lookup = np.full(self.grid_shape[0] * self.grid_shape[1], -1, dtype=np.int64)
-            lookup[data.rows * self.grid_shape[1] + data.cols] = np.arange(len(data))
-            entry["nearest"] = lookup[flat]
-        return entry["nearest"]
-
-    def _pixel_boxes(self, data: ClassData, entry: dict[str, Any]) -> np.ndarray:
-        """``(n_full, D)`` decoded boxes of the class's full-resolution pixels, from locations
-        interpolated bilinearly among the class's own cells (normalised convolution); pixels
-        with no class cell among their 4 grid neighbours take the nearest cell's location."""
-        if "boxes" in entry:
-            return entry["boxes"]
-        h, w = self.grid_shape
-        s = self.stride
-        py, px = entry["py"], entry["px"]
-        gy, gx = np.minimum(py / s, h - 1), np.minimum(px / s, w - 1)
-        y0, x0 = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
-        y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-        fy, fx = gy - y0, gx - x0
-        mask = entry["cell_mask"]
-        locs = np.asarray(self.net.locations, dtype=np.float64)  # (L, h, w)
-        num = np.zeros((len(py), locs.shape[0]))
-        den = np.zeros(len(py))
-        for yy, xx, wt in ((y0, x0, (1 - fy) * (1 - fx)), (y0, x1, (1 - fy) * fx),
-                           (y1, x0, fy * (1 - fx)), (y1, x1, fy * fx)):
-            wt = wt * mask[yy, xx]
-            num += wt[:, None] * locs[:, yy, xx].T
-            den += wt
-        ok = den > 1e-9
-        out = np.empty_like(num)
-        out[ok] = num[ok] / den[ok, None]
-        if not ok.all():
-            near = self._nearest(data, entry)[~ok]
-            out[~ok] = data.locations[near]
-        xy = pixel_xy(self.image_size, py, px)
-        entry["boxes"] = _descriptors(out, self.net.encoding, xy)
-        return entry["boxes"]
-
-    def _assign_pixels(self, data: ClassData, entry: dict[str, Any], clustering: Clustering,
-                       mean_box: np.ndarray, keep: np.ndarray, assign: str
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """Step 3 of :meth:`run` for one class: ``(member (n,) bool, pix_label (n_full,))``,
-        the cells inside an instance and the cluster 0..m-1 of each full-resolution pixel (-1:
-        none). A cluster dropped by the size filter (``keep`` ``(m,)`` False) takes no pixel;
-        with a finite ``clustering.reach`` (``vote``'s sigma) neither does a cell whose vote,
-        nor a pixel whose box, lies farther than it (squared) from its cluster's mean box
-        ``mean_box`` ``(m, D)`` (a pixel assigned by cell follows its nearest cell)."""
-        labels, reach = clustering.labels, clustering.reach
-        member = np.ones(len(labels), dtype=bool)
-        if np.isfinite(reach):
-            member = ((data.descriptors - mean_box[labels]) ** 2).sum(1) <= reach  # (n,)
-        if assign == "cell":
-            near = self._nearest(data, entry)  # (n_full,)
-            pix_label = np.where(keep[labels[near]] & member[near], labels[near], -1)
-            return member, pix_label
-        pix_boxes = self._pixel_boxes(data, entry)  # (n_full, D)
-        d2 = ((pix_boxes[:, None, :] - mean_box[None]) ** 2).sum(-1)  # (n_full, m)
-        pix_label = d2.argmin(1)
-        within = d2[np.arange(len(pix_label)), pix_label] <= reach if np.isfinite(reach) \
-            else True
-        return member, np.where(keep[pix_label] & within, pix_label, -1)
+        return remember(self._class_data, key, data)
 
     # ------------------------------------------------------------------ the run
     def counts_used(self, count_override: dict[int, int] | None) -> np.ndarray:
@@ -357,7 +256,7 @@ class Grouper:
         result = self._clusterings.get(key)
         if result is None:
             result = method(data, k, cfg)
-            self._remember(self._clusterings, key, result)
+            remember(self._clusterings, key, result)
         return result
 
     def run(self, cfg: GroupingConfig, count_override: dict[int, int] | None = None
@@ -426,24 +325,24 @@ class Grouper:
         keep = np.ones(m, dtype=bool)
         if cfg.size_filter:
             keep = sizes >= cfg.min_size_frac * len(data)
-        entry = self._full(data, cell_mask, pixel_mask)
-        if len(entry["py"]) == 0:
+        pixels = self.full.pixels(cls, cell_mask, pixel_mask)
+        if len(pixels) == 0:
             return t1 - t0, time.perf_counter() - t1
         desc = data.descriptors
         mean_box = np.stack([np.bincount(labels, weights=desc[:, i], minlength=m)
                              for i in range(desc.shape[1])], 1) / sizes[:, None]  # (m, D)
         assign = grouping_method(cfg.method).assign if cfg.assign == "auto" else cfg.assign
-        member, pix_label = self._assign_pixels(data, entry, clustering, mean_box, keep, assign)
+        member, pix_label = self.full.assign(data, pixels, clustering, mean_box, keep, assign)
         valid = pix_label >= 0
         pix_count = np.bincount(pix_label[valid], minlength=m)
-        prob_sum = np.bincount(pix_label[valid], weights=entry["prob"][valid], minlength=m)
+        prob_sum = np.bincount(pix_label[valid], weights=pixels.prob[valid], minlength=m)
         big_h, big_w = self.image_size
         for j in range(m):
             if not keep[j] or pix_count[j] == 0:
                 continue
             mask = np.zeros((big_h, big_w), dtype=bool)
             sel = pix_label == j
-            mask[entry["py"][sel], entry["px"][sel]] = True
+            mask[pixels.py[sel], pixels.px[sel]] = True
             if cfg.scoring == "ones":
                 score = 1.0
             else:

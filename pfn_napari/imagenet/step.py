@@ -20,7 +20,6 @@ The grouping before it is untouched: the step reads only the grouping's result, 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,31 +29,13 @@ import numpy as np
 
 from ..config import ImageNetConfig
 from ..errors import PFNError
-from ..grouping import GroupingResult
+from ..grouping import GroupingResult, Objects
+from ..grouping.cache import cache_key, remember
 from ..grouping.geometry import infer_stride, upsample_bilinear
-from ..structures import Instances
 from .regions import check_instances, grabcut_shape, prior_fill
-
-#: Entries a cache of an :class:`ImageNetStep` keeps before the oldest are forgotten.
-MAX_CACHED = 64
 
 #: ``classify_crops(image (H, W, 3) uint8, boxes (N, 4) x0 y0 x1 y1) -> (N, C)`` evidence.
 CropClassifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _key(*arrays: np.ndarray) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for a in arrays:
-        digest.update(np.ascontiguousarray(a).tobytes())
-        digest.update(str(a.shape).encode())
-    return digest.hexdigest()
-
-
-def _remember(store: dict, key: Any, value: Any) -> Any:
-    if len(store) >= MAX_CACHED:
-        store.pop(next(iter(store)))
-    store[key] = value
-    return value
 
 
 def imagenet_evidence(model: Any, image: np.ndarray) -> np.ndarray:
@@ -134,10 +115,10 @@ class ImageNetStep:
         """:func:`prior_fill` of the refined ``full_map``, cached: a new count, sigma or method
         that leaves the map as it was does not fill again."""
         settings = (cfg.weight, cfg.eps, cfg.min_frac, cfg.touch)
-        key = (_key(full_map),) + settings
+        key = (cache_key(full_map),) + settings
         found = self._fills.get(key)
         if found is None:
-            found = _remember(self._fills, key, prior_fill(full_map, self.probs, self.evidence,
+            found = remember(self._fills, key, prior_fill(full_map, self.probs, self.evidence,
                                                            self.covered, *settings))
         return found
 
@@ -160,15 +141,15 @@ class ImageNetStep:
             found = np.asarray(self.classify_crops(self.image, np.asarray(keys, np.float64)),
                                dtype=np.float32).reshape(len(todo), len(self.covered))
             for n, key, row in zip(todo, keys, found):
-                out[n] = _remember(self._crop_evidence, key, row)
+                out[n] = remember(self._crop_evidence, key, row)
         return out
 
     def shape(self, mask: np.ndarray, free: np.ndarray) -> np.ndarray:
         """:func:`grabcut_shape` of one named region inside ``free``, cached per region."""
-        key = _key(mask, free)
+        key = cache_key(mask, free)
         shaped = self._shapes.get(key)
         if shaped is None:
-            shaped = _remember(self._shapes, key, grabcut_shape(self.image, mask, free))
+            shaped = remember(self._shapes, key, grabcut_shape(self.image, mask, free))
         return shaped
 
     # ------------------------------------------------------------------ the run
@@ -180,10 +161,12 @@ class ImageNetStep:
         cfg.validate()
         start = time.perf_counter()
         timings = dict(result.timings)
-        objects = _Objects.of(result)
+        objects = Objects.of(result)
         n_net = len(objects)
         fill = self.fill(result.full_class_map, cfg)
-        objects.extend(fill.masks, fill.classes, fill.scores)
+        for mask, cls, score in zip(fill.masks, fill.classes, fill.scores):
+            # a named object's center and box are set by _painted, from its final mask
+            objects.add(mask, int(cls), float(score), (np.nan, np.nan), (np.nan,) * 4)
         keep, found = np.ones(len(objects), dtype=bool), list(objects.classes)
         check = cfg.check
         if check.enabled and self.classify_crops is not None and self.image is not None:
@@ -210,41 +193,7 @@ class ImageNetStep:
         return out
 
 
-class _Objects:
-    """The instances as lists (masks, classes, scores, centers, boxes) while the step edits
-    them."""
-
-    def __init__(self, masks: list, classes: list, scores: list, centers: list,
-                 boxes: list) -> None:
-        self.masks, self.classes, self.scores = masks, classes, scores
-        self.centers, self.boxes = centers, boxes
-
-    @classmethod
-    def of(cls, result: GroupingResult) -> "_Objects":
-        inst = result.instances
-        return cls(list(inst.masks), [int(c) for c in inst.classes],
-                   [float(s) for s in inst.scores], [tuple(c) for c in result.centers],
-                   [tuple(b) for b in result.boxes])
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-    def extend(self, masks: np.ndarray, classes: np.ndarray, scores: np.ndarray) -> None:
-        """Append named objects (their centers and boxes are set by :func:`_painted`)."""
-        for mask, cls, score in zip(masks, classes, scores):
-            self.masks.append(mask)
-            self.classes.append(int(cls))
-            self.scores.append(float(score))
-            self.centers.append((np.nan, np.nan))
-            self.boxes.append((np.nan,) * 4)
-
-    def kept(self, keep: np.ndarray) -> "_Objects":
-        pick = np.flatnonzero(keep)
-        return _Objects(*([values[i] for i in pick] for values in (
-            self.masks, self.classes, self.scores, self.centers, self.boxes)))
-
-
-def _painted(result: GroupingResult, objects: _Objects, n_net: int, keep: np.ndarray,
+def _painted(result: GroupingResult, objects: Objects, n_net: int, keep: np.ndarray,
              found: list[int]) -> GroupingResult:
     """The result with the checked objects' classes painted into the class maps, the named
     objects into ``full_class_map`` and ``prior_labels``, and the dropped ones removed."""
@@ -268,11 +217,7 @@ def _painted(result: GroupingResult, objects: _Objects, n_net: int, keep: np.nda
         new_index = np.concatenate([[0], np.cumsum(keep) * keep])  # old 1..N -> new
         grid_labels = new_index[grid_labels].astype(np.int32)
         objects = objects.kept(keep)
-    if len(objects):
-        instances = Instances(np.stack(objects.masks), np.array(objects.classes),
-                              np.array(objects.scores), image_id=result.instances.image_id)
-    else:
-        instances = Instances.empty(big_h, big_w, image_id=result.instances.image_id)
+    instances = objects.instances((big_h, big_w), result.instances.image_id)
     return replace(result, instances=instances, refined_class_map=grid_map.astype(np.uint8),
                    full_class_map=full_map.astype(np.uint8), grid_labels=grid_labels,
                    centers=np.asarray(objects.centers, dtype=np.float32).reshape(-1, 2),
