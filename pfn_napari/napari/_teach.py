@@ -329,7 +329,7 @@ class TeachBox(QGroupBox):
         folder = self.folder
         try:
             empty = image_count(folder) == 0
-        except PFNError as exc:
+        except (PFNError, OSError) as exc:
             self._error(f"cannot fine-tune on {folder}: {exc}")
             return
         if empty:
