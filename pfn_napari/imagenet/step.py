@@ -44,7 +44,7 @@ def imagenet_evidence(model: Any, image: np.ndarray) -> np.ndarray:
     ``(H, W, 3)`` uint8, the photo as the networks saw it."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # a copy: may be read-only
     with torch.inference_mode():
         return model.imagenet_prior()(x.to(model.device))[0].float().cpu().numpy()
 
