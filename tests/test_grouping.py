@@ -617,3 +617,25 @@ def test_oracle_fast_grouping_reaches_95_ap(voc_coco_root):
     preds = [group(oracle_network_output(s, 20, full_classes=True), cfg) for s in samples]
     metrics = evaluate(samples, preds, VOC_CLASSES)
     assert metrics.ap_r["0.5"] >= 95.0
+
+
+def test_njw_eigenvectors_lanczos_path_equals_the_dense_solver():
+    """Above ARPACK_MIN_CELLS the leading eigenpairs come from Lanczos: the same values and,
+    up to sign, the same vectors as LAPACK's dense solver."""
+    import scipy.linalg
+
+    from pfn_napari.grouping.spectral import ARPACK_MIN_CELLS, njw_eigenvectors
+
+    rng = np.random.default_rng(0)
+    n = ARPACK_MIN_CELLS + 100
+    centers = rng.random((4, 3))
+    x = centers[rng.integers(0, 4, n)] + 0.05 * rng.standard_normal((n, 3))
+    w = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / 0.1).astype(np.float32)
+    vals, vecs = njw_eigenvectors(w, 6)
+    inv = 1 / np.sqrt(w.sum(1, dtype=np.float64))
+    a = (w * inv[:, None] * inv[None, :]).astype(np.float64)
+    ref_vals, ref_vecs = scipy.linalg.eigh(a, subset_by_index=[n - 6, n - 1])
+    assert np.allclose(vals, ref_vals[::-1], atol=1e-5)
+    assert vals[0] == pytest.approx(1.0, abs=1e-5) and np.all(np.diff(vals) <= 0)
+    for j in range(4):  # the 4 well-separated leading vectors, up to sign
+        assert abs(float(vecs[:, j] @ ref_vecs[:, ::-1][:, j])) == pytest.approx(1.0, abs=1e-3)
