@@ -208,7 +208,7 @@ def run_demo(out: str | Path = "pfn-demo-report", quick: bool = False, train: bo
     # 2. the shipped sample images
     sample_files = sorted(SAMPLE_DIR.glob("*.jpg"))[: 1 if quick else None]
     for path in tqdm(sample_files, desc="sample images", unit="img", disable=not progress):
-        inst = predictor.predict(read_image(path), name=str(path), image_id=path.stem)
+        inst = predictor.predict(read_image(path, exif=True), name=str(path), image_id=path.stem)
         found = f"{len(inst)} instance{'' if len(inst) == 1 else 's'}"
         pictures += save_pictures(predictor, inst, out / "samples", path.stem,
                                   f"{path.name}: {found}")

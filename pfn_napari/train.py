@@ -608,9 +608,9 @@ def _acquire_lock(out_dir: Path) -> Any:
         except BlockingIOError:
             holder = _lock_holder(fh)
             fh.close()
-            raise OutputError(f"train.out_dir (--out) {out_dir}: another `pfn train` (pid "
-                              f"{holder}) is writing to this folder; wait for it to finish or "
-                              "pass another --out") from None
+            raise OutputError(f"train.out_dir (--out) {out_dir}: another `pfn train` or "
+                              f"`pfn finetune` (pid {holder}) is writing to this folder; wait "
+                              "for it to finish or pass another --out") from None
         except OSError:  # pragma: no cover - a file system without locks: go unlocked
             fh.close()
             return None

@@ -224,9 +224,9 @@ def test_a_second_run_into_a_busy_out_is_refused_naming_the_pid(tmp_path, capsys
     out = tmp_path / "run"
     with out_dir_lock(out, True):  # another run holds the folder (here: this process)
         assert (out / LOCK).read_text() == f"{os.getpid()}\n"
-        busy = (f"pfn: error: train.out_dir (--out) {out}: another `pfn train` (pid "
-                f"{os.getpid()}) is writing to this folder; wait for it to finish or pass "
-                "another --out")
+        busy = (f"pfn: error: train.out_dir (--out) {out}: another `pfn train` or "
+                f"`pfn finetune` (pid {os.getpid()}) is writing to this folder; wait "
+                "for it to finish or pass another --out")
         assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out)) == busy
         assert _train_error(capsys, "--config", "cpu-lite0", "--out", str(out),
                             "--overwrite") == busy
@@ -249,7 +249,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert f"another `pfn train` (pid {holder.pid})" in _train_error(
+        assert f"another `pfn train` or `pfn finetune` (pid {holder.pid})" in _train_error(
             capsys, "--config", "cpu-lite0", "--out", str(out))
     finally:
         holder.send_signal(signal.SIGKILL)
