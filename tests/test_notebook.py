@@ -396,7 +396,9 @@ def test_open_in_napari_docks_the_plugin_on_the_same_session(needs_gl, tmp_path,
     assert len(view.recluster().instances) == int(COUNT)
     viewer = open_in_napari(view, view.recluster(count_override={PERSON: 3}),
                             viewer=make_napari_viewer())
-    widget = viewer.window.dock_widgets["PFN"]
+    from pfn_napari.notebook.viewer import PLUGIN, PLUGIN_WIDGET
+
+    widget = viewer.window.dock_widgets[f"{PLUGIN_WIDGET} ({PLUGIN})"]  # napari's name for it
     assert type(widget).__name__ == "PFNWidget" and widget.session is view.session
     assert widget.params().count_override == ((PERSON, 3),)
     layer = viewer.layers[L.INSTANCES]
