@@ -161,3 +161,75 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+class FolderBusy(Exception):
+    """Raised by :func:`lock_file` when another process holds the lock; ``holder`` is the pid it
+    wrote there ('unknown' if it has not yet)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path}: locked by pid {holder}")
+        self.path, self.holder = path, holder
+
+
+def lock_file(path: str | os.PathLike) -> Any:
+    """Take an exclusive ``flock`` on the file ``path`` (created if needed) and write this pid in
+    it; return the open file, to keep open while the lock is needed, or ``None`` where the
+    system has no file locks (Windows, some NFS mounts). The system releases the lock when the
+    process ends, even on ``kill -9``, so the file of a dead run is simply taken over.
+
+    Raises:
+        FolderBusy: another process holds it (``pfn train`` and ``pfn predict`` say so in one
+            line naming the folder).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    path = Path(path)
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fh)
+            fh.close()
+            raise FolderBusy(path, holder) from None
+        except OSError:  # pragma: no cover - a file system without locks: go unlocked
+            fh.close()
+            return None
+        try:  # the file we locked may have been removed by a run that just ended: lock anew
+            same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _lock_holder(fh: Any) -> str:
+    """The pid written in a lock file by the run holding it ('unknown' if it has not yet)."""
+    import time
+
+    for _ in range(20):
+        fh.seek(0)
+        text = fh.read().strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "unknown"
+
+
+def release_lock_file(path: str | os.PathLike, fh: Any) -> None:
+    """Remove the lock file (still holding the lock, so no run can take the old file), then
+    release it."""
+    try:
+        Path(path).unlink()
+    except OSError:
+        pass
+    fh.close()

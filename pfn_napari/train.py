@@ -74,7 +74,8 @@ from .errors import CheckpointError, DatasetError, OutputError, PFNError
 from .losses import total_loss
 from .model import PFNSystem, build_network, load_backbone_weights
 from .model.pfn import gated_counts
-from .output import atomic_write_text, check_output_dir, remove_stale_temporaries, write_error
+from .output import (FolderBusy, atomic_write_text, check_output_dir, lock_file, release_lock_file,
+                     remove_stale_temporaries, write_error)
 
 #: Fraction of the steps the location phase takes with ``count_finetune='separate'`` and
 #: ``separate_schedule='split'``.
@@ -590,63 +591,18 @@ def out_dir_lock(out_dir: Path, main: bool) -> Iterator[None]:
         yield
     finally:
         if lock is not None:
-            _release_lock(out_dir / LOCK, lock)
+            release_lock_file(out_dir / LOCK, lock)
 
 
 def _acquire_lock(out_dir: Path) -> Any:
     """The open, locked :data:`LOCK` file of ``out_dir`` holding this pid (None: no locks)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
     check_output_dir(out_dir, "train.out_dir (--out)")
-    path = out_dir / LOCK
-    while True:
-        fh = open(path, "a+")  # noqa: SIM115 - held open for the whole run
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fh)
-            fh.close()
-            raise OutputError(f"train.out_dir (--out) {out_dir}: another `pfn train` or "
-                              f"`pfn finetune` (pid {holder}) is writing to this folder; wait "
-                              "for it to finish or pass another --out") from None
-        except OSError:  # pragma: no cover - a file system without locks: go unlocked
-            fh.close()
-            return None
-        try:  # the file we locked may have been removed by a run that just ended: lock anew
-            same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        fh.close()
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh
-
-
-def _lock_holder(fh: Any) -> str:
-    """The pid written in a lock file by the run holding it ('unknown' if it has not yet)."""
-    for _ in range(20):
-        fh.seek(0)
-        text = fh.read().strip()
-        if text:
-            return text
-        time.sleep(0.05)
-    return "unknown"
-
-
-def _release_lock(path: Path, fh: Any) -> None:
-    """Remove the lock file (still holding the lock, so no run can take the old file), then
-    release it."""
     try:
-        path.unlink()
-    except OSError:
-        pass
-    fh.close()
+        return lock_file(out_dir / LOCK)
+    except FolderBusy as busy:
+        raise OutputError(f"train.out_dir (--out) {out_dir}: another `pfn train` or "
+                          f"`pfn finetune` (pid {busy.holder}) is writing to this folder; wait "
+                          "for it to finish or pass another --out") from None
 
 
 #: The files of a run in ``train.out_dir``; a new run (not ``--resume``) refuses a folder holding

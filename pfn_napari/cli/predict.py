@@ -177,22 +177,13 @@ def lock_output(out: Path):
     when killed); a second ``pfn predict`` into the same folder is refused. Returns the open
     lock file (keep it open), or ``None`` where file locks are not available."""
     from ..errors import OutputError
+    from ..output import FolderBusy, lock_file
 
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    fh = open(out / LOCK, "a+")  # noqa: SIM115 - held open for the whole run
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
+        return lock_file(out / LOCK)
+    except FolderBusy:
         raise OutputError(f"--out {out}: another `pfn predict` is writing to this folder (lock "
                           f"{out / LOCK}); wait for it to finish or pass another --out") from None
-    except OSError:  # pragma: no cover - a file system without locks (some NFS): go unlocked
-        fh.close()
-        return None
-    return fh
 
 
 def read_previous(out: Path, name: str = PREDICTIONS) -> list[dict]:
