@@ -67,7 +67,7 @@ from .checkpoint import (capture_rng_state, check_dtypes, check_finite, config_o
 from .config import VOC_CLASSES, PFNConfig, config_to_dict
 from .data import normalise_class_name, open_dataset
 from .data.loader import EpochSampler, TrainingSet, batch_to, collate
-from .data.folder import VAL_EVERY
+from .data.folder import VAL_EVERY, held_back
 from .data.sbd import drop_sbd_images, read_exclude_ids
 from .data.transforms import TrainTransform
 from .errors import CheckpointError, DatasetError, OutputError, PFNError
@@ -432,7 +432,7 @@ def held_back_indices(image_ids: Sequence[str]) -> list[int]:
     :data:`VAL_EVERY`-th of the ids in sorted order (positions 4, 9, 14, ...), the folder
     reader's built-in ``val`` split, so the same images are held back everywhere."""
     order = sorted(range(len(image_ids)), key=lambda i: str(image_ids[i]))
-    return sorted(i for k, i in enumerate(order) if k % VAL_EVERY == VAL_EVERY - 1)
+    return sorted(i for k, i in enumerate(order) if held_back(k))
 
 
 def has_labelled_object(dataset: Any, num_classes: int) -> bool:

@@ -85,15 +85,22 @@ def split_folder_spec(rest: str) -> tuple[Path, Path, tuple[str, ...] | None]:
     return Path(parts[0]).expanduser(), Path(parts[1]).expanduser(), names
 
 
+def held_back(position: int) -> bool:
+    """Whether the image at ``position`` of the sorted ids is held out as "val" (every
+    ``VAL_EVERY``-th: positions 4, 9, 14, ...); the one rule of the built-in split and of the
+    validation images ``pfn train`` and ``pfn finetune`` hold back."""
+    return position % VAL_EVERY == VAL_EVERY - 1
+
+
 def builtin_split(stems: Sequence[str], split: str, where: Path) -> list[str]:
     """The documented split of sorted stems: every ``VAL_EVERY``-th to "val"."""
     ordered = sorted(stems)
     if split in ("all", "trainval"):
         return ordered
     if split == "val":
-        return [s for i, s in enumerate(ordered) if i % VAL_EVERY == VAL_EVERY - 1]
+        return [s for i, s in enumerate(ordered) if held_back(i)]
     if split == "train":
-        return [s for i, s in enumerate(ordered) if i % VAL_EVERY != VAL_EVERY - 1]
+        return [s for i, s in enumerate(ordered) if not held_back(i)]
     raise DatasetError(f"{where}: no {split}.txt split file, and {split!r} is not a built-in "
                        "split (train, val, all, trainval)")
 
