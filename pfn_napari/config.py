@@ -526,6 +526,34 @@ class CRFConfig:
 
 
 @dataclass(frozen=True)
+class ShowConfig:
+    """Which classes a model shows (after grouping and the ImageNet step): instances of the
+    other classes are dropped and their pixels become background in the class map. Empty:
+    every class. The shipped model shows only the classes it has enough training data for
+    (weights/README.md)."""
+
+    classes: tuple[str, ...] = ()  # names of the model's classes (data.classes)
+
+    def ids(self, class_names: tuple[str, ...]) -> tuple[int, ...] | None:
+        """The shown classes as ids 1..C of ``class_names``; None: every class."""
+        if not self.classes:
+            return None
+        return tuple(class_names.index(name) + 1 for name in self.classes)
+
+    def validate(self, class_names: tuple[str, ...] = ()) -> None:
+        """Raise :class:`ConfigError` for a name that is not one of ``class_names`` (the
+        model's classes; not checked when empty) or a name given twice."""
+        unknown = [n for n in self.classes if class_names and n not in class_names]
+        _check([
+            (not unknown, f"show.classes: {', '.join(map(repr, unknown))} "
+             f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of the model "
+             f"(its classes: {', '.join(class_names)}; [] shows every class)"),
+            (len(set(self.classes)) == len(self.classes),
+             f"show.classes={list(self.classes)}: a class is named twice"),
+        ])
+
+
+@dataclass(frozen=True)
 class PFNConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -534,6 +562,7 @@ class PFNConfig:
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     imagenet: ImageNetConfig = field(default_factory=ImageNetConfig)
+    show: ShowConfig = field(default_factory=ShowConfig)
 
     def validate(self) -> None:
         """Validate every section, then the checks that span sections; raise
@@ -541,6 +570,7 @@ class PFNConfig:
         for section in (self.data, self.model, self.loss, self.train, self.grouping, self.crf,
                         self.imagenet):
             section.validate()
+        self.show.validate(tuple(self.data.classes))
         _check([
             (len(self.data.classes) == self.model.num_classes,
              (f"data.classes has {len(self.data.classes)} names but "

@@ -15,6 +15,13 @@ The default protocol (``ap_style="voc"``) is SDS's released MATLAB evaluation
 * AP is the all-points area under the precision/recall curve made monotone (VOC 2010+
   ``VOCap``); AP^r_vol is the mean of the APs at IoU 0.1, 0.2, ..., 0.9.
 
+What a user sees is counted too: every predicted instance is a *shown* object; it is *right*
+when its mask has IoU >= 0.5 (:data:`PRECISION_IOU`) with a true instance of its class in its
+image, each true instance matched at most once, greedily by score (:func:`right_objects`: the
+rule of ``ap_style="coco"`` at 0.5, whatever the AP style). Precision is right / shown, per
+class and over every shown object; false objects per image is (shown - right) / images. An
+image without any true object makes every object shown on it false.
+
 Void (255) pixels of the ground truth are left out of both areas and of the intersection
 (SDS ran on SBD masks, which have no void). A class without any ground-truth instance has no
 AP (``NaN`` here, ``null`` in JSON) and is left out of the means; SDS averages over all 20
@@ -56,6 +63,8 @@ VOL_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9
 PREDICT_IMAGES = "images.json"
 #: pycocotools' recall points of the 101-point interpolated AP.
 COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+#: A shown object is right when its IoU with a true instance of its class is at least this.
+PRECISION_IOU = 0.5
 
 
 def threshold_key(threshold: float) -> str:
@@ -194,6 +203,23 @@ def match_image(scores: np.ndarray, ious: np.ndarray, threshold: float,
     return tp
 
 
+def right_objects(scores: np.ndarray, ious: np.ndarray,
+                  threshold: float = PRECISION_IOU) -> np.ndarray:
+    """Which shown objects of one class in one image are right.
+
+    Args:
+        scores: ``(N,)`` scores of the class's predictions in the image.
+        ious: ``(N, G)`` IoUs with the class's true instances in the image (void left out).
+        threshold: the IoU a right object reaches (``>=``).
+
+    Returns:
+        ``(N,)`` bool in the order of ``scores``: from the highest score down, each prediction
+        takes the not yet matched true instance of highest IoU, and is right when that IoU is
+        at least ``threshold`` (COCOeval's greedy matching; ``G == 0``: all False).
+    """
+    return match_image(scores, ious, threshold, "coco")
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """All-points AP (VOC 2010+ ``VOCap``): area under the monotone precision envelope."""
     mrec = np.concatenate([[0.0], recall, [1.0]])
@@ -272,6 +298,8 @@ class Metrics:
         num_pred: ``(C,)`` predicted instances per class.
         count_abs_error: ``(C,)`` sum over images of ``|predicted - true|`` instances of each
             class (:meth:`count_error` divides by the images).
+        num_right: ``(C,)`` predicted instances per class that are right
+            (:func:`right_objects`); ``num_pred`` are the shown ones.
     """
 
     class_names: tuple[str, ...]
@@ -284,6 +312,33 @@ class Metrics:
     num_gt: np.ndarray
     num_pred: np.ndarray
     count_abs_error: np.ndarray | None = None
+    num_right: np.ndarray | None = None
+
+    def class_precision(self) -> np.ndarray:
+        """``(C,)`` right / shown objects per class, fraction (NaN where none is shown)."""
+        right = self._right().astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.num_pred > 0, right / np.maximum(self.num_pred, 1), np.nan)
+
+    def class_false_per_image(self) -> np.ndarray:
+        """``(C,)`` shown objects that are not right, per image, per class."""
+        return (self.num_pred - self._right()) / max(1, self.num_images)
+
+    @property
+    def precision(self) -> float:
+        """Right / shown over every shown object, percent (NaN when nothing is shown)."""
+        shown = int(self.num_pred.sum())
+        return 100 * float(self._right().sum()) / shown if shown else math.nan
+
+    @property
+    def false_per_image(self) -> float:
+        """Shown objects that are not right, per image (all classes)."""
+        return float(self.class_false_per_image().sum())
+
+    def _right(self) -> np.ndarray:
+        if self.num_right is None:
+            raise ValueError("these metrics hold no right objects (num_right)")
+        return self.num_right
 
     def count_error(self) -> np.ndarray:
         """``(C,)`` mean absolute error of the number of instances per image, per class
@@ -354,6 +409,7 @@ class Metrics:
                 "num_gt": int(self.num_gt[c]),
                 "num_pred": int(self.num_pred[c]),
                 "count_error": _finite(float(count_err[c])),
+                **self._shown_dict(c),
             }
         iou = self.class_iou()
         out: dict[str, Any] = {
@@ -371,6 +427,9 @@ class Metrics:
             "num_pred": int(self.num_pred.sum()),
             "classes_averaged": [n for n, ok in zip(self.class_names, self.has_gt) if ok],
         }
+        if self.num_right is not None:
+            out.update(num_right=int(self.num_right.sum()), precision=_finite(self.precision),
+                       false_per_image=self.false_per_image)
         if curves:
             out["pr_curves"] = {
                 threshold_key(t): {
@@ -379,6 +438,17 @@ class Metrics:
                     for name, (rec, prec) in zip(self.class_names, self.curves[t])}
                 for t in self.thresholds}
         return out
+
+
+    def _shown_dict(self, c: int) -> dict[str, Any]:
+        """Class ``c``'s (0-based) right objects, precision (percent) and false objects per
+        image; empty without ``num_right``."""
+        if self.num_right is None:
+            return {}
+        precision = self.class_precision()[c]
+        return {"num_right": int(self.num_right[c]),
+                "precision": _finite(100 * float(precision)),
+                "false_per_image": float(self.class_false_per_image()[c])}
 
 
 def _finite(x: float) -> float | None:
@@ -414,6 +484,7 @@ class Evaluator:
         self.num_gt = np.zeros(c, dtype=np.int64)
         self.num_pred = np.zeros(c, dtype=np.int64)
         self.count_abs_error = np.zeros(c, dtype=np.int64)  # sum of |#pred - #gt| per class
+        self.num_right = np.zeros(c, dtype=np.int64)  # predictions right at PRECISION_IOU
         self.num_images = 0
 
     @property
@@ -455,6 +526,7 @@ class Evaluator:
             p = pred.classes == k
             g = gt_classes == k
             self._tables[k - 1].append((pred.scores[p].astype(np.float64), ious[np.ix_(p, g)]))
+            self.num_right[k - 1] += int(right_objects(*self._tables[k - 1][-1]).sum())
             self.num_gt[k - 1] += int(g.sum())
             self.num_pred[k - 1] += int(p.sum())
 
@@ -487,7 +559,7 @@ class Evaluator:
                     curves[t].append((rec, prec))
         return Metrics(self.class_names, self.thresholds, self.ap_style, ap, curves,
                        self.confusion.copy(), self.num_images, self.num_gt.copy(),
-                       self.num_pred.copy(), self.count_abs_error.copy())
+                       self.num_pred.copy(), self.count_abs_error.copy(), self.num_right.copy())
 
 
 def evaluate(gts: Sequence[Sample], preds: Sequence[Instances], class_names: Sequence[str],
@@ -522,9 +594,10 @@ def evaluate(gts: Sequence[Sample], preds: Sequence[Instances], class_names: Seq
 def format_table(metrics: Metrics, class_names: Sequence[str] | None = None) -> str:
     """The paper's Table 1 shape as a Markdown table: rows AP^r@t and AP^r_vol, one column per
     class and the mean (percent, one decimal; ``-`` for a class without ground truth), then
-    the semantic IoU of each class (mean: the mean IoU, background included) and the mean
+    the semantic IoU of each class (mean: the mean IoU, background included), the mean
     absolute error of the number of instances per image (mean over the classes with ground
-    truth)."""
+    truth), the precision of the shown objects (mean: over every shown object) and the false
+    objects per image (mean: their sum over the classes)."""
     names = tuple(class_names) if class_names is not None else metrics.class_names
     vol = metrics.class_ap_vol()
 
@@ -539,6 +612,11 @@ def format_table(metrics: Metrics, class_names: Sequence[str] | None = None) -> 
     errors = metrics.count_error()
     mean_error = float(np.mean(errors[metrics.has_gt])) if metrics.has_gt.any() else math.nan
     rows.append(["count error", *(cell(v, 1.0, 2) for v in errors), cell(mean_error, 1.0, 2)])
+    if metrics.num_right is not None:  # the mean column: over every shown object
+        rows.append(["precision", *(cell(v) for v in metrics.class_precision()),
+                     cell(metrics.precision / 100)])
+        rows.append(["false / image", *(cell(v, 1.0, 2) for v in metrics.class_false_per_image()),
+                     cell(metrics.false_per_image, 1.0, 2)])
     header = [f"{metrics.ap_style} ({metrics.num_images} img)", *names, "mean"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -549,6 +627,16 @@ def format_table(metrics: Metrics, class_names: Sequence[str] | None = None) -> 
     rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2)
                           for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def shown_line(metrics: Metrics) -> str:
+    """One line: shown objects, right ones, precision and false objects per image."""
+    shown = int(metrics.num_pred.sum())
+    precision = metrics.precision
+    return (f"shown objects {shown}, right {int(metrics.num_right.sum())} (IoU >= "
+            f"{PRECISION_IOU:g} with a true object of their class): precision "
+            f"{'-' if not math.isfinite(precision) else f'{precision:.1f} %'}, "
+            f"{metrics.false_per_image:.2f} false objects per image")
 
 
 def write_metrics(metrics: Metrics, out_dir: str | Path, class_names: Sequence[str] | None = None
@@ -571,6 +659,7 @@ def write_metrics(metrics: Metrics, out_dir: str | Path, class_names: Sequence[s
         "classes with ground truth",
         f"- semantic mean IoU (classes 0..C, void excluded): "
         f"{'-' if miou is None else f'{miou:.1f}'}",
+        *([f"- {shown_line(metrics)}"] if metrics.num_right is not None else []),
         "",
     ]
     atomic_write_text(md_path, "\n".join(md))

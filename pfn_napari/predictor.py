@@ -19,7 +19,9 @@ The steps, each a library function of its own module:
    count or sigma re-runs only what depends on it;
 3. the ImageNet step (:mod:`pfn_napari.imagenet`, when ``imagenet.active``) on the grouping's
    result; its classifier runs at the first grouping that needs it, once per image;
-4. :func:`~pfn_napari.inference.resize_instances` back to the image's own size when the
+4. :func:`shown_only`: only the classes the model shows (``show.classes``); the others'
+   instances are dropped and their pixels become background;
+5. :func:`~pfn_napari.inference.resize_instances` back to the image's own size when the
    networks saw it resized.
 
 ``predict_files`` runs a list of image files with the next file decoded in a background
@@ -31,13 +33,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import inference  # inference.run_network is looked up at each call (tests replace it)
-from .config import CRFConfig, GroupingConfig, ImageNetConfig
+from .config import CRFConfig, GroupingConfig, ImageNetConfig, ShowConfig
 from .errors import CheckpointError, PFNError
 from .grouping import Grouper, GroupingResult
 from .imagenet import ImageNetStep, imagenet_evidence
@@ -81,17 +83,20 @@ class Predictor:
             count later re-runs only k-means (the napari widget's setting).
         imagenet: the ImageNet step's settings :meth:`instances` uses by default (default: the
             model's own, ``model.config.imagenet``).
+        show: the classes shown (default: the model's own, ``model.config.show``); every
+            grouping, its instances and its class map, ends with them (:func:`shown_only`).
     """
 
     def __init__(self, model: PFNModel | str | Path | None = None, device: str = "auto",
                  grouping: GroupingConfig | None = None,
                  crf: bool | CRFConfig | None = None, eager: bool = False,
-                 imagenet: ImageNetConfig | None = None) -> None:
+                 imagenet: ImageNetConfig | None = None, show: ShowConfig | None = None) -> None:
         if not isinstance(model, PFNModel):
             model = load_model(None if model in (None, "", "default") else model, device)
         self.model = model
         self.grouping = grouping or model.config.grouping
         self.imagenet = imagenet or model.config.imagenet
+        self.show = show or model.config.show
         self.crf = crf
         self.eager = eager
         self.times = PredictorTimes()
@@ -217,13 +222,14 @@ class Predictor:
               count_override: dict[int, int] | None = None,
               imagenet: ImageNetConfig | None = None) -> GroupingResult:
         """The grouping at the networks' resolution, then the ImageNet step (``imagenet``,
-        default :attr:`imagenet`; skipped when it is off or there is no photo), with
-        everything they produced (refined class maps, the instance of each grid cell, mean
-        boxes, timings)."""
+        default :attr:`imagenet`; skipped when it is off or there is no photo), then only the
+        classes shown (:attr:`show`), with everything they produced (refined class maps, the
+        instance of each grid cell, mean boxes, timings)."""
         result = self.grouper.run(grouping or self.grouping, count_override)
         step_cfg = imagenet or self.imagenet
         if step_cfg.active and self.imagenet_step is not None:
             result = self.imagenet_step.run(result, step_cfg)
+        result = shown_only(result, self.shown_ids)
         self._class_map = result.full_class_map
         for step, seconds in result.timings.items():
             self.times.per_step[step] = self.times.per_step.get(step, 0.0) + seconds
@@ -240,19 +246,25 @@ class Predictor:
         self.times.grouping_s += time.perf_counter() - t0
         return inst
 
+    @property
+    def shown_ids(self) -> tuple[int, ...] | None:
+        """The ids 1..C of the classes :attr:`show` names; None: every class."""
+        return self.show.ids(self.class_names)
+
     def class_map(self) -> np.ndarray:
         """``(H, W)`` uint8 the class of every pixel (0 background) at the image's own size:
         the full-resolution class map the last grouping ended with (``full_class_map``: the
         argmax of ``full_class_probs``, the CRF's when it ran, refined by the counts, with the
         ImageNet step's objects and checks); before any grouping, and for a stage-1
-        checkpoint, the argmax alone."""
+        checkpoint, the argmax alone. Classes not shown (:attr:`show`) are background."""
         self._require()
         if self._class_map is not None:
-            full = self._class_map  # (h, w)
+            full = self._class_map  # (h, w), already only the shown classes
         elif self.has_instances:  # the grouper's unrefined full map: the same argmax, cached
-            full = self.grouper.full_class  # (h, w)
+            full = hide_classes(self.grouper.full_class, self.shown_ids)  # (h, w)
         else:
-            full = np.asarray(self.net.full_class_probs).argmax(0).astype(np.uint8)  # (h, w)
+            full = hide_classes(np.asarray(self.net.full_class_probs).argmax(0).astype(np.uint8),
+                                self.shown_ids)  # (h, w)
         size = self.image_size
         if full.shape == size:
             return full
@@ -303,6 +315,37 @@ class Predictor:
                     yield FileResult(path, None, None, None, message)
                 finally:
                     image = inst = None  # free this image before reading the next
+
+
+def hide_classes(labels: np.ndarray, shown: Sequence[int] | None) -> np.ndarray:
+    """``labels`` (a class map, any shape) with every class not in ``shown`` (ids 1..C; None:
+    all shown) set to 0, background; a new array, or ``labels`` itself when nothing changes."""
+    if shown is None:
+        return labels
+    hidden = (labels > 0) & ~np.isin(labels, shown)
+    return np.where(hidden, 0, labels).astype(labels.dtype) if hidden.any() else labels
+
+
+def shown_only(result: GroupingResult, shown: Sequence[int] | None) -> GroupingResult:
+    """``result`` with only the classes ``shown`` (ids 1..C; None: ``result`` as it is): the
+    other classes' instances dropped (the rest renumbered in order in ``grid_labels``) and
+    their pixels background in ``refined_class_map``, ``full_class_map`` and
+    ``prior_labels``. Counts and cluster numbers stay as the grouping used them."""
+    if shown is None:
+        return result
+    inst = result.instances
+    keep = np.isin(inst.classes, shown)  # (N,)
+    new_index = np.concatenate([[0], np.cumsum(keep) * keep]).astype(np.int32)  # old 1..N -> new
+    prior = result.prior_labels
+    return replace(
+        result,
+        instances=inst if keep.all() else Instances(inst.masks[keep], inst.classes[keep],
+                                                    inst.scores[keep], inst.image_id),
+        refined_class_map=hide_classes(result.refined_class_map, shown),
+        full_class_map=hide_classes(result.full_class_map, shown),
+        grid_labels=new_index[result.grid_labels],
+        centers=result.centers[keep], boxes=result.boxes[keep],
+        prior_labels=None if prior is None else hide_classes(prior, shown))
 
 
 def read_photo(path: str | Path) -> np.ndarray:

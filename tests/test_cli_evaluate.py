@@ -351,7 +351,7 @@ def test_numeric_options_are_range_checked(tmp_path, capsys, option, message):
 
 
 def test_set_refuses_a_section_the_command_does_not_read(shapes_weights, tmp_path, capsys):
-    """pfn predict and pfn evaluate CHECKPOINT read grouping, crf and imagenet from --set; a
+    """pfn predict and pfn evaluate CHECKPOINT read grouping, crf, imagenet and show from --set; a
     model or train override used to be accepted and ignored."""
     from PIL import Image
 
@@ -366,6 +366,45 @@ def test_set_refuses_a_section_the_command_does_not_read(shapes_weights, tmp_pat
         for override in ("model.dropout=0.1", "train.lr=1"):
             assert main([*argv, "--set", override]) == 2
             assert capsys.readouterr().err.strip().splitlines()[-1] == (
-                f"pfn: error: --set {override}: {command} reads only the grouping, crf and "
-                "imagenet sections; drop this override")
+                f"pfn: error: --set {override}: {command} reads only the grouping, crf, "
+                "imagenet and show sections; drop this override")
     assert not (tmp_path / "p").exists() and not list((tmp_path / "e").glob("metrics.*"))
+
+
+def test_shown_classes_reach_the_instances_the_class_map_and_the_summary(
+        shapes_weights, tmp_path, monkeypatch, capsys):
+    """Networks faked to the truth of synthetic:2@1 (image 0: triangle, square, disc, square;
+    image 1: disc, square): every class shown gives 6 objects, all right; --set
+    show.classes=[disc] shows the 2 discs alone (right), the squares and the triangle are
+    dropped and their pixels are background (their class IoU 0); an unknown name is one line
+    naming it and the model's classes."""
+    import pfn_napari.inference as inference
+    from pfn_napari.grouping import oracle_network_output
+
+    data = open_dataset("synthetic:2@1", "val")
+    truths = {data[i].image.tobytes(): data[i] for i in range(len(data))}
+
+    def fake_run_network(model, image, crf=None, name="image", **kw):
+        return oracle_network_output(truths[image.tobytes()], 3, full_classes=True)
+
+    monkeypatch.setattr(inference, "run_network", fake_run_network)
+    common = [str(shapes_weights), "--data", "synthetic:2@1", "--split", "val",
+              "--grouping", "vote", "--set", "imagenet.weight=0"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "all")]) == 0
+    every = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert (every["num_pred"], every["num_right"], every["precision"],
+            every["false_per_image"]) == (6, 6, 100.0, 0.0)
+    assert ("shown objects 6, right 6 (IoU >= 0.5 with a true object of their class): "
+            "precision 100.0 %, 0.00 false objects per image") in capsys.readouterr().out
+    assert main(["evaluate", *common, "--set", "show.classes=[disc]",
+                 "--out", str(tmp_path / "disc")]) == 0
+    disc = json.loads((tmp_path / "disc" / "metrics.json").read_text())
+    assert [disc["per_class"][c]["num_pred"] for c in ("disc", "square", "triangle")] == [2, 0, 0]
+    assert disc["num_right"] == 2 and disc["precision"] == 100.0
+    assert disc["class_iou"]["disc"] == pytest.approx(every["class_iou"]["disc"])
+    assert disc["class_iou"]["square"] == 0.0 and disc["class_iou"]["triangle"] == 0.0
+    assert main(["evaluate", *common, "--set", "show.classes=[disc,cow]",
+                 "--out", str(tmp_path / "cow")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "pfn: error: show.classes: 'cow' is not a class of the model (its classes: disc, "
+        "square, triangle; [] shows every class)")

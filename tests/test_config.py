@@ -222,3 +222,23 @@ def test_category_backbone_left_the_code() -> None:
                                "longer supported (the field was removed; the code now always "
                                "uses '')")
     assert not hasattr(PFNConfig().model, "backbone_of")
+
+
+def test_show_classes_are_names_of_the_model_and_reach_the_config_from_overrides():
+    """show.classes (empty: every class) takes a YAML list or comma-separated names; a name the
+    model does not have is one line naming it and the model's classes."""
+    from pfn_napari.config import ShowConfig
+
+    assert load_config(None).show == ShowConfig(()) and ShowConfig().ids(("a", "b")) is None
+    cfg = load_config(None, ["show.classes=[person, horse]"])
+    assert cfg.show.classes == ("person", "horse")
+    assert cfg.show.ids(cfg.data.classes) == (15, 13)  # VOC ids
+    assert load_config(None, ["show.classes=person,horse"]).show == cfg.show
+    assert load_config(None, ["show.classes=[]"]).show.classes == ()
+    assert config_from_dict(config_to_dict(cfg)) == cfg  # the checkpoint's round trip
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["show.classes=[person, disc]"])
+    assert str(info.value) == ("show.classes: 'disc' is not a class of the model (its classes: "
+                               + ", ".join(cfg.data.classes) + "; [] shows every class)")
+    with pytest.raises(ConfigError, match=r"show.classes=\['cow', 'cow'\]: a class is named twice"):
+        load_config(None, ["show.classes=[cow, cow]"])

@@ -21,6 +21,7 @@ from pfn_napari.evaluate import (
     mask_ious,
     match_image,
     read_coco_results,
+    right_objects,
     write_metrics,
 )
 from pfn_napari.structures import Instances, Sample
@@ -326,8 +327,10 @@ def test_format_table_and_write_metrics(tmp_path):
     assert [c.strip() for c in lines[0].split("|")[2:5]] == ["cat", "dog", "mean"]
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == [
         "AP^r@0.5", "AP^r@0.6", "AP^r@0.7", "AP^r@0.8", "AP^r@0.9", "AP^r_vol", "IoU",
-        "count error"]
+        "count error", "precision", "false / image"]
     assert [c.strip() for c in lines[2].split("|")[2:5]] == ["100.0", "-", "100.0"]
+    assert [c.strip() for c in lines[-4].split("|")[2:5]] == ["100.0", "-", "100.0"]
+    assert [c.strip() for c in lines[-3].split("|")[2:5]] == ["0.00", "0.00", "0.00"]
     assert [c.strip() for c in lines[-2].split("|")[2:5]] == ["100.0", "-", "100.0"]
     assert [c.strip() for c in lines[-1].split("|")[2:5]] == ["0.00", "0.00", "0.00"]
     json_path, md_path = write_metrics(m, tmp_path / "out", ["cat", "dog"])
@@ -440,6 +443,76 @@ def test_count_error_is_the_mean_absolute_error_per_image():
     m = evaluate([one, two], [pred_one, pred_two], ["cat", "dog"])
     # cat: |1 - 2| + |1 - 0| = 2 over 2 images; dog: |0 - 0| + |1 - 1| = 0
     assert m.count_error().tolist() == [1.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- shown objects
+
+def test_right_objects_is_greedy_by_score_and_counts_iou_of_one_half():
+    # two true instances; A (0.9) overlaps G1 0.8 / G2 0.6; B (0.8) overlaps G1 0.7 / G2 0.5
+    ious = np.array([[0.8, 0.6], [0.7, 0.5]])
+    assert right_objects(np.array([0.9, 0.8]), ious).tolist() == [True, True]  # B takes G2 at 0.5
+    # B ranked first takes G1; A falls back to G2 (0.6): both right
+    assert right_objects(np.array([0.5, 0.8]), ious).tolist() == [True, True]
+    # a second prediction on the one true instance is false (it is matched once)
+    assert right_objects(np.array([0.9, 0.8]), np.array([[0.9], [0.8]])).tolist() == [True, False]
+    assert right_objects(np.array([0.9]), np.array([[0.49]])).tolist() == [False]
+    # no true instance: every prediction is false
+    assert right_objects(np.array([0.9, 0.1]), np.zeros((2, 0))).tolist() == [False, False]
+
+
+def test_precision_and_false_objects_per_image_on_hand_made_masks():
+    """Two images of 8 x 8, classes cat (1) and dog (2).
+
+    Image 1: true cats G1 (rows 0-3, cols 0-3: 16 px) and G2 (rows 4-7, cols 4-7: 16 px), a
+    true dog D (rows 0-1, cols 6-7: 4 px). Shown: cat A (0.9) = G1 exactly (IoU 1, right); cat
+    B (0.8) = rows 0-3, cols 0-1 (8 px inside G1, used by A; IoU with G2 0: false); cat C (0.7)
+    = rows 4-7, cols 4-5 (8 of G2's 16: IoU 0.5, right); dog E (0.6) = rows 0-3, cols 6-7 (D's 4
+    px of 8: IoU 0.5, right). Image 2 holds no true object: its shown cat F and dog H are false.
+    cat: 4 shown, 2 right (50 %); dog: 2 shown, 1 right (50 %); all: 6 shown, 3 right (50 %);
+    false per image: cat (4 - 2) / 2 = 1, dog (2 - 1) / 2 = 0.5, all 1.5."""
+    g1, g2, d = box(8, 8, 0, 4, 0, 4), box(8, 8, 4, 8, 4, 8), box(8, 8, 0, 2, 6, 8)
+    one = make_sample([g1, g2, d], [1, 1, 2], image_id="one")
+    two = Sample(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8),
+                 np.zeros((8, 8), np.int32), np.zeros(0, np.int64), "two")
+    shown_one = preds([g1, box(8, 8, 0, 4, 0, 2), box(8, 8, 4, 8, 4, 6), box(8, 8, 0, 4, 6, 8)],
+                      [1, 1, 1, 2], [0.9, 0.8, 0.7, 0.6], "one")
+    shown_two = preds([box(8, 8, 0, 4, 0, 4), box(8, 8, 4, 8, 4, 8)], [1, 2], [0.9, 0.9], "two")
+    m = evaluate([one, two], [shown_one, shown_two], ["cat", "dog"])
+    assert m.num_pred.tolist() == [4, 2] and m.num_right.tolist() == [2, 1]
+    assert m.class_precision().tolist() == [0.5, 0.5]
+    assert m.class_false_per_image().tolist() == [1.0, 0.5]
+    assert m.precision == 50.0 and m.false_per_image == 1.5
+    data = m.to_dict(curves=False)
+    keys = ("num_pred", "num_right", "precision", "false_per_image")
+    assert [data["per_class"]["cat"][k] for k in keys] == [4, 2, 50.0, 1.0]
+    assert [data["per_class"]["dog"][k] for k in keys] == [2, 1, 50.0, 0.5]
+    assert (data["num_pred"], data["num_right"], data["precision"],
+            data["false_per_image"]) == (6, 3, 50.0, 1.5)
+
+
+def test_a_photo_without_true_objects_makes_every_shown_object_false(tmp_path):
+    empty = Sample(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8),
+                   np.zeros((4, 4), np.int32), np.zeros(0, np.int64), "empty")
+    shown = preds([box(4, 4, 0, 2, 0, 2), box(4, 4, 2, 4, 2, 4), box(4, 4, 0, 4, 0, 4)],
+                  [1, 1, 2], [0.9, 0.5, 0.3], "empty")
+    m = evaluate([empty], [shown], ["cat", "dog"])
+    assert m.num_right.tolist() == [0, 0] and m.precision == 0.0 and m.false_per_image == 3.0
+    _, md = write_metrics(m, tmp_path / "out", ["cat", "dog"])
+    assert ("- shown objects 3, right 0 (IoU >= 0.5 with a true object of their class): "
+            "precision 0.0 %, 3.00 false objects per image") in md.read_text()
+    nothing = evaluate([empty], [preds([], [], [], "empty")], ["cat"])
+    assert math.isnan(nothing.precision) and nothing.false_per_image == 0.0
+    assert nothing.to_dict()["precision"] is None
+
+
+def test_precision_leaves_void_pixels_out_as_ap_does():
+    """A true cat of 4 px with 4 void px beside it; the shown cat covers the cat, the void and
+    4 background px (12 px): IoU 4/8 = 0.5 with the void left out (right), 4/12 counting it."""
+    void = box(4, 6, 0, 2, 2, 4)
+    gt = make_sample([box(4, 6, 0, 2, 0, 2)], [1], void=void)
+    shown = preds([box(4, 6, 0, 2, 0, 6)], [1], [0.9])  # 4 cat + 4 void + 4 background px
+    m = evaluate([gt], [shown], ["cat"])
+    assert m.num_right.tolist() == [1] and m.precision == 100.0
 
 
 def test_read_coco_results_checks_rle_runs(tmp_path):

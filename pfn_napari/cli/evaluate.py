@@ -23,7 +23,9 @@ Examples::
   pfn evaluate --oracle-locations --noise 0.02 --grouping vote --data voc:VOC2012 --out runs/ol
   pfn evaluate runs/inst/final.pt --oracle-locations --data voc:VOC2012 --out runs/instloc
 
-Prints the paper's Table 1 shape and writes OUT/metrics.json and OUT/metrics.md. The AP rule
+Prints the paper's Table 1 shape, then what a user sees: the objects shown, how many are right
+(IoU >= 0.5 with a true object of their class), the precision and the false objects per image;
+writes OUT/metrics.json and OUT/metrics.md. The AP rule
 (--ap-style): voc = SDS's (the paper's), coco = pycocotools COCOeval, mnc = MNC/FCIS ports;
 see docs/evaluation.md.
 """
@@ -156,7 +158,7 @@ def has_labelled_object(dataset: PFNDataset) -> bool:
 
 def _grouping_config(args: argparse.Namespace, base=None):
     """The settings: the model's (or the defaults), then --grouping and --set (a new config;
-    with a model the sections grouping, crf and imagenet, without one only grouping)."""
+    with a model the sections grouping, crf, imagenet and show, without one only grouping)."""
     from dataclasses import replace
 
     from ..config import PFNConfig
@@ -187,6 +189,7 @@ def model_producer(args: argparse.Namespace, dataset: PFNDataset) -> Producer:
     predictor.crf = cfg.crf if args.crf is None else replace(cfg.crf, enabled=args.crf)
     predictor.grouping = gcfg
     predictor.imagenet = cfg.imagenet  # --set imagenet.KEY=VALUE reaches the ImageNet step
+    predictor.show = cfg.show  # --set show.classes=[] shows every class
     return produce_with(predictor, dataset, oracle_counts=args.oracle_counts,
                         oracle_locations=args.oracle_locations, noise=args.noise, seed=args.seed)
 
@@ -264,7 +267,7 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import format_table, write_metrics
+    from ..evaluate import format_table, shown_line, write_metrics
     from ..output import check_output_dir
     from ..producers import evaluate_dataset
 
@@ -279,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
           f"{int(metrics.num_pred.sum())} predicted instances, AP style {args.ap_style}:")
     print(format_table(metrics, dataset.classes))
     miou = metrics.miou
-    print(f"AP^r_vol {metrics.ap_r_vol:.1f}   mIoU {miou:.1f}", flush=True)
+    print(f"AP^r_vol {metrics.ap_r_vol:.1f}   mIoU {miou:.1f}   {shown_line(metrics)}",
+          flush=True)
     json_path, md_path = write_metrics(metrics, args.out, dataset.classes)
     print(f"-> {json_path}, {md_path}")
     if args.plot_pr:

@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "checkpoint's crf.enabled, on in the paper recipes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="grouping.KEY=VALUE",
-                   help="override a test-time setting of the sections grouping, crf or imagenet, "
-                        "e.g. --set grouping.sigma=0.1")
+                   help="override a test-time setting of the sections grouping, crf, imagenet "
+                        "or show, e.g. --set grouping.sigma=0.1 or --set show.classes=[]")
     p.add_argument("--resume", action="store_true",
                    help="skip the images --out's images.json lists as done (after Ctrl-C)")
     p.set_defaults(run=run)
@@ -269,6 +269,7 @@ def load_predictor(args: argparse.Namespace):
     predictor.grouping = replace(cfg.grouping, method=args.grouping) if args.grouping \
         else cfg.grouping
     predictor.imagenet = cfg.imagenet  # --set imagenet.enabled=false switches the step off
+    predictor.show = cfg.show  # --set show.classes=[] shows every class
     predictor.crf = cfg.crf if args.crf is None else replace(cfg.crf, enabled=args.crf)
     return predictor
 

@@ -1,7 +1,7 @@
 """The test-time settings a command takes from ``--set``, apart from the loaded model.
 
-``pfn predict`` and ``pfn evaluate CHECKPOINT`` read three sections: ``grouping``, ``crf``
-and ``imagenet``. An override of any other section is refused (one line naming the sections
+``pfn predict`` and ``pfn evaluate CHECKPOINT`` read four sections: ``grouping``, ``crf``,
+``imagenet`` and ``show``. An override of any other section is refused (one line naming the sections
 the command reads): the model's other settings are fixed by its checkpoint. The result is a
 new :class:`~pfn_napari.config.PFNConfig`; the loaded model's config is never changed.
 """
@@ -12,7 +12,7 @@ from ..config import (ConfigError, PFNConfig, apply_overrides, config_from_dict,
                       config_to_dict, migrate_key)
 
 #: The sections a command that runs a loaded model reads at test time.
-TEST_TIME_SECTIONS = ("grouping", "crf", "imagenet")
+TEST_TIME_SECTIONS = ("grouping", "crf", "imagenet", "show")
 
 
 def _listed(sections: tuple[str, ...]) -> str:
