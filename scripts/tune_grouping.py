@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
+import pickle
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -29,10 +31,12 @@ import numpy as np
 from tqdm import tqdm
 
 from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
-from pfn_napari.config import GroupingConfig, ImageNetConfig
+from pfn_napari.config import VOID, GroupingConfig, ImageNetConfig
+from pfn_napari.data import SubsetDataset, open_dataset
 from pfn_napari.demo import find_shared_data, open_set, real_specs
 from pfn_napari.errors import PFNError
-from pfn_napari.evaluate import Evaluator
+from pfn_napari.evaluate import Evaluator, average_precision, mask_ious, match_image
+from pfn_napari.output import atomic_write
 from pfn_napari.predictor import Predictor
 from pfn_napari.producers import class_lut, to_data_classes
 
@@ -85,7 +89,8 @@ def settings_grid(base, taus, sigmas, min_sizes, methods, imagenet=None,
     ``more`` maps other fields of either, by their ``--set`` names, to their values (e.g.
     ``{"grouping.count_source": ["head", "votes"], "grouping.votes.iou": [0.4, 0.6],
     "imagenet.weight": [0, 5]}``). Settings that differ only in the vote fields of the head's
-    count source, or in the ImageNet fields of a step with weight 0, are listed once."""
+    count source, or in the ImageNet fields of a step that does not run (weight 0 or switched
+    off), are listed once (:func:`canonical`)."""
     imagenet = imagenet or ImageNetConfig()
     values = {"grouping.tau": taus, "grouping.sigma": sigmas,
               "grouping.min_size_frac": min_sizes, "grouping.method": methods,
@@ -97,14 +102,23 @@ def settings_grid(base, taus, sigmas, min_sizes, methods, imagenet=None,
                                if k.startswith("grouping.")})
         step = with_fields(imagenet, {k.partition(".")[2]: v for k, v in chosen.items()
                                       if k.startswith("imagenet.")})
-        if g.count_source == "head":
-            g = dataclasses.replace(g, votes=base.votes)
-        if step.weight == 0:
-            step = with_fields(step, {k: field_of(imagenet, k) for k in PRIOR_FIELDS})
-        if Setting(g, step) not in seen:
-            seen.add(Setting(g, step))
-            grid.append(Setting(g, step))
+        setting = canonical(Setting(g, step), base, imagenet)
+        if setting not in seen:
+            seen.add(setting)
+            grid.append(setting)
     return grid
+
+
+def canonical(setting: Setting, base: GroupingConfig, imagenet: ImageNetConfig) -> Setting:
+    """``setting`` with the fields it does not read at ``base``'s / ``imagenet``'s values (the
+    vote fields of the head's count source; the ImageNet step's fields when it does not run),
+    so that two settings that group alike compare equal."""
+    g, step = setting
+    if g.count_source == "head":
+        g = dataclasses.replace(g, votes=base.votes)
+    if not step.active:
+        step = with_fields(step, {k: field_of(imagenet, k) for k in PRIOR_FIELDS})
+    return Setting(g, step)
 
 
 def _cell(value) -> str:
@@ -164,6 +178,511 @@ def person_count_error(metrics) -> float:
     return float(metrics.count_error()[names.index("person")]) if "person" in names else np.nan
 
 
+# ----------------------------------------------------------------------------- cross-validation
+# ``--folds K``: every labelled photo the networks were not trained on, split into K folds
+# stratified by source; each fold's setting is chosen on the other K - 1 and reported on it.
+
+#: The sources of the pooled photos: the three val splits and the COCO sample photos without a
+#: VOC object (``coco-neg``: every object shown there is false).
+NEGATIVES = "coco-neg"
+#: The AP^r@0.5 columns: each pools the photos of its sources (the COCO photos with and
+#: without VOC objects rank together, as a user's COCO photos do). Their mean is the objective.
+AP_SOURCES = {"coco": ("coco-voc", NEGATIVES), "pennfudan": ("pennfudan",),
+              "horses": ("horses",)}
+#: The IoU a shown object needs with a true object of its class to be right.
+RIGHT_IOU = 0.5
+
+
+class PhotoScore(NamedTuple):
+    """One photo grouped by one setting: what the folds add up (no masks kept)."""
+
+    scores: np.ndarray  # (N,) float64, the shown objects' scores
+    classes: np.ndarray  # (N,) int64, their classes 1..C
+    right: np.ndarray  # (N,) bool, matched to a true object of the class (match_image, > 0.5)
+    num_gt: np.ndarray  # (C,) int64, true objects per class (those with a non-void pixel)
+    labelled: np.ndarray  # (C,) bool, the classes the photo's source labels
+    confusion: np.ndarray  # (C + 1, C + 1) int64 pixels, rows truth, columns the class map
+
+
+def score_photo(sample, inst, semantic: np.ndarray, labelled: np.ndarray) -> PhotoScore:
+    """Match ``inst`` (an ``Instances`` on the sample's classes) to the ``sample``'s true
+    objects as :class:`~pfn_napari.evaluate.Evaluator` does (void pixels left out, VOC rule at
+    IoU 0.5, by :func:`mask_ious` and :func:`match_image`); ``semantic`` ``(H, W)`` is the
+    class map the setting ended with and ``labelled`` ``(C,)`` the classes the source labels."""
+    c = len(labelled)
+    void = (sample.instance_map == VOID) | (sample.class_map == VOID)  # (H, W)
+    gt_masks = sample.instance_masks() & ~void[None]  # (K, H, W)
+    visible = gt_masks.any(axis=(1, 2))  # (K,)
+    gt_classes = np.asarray(sample.instance_classes, dtype=np.int64)[visible]
+    ious = mask_ious(inst.masks, gt_masks[visible], void)  # (N, G)
+    classes = np.asarray(inst.classes, dtype=np.int64)
+    scores = np.asarray(inst.scores, dtype=np.float64)
+    right = np.zeros(len(classes), dtype=bool)
+    for k in np.unique(classes):
+        p = classes == k
+        right[p] = match_image(scores[p], ious[np.ix_(p, gt_classes == k)], RIGHT_IOU)
+    keep = sample.class_map != VOID
+    index = sample.class_map[keep].astype(np.int64) * (c + 1) + semantic[keep].astype(np.int64)
+    confusion = np.bincount(index, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+    return PhotoScore(scores, classes, right, np.bincount(gt_classes - 1, minlength=c)[:c],
+                      np.asarray(labelled, dtype=bool), confusion)
+
+
+def ap_half(photos) -> float:
+    """AP^r@0.5 (percent) of the shown objects of ``photos`` (:class:`PhotoScore`), averaged
+    over the classes with a true object there (NaN without any): the evaluation's VOC rule."""
+    if not photos:
+        return np.nan
+    classes = np.concatenate([p.classes for p in photos])
+    scores = np.concatenate([p.scores for p in photos])
+    right = np.concatenate([p.right for p in photos])
+    num_gt = np.sum([p.num_gt for p in photos], axis=0)  # (C,)
+    aps = [average_precision(scores[classes == k + 1], right[classes == k + 1], int(n))[0]
+           for k, n in enumerate(num_gt) if n > 0]
+    return 100 * float(np.mean(aps)) if aps else np.nan
+
+
+def miou(photos) -> float:
+    """Mean IoU (percent) of the class maps of ``photos`` over the classes 0..C that occur."""
+    if not photos:
+        return np.nan
+    confusion = np.sum([p.confusion for p in photos], axis=0)
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    return 100 * float(np.mean(inter[union > 0] / union[union > 0])) if (union > 0).any() \
+        else np.nan
+
+
+def shown_right(photos) -> tuple[float, float]:
+    """``(precision, false objects per photo)`` of the shown objects of the classes each
+    photo's source labels: percent of them right, and the wrong ones per photo."""
+    shown = sum(int(p.labelled[p.classes - 1].sum()) for p in photos)
+    right = sum(int((p.right & p.labelled[p.classes - 1]).sum()) for p in photos)
+    precision = 100 * right / shown if shown else np.nan
+    return precision, (shown - right) / len(photos) if photos else np.nan
+
+
+def photo_metrics(photos, sources) -> dict[str, float]:
+    """The numbers of one setting on some photos (``sources``: each photo's source name):
+    AP^r@0.5 of each :data:`AP_SOURCES` column that has photos here and their ``mean`` (the
+    objective), ``precision`` and ``false`` objects per photo (also of each column, e.g.
+    ``"coco precision"``), and the mIoU of each column (``"coco mIoU"``)."""
+    out = {}
+    for column, names in AP_SOURCES.items():
+        members = [p for p, s in zip(photos, sources) if s in names]
+        if members:
+            out[column] = ap_half(members)
+            out[f"{column} mIoU"] = miou(members)
+            out[f"{column} precision"], out[f"{column} false"] = shown_right(members)
+    aps = [out[c] for c in AP_SOURCES if c in out]
+    out["mean"] = float(np.mean(aps)) if aps else np.nan
+    out["precision"], out["false"] = shown_right(photos)
+    return out
+
+
+def stratified_folds(sources, k: int, seed: int = 0) -> np.ndarray:
+    """``(N,)`` the fold 0..k-1 that holds each photo out (``sources``: each photo's source).
+    Each source's photos (sources in sorted order) are shuffled by a generator seeded with
+    ``seed`` and dealt to the folds in turn, each source starting at the fold after the last
+    one dealt: every fold holds photos of every source and fold sizes differ by at most one."""
+    sources = np.asarray(sources)
+    names, counts = np.unique(sources, return_counts=True)
+    if k < 2:
+        raise PFNError(f"--folds {k}: cross-validation needs at least 2 folds")
+    if counts.min() < k:
+        raise PFNError(f"--folds {k}: the source {str(names[counts.argmin()])!r} has only "
+                       f"{counts.min()} photos; every fold needs one of each source (at most "
+                       f"{counts.min()} folds)")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(sources), dtype=np.int64)
+    start = 0
+    for name in names:
+        members = rng.permutation(np.flatnonzero(sources == name))
+        folds[members] = (start + np.arange(len(members))) % k
+        start += len(members)
+    return folds
+
+
+def choose(objectives) -> int:
+    """The index of the highest objective (the first, the simpler when listed first, on ties;
+    NaN is never chosen unless all are NaN)."""
+    values = np.asarray(objectives, dtype=np.float64)
+    return int(np.nanargmax(values)) if np.isfinite(values).any() else 0
+
+
+def chosen_per_fold(table, sources, folds) -> list[int]:
+    """For each fold f, the setting (row of ``table``: one :class:`PhotoScore` per photo) with
+    the best mean AP^r@0.5 on the photos of the other folds (the photos of fold f unseen)."""
+    sources = np.asarray(sources)
+    picks = []
+    for f in range(int(folds.max()) + 1):
+        train = np.flatnonzero(folds != f)
+        picks.append(choose([photo_metrics([row[i] for i in train], sources[train])["mean"]
+                             for row in table]))
+    return picks
+
+
+def held_metrics(row, sources, folds, f: int) -> dict[str, float]:
+    """:func:`photo_metrics` of one setting's row on the photos fold ``f`` holds out."""
+    held = np.flatnonzero(folds == f)
+    return photo_metrics([row[i] for i in held], np.asarray(sources)[held])
+
+
+def wins_every_fold(added, simpler) -> bool:
+    """The rule: an added setting stays only if its held-fold objective beats the simpler
+    one's on every fold (strictly: a tie or a NaN keeps the simpler)."""
+    pairs = list(zip(added, simpler, strict=True))
+    return bool(pairs) and all(a > b for a, b in pairs)
+
+
+def with_setting(setting: Setting, values: dict) -> Setting:
+    """``setting`` with dotted ``grouping.*`` / ``imagenet.*`` fields replaced."""
+    return Setting(
+        with_fields(setting.grouping, {k.partition(".")[2]: v for k, v in values.items()
+                                       if k.startswith("grouping.")}),
+        with_fields(setting.imagenet, {k.partition(".")[2]: v for k, v in values.items()
+                                       if k.startswith("imagenet.")}))
+
+
+def setting_value(setting: Setting, name: str):
+    """The value of a dotted ``grouping.*`` / ``imagenet.*`` field of ``setting``."""
+    head, _, rest = name.partition(".")
+    return field_of(setting.grouping if head == "grouping" else setting.imagenet, rest)
+
+
+def varied_fields(settings: list) -> list[str]:
+    """The dotted fields whose value differs between some of ``settings``, in grid order."""
+    names = [f"grouping.{k}" for k in GRID_FIELDS] + ["imagenet.enabled"] + \
+        [f"imagenet.{k}" for k in IMAGENET_FIELDS]
+    return [n for n in names if len({repr(setting_value(s, n)) for s in settings}) > 1]
+
+
+def short(setting: Setting, fields) -> str:
+    """The ``fields`` of ``setting`` as ``name=value`` words (``grouping.`` left out)."""
+    return " ".join(f"{n.removeprefix('grouping.')}={_cell(setting_value(setting, n))}"
+                    for n in fields)
+
+
+def negative_photos(shared: Path, classes: tuple[str, ...]):
+    """The COCO sample photos of ``coco128-train/coco/instances.json`` that the VOC layout's
+    ``trainval`` leaves out (they hold no VOC object, so the networks never trained on them) as
+    a dataset on ``classes``; None without them."""
+    root = shared / "coco128-train"
+    annotations = root / "coco" / "instances.json"
+    trainval = root / "voc" / "VOC2012" / "ImageSets" / "Segmentation" / "trainval.txt"
+    if not annotations.is_file() or not trainval.is_file():
+        return None
+    ds = open_dataset(f"coco:{annotations}:{root / 'coco' / 'images'}", "val", classes)
+    used = set(trainval.read_text().split())
+    return SubsetDataset(ds, [i for i in range(len(ds)) if Path(ds.source_of(i)).stem not in used])
+
+
+def pooled_sets(shared: Path, classes: tuple[str, ...], limit: int | None = None) -> list:
+    """``[(source, dataset on classes, labelled (C,) bool)]``: the val splits and the COCO
+    photos without a VOC object (the first ``limit`` photos of each)."""
+    out = []
+    for es in real_specs(shared):
+        ds = open_set(es, "val", classes, limit=limit)
+        if ds is not None:
+            out.append((es.name, ds, np.array([es.classes is None or c in es.classes
+                                               for c in classes])))
+    negatives = negative_photos(shared, classes)
+    if negatives is not None:
+        if limit is not None and len(negatives) > limit:
+            negatives = SubsetDataset(negatives, list(range(limit)))
+        out.append((NEGATIVES, negatives, np.ones(len(classes), dtype=bool)))
+    return out
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file (names the weights in the cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def score_pool(predictor: Predictor, settings: list, sets: list, cache: dict,
+               weights_id: str) -> tuple[list, list[str], list[str]]:
+    """``(table, sources, photo names)``: ``table[s][i]`` the :class:`PhotoScore` of setting
+    ``s`` on photo ``i`` of ``sets`` (:func:`pooled_sets`). ``cache`` maps (weights, photo,
+    setting) to scores already computed (as plain tuples) and gets the new ones; the networks
+    run once for each photo that misses a setting."""
+    classes = tuple(predictor.class_names)
+    table: list[list] = [[] for _ in settings]
+    sources, names = [], []
+    for source, ds, labelled in sets:
+        lut = class_lut(classes, tuple(ds.classes))
+        for index in tqdm(range(len(ds)), desc=source, unit="img"):
+            name = f"{source}/{ds.image_ids[index]}"
+            keys = [(weights_id, name, repr(s)) for s in settings]
+            if any(key not in cache for key in keys):
+                sample = ds[index]
+                predictor.set_image(sample.image, name=str(sample.image_id),
+                                    image_id=sample.image_id)
+                for setting, key in zip(settings, keys):
+                    if key not in cache:
+                        inst = to_data_classes(predictor.instances(
+                            setting.grouping, imagenet=setting.imagenet), lut, sample.image_id)
+                        semantic = lut[predictor.class_map()].astype(np.uint8)  # (H, W)
+                        cache[key] = tuple(score_photo(sample, inst, semantic, labelled))
+            for row, key in zip(table, keys):
+                row.append(PhotoScore(*cache[key]))
+            sources.append(source)
+            names.append(name)
+    return table, sources, names
+
+
+def read_cache(path: Path | None) -> dict:
+    """The scores cached at ``path`` (empty when there is none yet)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            cache = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
+        raise PFNError(f"--cache {path}: not a score cache of this script ({exc}); remove it "
+                       "or name another file") from None
+    if not isinstance(cache, dict):
+        raise PFNError(f"--cache {path}: not a score cache of this script; remove it or name "
+                       "another file")
+    return cache
+
+
+def simple_setting(cfg) -> Setting:
+    """The simple baseline: the paper's reading where there is one, on the weights' method
+    (``cfg``: their config): the count head alone, the config's default tau, sigma and size
+    floor, no ImageNet step (switched off, its check off; its other fields the weights')."""
+    plain = GroupingConfig()
+    grouping = dataclasses.replace(cfg.grouping, tau=plain.tau, sigma=plain.sigma,
+                                   min_size_frac=plain.min_size_frac, count_source="head")
+    return Setting(grouping, with_fields(cfg.imagenet, {"enabled": False,
+                                                        "check.enabled": False}))
+
+
+def fold_sizes(sources, folds) -> list[str]:
+    """Markdown table: the photos each fold holds out, per source."""
+    names = sorted(set(sources))
+    lines = ["| fold | " + " | ".join(names) + " | photos |", "|---:|" + "---:|" * (len(names) + 1)]
+    sources = np.asarray(sources)
+    for f in range(int(folds.max()) + 1):
+        held = sources[folds == f]
+        lines.append(f"| {f + 1} | " + " | ".join(str(int((held == n).sum())) for n in names)
+                     + f" | {held.size} |")
+    return lines
+
+
+def _num(value: float, digits: int = 1, sign: str = "") -> str:
+    """A table number (``sign`` "+": signed), '-' where it is undefined."""
+    return "-" if not np.isfinite(value) else f"{value:{sign}.{digits}f}"
+
+
+def _digits(key: str) -> int:
+    """Decimals of a metric: false objects per photo get two."""
+    return 2 if key.endswith("false") else 1
+
+
+def metrics_cells(m: dict) -> str:
+    """The held numbers of one setting as table cells: AP per column, mean, precision, false
+    objects per photo."""
+    return " | ".join([_num(m.get(c, np.nan)) for c in AP_SOURCES] + [
+        _num(m["mean"]), _num(m["precision"]), _num(m["false"], 2)])
+
+
+METRIC_HEADER = (" | ".join(f"{c} AP" for c in AP_SOURCES)
+                 + " | mean AP | precision % | false / photo")
+
+
+def fold_table(table, settings, sources, folds, picks, rows: dict[str, int], fields) -> list:
+    """Markdown: for each fold the setting chosen on the other folds, then the ``rows``
+    (name -> setting index) for comparison, each with its held-fold numbers."""
+    lines = ["| fold | setting | | mean AP, other folds (chooses) | " + METRIC_HEADER + " |",
+             "|---:|---|---|---:|" + "---:|" * (len(AP_SOURCES) + 3)]
+    sources = np.asarray(sources)
+    for f, pick in enumerate(picks):
+        train = np.flatnonzero(folds != f)
+        for name, i in [("chosen", pick), *rows.items()]:
+            seen = photo_metrics([table[i][j] for j in train], sources[train])["mean"]
+            lines.append(f"| {f + 1} | {name} | {short(settings[i], fields)} | {_num(seen)} | "
+                         + metrics_cells(held_metrics(table[i], sources, folds, f)) + " |")
+    return lines
+
+
+def field_rule(table, settings, sources, folds, picks, simple: Setting, fields,
+               base: tuple) -> tuple[list, dict[str, bool]]:
+    """The rule per varied field: in each fold, the held mean AP of the chosen setting minus
+    that of the chosen setting with the field at the simple value ('-': the fold chose the
+    simple value, a loss). ``base``: the grid's (grouping, imagenet) bases for
+    :func:`canonical`. Returns the markdown and ``{field: stays}``."""
+    index = {s: i for i, s in enumerate(settings)}
+    k = len(picks)
+    lines = ["| added field | " + " | ".join(f"fold {f + 1}" for f in range(k))
+             + " | stays? |", "|---|" + "---:|" * k + "---|"]
+    stays = {}
+    for name in fields:
+        simple_value = setting_value(simple, name)
+        cells, added, simpler = [], [], []
+        for f, pick in enumerate(picks):
+            chosen = settings[pick]
+            other = index.get(canonical(with_setting(chosen, {name: simple_value}), *base))
+            if setting_value(chosen, name) == simple_value or other is None:
+                cells.append("-")
+                added.append(np.nan)
+                simpler.append(np.nan)
+                continue
+            a = held_metrics(table[pick], sources, folds, f)["mean"]
+            b = held_metrics(table[other], sources, folds, f)["mean"]
+            cells.append(f"{_cell(setting_value(chosen, name))}: {a - b:+.1f}")
+            added.append(a)
+            simpler.append(b)
+        stays[name] = wins_every_fold(added, simpler)
+        lines.append(f"| {name} (simple: {_cell(simple_value)}) | " + " | ".join(cells)
+                     + f" | {'yes' if stays[name] else 'no'} |")
+    return lines, stays
+
+
+def imagenet_table(table, settings, sources, folds, picks, steps: dict[str, ImageNetConfig],
+                   base: tuple) -> list:
+    """Markdown: per fold, the grouping as chosen with each ImageNet ``steps`` variant: the
+    held AP per column and mean, precision, false objects per photo and mIoU per column."""
+    index = {s: i for i, s in enumerate(settings)}
+    lines = ["| fold | ImageNet step | " + METRIC_HEADER + " | "
+             + " | ".join(f"{c} mIoU" for c in AP_SOURCES) + " |",
+             "|---:|---|" + "---:|" * (2 * len(AP_SOURCES) + 3)]
+    keys = [*AP_SOURCES, "mean", "precision", "false", *(f"{c} mIoU" for c in AP_SOURCES)]
+    for f, pick in enumerate(picks):
+        held = []
+        for name, step in steps.items():
+            i = index.get(canonical(Setting(settings[pick].grouping, step), *base))
+            if i is None:
+                continue
+            held.append(held_metrics(table[i], sources, folds, f))
+            lines.append(f"| {f + 1} | {name} | "
+                         + " | ".join(_num(held[-1].get(k, np.nan), _digits(k)) for k in keys)
+                         + " |")
+        if len(held) == len(steps):  # the last step minus the first
+            gains = [held[-1].get(k, np.nan) - held[0].get(k, np.nan) for k in keys]
+            lines.append(f"| {f + 1} | gain, {name} - {next(iter(steps))} | "
+                         + " | ".join(_num(g, _digits(k), "+") for g, k in zip(gains, keys))
+                         + " |")
+    return lines
+
+
+def pooled_held(table, picks, folds) -> list:
+    """Each photo scored by the setting its fold chose (``picks``) without it: the
+    cross-validated estimate of the whole procedure, choosing included."""
+    return [table[picks[f]][j] for j, f in enumerate(folds)]
+
+
+def summary_table(rows: dict[str, list], sources) -> list:
+    """Markdown: per row (name -> one :class:`PhotoScore` per photo) and per column, AP^r@0.5,
+    precision, false objects per photo and mIoU, then all photos' precision and false."""
+    head = " | ".join(f"{c} AP | {c} precision % | {c} false / photo | {c} mIoU"
+                      for c in AP_SOURCES)
+    lines = [f"| | {head} | mean AP | all: precision % | all: false / photo |",
+             "|---|" + "---:|" * (4 * len(AP_SOURCES) + 3)]
+    for name, photos in rows.items():
+        m = photo_metrics(photos, sources)
+        cells = [_num(m.get(f"{c}{k}", np.nan), _digits(k))
+                 for c in AP_SOURCES for k in ("", " precision", " false", " mIoU")]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_num(m['mean'])} | "
+                     f"{_num(m['precision'])} | {_num(m['false'], 2)} |")
+    return lines
+
+
+def decided(settings, table, sources, simple: Setting, stays: dict[str, bool]) -> int:
+    """The default the rule gives: among the settings that keep every field that does not
+    stay at its simple value, the best on all the pooled photos."""
+    allowed = [i for i, s in enumerate(settings)
+               if all(setting_value(s, n) == setting_value(simple, n)
+                      for n, ok in stays.items() if not ok)]
+    return allowed[choose([photo_metrics(table[i], sources)["mean"] for i in allowed])]
+
+
+def dotted_values(setting: Setting, fields) -> list[str]:
+    """The ``fields`` of ``setting`` as ``section.field: value`` lines (YAML's spelling of
+    the values; the weights' YAML nests them under their sections)."""
+    out = []
+    for n in fields:
+        value = setting_value(setting, n)
+        out.append(f"{n}: {str(value).lower() if isinstance(value, bool) else _cell(value)}")
+    return out
+
+
+def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
+    """``--folds K``: score the grid on the pooled photos (cached), choose per fold, report."""
+    simple = simple_setting(cfg)
+    base = (cfg.grouping, simple.imagenet)
+    shipped = canonical(Setting(cfg.grouping, cfg.imagenet), *base)
+    grid = grid_of(args, cfg, simple.imagenet)
+    settings = list(dict.fromkeys([canonical(simple, *base), shipped, *grid]))
+    cache = read_cache(args.cache)
+    weights_id = file_digest(args.weights)
+    sets = pooled_sets(shared, tuple(predictor.class_names), args.limit)
+    before = len(cache)
+    table, sources, _ = score_pool(predictor, settings, sets, cache, weights_id)
+    if args.cache is not None and len(cache) > before:
+        atomic_write(args.cache, lambda fh: pickle.dump(cache, fh))
+    folds = stratified_folds(sources, args.folds, args.seed)
+    picks = chosen_per_fold(table, sources, folds)
+    fields = varied_fields(settings)
+    print(f"{len(settings)} settings, {len(sources)} photos, {args.folds} folds (seed "
+          f"{args.seed}); the varied fields: {', '.join(fields)}\n")
+    print("\n".join(fold_sizes(sources, folds)) + "\n")
+    print("Each fold's numbers are on the photos it holds out (not used to choose its "
+          "setting); 'mean AP, other folds' chose it.\n")
+    print("\n".join(fold_table(table, settings, sources, folds, picks,
+                               {"simple": 0, "shipped": 1}, fields)) + "\n")
+    rule, stays = field_rule(table, settings, sources, folds, picks, simple, fields, base)
+    print("The rule per added field: held mean AP of the chosen setting minus the same with the "
+          "field at its simple value.\n")
+    print("\n".join(rule) + "\n")
+    for name, (added, simpler) in {"chosen": (picks, [0] * len(picks)),
+                                   "shipped": ([1] * len(picks), [0] * len(picks))}.items():
+        a = [held_metrics(table[i], sources, folds, f)["mean"] for f, i in enumerate(added)]
+        b = [held_metrics(table[i], sources, folds, f)["mean"] for f, i in enumerate(simpler)]
+        print(f"{name} vs simple, held mean AP per fold: "
+              + ", ".join(f"{x - y:+.1f}" for x, y in zip(a, b))
+              + f" (wins on every fold: {'yes' if wins_every_fold(a, b) else 'no'})")
+    print("\nEvery photo held out once, pooled over the folds (chosen: each photo under the "
+          "setting its fold chose without it):\n")
+    print("\n".join(summary_table({"simple": table[0], "shipped": table[1],
+                                   "chosen per fold": pooled_held(table, picks, folds)},
+                                  sources)))
+    steps = {"off": simple.imagenet,
+             "on, check off": with_fields(cfg.imagenet, {"enabled": True, "check.enabled": False}),
+             "on, check on": with_fields(cfg.imagenet, {"enabled": True, "check.enabled": True})}
+    print("\nThe ImageNet step on the held photos, the rest of the setting as each fold chose:\n")
+    print("\n".join(imagenet_table(table, settings, sources, folds, picks, steps, base)) + "\n")
+    best = decided(settings, table, sources, simple, stays)
+    m = photo_metrics(table[best], sources)
+    print(f"the rule's default (chosen on all {len(sources)} photos, so its numbers here are "
+          f"used for choosing: mean AP^r@0.5 {m['mean']:.1f}): {short(settings[best], fields)}")
+    print("\n".join(dotted_values(settings[best], fields)))
+    return 0
+
+
+
+def grid_of(args, cfg, imagenet: ImageNetConfig) -> list:
+    """The grid the command line asks for, over the weights' config ``cfg`` (the step's
+    fields over ``imagenet``)."""
+    on = {"on": True, "off": False}
+    return settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
+                         args.method or [cfg.grouping.method], imagenet=imagenet,
+                         more={"grouping.count_source": args.count_source,
+                               "grouping.votes.iou": args.votes_iou,
+                               "grouping.votes.min_frac": args.votes_min_frac,
+                               "grouping.votes.merge_iou": args.votes_merge_iou,
+                               "imagenet.enabled": [on[v] for v in args.imagenet_enabled or []],
+                               "imagenet.weight": args.imagenet_weight,
+                               "imagenet.eps": args.imagenet_eps,
+                               "imagenet.min_frac": args.imagenet_min_frac,
+                               "imagenet.touch": args.imagenet_touch,
+                               "imagenet.check.enabled":
+                                   [on[v] for v in args.imagenet_check or []],
+                               "imagenet.shape": args.imagenet_shape})
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, required=True)
@@ -189,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imagenet-min-frac", "--prior-min-frac", type=float, nargs="+",
                     default=None)
     ap.add_argument("--imagenet-touch", "--prior-touch", type=float, nargs="+", default=None)
+    ap.add_argument("--imagenet-enabled", choices=("on", "off"), nargs="+", default=None,
+                    help="imagenet.enabled values: the ImageNet step switched on or off")
     ap.add_argument("--imagenet-check", "--prior-check", choices=("on", "off"), nargs="+",
                     default=None, help="imagenet.check.enabled: the ImageNet classifier checks "
                                        "each object's crop")
@@ -198,6 +719,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="choose by the mean AP^r@0.5 over the splits, or by the mean of that "
                          "and the splits' mean mIoU")
     ap.add_argument("--limit", type=int, default=None, help="the first N images of each split")
+    ap.add_argument("--folds", type=int, default=None, metavar="K",
+                    help="K-fold cross-validation over every labelled photo not trained on "
+                         "(the val splits and the COCO photos without a VOC object), stratified "
+                         "by source: each fold's setting is chosen on the other folds")
+    ap.add_argument("--seed", type=int, default=0, help="--folds: the seed of the split")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="--folds: a file keeping each photo's scores per setting (reused)")
     ap.add_argument("--save", type=Path, default=None,
                     help="write a copy of the weights with the best setting (a new file)")
     args = ap.parse_args(argv)
@@ -205,6 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     if shared is None:
         print("tune_grouping: the real data (../shared/data or $PFN_SHARED_DATA) was not found",
               file=sys.stderr)
+        return 2
+    if args.save is not None and args.folds is not None:
+        print("tune_grouping: --save is not used with --folds (it prints the rule's default; "
+              "set it with --set or in the weights' YAML)", file=sys.stderr)
         return 2
     if args.save is not None and args.save.exists():  # also when it names --weights
         print(f"tune_grouping: {args.save} exists; --save writes a new file", file=sys.stderr)
@@ -214,19 +746,13 @@ def main(argv: list[str] | None = None) -> int:
     except PFNError as exc:  # missing, truncated or foreign file: one line naming it
         print(f"tune_grouping: {exc}", file=sys.stderr)
         return 2
-    settings = settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
-                             args.method or [cfg.grouping.method], imagenet=cfg.imagenet,
-                             more={"grouping.count_source": args.count_source,
-                                   "grouping.votes.iou": args.votes_iou,
-                                   "grouping.votes.min_frac": args.votes_min_frac,
-                                   "grouping.votes.merge_iou": args.votes_merge_iou,
-                                   "imagenet.weight": args.imagenet_weight,
-                                   "imagenet.eps": args.imagenet_eps,
-                                   "imagenet.min_frac": args.imagenet_min_frac,
-                                   "imagenet.touch": args.imagenet_touch,
-                                   "imagenet.check.enabled":
-                                       [v == "on" for v in args.imagenet_check or []],
-                                   "imagenet.shape": args.imagenet_shape})
+    if args.folds is not None:
+        try:
+            return run_folds(args, Predictor(str(args.weights)), cfg, shared)
+        except PFNError as exc:
+            print(f"tune_grouping: {exc}", file=sys.stderr)
+            return 2
+    settings = grid_of(args, cfg, cfg.imagenet)
     results = evaluate_settings(Predictor(str(args.weights)), settings, shared, args.limit)
     names = list(results)
     print("| method | tau | sigma | min size | count source | vote iou | vote min | vote merge | "

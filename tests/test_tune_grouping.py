@@ -1,4 +1,5 @@
-"""scripts/tune_grouping.py: its grid, its numbers against the one evaluation loop, --save."""
+"""scripts/tune_grouping.py: its grid, its numbers against the one evaluation loop, --save, and
+the cross-validation of --folds (split, choice, the rule) on hand-made photos."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pfn_napari.checkpoint import load_checkpoint
 from pfn_napari.config import GroupingConfig, ImageNetConfig
 from pfn_napari.demo import open_set, real_specs
+from pfn_napari.errors import PFNError
+from pfn_napari.evaluate import Evaluator
 from pfn_napari.inference import default_weights_path
 from pfn_napari.predictor import Predictor
 from pfn_napari.producers import evaluate_dataset, model_producer
+from pfn_napari.structures import Instances, Sample
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tune_grouping.py"
 
@@ -49,6 +54,13 @@ def test_grid_holds_every_combination_over_the_base() -> None:
     assert [(s.weight, s.touch, s.check.enabled) for _, s in grid] == \
         [(0.0, ImageNetConfig().touch, False), (5.0, 0.25, True), (5.0, 0.5, True)]
     assert all(g == grid[0][0] for g, _ in grid)
+    # a step switched off is one setting whatever its check says
+    grid = load_script().settings_grid(base, [0.5], [0.5], [0.001], ["vote"],
+                                       imagenet=ImageNetConfig(weight=5.0),
+                                       more={"imagenet.enabled": [False, True],
+                                             "imagenet.check.enabled": [False, True]})
+    assert [(s.enabled, s.check.enabled) for _, s in grid] == \
+        [(False, False), (True, False), (True, True)]
 
 
 def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
@@ -89,3 +101,108 @@ def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
     assert tune.main([*argv, "--save", str(out)]) == 2  # never overwrites
     assert tune.main(["--weights", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: checkpoint file not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- --folds
+
+def test_folds_are_stratified_deterministic_and_hold_each_photo_once() -> None:
+    tune = load_script()
+    sources = ["a"] * 7 + ["b"] * 5 + ["c"] * 3
+    folds = tune.stratified_folds(sources, 3, seed=0)
+    assert folds.shape == (15,) and set(folds.tolist()) == {0, 1, 2}  # one fold per photo
+    # a dealt from fold 0 (3, 2, 2), b from fold 7 % 3 = 1 (1, 2, 2), c from 12 % 3 = 0
+    per_source = {s: np.bincount(folds[np.array(sources) == s], minlength=3).tolist()
+                  for s in "abc"}
+    assert per_source == {"a": [3, 2, 2], "b": [1, 2, 2], "c": [1, 1, 1]}
+    assert np.bincount(folds).tolist() == [5, 5, 5]
+    assert np.array_equal(folds, tune.stratified_folds(sources, 3, seed=0))
+    assert any(not np.array_equal(folds, tune.stratified_folds(sources, 3, seed=s))
+               for s in (1, 2))
+    with pytest.raises(PFNError, match="--folds 4: the source 'c' has only 3 photos"):
+        tune.stratified_folds(sources, 4)
+    with pytest.raises(PFNError, match="at least 2 folds"):
+        tune.stratified_folds(sources, 1)
+
+
+def _photo(tune, right: bool, score: float = 0.9):
+    """A horse photo with one true horse and one shown horse, right or not (one class)."""
+    return tune.PhotoScore(np.array([score]), np.array([1]), np.array([right]), np.array([1]),
+                           np.array([True]), np.array([[10, 0], [0, 5]]))
+
+
+def test_score_photo_matches_as_the_evaluator_and_counts_shown_objects() -> None:
+    tune = load_script()
+    instance_map = np.zeros((8, 8), np.int32)
+    instance_map[:4, :4], instance_map[:4, 4:], instance_map[4:, :4] = 1, 2, 3
+    instance_map[7, 7] = 255
+    classes = np.array([1, 1, 2])
+    class_map = np.where(instance_map == 255, 255, np.r_[0, classes][instance_map % 255])
+    sample = Sample(np.zeros((8, 8, 3), np.uint8), class_map.astype(np.uint8), instance_map,
+                    classes, "photo")
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0, :4, :4] = True  # person 1 exactly: right
+    masks[1, :4, :] = True  # both persons merged: IoU 16/32 with person 2, not above 0.5
+    masks[2, 4:, 4:] = True  # a dog where there is none
+    inst = Instances(masks, np.array([1, 1, 2]), np.array([0.9, 0.8, 0.7]), "photo")
+    semantic = inst.class_map()
+    score = tune.score_photo(sample, inst, semantic, np.array([True, True]))
+    assert score.right.tolist() == [True, False, False]
+    assert score.num_gt.tolist() == [2, 1]
+    ev = Evaluator(("person", "dog"))
+    ev.add(sample, inst, semantic)
+    metrics = ev.result()
+    # person: one right of two true at precision 1 -> 0.5; dog: 0 -> mean 25
+    assert tune.ap_half([score]) == pytest.approx(25.0) == 100 * metrics.mean_ap(0.5)
+    assert tune.miou([score]) == pytest.approx(metrics.miou)
+    assert tune.shown_right([score]) == pytest.approx((100 / 3, 2.0))
+    # a source that labels only people: the dog is neither right nor false
+    only_people = tune.score_photo(sample, inst, semantic, np.array([True, False]))
+    assert tune.shown_right([only_people, only_people]) == pytest.approx((50.0, 1.0))
+
+
+def test_each_fold_chooses_on_the_other_folds() -> None:
+    tune = load_script()
+    sources = ["horses"] * 4
+    folds = np.array([0, 0, 1, 1])
+    # setting 0 is right on fold 0's photos only, setting 1 on fold 1's only
+    table = [[_photo(tune, r) for r in (True, True, False, False)],
+             [_photo(tune, r) for r in (False, False, True, True)]]
+    assert tune.chosen_per_fold(table, sources, folds) == [1, 0]
+    assert tune.held_metrics(table[1], sources, folds, 0)["mean"] == 0.0  # it fails unseen
+    assert tune.held_metrics(table[1], sources, folds, 1)["horses"] == 100.0
+    assert tune.choose([np.nan, 2.0, 2.0]) == 1  # the first of a tie; never NaN
+
+
+def test_an_added_setting_stays_only_if_it_wins_on_every_fold() -> None:
+    tune = load_script()
+    assert tune.wins_every_fold([3.0, 2.0, 5.0], [1.0, 1.0, 4.0])
+    assert not tune.wins_every_fold([3.0, 2.0, 5.0], [1.0, 2.0, 4.0])  # a tie keeps the simpler
+    assert not tune.wins_every_fold([3.0, np.nan], [1.0, 1.0])
+    assert not tune.wins_every_fold([], [])
+    base = (GroupingConfig(method="vote"), ImageNetConfig())
+    simple = tune.Setting(*base)
+    added = tune.Setting(GroupingConfig(method="vote", tau=0.35), ImageNetConfig())
+    settings = [simple, added]
+    assert tune.varied_fields(settings) == ["grouping.tau"]
+    sources, folds = ["horses"] * 6, np.array([0, 0, 1, 1, 2, 2])
+
+    def rule(simple_right, added_right):
+        table = [[_photo(tune, r) for r in simple_right], [_photo(tune, r) for r in added_right]]
+        picks = tune.chosen_per_fold(table, sources, folds)
+        lines, stays = tune.field_rule(table, settings, sources, folds, picks, simple,
+                                       ["grouping.tau"], base)
+        return lines[-1], stays, tune.decided(settings, table, sources, simple, stays)
+
+    # tau 0.35 right everywhere, the simple tau nowhere: it wins on every fold and stays
+    line, stays, best = rule([False] * 6, [True] * 6)
+    assert stays == {"grouping.tau": True} and best == 1
+    assert line == ("| grouping.tau (simple: 0.5) | 0.35: +100.0 | 0.35: +100.0 | "
+                    "0.35: +100.0 | yes |")
+    # chosen by every fold, but only as good on fold 3's photos: the simple one stays
+    line, stays, best = rule([False] * 4 + [True] * 2, [True] * 6)
+    assert stays == {"grouping.tau": False} and best == 0
+    assert line == "| grouping.tau (simple: 0.5) | 0.35: +100.0 | 0.35: +100.0 | 0.35: +0.0 | no |"
+    # a fold that chooses the simple value counts as a loss ('-'): on fold 1 the other
+    # folds' photos tie, and the first setting (the simple one) is chosen
+    line, stays, _ = rule([False] * 2 + [True] * 4, [True] * 6)
+    assert line == "| grouping.tau (simple: 0.5) | - | 0.35: +0.0 | 0.35: +0.0 | no |"
