@@ -35,7 +35,8 @@ from pfn_napari.config import VOID, GroupingConfig, ImageNetConfig
 from pfn_napari.data import SubsetDataset, open_dataset
 from pfn_napari.demo import find_shared_data, open_set, real_specs
 from pfn_napari.errors import PFNError
-from pfn_napari.evaluate import Evaluator, average_precision, mask_ious, match_image
+from pfn_napari.evaluate import (Evaluator, average_precision, mask_ious, match_image,
+                                 right_objects)
 from pfn_napari.output import atomic_write
 from pfn_napari.predictor import Predictor
 from pfn_napari.producers import class_lut, to_data_classes
@@ -189,8 +190,8 @@ NEGATIVES = "coco-neg"
 #: without VOC objects rank together, as a user's COCO photos do). Their mean is the objective.
 AP_SOURCES = {"coco": ("coco-voc", NEGATIVES), "pennfudan": ("pennfudan",),
               "horses": ("horses",)}
-#: The IoU a shown object needs with a true object of its class to be right.
-RIGHT_IOU = 0.5
+#: The IoU threshold of the AP^r the folds choose by.
+AP_IOU = 0.5
 
 
 class PhotoScore(NamedTuple):
@@ -198,7 +199,8 @@ class PhotoScore(NamedTuple):
 
     scores: np.ndarray  # (N,) float64, the shown objects' scores
     classes: np.ndarray  # (N,) int64, their classes 1..C
-    right: np.ndarray  # (N,) bool, matched to a true object of the class (match_image, > 0.5)
+    tp: np.ndarray  # (N,) bool, true positives of AP^r@0.5 (match_image, the VOC rule)
+    right: np.ndarray  # (N,) bool, right as pfn evaluate counts them (right_objects)
     num_gt: np.ndarray  # (C,) int64, true objects per class (those with a non-void pixel)
     labelled: np.ndarray  # (C,) bool, the classes the photo's source labels
     confusion: np.ndarray  # (C + 1, C + 1) int64 pixels, rows truth, columns the class map
@@ -206,9 +208,10 @@ class PhotoScore(NamedTuple):
 
 def score_photo(sample, inst, semantic: np.ndarray, labelled: np.ndarray) -> PhotoScore:
     """Match ``inst`` (an ``Instances`` on the sample's classes) to the ``sample``'s true
-    objects as :class:`~pfn_napari.evaluate.Evaluator` does (void pixels left out, VOC rule at
-    IoU 0.5, by :func:`mask_ious` and :func:`match_image`); ``semantic`` ``(H, W)`` is the
-    class map the setting ended with and ``labelled`` ``(C,)`` the classes the source labels."""
+    objects as :class:`~pfn_napari.evaluate.Evaluator` does (void pixels left out; by
+    :func:`mask_ious`, then :func:`match_image` at IoU 0.5 for the AP and
+    :func:`right_objects` for the precision); ``semantic`` ``(H, W)`` is the class map the
+    setting ended with and ``labelled`` ``(C,)`` the classes the source labels."""
     c = len(labelled)
     void = (sample.instance_map == VOID) | (sample.class_map == VOID)  # (H, W)
     gt_masks = sample.instance_masks() & ~void[None]  # (K, H, W)
@@ -217,14 +220,16 @@ def score_photo(sample, inst, semantic: np.ndarray, labelled: np.ndarray) -> Pho
     ious = mask_ious(inst.masks, gt_masks[visible], void)  # (N, G)
     classes = np.asarray(inst.classes, dtype=np.int64)
     scores = np.asarray(inst.scores, dtype=np.float64)
+    tp = np.zeros(len(classes), dtype=bool)
     right = np.zeros(len(classes), dtype=bool)
     for k in np.unique(classes):
         p = classes == k
-        right[p] = match_image(scores[p], ious[np.ix_(p, gt_classes == k)], RIGHT_IOU)
+        tp[p] = match_image(scores[p], ious[np.ix_(p, gt_classes == k)], AP_IOU)
+        right[p] = right_objects(scores[p], ious[np.ix_(p, gt_classes == k)])
     keep = sample.class_map != VOID
     index = sample.class_map[keep].astype(np.int64) * (c + 1) + semantic[keep].astype(np.int64)
     confusion = np.bincount(index, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
-    return PhotoScore(scores, classes, right, np.bincount(gt_classes - 1, minlength=c)[:c],
+    return PhotoScore(scores, classes, tp, right, np.bincount(gt_classes - 1, minlength=c)[:c],
                       np.asarray(labelled, dtype=bool), confusion)
 
 
@@ -235,9 +240,9 @@ def ap_half(photos) -> float:
         return np.nan
     classes = np.concatenate([p.classes for p in photos])
     scores = np.concatenate([p.scores for p in photos])
-    right = np.concatenate([p.right for p in photos])
+    tp = np.concatenate([p.tp for p in photos])
     num_gt = np.sum([p.num_gt for p in photos], axis=0)  # (C,)
-    aps = [average_precision(scores[classes == k + 1], right[classes == k + 1], int(n))[0]
+    aps = [average_precision(scores[classes == k + 1], tp[classes == k + 1], int(n))[0]
            for k, n in enumerate(num_gt) if n > 0]
     return 100 * float(np.mean(aps)) if aps else np.nan
 
@@ -255,7 +260,8 @@ def miou(photos) -> float:
 
 def shown_right(photos) -> tuple[float, float]:
     """``(precision, false objects per photo)`` of the shown objects of the classes each
-    photo's source labels: percent of them right, and the wrong ones per photo."""
+    photo's source labels: percent of them right (as ``pfn evaluate`` counts), and the
+    others per photo."""
     shown = sum(int(p.labelled[p.classes - 1].sum()) for p in photos)
     right = sum(int((p.right & p.labelled[p.classes - 1]).sum()) for p in photos)
     precision = 100 * right / shown if shown else np.nan
@@ -404,16 +410,18 @@ def file_digest(path: Path) -> str:
 
 
 def score_pool(predictor: Predictor, settings: list, sets: list, cache: dict,
-               weights_id: str) -> tuple[list, list[str], list[str]]:
+               weights_id: str, save=None) -> tuple[list, list[str], list[str]]:
     """``(table, sources, photo names)``: ``table[s][i]`` the :class:`PhotoScore` of setting
     ``s`` on photo ``i`` of ``sets`` (:func:`pooled_sets`). ``cache`` maps (weights, photo,
     setting) to scores already computed (as plain tuples) and gets the new ones; the networks
-    run once for each photo that misses a setting."""
+    run once for each photo that misses a setting. ``save()`` is called after each source
+    that added scores."""
     classes = tuple(predictor.class_names)
     table: list[list] = [[] for _ in settings]
     sources, names = [], []
     for source, ds, labelled in sets:
         lut = class_lut(classes, tuple(ds.classes))
+        before = len(cache)
         for index in tqdm(range(len(ds)), desc=source, unit="img"):
             name = f"{source}/{ds.image_ids[index]}"
             keys = [(weights_id, name, repr(s)) for s in settings]
@@ -431,6 +439,8 @@ def score_pool(predictor: Predictor, settings: list, sets: list, cache: dict,
                 row.append(PhotoScore(*cache[key]))
             sources.append(source)
             names.append(name)
+        if save is not None and len(cache) > before:
+            save()
     return table, sources, names
 
 
@@ -620,10 +630,9 @@ def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
     cache = read_cache(args.cache)
     weights_id = file_digest(args.weights)
     sets = pooled_sets(shared, tuple(predictor.class_names), args.limit)
-    before = len(cache)
-    table, sources, _ = score_pool(predictor, settings, sets, cache, weights_id)
-    if args.cache is not None and len(cache) > before:
-        atomic_write(args.cache, lambda fh: pickle.dump(cache, fh))
+    save = None if args.cache is None else \
+        (lambda: atomic_write(args.cache, lambda fh: pickle.dump(cache, fh)))
+    table, sources, _ = score_pool(predictor, settings, sets, cache, weights_id, save)
     folds = stratified_folds(sources, args.folds, args.seed)
     picks = chosen_per_fold(table, sources, folds)
     fields = varied_fields(settings)

@@ -126,8 +126,9 @@ def test_folds_are_stratified_deterministic_and_hold_each_photo_once() -> None:
 
 def _photo(tune, right: bool, score: float = 0.9):
     """A horse photo with one true horse and one shown horse, right or not (one class)."""
-    return tune.PhotoScore(np.array([score]), np.array([1]), np.array([right]), np.array([1]),
-                           np.array([True]), np.array([[10, 0], [0, 5]]))
+    return tune.PhotoScore(np.array([score]), np.array([1]), np.array([right]),
+                           np.array([right]), np.array([1]), np.array([True]),
+                           np.array([[10, 0], [0, 5]]))
 
 
 def test_score_photo_matches_as_the_evaluator_and_counts_shown_objects() -> None:
@@ -141,23 +142,25 @@ def test_score_photo_matches_as_the_evaluator_and_counts_shown_objects() -> None
                     classes, "photo")
     masks = np.zeros((3, 8, 8), bool)
     masks[0, :4, :4] = True  # person 1 exactly: right
-    masks[1, :4, :] = True  # both persons merged: IoU 16/32 with person 2, not above 0.5
+    masks[1, :4, :] = True  # both persons merged: IoU 16/32 = 0.5 with person 2
     masks[2, 4:, 4:] = True  # a dog where there is none
     inst = Instances(masks, np.array([1, 1, 2]), np.array([0.9, 0.8, 0.7]), "photo")
     semantic = inst.class_map()
     score = tune.score_photo(sample, inst, semantic, np.array([True, True]))
-    assert score.right.tolist() == [True, False, False]
+    assert score.tp.tolist() == [True, False, False]  # the AP's VOC rule: IoU above 0.5
+    assert score.right.tolist() == [True, True, False]  # shown and right: IoU 0.5 or more
     assert score.num_gt.tolist() == [2, 1]
     ev = Evaluator(("person", "dog"))
     ev.add(sample, inst, semantic)
     metrics = ev.result()
-    # person: one right of two true at precision 1 -> 0.5; dog: 0 -> mean 25
+    # person: one true positive of two true objects at precision 1 -> 0.5; dog: 0 -> mean 25
     assert tune.ap_half([score]) == pytest.approx(25.0) == 100 * metrics.mean_ap(0.5)
     assert tune.miou([score]) == pytest.approx(metrics.miou)
-    assert tune.shown_right([score]) == pytest.approx((100 / 3, 2.0))
+    assert tune.shown_right([score]) == pytest.approx((200 / 3, 1.0)) == \
+        (metrics.precision, metrics.false_per_image)
     # a source that labels only people: the dog is neither right nor false
     only_people = tune.score_photo(sample, inst, semantic, np.array([True, False]))
-    assert tune.shown_right([only_people, only_people]) == pytest.approx((50.0, 1.0))
+    assert tune.shown_right([only_people, only_people]) == pytest.approx((100.0, 0.0))
 
 
 def test_each_fold_chooses_on_the_other_folds() -> None:
