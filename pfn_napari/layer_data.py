@@ -15,6 +15,7 @@ pixel ``(8 i ratio, 8 j ratio)`` of the image in the viewer. Grid layers therefo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,32 @@ def instance_colormap(n: int) -> dict[int | None, np.ndarray]:
     for k in range(1, n + 1):
         cmap[k] = np.append(cols[k - 1], 1.0).astype(np.float32)
     return cmap
+
+
+#: Instance ids 1..PAINT_COLORS each have their own colour in 'PFN instances' (napari's most
+#: for a label colour cycle: 65535 entries with the background); higher ids repeat them.
+PAINT_COLORS = 65534
+
+
+@lru_cache(maxsize=1)
+def _palette(m: int) -> np.ndarray:
+    pal = np.zeros((m + 1, 4), np.float32)
+    pal[1:, :3] = instance_colors(m).astype(np.float32) / 255.0
+    pal[1:, 3] = 1.0
+    pal.flags.writeable = False
+    return pal
+
+
+def instance_palette(n: int) -> np.ndarray:
+    """``(M + 1, 4)`` float32 RGBA of instance ids ``0..M``, ``M = max(n, PAINT_COLORS)``: row 0
+    transparent, row ``k`` the colour of id ``k`` in :func:`instance_colormap` (so PFN's ids
+    keep their colours), continued far beyond the ``n`` ids PFN made, so a label painted with
+    a new id (the layer's *new* button, the next free id) has its own colour, never grey.
+
+    napari reads a colour array as a cyclic label colormap: id ``k`` is row ``k`` up to ``M``.
+    Computed once (read-only); neighbouring ids differ in hue by 0.38 (golden-ratio hues).
+    """
+    return _palette(max(int(n), PAINT_COLORS))
 
 
 def category_layer(net: NetworkOutput, geom: Geometry, class_names: tuple[str, ...]) -> LayerSpec:
@@ -345,9 +372,10 @@ def instance_features(instances: Instances, class_names: tuple[str, ...]) -> dic
 
 
 def instances_layer(instances: Instances, class_names: tuple[str, ...]) -> LayerSpec:
-    """'PFN instances': ``(H, W)`` int32 ids 1..N at the viewer image's resolution."""
+    """'PFN instances': ``(H, W)`` int32 ids 1..N at the viewer image's resolution; every id a
+    user may paint beyond N has a colour too (:func:`instance_palette`)."""
     return instances.label_map(), {"features": instance_features(instances, class_names),
-                                   "colormap": instance_colormap(len(instances)), "opacity": 0.6}
+                                   "colormap": instance_palette(len(instances)), "opacity": 0.6}
 
 
 def instances_from_labels(labels: np.ndarray, features: Any,
@@ -374,3 +402,90 @@ def instances_from_labels(labels: np.ndarray, features: Any,
     scores = [by_id.get(i, (fallback, 1.0))[1] if i in by_id else 1.0 for i in ids]
     return Instances(masks, np.asarray(classes, np.int64), np.asarray(scores, np.float32),
                      image_id), ids
+
+
+def _table(features: Any):
+    """``features`` (a dict of columns, a DataFrame or None) as a new DataFrame of plain columns."""
+    import pandas as pd
+
+    if features is None:
+        return pd.DataFrame()
+    return pd.DataFrame({k: list(v) for k, v in dict(features).items()})
+
+
+def feature_classes(features: Any, class_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The class names an instance layer's features use: ``class_names`` (``class_id``
+    1..C), then the classes a user typed that the model lacks (``class_id`` C+1, C+2, ...,
+    named by the row's ``class``, as :func:`with_instance_class` numbers them)."""
+    table, names = _table(features), list(class_names)
+    extra: dict[int, str] = {}
+    if {"class_id", "class"} <= set(table.columns):
+        for cid, name in zip(table["class_id"], table["class"]):
+            if int(cid) > len(class_names):
+                extra.setdefault(int(cid), str(name))
+    while len(names) + 1 in extra:
+        names.append(extra[len(names) + 1])
+    return tuple(names)
+
+
+def _numbered(table: Any, class_names: tuple[str, ...]) -> Any:
+    """``table`` with each instance row's ``class_id`` set from its ``class``: the model's
+    classes 1..C, classes it lacks C+1, C+2, ... in the order of the ids that first use them."""
+    extra: list[str] = []
+    ids = []
+    for label_id, name in zip(table["index"], table["class"]):
+        if int(label_id) == 0:
+            ids.append(0)
+        elif name in class_names:
+            ids.append(class_names.index(name) + 1)
+        else:
+            extra += [] if name in extra else [name]
+            ids.append(len(class_names) + extra.index(name) + 1)
+    table["class_id"] = ids
+    return table
+
+
+def with_instance_class(features: Any, label_id: int, name: str,
+                        class_names: tuple[str, ...]) -> Any:
+    """The features table of 'PFN instances' with instance ``label_id`` of class ``name`` (a
+    class the model lacks too): its row's ``class`` and ``class_id`` change (a row is added,
+    score 1.0, for an id painted by hand), so the layer's status line and the export name it."""
+    import pandas as pd
+
+    table = _table(features)
+    for col, default in (("index", 0), ("class_id", 0), ("score", 1.0)):
+        if col not in table.columns:
+            table[col] = [default] * len(table)
+    if "class" not in table.columns:
+        names = ("background", *feature_classes(table, class_names))
+        table["class"] = [names[int(c)] if 0 <= int(c) < len(names) else str(int(c))
+                          for c in table["class_id"]]
+    rows = table["index"].astype(int) == int(label_id)
+    if rows.any():
+        table.loc[rows, "class"] = str(name)
+    else:
+        row = {c: [None] for c in table.columns}
+        row.update({"index": [int(label_id)], "class": [str(name)], "class_id": [0],
+                    "score": [1.0]})
+        table = pd.concat([table, pd.DataFrame(row)], ignore_index=True)
+    return _numbered(table, tuple(class_names))
+
+
+def with_painted_rows(labels: np.ndarray, features: Any, class_names: tuple[str, ...]) -> Any:
+    """The features table of 'PFN instances' with a row for every id in ``labels`` ``(H, W)``
+    that has none (painted by hand): the class of the last row with one (as
+    :func:`instances_from_labels` reads such ids), score 1.0. None when every id has a row."""
+    table = _table(features)
+    if "index" not in table.columns:
+        return None
+    have = {int(i) for i in table["index"]}
+    new = [int(i) for i in np.unique(np.asarray(labels)) if i > 0 and int(i) not in have]
+    if not new:
+        return None
+    described = (table[table["class_id"].astype(int) > 0].sort_values("index")
+                 if "class_id" in table.columns else table.iloc[:0])
+    name = (str(described["class"].iloc[-1]) if len(described) and "class" in table.columns
+            else class_names[0] if class_names else "1")  # as instance_classes names class 1
+    for label_id in new:
+        table = with_instance_class(table, label_id, name, class_names)
+    return table

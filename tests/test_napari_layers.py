@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pfn_napari.config import VOC_CLASSES as VOC
 from pfn_napari.errors import PFNError
 from pfn_napari import layer_data as L
 from pfn_napari.session import TuneParams, prepare_image
@@ -204,6 +205,56 @@ def test_instances_from_edited_labels():
     assert inst.classes.tolist() == [15, 12, 12]  # id 9 takes the last described class
     np.testing.assert_allclose(inst.scores, [0.9, 0.7, 1.0])
     assert inst.masks.sum(axis=(1, 2)).tolist() == [6, 12, 1]
+
+
+def test_an_id_painted_beyond_pfns_gets_its_own_colour():
+    """The ids PFN made keep their colours; an id above them (the layer's *new* button, the
+    next free id) is coloured too, not grey, and unlike its neighbours (issue 28)."""
+    from pfn_napari.structures import Instances
+
+    Labels = pytest.importorskip("napari.layers").Labels
+    masks = np.zeros((3, 4, 6), bool)
+    for k in range(3):
+        masks[k, :, 2 * k:2 * k + 2] = True
+    data, kw = L.instances_layer(Instances(masks, np.array([15, 15, 12]),
+                                           np.ones(3, np.float32), "x"), VOC)
+    cmap = Labels(data, colormap=kw["colormap"]).colormap  # what napari makes of it
+    rgba = cmap.map(np.array([0, 1, 2, 3, 4, 5, 999, 1000, 1001]))  # (9, 4)
+    assert rgba[0, 3] == 0  # background transparent
+    for k in (1, 2, 3):  # PFN's ids: the colours of the arrows and of the overlays
+        np.testing.assert_allclose(rgba[k], L.instance_colormap(3)[k], atol=1e-6)
+    # id 4, the next free id: hue (3 * 0.618 + 0.3) % 1 = 0.154 at s 0.85, v 0.95
+    np.testing.assert_allclose(rgba[4] * 255, [242, 227, 36, 255], atol=0.51)
+    for k in (4, 7):  # ids 4 and 1000
+        assert rgba[k, 3] == 1.0 and np.ptp(rgba[k, :3]) > 0.5  # opaque, saturated: not grey
+        assert np.abs(rgba[k] - rgba[k - 1]).max() > 0.3  # unlike the id below ...
+        assert np.abs(rgba[k] - rgba[k + 1]).max() > 0.3  # ... and the id above
+
+
+def test_a_chosen_class_rewrites_the_instances_features_row():
+    """Set class: the row's class and class_id change; a class the model lacks is numbered
+    after the model's (21, 22 with the 20 VOC classes) and renumbered when no longer used."""
+    labels, features = _edited_labels()
+    table = L.with_instance_class(features, 3, "kayak", VOC)
+    assert table["class"].tolist() == ["background", "person", "dog", "kayak"]
+    assert table["class_id"].tolist() == [0, 15, 12, 21]
+    table = L.with_instance_class(table, 9, "canoe", VOC)  # painted, no row yet: one added
+    assert table["index"].tolist() == [0, 1, 2, 3, 9]
+    assert table["class_id"].tolist()[3:] == [21, 22] and table["score"].tolist()[4] == 1.0
+    assert L.feature_classes(table, VOC) == (*VOC, "kayak", "canoe")
+    table = L.with_instance_class(table, 3, "cat", VOC)  # kayak no longer used: canoe is 21
+    assert table["class_id"].tolist() == [0, 15, 12, 8, 21]
+    assert L.feature_classes(table, VOC) == (*VOC, "canoe")
+    inst, ids = L.instances_from_labels(labels, table)
+    assert ids == [1, 3, 9] and inst.classes.tolist() == [15, 8, 21]
+
+
+def test_a_painted_id_gets_a_features_row_with_the_last_class():
+    labels, features = _edited_labels()
+    table = L.with_painted_rows(labels, features, VOC)
+    assert table["index"].tolist() == [0, 1, 2, 3, 9]
+    assert table.iloc[4][["class_id", "class", "score"]].tolist() == [12, "dog", 1.0]
+    assert L.with_painted_rows(labels, table, VOC) is None  # every id has its row
 
 
 def test_writer_writes_instance_png_and_coco_json(tmp_path):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loaded before any OpenGL context, see pfn_napari.napari._hide_triton)
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,43 @@ def test_add_writes_the_painted_instances_and_the_typed_class(viewer_widget, tmp
     np.testing.assert_array_equal(masks[0], expected == 1)
     np.testing.assert_array_equal(masks[1], expected == 5)
     assert [ds.classes[int(c) - 1] for c in sample.instance_classes] == ["person", "skateboard"]
+
+
+def test_painted_and_chosen_classes_show_in_colour_and_reach_the_export(viewer_widget,
+                                                                        tmp_path, qtbot):
+    """Issue 28: a painted id has its own colour (was grey); Set class rewrites the layer's
+    features, so napari's status line and Export name the new class, one the model lacks
+    included (was: the old class in the JSON)."""
+    import json
+
+    w = viewer_widget
+    layer = _run(w, tmp_path)
+    w.synchronous = False  # painted as a user does: the group catches up when strokes pause
+    _fix(layer)  # instance 2 erased, 5 painted
+    qtbot.waitUntil(lambda: 5 in set(layer.features["index"]), timeout=5000)
+    w.synchronous = True
+    rgba = layer.colormap.map(np.array([1, 4, 5, 6]))  # (4, 4)
+    assert rgba[2, 3] == 1.0 and np.ptp(rgba[2, :3]) > 0.5  # painted id 5: opaque, not grey
+    assert np.abs(rgba[2] - rgba[1]).max() > 0.3 and np.abs(rgba[2] - rgba[3]).max() > 0.3
+    row = layer.features[layer.features["index"] == 5]
+    assert row[["class_id", "class", "score"]].values.tolist() == [[15, "person", 1.0]]
+    assert w.set_instance_class(5, "skateboard") and w.set_instance_class(1, "dog")
+    by_id = layer.features.set_index("index")
+    assert by_id.loc[[1, 5], "class"].tolist() == ["dog", "skateboard"]
+    assert by_id.loc[[1, 5], "class_id"].tolist() == [12, 21]  # skateboard after the 20 VOC
+    assert "class: skateboard" in layer.get_status((15, 30))["coordinates"]  # row 15, col 30
+    written = w.export(str(tmp_path / "photo_instances.png"))
+    doc = json.loads(Path(written[1]).read_text())
+    assert doc["categories"][-1] == {"id": 21, "name": "skateboard"}
+    assert [(a["id"], a["category_id"], a["category_name"]) for a in doc["annotations"]] == \
+        [(1, 12, "dog"), (5, 21, "skateboard")]
+    w.recluster()  # the edits are kept, and with them the classes
+    assert w.layer(L.INSTANCES).features.set_index("index").loc[5, "class"] == "skateboard"
+    # the next id painted takes the class of the last instance
+    layer.data_setitem((np.array([100]), np.array([150])), 6)
+    w.teach_box.refresh()  # as when the painting pauses
+    assert layer.features.set_index("index").loc[6, "class"] == "skateboard"
+    assert w.teach_box.classes() == {1: "dog", 5: "skateboard", 6: "skateboard"}
 
 
 def test_a_count_override_is_what_gets_added_and_images_never_overwrite(viewer_widget,

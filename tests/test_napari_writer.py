@@ -94,6 +94,21 @@ def test_export_as_predictions_on_coco_ids_and_names(tmp_path):
     assert pets.masks.sum(axis=(1, 2)).tolist() == [6, 12, 1]
 
 
+def test_a_class_the_model_lacks_gets_its_own_category(tmp_path):
+    """A class typed in the Teach group (class_id 21 after the 20 VOC classes, named by the
+    features' class) is written as category 21, not refused as outside 1..20 (issue 28)."""
+    labels, features = edited_labels()
+    features = {**features, "class_id": [0, PERSON, DOG, 21],
+                "class": ["background", "person", "dog", "kayak"]}
+    write_instances(str(tmp_path / "boats.png"), labels,
+                    {"features": features, "metadata": {"class_names": VOC_CLASSES}})
+    doc = json.loads((tmp_path / "boats.json").read_text())
+    assert doc["categories"][-2:] == [{"id": 20, "name": "tvmonitor"}, {"id": 21, "name": "kayak"}]
+    # ids 1 person, 3 kayak, 9 painted without a row: the last described class, kayak
+    assert [(a["id"], a["category_id"], a["category_name"]) for a in doc["annotations"]] == \
+        [(1, PERSON, "person"), (3, 21, "kayak"), (9, 21, "kayak")]
+
+
 def test_export_without_a_photo_file_names_the_image_layer(tmp_path):
     _, js = export(tmp_path, pfn_image="street")
     assert json.loads(js.read_text())["images"][0]["file_name"] == "street"

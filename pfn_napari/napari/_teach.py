@@ -4,9 +4,11 @@ disk, fine-tune the model on that set in a worker thread, then load the new weig
 It only wires library calls: :func:`pfn_napari.data.corrections.save_correction` writes an
 image and its corrected instances, :func:`pfn_napari.finetune.finetune` trains. What the user
 corrected is read from the image's 'PFN instances' layer as it is (painted, erased, re-counted);
-the class of each instance is the one the grouping gave it, or the one chosen (or typed, a
-class the model does not have yet) in the group, kept in the layer's metadata under
-:data:`CHOSEN_KEY` (a new clustering of the image makes new instances and forgets them).
+the class of each instance is the ``class`` of its row in the layer's features: the one the
+grouping gave it, the one chosen (or typed, a class the model does not have yet) in the group,
+or for an id painted by hand the class of the last instance (a row is added when the painting
+pauses). napari's status line and Export read the same table. A new clustering of the image
+makes new instances and forgets the chosen classes.
 """
 
 from __future__ import annotations
@@ -38,8 +40,6 @@ from ..session import class_summary, finetune_dir, instance_classes, prepare_ima
 if TYPE_CHECKING:  # pragma: no cover
     from ._widget import PFNWidget
 
-#: Metadata key of 'PFN instances': ``{instance id: class name}`` the user chose.
-CHOSEN_KEY = "pfn_chosen_classes"
 #: The training set's folder until the user picks another.
 DEFAULT_FOLDER = Path("~") / "pfn-corrections"
 #: The fine-tune's time budget until the user sets another (minutes).
@@ -215,9 +215,28 @@ class TeachBox(QGroupBox):
         layer = self._layer()
         if layer is None:
             return {}
-        md = layer.metadata
-        return instance_classes(np.asarray(layer.data), layer.features,
-                                tuple(md.get("class_names", ())), md.get(CHOSEN_KEY))
+        names = L.feature_classes(layer.features, self._model_classes(layer))
+        return instance_classes(np.asarray(layer.data), layer.features, names)
+
+    @staticmethod
+    def _model_classes(layer: Any) -> tuple[str, ...]:
+        return tuple(layer.metadata.get("class_names", ()))
+
+    def _set_features(self, layer: Any, table: Any) -> None:
+        """New features for 'PFN instances'; the widget's next clustering sets its own again."""
+        layer.features = table
+        self.w._layer_props.get(layer, {}).pop("features", None)
+
+    def _describe_painted(self) -> None:
+        """A features row for every id painted by hand that has none (the last instance's
+        class), so napari's status line and Export name its class."""
+        layer = self._layer()
+        if layer is None:
+            return
+        table = L.with_painted_rows(np.asarray(layer.data), layer.features,
+                                    self._model_classes(layer))
+        if table is not None:
+            self._set_features(layer, table)
 
     def update_enabled(self) -> None:
         has_layer = self._layer() is not None
@@ -228,6 +247,7 @@ class TeachBox(QGroupBox):
 
     def refresh(self) -> None:
         """The class list and the instance table after a Run, an edit or a chosen class."""
+        self._describe_painted()
         classes = self.classes()
         names = list(self.w.session.class_names)
         names += sorted({n for n in classes.values() if n not in names})
@@ -263,7 +283,8 @@ class TeachBox(QGroupBox):
     # ------------------------------------------------------------------ a class per instance
     def set_instance_class(self, label_id: int, name: str) -> bool:
         """Instance ``label_id`` of 'PFN instances' is of class ``name`` (any name: a new one
-        is a class the fine-tune adds)."""
+        is a class the fine-tune adds): its features row says so, for *Add this image*, for
+        napari's status line and for Export."""
         layer, name = self._layer(), str(name).strip()
         if layer is None:
             return self._error("no instances yet: run PFN on an image first")
@@ -274,8 +295,8 @@ class TeachBox(QGroupBox):
                                "of them or paint it first")
         if not name:
             return self._error("type or pick a class name for the instance")
-        chosen = {**layer.metadata.get(CHOSEN_KEY, {}), int(label_id): name}
-        layer.metadata = {**layer.metadata, CHOSEN_KEY: chosen}
+        self._set_features(layer, L.with_instance_class(layer.features, int(label_id), name,
+                                                        self._model_classes(layer)))
         self.refresh()
         self.w._message(f"instance {int(label_id)} is a {name} now "
                         f"({class_summary(self.classes())})", notify=False)
@@ -434,4 +455,4 @@ class TeachBox(QGroupBox):
         return False
 
 
-__all__ = ["TeachBox", "CHOSEN_KEY", "DEFAULT_FOLDER", "DEFAULT_MINUTES"]
+__all__ = ["TeachBox", "DEFAULT_FOLDER", "DEFAULT_MINUTES"]

@@ -19,9 +19,10 @@ export that would overwrite the photo is refused.
 
 Classes come from the layer's features (``class_id`` per instance id, as the widget writes
 them); hand-painted ids without a row take the class of the last described instance. Category
-ids are the class indices 1..C of ``metadata['class_names']`` (the 20 VOC classes by default);
-each annotation also carries its ``category_name``, by which ``--predictions`` maps it onto a
-dataset's classes.
+ids are the class indices 1..C of ``metadata['class_names']`` (the 20 VOC classes by default),
+then C+1, C+2, ... for classes typed in the Teach group that the model lacks (their name is the
+row's ``class``, :func:`pfn_napari.layer_data.feature_classes`); each annotation also carries
+its ``category_name``, by which ``--predictions`` maps it onto a dataset's classes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..config import VOC_CLASSES
 from ..errors import PFNError
-from ..layer_data import IMAGE_KEY, instances_from_labels
+from ..layer_data import IMAGE_KEY, feature_classes, instances_from_labels
 
 #: The image id of an export (one image per file; COCO ids are integers).
 IMAGE_ID = 1
@@ -89,7 +90,8 @@ def write_instances(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     stem = out.with_suffix("") if out.suffix.lower() in (".png", ".json") else out
     png, js = stem.with_suffix(".png"), stem.with_suffix(".json")
     metadata = dict(meta.get("metadata") or {})
-    class_names = tuple(metadata.get("class_names") or VOC_CLASSES)
+    class_names = feature_classes(meta.get("features"),
+                                  tuple(metadata.get("class_names") or VOC_CLASSES))
     instances, ids = instances_from_labels(labels, meta.get("features"), image_id=IMAGE_ID)
     bad = [int(c) for c in instances.classes if not 1 <= c <= len(class_names)]
     if bad:
