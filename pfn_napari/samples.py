@@ -9,11 +9,12 @@ import numpy as np
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 
-#: key -> (file, layer name): three COCO photographs holding VOC classes, at most 500 px.
+#: key -> (file, layer name): three COCO photographs of the classes the shipped model shows
+#: (people, horses), at most 500 px.
 SAMPLES = {
     "skaters": ("skaters.jpg", "skaters (COCO 77)"),
     "horses": ("horses.jpg", "horses (COCO 49)"),
-    "cat": ("cat.jpg", "cat (COCO 443)"),
+    "bench": ("bench.jpg", "bench (COCO 510)"),
 }
 
 

@@ -26,7 +26,7 @@ def test_manifest_is_valid_and_found_through_the_entry_point():
     manifest.validate_imports()  # every python_name imports
     contrib = manifest.contributions
     assert [w.display_name for w in contrib.widgets] == ["PFN instance segmentation"]
-    assert [s.key for s in contrib.sample_data] == ["skaters", "horses", "cat"]
+    assert [s.key for s in contrib.sample_data] == ["skaters", "horses", "bench"]
     assert contrib.writers[0].layer_types == ["labels"]
     # the top-level napari.yaml is the package's file (a link), not a copy that can drift
     top = REPO / "napari.yaml"
@@ -37,7 +37,7 @@ def test_sample_images_are_small_real_photos_with_a_readme():
     from pfn_napari import samples as S
     from pfn_napari.napari import _sample_data as N
 
-    shapes = {"skaters": (375, 500, 3), "horses": (500, 381, 3), "cat": (375, 500, 3)}
+    shapes = {"skaters": (375, 500, 3), "horses": (500, 381, 3), "bench": (375, 500, 3)}
     readme = (S.SAMPLE_DIR / "README.md").read_text()
     for key, shape in shapes.items():
         data, meta, kind = getattr(N, key)()[0]

@@ -22,6 +22,6 @@ def horses() -> list[tuple[np.ndarray, dict, str]]:
     return _layer("horses")
 
 
-def cat() -> list[tuple[np.ndarray, dict, str]]:
-    """A cat on a lap on a sofa (500 x 375)."""
-    return _layer("cat")
+def bench() -> list[tuple[np.ndarray, dict, str]]:
+    """A man on a park bench (500 x 375)."""
+    return _layer("bench")
