@@ -24,6 +24,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 ORACLE_IDS = {"skaters": "000000000077", "horses": "000000000049", "cat": "000000000443"}
+#: The shots, in the order they are taken (``--shots`` picks some).
+SHOTS = ("overview", "teach_stages", "count_override", "teach")
+#: What the 'teach' shot paints on the skaters: napari (row, col) polygons of the man standing
+#: behind the middle skater (the shipped model misses him) and of the left skater's board.
+MISSED_MAN = [(56, 273), (55, 283), (62, 287), (68, 293), (100, 290), (108, 289), (137, 291),
+              (138, 280), (110, 275), (100, 271), (70, 267), (63, 271)]
+LEFT_BOARD = [(338, 58), (335, 100), (343, 103), (349, 61)]
+
+
+def _teach_loop(viewer, widget, shot, settle, folder: Path, minutes: float) -> None:
+    """The loop of docs/finetune.md 'In napari' as a user drives it: a missed person and a
+    board painted with the layer's *new* label, the board typed in as 'skateboard', the image
+    added, a fine-tune started; the window is shot while it runs."""
+    from napari.layers.labels._labels_key_bindings import new_label
+
+    from pfn_napari.napari import layers as L
+
+    for name in L.LAYER_NAMES:
+        widget.layer(name).visible = name == L.INSTANCES
+    layer = widget.layer(L.INSTANCES)
+    viewer.layers.selection.active = layer
+    for polygon in (MISSED_MAN, LEFT_BOARD):
+        new_label(layer)  # the layer's 'new' button: the largest id + 1
+        layer.paint_polygon(polygon, layer.selected_label)
+        settle(0.5)  # the Teach group catches up when the painting pauses
+    widget.set_instance_class(layer.selected_label, "skateboard")
+    widget.training_folder = folder
+    if widget.add_to_training_set() is None:
+        raise SystemExit(f"screenshots: error: {widget.last_error}")
+    box = widget.teach_box
+    box.minutes_spin.setValue(minutes)
+    box.finetune_button.click()
+    while box.busy and box.progress.value() < 0.6 * box.progress.maximum():
+        settle(0.2)
+    bar = widget.scroll.verticalScrollBar()
+    bar.setValue(bar.maximum())  # the dock scrolled down to the group
+    shot("teach")
+    while box.busy or widget.busy:
+        settle(0.5)
+    print(f"teach: {widget.last_message}")
 
 
 def _show_oracle(widget, voc_root: str, sample_key: str) -> None:
@@ -56,9 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=None,
                     help="the count override shown last: this many instances of the largest "
                          "class (default: one more than found), e.g. the true number")
+    ap.add_argument("--shots", default=",".join(SHOTS),
+                    help=f"which shots, comma-separated (default: all of {', '.join(SHOTS)})")
+    ap.add_argument("--teach-folder", default=None,
+                    help="the training set of the 'teach' shot (default: a new temporary folder)")
     ap.add_argument("--oracle", default=None, metavar="VOC_ROOT",
                     help="show the sample's ground truth as the network output (no weights needed)")
     args = ap.parse_args(argv)
+    shots = [name.strip() for name in args.shots.split(",") if name.strip()]
+    unknown = sorted(set(shots) - set(SHOTS))
+    if unknown:
+        print(f"screenshots: error: --shots {args.shots}: unknown {', '.join(unknown)} "
+              f"(expected some of {', '.join(SHOTS)})", file=sys.stderr)
+        return 2
 
     import torch  # before napari's OpenGL context (see pfn_napari.napari)
 
@@ -150,25 +200,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
 
     # 1. the overview: instances and their velocity vectors over the photo
-    for name in L.LAYER_NAMES:  # the layers of the image just run ("PFN instances: skaters ...")
-        widget.layer(name).visible = name in (L.INSTANCES, L.VECTORS)
-    viewer.layers.selection.active = widget.layer(L.INSTANCES)
-    shot("overview")
+    if "overview" in shots:
+        for name in L.LAYER_NAMES:  # the image's layers ("PFN instances: skaters" ...)
+            widget.layer(name).visible = name in (L.INSTANCES, L.VECTORS)
+        viewer.layers.selection.active = widget.layer(L.INSTANCES)
+        shot("overview")
 
     # 2..7 teaching mode, one stage at a time
-    widget.teach_check.setChecked(True)
-    for k, name in enumerate(("category", "refined", "locations", "vectors", "clusters",
-                              "instances")):
-        widget.show_stage(k)
-        if name == "locations":
-            widget.channel_combo.setCurrentIndex(0)  # cx
-        shot(f"teach_{k + 1}_{name}")
-    widget.teach_check.setChecked(False)
+    if "teach_stages" in shots:
+        widget.teach_check.setChecked(True)
+        for k, name in enumerate(("category", "refined", "locations", "vectors", "clusters",
+                                  "instances")):
+            widget.show_stage(k)
+            if name == "locations":
+                widget.channel_combo.setCurrentIndex(0)  # cx
+            shot(f"teach_{k + 1}_{name}")
+        widget.teach_check.setChecked(False)
 
     # 8. an annotator's count override: --count instances of the largest class (default +1)
     s = widget.session
     c = s.clustering
-    if len(c.instances):
+    if len(c.instances) and "count_override" in shots:
         cls = int(max(set(c.instances.classes.tolist()),
                       key=lambda k: int((c.instances.classes == k).sum())))
         before = int((c.instances.classes == cls).sum())
@@ -180,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         shot("count_override")
         print(f"count override: {s.class_names[cls - 1]} {before} -> "
               f"{int((s.clustering.instances.classes == cls).sum())} instances")
+
+    # 9. the Teach group: fix, add, fine-tune (docs/finetune.md 'In napari')
+    if "teach" in shots:
+        import tempfile
+
+        folder = Path(args.teach_folder or Path(tempfile.mkdtemp()) / "pfn-corrections")
+        _teach_loop(viewer, widget, shot, settle, folder, minutes=0.2)
     viewer.close()
     return 0
 

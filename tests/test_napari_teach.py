@@ -195,6 +195,8 @@ def test_finetune_loads_the_new_weights_and_reruns_the_active_image(viewer_widge
     assert w.last_message == (f"F{said[1:]} With them, photo: 2 instances (PFN ran on cpu in "
                               f"{w.session.network_seconds:.2f} s).")
     assert w.teach_box.progress.format() == "done: 1 step"
+    assert w.timing_label.text() == (f"networks {w.session.network_seconds:.2f} s, grouping "
+                                     f"{w.session.clustering.seconds * 1000:.0f} ms, 2 instances")
     # a second fine-tune never writes into the first one's folder
     second = w.finetune_sync(0.01)
     assert second is not None and second.out_dir != out and (out / "final.pt").is_file()

@@ -972,8 +972,9 @@ class PFNWidget(QWidget):
         self._sync_count_boxes()
         where = ("your edited instances kept" if keep
                  else L.plural(len(c.instances), "instance"))
-        self.timing_label.setText(f"grouping {c.seconds * 1000:.0f} ms, {where} "
-                                  "(networks not re-run)")
+        ran = f"networks {s.network_seconds:.2f} s, " if force_instances else ""  # a Run
+        self.timing_label.setText(f"{ran}grouping {c.seconds * 1000:.0f} ms, {where}"
+                                  f"{'' if force_instances else ' (networks not re-run)'}")
         self.teach_box.refresh()
         self._update_enabled()
 
