@@ -11,7 +11,7 @@ model would show noise, so without weights the script stops with a message, unle
 VOC_ROOT`` asks for the *oracle* view: the layers of the image's ground truth
 (:func:`pfn_napari.grouping.oracle_network_output`: exact classes, locations and counts) run
 through the real grouping and the widget, the paper's "ground-truth" upper bound. The sample
-images are COCO 77 (skaters), 49 (horses) and 443 (cat) of ``coco128-train/voc/VOC2012``.
+images are COCO 77 (skaters), 49 (horses) and 510 (bench) of ``coco128-train/voc/VOC2012``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-ORACLE_IDS = {"skaters": "000000000077", "horses": "000000000049", "cat": "000000000443"}
+ORACLE_IDS = {"skaters": "000000000077", "horses": "000000000049", "bench": "000000000510"}
 #: The shots, in the order they are taken (``--shots`` picks some).
 SHOTS = ("overview", "teach_stages", "count_override", "teach")
 #: What the 'teach' shot paints on the skaters: napari (row, col) polygons of the man standing
@@ -88,7 +88,7 @@ def _show_oracle(widget, voc_root: str, sample_key: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=None, help="weights file (default: the shipped weights)")
-    ap.add_argument("--sample", default="skaters", help="skaters, horses or cat")
+    ap.add_argument("--sample", default="skaters", help="skaters, horses or bench")
     ap.add_argument("--out", default=str(REPO / "docs" / "images"))
     ap.add_argument("--method", default=None, help="grouping method (default: the model's)")
     ap.add_argument("--sigma", type=float, default=None, help="grouping sigma (default: the model's)")
@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"screenshots: error: --shots {args.shots}: unknown {', '.join(unknown)} "
               f"(expected some of {', '.join(SHOTS)})", file=sys.stderr)
+        return 2
+    if "teach" in shots and args.sample != "skaters":
+        print(f"screenshots: error: the 'teach' shot paints objects of the skaters sample, not "
+              f"of {args.sample!r}: pass --sample skaters or leave 'teach' out of --shots",
+              file=sys.stderr)
         return 2
 
     import torch  # before napari's OpenGL context (see pfn_napari.napari)
