@@ -261,15 +261,16 @@ def test_a_stored_crf_width_of_zero_is_refused_at_load(tmp_path, cfg, system, fi
 
 def test_the_shipped_weights_hold_the_test_time_settings_of_their_yaml() -> None:
     """weights/pfn-lite0-voc.yaml is the readable copy of what the .pt stores (after the
-    migration table): grouping, crf and imagenet equal, section for section."""
+    migration table): grouping, crf, imagenet and show equal, section for section."""
     from pfn_napari.checkpoint import load_checkpoint
 
     root = Path(__file__).resolve().parents[1] / "weights"
     stored = load_checkpoint(root / "pfn-lite0-voc.pt")[1]
     text = load_config(root / "pfn-lite0-voc.yaml")
-    for section in ("grouping", "crf", "imagenet"):
+    for section in ("grouping", "crf", "imagenet", "show"):
         assert getattr(stored, section) == getattr(text, section), section
     assert text.grouping.method == "vote" and text.grouping.tau == 0.35  # read, not defaults
+    assert text.show.classes == ("horse", "person")  # the rule on the training data
     assert text.imagenet.weight == 5.0 and text.imagenet.shape == "grabcut"
     raw = yaml.safe_load((root / "pfn-lite0-voc.yaml").read_text())
     assert migrate(raw) == raw  # written with today's names (grouping.votes, imagenet.check)
@@ -290,3 +291,69 @@ def test_the_model_cards_settings_row_is_generated_from_the_yaml() -> None:
                if line.startswith("| test-time settings |"))
     assert row.endswith(": " + script.grouping_row(settings.grouping, settings.imagenet) + " |")
     assert "votes.iou 0.6" in row and "check.relabel 0.8" in row
+
+
+def _card_script():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "train_default_weights", root / "scripts" / "train_default_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_the_shown_class_rule_counts_training_instances_of_real_photos():
+    """A class is shown from 100 training instances on, summed over the real sets."""
+    script = _card_script()
+    counts = {"person": {"coco-voc": 170, "pennfudan": 337}, "horse": {"coco-voc": 2,
+                                                                        "horses": 223},
+              "car": {"coco-voc": 31}, "dog": {"coco-voc": 60, "horses": 39}}
+    classes = ("car", "dog", "horse", "person", "disc")
+    assert script.shown_by_rule(counts, classes) == ("horse", "person")  # dog: 99
+    assert script.shown_by_rule(counts, classes, minimum=99) == ("dog", "horse", "person")
+
+
+def test_write_shown_classes_keeps_the_networks_and_writes_the_yaml(tmp_path, cfg, system):
+    script = _card_script()
+    path = save_weights(tmp_path / "w.pt", system, cfg, {"note": "kept"})
+    script.write_shown_classes(path, ("square",))
+    loaded, stored, meta = load_checkpoint(path)
+    assert stored.show.classes == ("square",) and stored.grouping == cfg.grouping
+    assert meta["note"] == "kept"
+    for key, value in system.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert script.read_settings(path).show.classes == ("square",)  # the YAML, on its classes
+    assert yaml.safe_load((tmp_path / "w.yaml").read_text())["show"] == {"classes": ["square"]}
+
+
+def test_the_cards_shown_table_comes_from_the_metrics_files(tmp_path):
+    """Per shown class: training instances, then shown / right / precision per split; the
+    last rows: every shown object, and false objects per photo."""
+    import json
+
+    script = _card_script()
+
+    def metrics(per_class: dict, images: int) -> dict:
+        shown = sum(d["num_pred"] for d in per_class.values())
+        right = sum(d["num_right"] for d in per_class.values())
+        return {"per_class": per_class, "num_pred": shown, "num_right": right,
+                "precision": 100 * right / shown if shown else None,
+                "false_per_image": (shown - right) / images, "num_images": images}
+
+    person = {"num_pred": 8, "num_right": 6, "precision": 75.0}
+    horse = {"num_pred": 2, "num_right": 0, "precision": 0.0}
+    none = {"num_pred": 0, "num_right": 0, "precision": None}
+    for name, data in {"a": metrics({"person": person, "horse": horse}, 4),
+                       "b": metrics({"person": none, "horse": horse}, 2)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(data))
+    rows = script.shown_rows(tmp_path, ["a", "b", "missing"], ("horse", "person"),
+                             {"person": {"coco-voc": 170, "pennfudan": 337},
+                              "horse": {"horses": 223}})
+    assert rows == [
+        "| horse | 223 (horses 223) | 2 / 0 / 0 % | 2 / 0 / 0 % | - |",
+        "| person | 507 (coco-voc 170, pennfudan 337) | 8 / 6 / 75 % | 0 / 0 / - | - |",
+        "| all shown | | 10 / 6 / 60 % | 2 / 0 / 0 % | - |",
+        "| false objects per photo | | 1.00 (4 photos) | 1.00 (2 photos) | - |"]
