@@ -330,7 +330,8 @@ def shown_only(result: GroupingResult, shown: Sequence[int] | None) -> GroupingR
     """``result`` with only the classes ``shown`` (ids 1..C; None: ``result`` as it is): the
     other classes' instances dropped (the rest renumbered in order in ``grid_labels``) and
     their pixels background in ``refined_class_map``, ``full_class_map`` and
-    ``prior_labels``. Counts and cluster numbers stay as the grouping used them."""
+    ``prior_labels``; ``cluster_counts`` keeps the shown classes (the front ends offer a count
+    box for each entry); ``counts`` stays the network's."""
     if shown is None:
         return result
     inst = result.instances
@@ -345,7 +346,8 @@ def shown_only(result: GroupingResult, shown: Sequence[int] | None) -> GroupingR
         full_class_map=hide_classes(result.full_class_map, shown),
         grid_labels=new_index[result.grid_labels],
         centers=result.centers[keep], boxes=result.boxes[keep],
-        prior_labels=None if prior is None else hide_classes(prior, shown))
+        prior_labels=None if prior is None else hide_classes(prior, shown),
+        cluster_counts={c: k for c, k in result.cluster_counts.items() if c in shown})
 
 
 def read_photo(path: str | Path) -> np.ndarray:

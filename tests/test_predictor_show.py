@@ -37,6 +37,8 @@ def test_shown_only_drops_other_classes_and_renumbers_the_rest():
     np.testing.assert_array_equal(out.centers, [[0.5, 0], [0, 1]])
     assert out.full_class_map.dtype == np.uint8 and out.grid_labels.dtype == np.int32
     assert out.instances.image_id == "img"
+    assert out.cluster_counts == {1: 2}  # no count box for a class not shown
+    assert out.counts.tolist() == [2, 1, 0]  # the network's counts stay
 
 
 def test_every_class_shown_leaves_the_result_as_it_is():
