@@ -247,11 +247,23 @@ def ap_half(photos) -> float:
     return 100 * float(np.mean(aps)) if aps else np.nan
 
 
+def labelled_confusion(photo: PhotoScore) -> np.ndarray:
+    """The photo's confusion with the pixels shown as a class its source does not label
+    counted as background (a source that labels only people neither rewards nor punishes a
+    car)."""
+    confusion = photo.confusion.copy()
+    hidden = np.flatnonzero(~photo.labelled) + 1  # class ids
+    confusion[:, 0] += confusion[:, hidden].sum(axis=1)
+    confusion[:, hidden] = 0
+    return confusion
+
+
 def miou(photos) -> float:
-    """Mean IoU (percent) of the class maps of ``photos`` over the classes 0..C that occur."""
+    """Mean IoU (percent) of the class maps of ``photos`` over the classes 0..C that occur
+    (:func:`labelled_confusion`: the classes each source labels)."""
     if not photos:
         return np.nan
-    confusion = np.sum([p.confusion for p in photos], axis=0)
+    confusion = np.sum([labelled_confusion(p) for p in photos], axis=0)
     inter = np.diag(confusion).astype(np.float64)
     union = confusion.sum(0) + confusion.sum(1) - inter
     return 100 * float(np.mean(inter[union > 0] / union[union > 0])) if (union > 0).any() \
@@ -268,11 +280,18 @@ def shown_right(photos) -> tuple[float, float]:
     return precision, (shown - right) / len(photos) if photos else np.nan
 
 
-def photo_metrics(photos, sources) -> dict[str, float]:
+#: What ``--folds`` chooses by (``--objective``): the mean AP^r@0.5 of the columns, or the
+#: mean of that and the precision of the shown objects, or of that and the columns' mIoU.
+OBJECTIVES = {"ap": "mean AP^r@0.5", "ap+precision": "mean of AP^r@0.5 and precision",
+              "ap+miou": "mean of AP^r@0.5 and mIoU"}
+
+
+def photo_metrics(photos, sources, objective: str = "ap") -> dict[str, float]:
     """The numbers of one setting on some photos (``sources``: each photo's source name):
-    AP^r@0.5 of each :data:`AP_SOURCES` column that has photos here and their ``mean`` (the
-    objective), ``precision`` and ``false`` objects per photo (also of each column, e.g.
-    ``"coco precision"``), and the mIoU of each column (``"coco mIoU"``)."""
+    AP^r@0.5 of each :data:`AP_SOURCES` column that has photos here and their ``mean``,
+    ``precision`` and ``false`` objects per photo (also of each column, e.g.
+    ``"coco precision"``), the mIoU of each column (``"coco mIoU"``) and the ``objective``
+    (:data:`OBJECTIVES`)."""
     out = {}
     for column, names in AP_SOURCES.items():
         members = [p for p, s in zip(photos, sources) if s in names]
@@ -283,6 +302,9 @@ def photo_metrics(photos, sources) -> dict[str, float]:
     aps = [out[c] for c in AP_SOURCES if c in out]
     out["mean"] = float(np.mean(aps)) if aps else np.nan
     out["precision"], out["false"] = shown_right(photos)
+    other = {"ap": out["mean"], "ap+precision": out["precision"],
+             "ap+miou": np.mean([out[f"{c} mIoU"] for c in AP_SOURCES if c in out] or np.nan)}
+    out["objective"] = (out["mean"] + float(other[objective])) / 2
     return out
 
 
@@ -316,22 +338,22 @@ def choose(objectives) -> int:
     return int(np.nanargmax(values)) if np.isfinite(values).any() else 0
 
 
-def chosen_per_fold(table, sources, folds) -> list[int]:
+def chosen_per_fold(table, sources, folds, objective: str = "ap") -> list[int]:
     """For each fold f, the setting (row of ``table``: one :class:`PhotoScore` per photo) with
-    the best mean AP^r@0.5 on the photos of the other folds (the photos of fold f unseen)."""
+    the best ``objective`` on the photos of the other folds (the photos of fold f unseen)."""
     sources = np.asarray(sources)
     picks = []
     for f in range(int(folds.max()) + 1):
         train = np.flatnonzero(folds != f)
-        picks.append(choose([photo_metrics([row[i] for i in train], sources[train])["mean"]
-                             for row in table]))
+        picks.append(choose([photo_metrics([row[i] for i in train], sources[train],
+                                           objective)["objective"] for row in table]))
     return picks
 
 
-def held_metrics(row, sources, folds, f: int) -> dict[str, float]:
+def held_metrics(row, sources, folds, f: int, objective: str = "ap") -> dict[str, float]:
     """:func:`photo_metrics` of one setting's row on the photos fold ``f`` holds out."""
     held = np.flatnonzero(folds == f)
-    return photo_metrics([row[i] for i in held], np.asarray(sources)[held])
+    return photo_metrics([row[i] for i in held], np.asarray(sources)[held], objective)
 
 
 def wins_every_fold(added, simpler) -> bool:
@@ -504,32 +526,40 @@ METRIC_HEADER = (" | ".join(f"{c} AP" for c in AP_SOURCES)
                  + " | mean AP | precision % | false / photo")
 
 
-def fold_table(table, settings, sources, folds, picks, rows: dict[str, int], fields) -> list:
+def fold_table(table, settings, sources, folds, picks, rows: dict[str, int], fields,
+               objective: str = "ap") -> list:
     """Markdown: for each fold the setting chosen on the other folds, then the ``rows``
-    (name -> setting index) for comparison, each with its held-fold numbers."""
-    lines = ["| fold | setting | | mean AP, other folds (chooses) | " + METRIC_HEADER + " |",
-             "|---:|---|---|---:|" + "---:|" * (len(AP_SOURCES) + 3)]
+    (name -> setting index) for comparison, each with its objective on the other folds and
+    its held-fold numbers."""
+    lines = ["| fold | setting | | objective, other folds (chooses) | " + METRIC_HEADER
+             + " | objective |", "|---:|---|---|---:|" + "---:|" * (len(AP_SOURCES) + 4)]
     sources = np.asarray(sources)
     for f, pick in enumerate(picks):
         train = np.flatnonzero(folds != f)
         for name, i in [("chosen", pick), *rows.items()]:
-            seen = photo_metrics([table[i][j] for j in train], sources[train])["mean"]
+            seen = photo_metrics([table[i][j] for j in train], sources[train],
+                                 objective)["objective"]
+            held = held_metrics(table[i], sources, folds, f, objective)
             lines.append(f"| {f + 1} | {name} | {short(settings[i], fields)} | {_num(seen)} | "
-                         + metrics_cells(held_metrics(table[i], sources, folds, f)) + " |")
+                         + metrics_cells(held) + f" | {_num(held['objective'])} |")
     return lines
 
 
+#: Fields read only when another is on: such a field stays only if that one stays too.
+PARENT_FIELDS = {f"imagenet.{k}": "imagenet.enabled" for k in PRIOR_FIELDS}
+
+
 def field_rule(table, settings, sources, folds, picks, simple: Setting, fields,
-               base: tuple) -> tuple[list, dict[str, bool]]:
-    """The rule per varied field: in each fold, the held mean AP of the chosen setting minus
-    that of the chosen setting with the field at the simple value ('-': the fold chose the
-    simple value, a loss). ``base``: the grid's (grouping, imagenet) bases for
+               base: tuple, objective: str = "ap") -> tuple[list, dict[str, bool]]:
+    """The rule per varied field: in each fold, the held ``objective`` of the chosen setting
+    minus that of the chosen setting with the field at the simple value ('-': the fold chose
+    the simple value, a loss). ``base``: the grid's (grouping, imagenet) bases for
     :func:`canonical`. Returns the markdown and ``{field: stays}``."""
     index = {s: i for i, s in enumerate(settings)}
     k = len(picks)
     lines = ["| added field | " + " | ".join(f"fold {f + 1}" for f in range(k))
              + " | stays? |", "|---|" + "---:|" * k + "---|"]
-    stays = {}
+    stays, rows = {}, []
     for name in fields:
         simple_value = setting_value(simple, name)
         cells, added, simpler = [], [], []
@@ -541,14 +571,20 @@ def field_rule(table, settings, sources, folds, picks, simple: Setting, fields,
                 added.append(np.nan)
                 simpler.append(np.nan)
                 continue
-            a = held_metrics(table[pick], sources, folds, f)["mean"]
-            b = held_metrics(table[other], sources, folds, f)["mean"]
+            a = held_metrics(table[pick], sources, folds, f, objective)["objective"]
+            b = held_metrics(table[other], sources, folds, f, objective)["objective"]
             cells.append(f"{_cell(setting_value(chosen, name))}: {a - b:+.1f}")
             added.append(a)
             simpler.append(b)
         stays[name] = wins_every_fold(added, simpler)
-        lines.append(f"| {name} (simple: {_cell(simple_value)}) | " + " | ".join(cells)
-                     + f" | {'yes' if stays[name] else 'no'} |")
+        rows.append(f"| {name} (simple: {_cell(simple_value)}) | " + " | ".join(cells))
+    for name, row in zip(fields, rows):
+        parent = PARENT_FIELDS.get(name)
+        if stays[name] and not stays.get(parent, True):  # read only when the parent is on
+            stays[name] = False
+            lines.append(f"{row} | no (it needs {parent}) |")
+        else:
+            lines.append(f"{row} | {'yes' if stays[name] else 'no'} |")
     return lines, stays
 
 
@@ -601,13 +637,21 @@ def summary_table(rows: dict[str, list], sources) -> list:
     return lines
 
 
-def decided(settings, table, sources, simple: Setting, stays: dict[str, bool]) -> int:
-    """The default the rule gives: among the settings that keep every field that does not
-    stay at its simple value, the best on all the pooled photos."""
+def decided(settings, table, sources, simple: Setting, stays: dict[str, bool], picks,
+            objective: str = "ap") -> int:
+    """The default the rule gives: among the settings with every field that does not stay at
+    its simple value and every field that stays at a value the folds chose (``picks``), the
+    best ``objective`` on all the pooled photos."""
+    def allowed_value(setting: Setting, name: str, stays_: bool) -> bool:
+        if not stays_:
+            return setting_value(setting, name) == setting_value(simple, name)
+        return any(setting_value(setting, name) == setting_value(settings[p], name)
+                   for p in picks)
+
     allowed = [i for i, s in enumerate(settings)
-               if all(setting_value(s, n) == setting_value(simple, n)
-                      for n, ok in stays.items() if not ok)]
-    return allowed[choose([photo_metrics(table[i], sources)["mean"] for i in allowed])]
+               if all(allowed_value(s, n, ok) for n, ok in stays.items())]
+    return allowed[choose([photo_metrics(table[i], sources, objective)["objective"]
+                           for i in allowed])]
 
 
 def dotted_values(setting: Setting, fields) -> list[str]:
@@ -634,24 +678,29 @@ def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
         (lambda: atomic_write(args.cache, lambda fh: pickle.dump(cache, fh)))
     table, sources, _ = score_pool(predictor, settings, sets, cache, weights_id, save)
     folds = stratified_folds(sources, args.folds, args.seed)
-    picks = chosen_per_fold(table, sources, folds)
+    objective = args.objective
+    picks = chosen_per_fold(table, sources, folds, objective)
     fields = varied_fields(settings)
     print(f"{len(settings)} settings, {len(sources)} photos, {args.folds} folds (seed "
-          f"{args.seed}); the varied fields: {', '.join(fields)}\n")
+          f"{args.seed}); the varied fields: {', '.join(fields)}; the objective: "
+          f"{OBJECTIVES[objective]}\n")
     print("\n".join(fold_sizes(sources, folds)) + "\n")
     print("Each fold's numbers are on the photos it holds out (not used to choose its "
-          "setting); 'mean AP, other folds' chose it.\n")
+          "setting); 'objective, other folds' chose it.\n")
     print("\n".join(fold_table(table, settings, sources, folds, picks,
-                               {"simple": 0, "shipped": 1}, fields)) + "\n")
-    rule, stays = field_rule(table, settings, sources, folds, picks, simple, fields, base)
-    print("The rule per added field: held mean AP of the chosen setting minus the same with the "
-          "field at its simple value.\n")
+                               {"simple": 0, "shipped": 1}, fields, objective)) + "\n")
+    rule, stays = field_rule(table, settings, sources, folds, picks, simple, fields, base,
+                             objective)
+    print("The rule per added field: held objective of the chosen setting minus the same with "
+          "the field at its simple value.\n")
     print("\n".join(rule) + "\n")
     for name, (added, simpler) in {"chosen": (picks, [0] * len(picks)),
                                    "shipped": ([1] * len(picks), [0] * len(picks))}.items():
-        a = [held_metrics(table[i], sources, folds, f)["mean"] for f, i in enumerate(added)]
-        b = [held_metrics(table[i], sources, folds, f)["mean"] for f, i in enumerate(simpler)]
-        print(f"{name} vs simple, held mean AP per fold: "
+        a = [held_metrics(table[i], sources, folds, f, objective)["objective"]
+             for f, i in enumerate(added)]
+        b = [held_metrics(table[i], sources, folds, f, objective)["objective"]
+             for f, i in enumerate(simpler)]
+        print(f"{name} vs simple, held objective per fold: "
               + ", ".join(f"{x - y:+.1f}" for x, y in zip(a, b))
               + f" (wins on every fold: {'yes' if wins_every_fold(a, b) else 'no'})")
     print("\nEvery photo held out once, pooled over the folds (chosen: each photo under the "
@@ -664,10 +713,11 @@ def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
              "on, check on": with_fields(cfg.imagenet, {"enabled": True, "check.enabled": True})}
     print("\nThe ImageNet step on the held photos, the rest of the setting as each fold chose:\n")
     print("\n".join(imagenet_table(table, settings, sources, folds, picks, steps, base)) + "\n")
-    best = decided(settings, table, sources, simple, stays)
-    m = photo_metrics(table[best], sources)
+    best = decided(settings, table, sources, simple, stays, picks, objective)
+    m = photo_metrics(table[best], sources, objective)
     print(f"the rule's default (chosen on all {len(sources)} photos, so its numbers here are "
-          f"used for choosing: mean AP^r@0.5 {m['mean']:.1f}): {short(settings[best], fields)}")
+          f"used for choosing: mean AP^r@0.5 {m['mean']:.1f}, precision {m['precision']:.1f}, "
+          f"objective {m['objective']:.1f}): {short(settings[best], fields)}")
     print("\n".join(dotted_values(settings[best], fields)))
     return 0
 
@@ -724,9 +774,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "each object's crop")
     ap.add_argument("--imagenet-shape", "--prior-shape", choices=("region", "grabcut"),
                     nargs="+", default=None, help="imagenet.shape values")
-    ap.add_argument("--objective", choices=("ap", "ap+miou"), default="ap",
+    ap.add_argument("--objective", choices=tuple(OBJECTIVES), default="ap",
                     help="choose by the mean AP^r@0.5 over the splits, or by the mean of that "
-                         "and the splits' mean mIoU")
+                         "and the splits' mean mIoU, or (--folds only) of that and the "
+                         "precision of the shown objects")
     ap.add_argument("--limit", type=int, default=None, help="the first N images of each split")
     ap.add_argument("--folds", type=int, default=None, metavar="K",
                     help="K-fold cross-validation over every labelled photo not trained on "
@@ -742,6 +793,10 @@ def main(argv: list[str] | None = None) -> int:
     if shared is None:
         print("tune_grouping: the real data (../shared/data or $PFN_SHARED_DATA) was not found",
               file=sys.stderr)
+        return 2
+    if args.objective == "ap+precision" and args.folds is None:
+        print("tune_grouping: --objective ap+precision needs --folds (the val-split table has "
+              "no precision)", file=sys.stderr)
         return 2
     if args.save is not None and args.folds is not None:
         print("tune_grouping: --save is not used with --folds (it prints the rule's default; "

@@ -158,9 +158,13 @@ def test_score_photo_matches_as_the_evaluator_and_counts_shown_objects() -> None
     assert tune.miou([score]) == pytest.approx(metrics.miou)
     assert tune.shown_right([score]) == pytest.approx((200 / 3, 1.0)) == \
         (metrics.precision, metrics.false_per_image)
-    # a source that labels only people: the dog is neither right nor false
+    # background IoU 0 (15 true pixels, 16 shown, none shared), person 1, dog 0
+    assert tune.miou([score]) == pytest.approx(100 / 3)
+    # a source that labels only people: the dog is neither right nor false, its pixels count
+    # as background (15 of the 31 shown are)
     only_people = tune.score_photo(sample, inst, semantic, np.array([True, False]))
     assert tune.shown_right([only_people, only_people]) == pytest.approx((100.0, 0.0))
+    assert tune.miou([only_people]) == pytest.approx(100 * (15 / 31 + 1 + 0) / 3)
 
 
 def test_each_fold_chooses_on_the_other_folds() -> None:
@@ -174,6 +178,16 @@ def test_each_fold_chooses_on_the_other_folds() -> None:
     assert tune.held_metrics(table[1], sources, folds, 0)["mean"] == 0.0  # it fails unseen
     assert tune.held_metrics(table[1], sources, folds, 1)["horses"] == 100.0
     assert tune.choose([np.nan, 2.0, 2.0]) == 1  # the first of a tie; never NaN
+    # by AP and precision: setting 1 shows a second, false horse on every photo (AP 100,
+    # precision 50): the AP cannot tell them apart, the precision can
+    doubled = tune.PhotoScore(np.array([0.9, 0.1]), np.array([1, 1]), np.array([True, False]),
+                              np.array([True, False]), np.array([1]), np.array([True]),
+                              np.array([[10, 0], [0, 5]]))
+    table = [[_photo(tune, True)] * 4, [doubled] * 4]
+    assert tune.chosen_per_fold(table[::-1], sources, folds) == [0, 0]  # a tie: the first
+    assert tune.chosen_per_fold(table[::-1], sources, folds, "ap+precision") == [1, 1]
+    m = tune.held_metrics(table[1], sources, folds, 0, "ap+precision")
+    assert (m["mean"], m["precision"], m["false"], m["objective"]) == (100.0, 50.0, 1.0, 75.0)
 
 
 def test_an_added_setting_stays_only_if_it_wins_on_every_fold() -> None:
@@ -194,7 +208,7 @@ def test_an_added_setting_stays_only_if_it_wins_on_every_fold() -> None:
         picks = tune.chosen_per_fold(table, sources, folds)
         lines, stays = tune.field_rule(table, settings, sources, folds, picks, simple,
                                        ["grouping.tau"], base)
-        return lines[-1], stays, tune.decided(settings, table, sources, simple, stays)
+        return lines[-1], stays, tune.decided(settings, table, sources, simple, stays, picks)
 
     # tau 0.35 right everywhere, the simple tau nowhere: it wins on every fold and stays
     line, stays, best = rule([False] * 6, [True] * 6)
@@ -209,3 +223,22 @@ def test_an_added_setting_stays_only_if_it_wins_on_every_fold() -> None:
     # folds' photos tie, and the first setting (the simple one) is chosen
     line, stays, _ = rule([False] * 2 + [True] * 4, [True] * 6)
     assert line == "| grouping.tau (simple: 0.5) | - | 0.35: +0.0 | 0.35: +0.0 | no |"
+    # the check wins on every fold but the step it belongs to does not stay: neither does it
+    step = ImageNetConfig(weight=5.0)
+    simple = tune.Setting(GroupingConfig(method="vote"), ImageNetConfig(weight=5.0,
+                                                                        enabled=False))
+    settings = [simple, tune.Setting(simple.grouping, step),
+                tune.Setting(simple.grouping, tune.with_fields(step, {"check.enabled": True}))]
+    fields = tune.varied_fields(settings)
+    assert fields == ["imagenet.enabled", "imagenet.check.enabled"]
+    table = [[_photo(tune, r) for r in right] for right in
+             ([False, False, True, True, False, False], [False] * 6, [True] * 6)]
+    picks = tune.chosen_per_fold(table, sources, folds)
+    assert picks == [2, 2, 2]
+    lines, stays = tune.field_rule(table, settings, sources, folds, picks, simple, fields,
+                                   (simple.grouping, simple.imagenet))
+    assert lines[-2:] == [
+        "| imagenet.enabled (simple: off) | on: +100.0 | on: +0.0 | on: +100.0 | no |",
+        "| imagenet.check.enabled (simple: off) | on: +100.0 | on: +100.0 | on: +100.0 | no "
+        "(it needs imagenet.enabled) |"]
+    assert tune.decided(settings, table, sources, simple, stays, picks) == 0
