@@ -14,6 +14,17 @@ ap+miou`` chooses by the mean of both). Tune
 on these val splits only: the photos the shipped weights are checked on are kept elsewhere.
 ``--save`` writes a new file (never the weights read) with the best setting as its
 ``grouping`` and ``imagenet`` config; everything else is copied.
+
+    python scripts/tune_grouping.py --weights W --folds 5 --tau 0.2 0.35 0.5 \
+        --count-source head votes mean --imagenet-enabled off on --imagenet-check off on \
+        --cache /tmp/cv_scores.pkl [--objective ap+precision]
+
+``--folds K`` cross-validates instead (docs/experiments/cv-settings.md): every labelled photo
+the networks were not trained on (the val splits and the COCO sample photos without a VOC
+object) in K folds stratified by source; each fold's setting is chosen on the other folds and
+read on its own photos beside the simple baseline (the count head, the config's tau, no
+ImageNet step) and the weights' own setting; an added field stays only if it wins on every
+fold, and the default that rule gives is printed (never saved).
 """
 
 from __future__ import annotations
