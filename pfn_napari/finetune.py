@@ -166,8 +166,22 @@ def _nets(system: PFNSystem) -> list[nn.Module]:
 
 
 def _with_classes(cfg: PFNConfig, classes: tuple[str, ...]) -> PFNConfig:
+    """``cfg`` with the class list ``classes``; the shown classes keep those still in it."""
+    show = dataclasses.replace(cfg.show, classes=tuple(c for c in cfg.show.classes if c in classes))
+    if cfg.show.classes and not show.classes:  # every shown class dropped: show what is left
+        show = dataclasses.replace(cfg.show, classes=classes)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes=classes),
-                               model=dataclasses.replace(cfg.model, num_classes=len(classes)))
+                               model=dataclasses.replace(cfg.model, num_classes=len(classes)),
+                               show=show)
+
+
+def show_taught(cfg: PFNConfig, taught: Sequence[str]) -> PFNConfig:
+    """``cfg`` whose ``show.classes`` (when it limits them) also holds the classes the data
+    teaches: a model shows what it was taught, new classes included."""
+    if not cfg.show.classes:
+        return cfg
+    shown = tuple(dict.fromkeys([*cfg.show.classes, *taught]))
+    return dataclasses.replace(cfg, show=dataclasses.replace(cfg.show, classes=shown))
 
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
@@ -327,7 +341,7 @@ def _setup(weights, data, out_dir, minutes, classes, val, resume, seed, split, r
         native = data_classes(open_dataset(data, split, None))
         all_classes, taught = plan_classes(cfg.data.classes, native, classes)
         new = all_classes[len(cfg.data.classes):]
-        cfg = add_classes(system, cfg, new)
+        cfg = show_taught(add_classes(system, cfg, new), taught)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, seed=int(seed) if ckpt is None else cfg.train.seed, out_dir=str(out_dir),
         init=str(weights)))

@@ -3,6 +3,7 @@ falling, exact resume, final.pt loading everywhere, the card."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from pfn_napari.config import VOID, load_config
 from pfn_napari.data.corrections import correction_spec, save_correction
 from pfn_napari.errors import DatasetError, OutputError
 from pfn_napari.finetune import (NEW_CLASS_BIAS, add_classes, drop_classes, finetune,
-                                 keep_unlabelled, plan_classes)
+                                 keep_unlabelled, plan_classes, show_taught)
 from pfn_napari.inference import load_model
 from pfn_napari.model import build_system
 from pfn_napari.predictor import Predictor
@@ -124,6 +125,26 @@ def test_finetune_learns_a_new_class_and_writes_a_loadable_model(tiny, tmp_path)
     assert "| new classes | blob |" in card and "| steps | 40 |" in card
     with pytest.raises(OutputError, match="already holds a fine-tuning run"):
         finetune(weights, spec, tmp_path / "out", 0, max_steps=1, recipe=recipe)
+
+
+def test_a_model_that_limits_its_shown_classes_shows_what_it_is_taught(tmp_path) -> None:
+    system, cfg = tiny_system()
+    cfg = dataclasses.replace(cfg, show=dataclasses.replace(cfg.show, classes=("square",)))
+    assert show_taught(cfg, ["blob", "disc"]).show.classes == ("square", "blob", "disc")
+    every = dataclasses.replace(cfg, show=dataclasses.replace(cfg.show, classes=()))
+    assert show_taught(every, ["blob"]).show.classes == ()  # [] already shows every class
+    dropped = drop_classes(system, cfg, ["triangle"])
+    assert dropped.show.classes == ("square",)
+    dropped = drop_classes(system, dropped, ["square"])  # the only shown class goes
+    assert dropped.show.classes == ("disc",) and dropped.data.classes == ("disc",)
+    system, _ = tiny_system()
+    weights = save_weights(tmp_path / "shows-square.pt", system, cfg)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    result = finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=2,
+                      recipe=recipe)
+    model = load_model(result.weights, "cpu")  # a stored config that validates
+    assert model.config.show.classes == ("square", "blob", "disc")
 
 
 def test_resume_is_exact(tiny, tmp_path) -> None:
