@@ -51,8 +51,9 @@ class TuneParams:
                        min_size_frac=float(self.min_size_frac))
 
     def imagenet_config(self, base: ImageNetConfig) -> ImageNetConfig:
-        """``base`` switched off when the knob says so (never switched on from nothing)."""
-        return replace(base, enabled=False) if self.imagenet is False else base
+        """``base`` switched on or off as the knob says (None: as ``base``); a model without
+        the step (``weight`` 0) names nothing, switched on or not."""
+        return base if self.imagenet is None else replace(base, enabled=self.imagenet)
 
 
 def params_of(g: GroupingConfig, imagenet: ImageNetConfig | None = None) -> TuneParams:

@@ -46,11 +46,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("6. Instances", L.INSTANCES,
           "Clusters smaller than the size threshold are dropped and the rest are brought to full "
           "resolution: the instance segmentation, scored by mean class probability. With "
-          "'Name missed objects' ticked (the shipped model), the ImageNet classifier also names "
-          "objects the category map left as background (a bus, a dog), one instance per region, "
-          "its outline fitted to the photo (GrabCut), and looks at every object of a class it "
-          "knows, cropped: one it sees nothing of is dropped, one it is sure is another class "
-          "(a 'train' that is a bus) relabelled; people it cannot judge stay as found. Paint or "
+          "'Name missed objects' ticked (off in the shipped model), the ImageNet classifier "
+          "also names objects the category map left as background (a bus, a dog), one instance "
+          "per region, its outline fitted to the photo (GrabCut); with the weights' "
+          "imagenet.check it also looks at every object of a class it knows, cropped: one it "
+          "sees nothing of is dropped, one it is sure is another class (a 'train' that is a "
+          "bus) relabelled; people it cannot judge stay as found. Paint or "
           "erase to fix it; Export writes an instance-id PNG and a COCO JSON."),
 )
 

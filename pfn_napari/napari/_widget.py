@@ -110,7 +110,7 @@ def knob_help(method: str, g: GroupingConfig) -> dict[str, tuple[bool, str]]:
 
 
 def describe(p: TuneParams) -> str:
-    """``"vote, sigma 0.50, tau 0.35, size 0.10 %, ImageNet on"``."""
+    """``"vote, sigma 0.50, tau 0.50, size 0.10 %, ImageNet off"``."""
     return (f"{p.method}, sigma {p.sigma:.2f}, tau {p.tau:.2f}, size "
             f"{100 * p.min_size_frac:.2f} %, ImageNet {'off' if p.imagenet is False else 'on'}")
 
@@ -331,7 +331,9 @@ class PFNWidget(QWidget):
                                     "the model's imagenet.check, the found objects of the "
                                     "classes it knows checked on their crops (dropped or "
                                     "relabelled); people never change. Only for models whose "
-                                    "imagenet.weight is above 0 (the shipped one)")
+                                    "imagenet.weight is above 0 (the shipped one, where it "
+                                    "starts off: it did not pay on every fold of the "
+                                    "cross-validation, docs/imagenet.md)")
         form.addRow(self.prior_check)
         self.keep_edits_check = QCheckBox("Keep hand edits of 'PFN instances'")
         self.keep_edits_check.setToolTip("Ticked by painting on the instance layer: re-clustering "
