@@ -162,7 +162,13 @@ def drop_classes(system: PFNSystem, cfg: PFNConfig, names: Sequence[str]) -> PFN
 
 
 def _nets(system: PFNSystem) -> list[nn.Module]:
-    return [n for n in (system.category, system.instance) if n is not None]
+    return [net for _, net in _named_nets(system)]
+
+
+def _named_nets(system: PFNSystem) -> list[tuple[str, nn.Module]]:
+    """``(role, network)``: ``category`` and ``instance`` (a unified network is ``instance``)."""
+    return [(role, net) for role, net in (("category", system.category),
+                                          ("instance", system.instance)) if net is not None]
 
 
 def _with_classes(cfg: PFNConfig, classes: tuple[str, ...]) -> PFNConfig:
@@ -446,12 +452,16 @@ def _loader(dataset, cfg: PFNConfig) -> tuple[TrainingSet, EpochSampler, DataLoa
 
 def _optimizer(system: PFNSystem, cfg: PFNConfig) -> torch.optim.SGD:
     """SGD over every network: ``train.lr`` for the backbones, ``train.lr_new`` for the heads;
-    parameters named by ``train.frozen`` (in each network) do not train."""
+    parameters named by ``train.frozen`` do not train: a prefix of a name inside each network
+    (``backbone._blocks.0.``: in both), or of the name under the network's role
+    (``instance.location_head.``: only there)."""
     t = cfg.train
+    prefixes = tuple(t.frozen)
     pretrained, new = [], []
-    for net in _nets(system):
+    for role, net in _named_nets(system):
         for name, p in net.named_parameters():
-            p.requires_grad_(not (t.frozen and name.startswith(tuple(t.frozen))))
+            p.requires_grad_(not (prefixes and (name.startswith(prefixes) or
+                                                f"{role}.{name}".startswith(prefixes))))
         a, b = net.param_groups()
         pretrained += a
         new += b

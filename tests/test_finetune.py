@@ -147,6 +147,27 @@ def test_a_model_that_limits_its_shown_classes_shows_what_it_is_taught(tmp_path)
     assert model.config.show.classes == ("square", "blob", "disc")
 
 
+def test_a_frozen_prefix_under_a_role_freezes_that_network_only(tmp_path) -> None:
+    system, cfg = tiny_system()
+    weights = save_weights(tmp_path / "tiny.pt", system, cfg)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.replace("grad_clip: 10.0", "grad_clip: 10.0, frozen: "
+                                     "[instance.backbone., instance.location_head.]"))
+    result = finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=3,
+                      recipe=recipe)
+    after = load_checkpoint(result.weights)[0]
+    start = load_checkpoint(weights)[0]
+
+    def moved(net: str, prefix: str) -> bool:
+        a = dict(getattr(start, net).named_parameters())
+        b = dict(getattr(after, net).named_parameters())
+        return any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix)
+                   and a[k].shape == b[k].shape)
+
+    assert not moved("instance", "backbone.") and not moved("instance", "location_head.")
+    assert moved("instance", "count_head.") and moved("category", "backbone.")
+
+
 def test_resume_is_exact(tiny, tmp_path) -> None:
     weights, recipe = tiny
     spec = blob_set(tmp_path / "set", n=3)
