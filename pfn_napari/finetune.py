@@ -317,6 +317,7 @@ class _Run:
     budget_s: float
     max_steps: int
     unlabelled: torch.Tensor  # (C,) bool: classes the data does not label
+    held: list[tuple[torch.Tensor, torch.Tensor]]  # (parameter, rows kept): count_rows_held
     step: int = 0
     elapsed_s: float = 0.0  # training time of earlier calls (resume)
     loss: float = float("nan")
@@ -366,7 +367,8 @@ def _setup(weights, data, out_dir, minutes, classes, val, resume, seed, split, r
                train_ids=[str(i) for i in train_data.image_ids], val=val_data, loader=loader,
                train_set=train_set, sampler=sampler, steps_per_epoch=spe, optimizer=optimizer,
                device=dev, budget_s=max(0.0, float(minutes)) * 60.0, max_steps=int(max_steps),
-               unlabelled=unlabelled)
+               unlabelled=unlabelled,
+               held=count_rows_held(system, len(cfg.data.classes) - len(new)))
     if ckpt is not None:
         _restore(run, ckpt, last)
     else:
@@ -537,9 +539,24 @@ def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
         torch.nn.utils.clip_grad_norm_(
             [p for g in run.optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
     run.optimizer.step()
+    for param, rows in run.held:  # the counts of the classes the model had stay as they were
+        param.data[: len(rows)] = rows
     run.step += 1
     _log(run, parts)
     return float(loss.detach())
+
+
+def count_rows_held(system: PFNSystem, known: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(parameter, copy of its first ``known`` rows)`` of each count head's output layer: the
+    count channels of the classes the model had, which a fine-tune keeps (the counts of those
+    classes still follow the category map through the gate). Taught on a few crops they got
+    worse (docs/finetune.md); only the channels of new classes learn."""
+    held = []
+    for net in _nets(system):
+        if net.count_head is not None:
+            held += [(p, p.data[:known].clone()) for p in (net.count_head.fc2.weight,
+                                                           net.count_head.fc2.bias)]
+    return held
 
 
 def keep_unlabelled(class_map: torch.Tensor, seg_logits: torch.Tensor,

@@ -168,6 +168,18 @@ def test_a_frozen_prefix_under_a_role_freezes_that_network_only(tmp_path) -> Non
     assert moved("instance", "count_head.") and moved("category", "backbone.")
 
 
+def test_only_the_count_channels_of_new_classes_learn(tiny, tmp_path) -> None:
+    weights, recipe = tiny
+    result = finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=4,
+                      recipe=recipe)
+    start = load_checkpoint(weights)[0].instance.count_head.fc2
+    after = load_checkpoint(result.weights)[0].instance.count_head.fc2  # disc..triangle, blob
+    assert torch.equal(after.weight[:3], start.weight) and torch.equal(after.bias[:3], start.bias)
+    assert not torch.equal(after.weight[3], start.weight.mean(dim=0))  # blob's channel learnt
+    assert not torch.equal(load_checkpoint(result.weights)[0].instance.count_head.fc1.weight,
+                           load_checkpoint(weights)[0].instance.count_head.fc1.weight)
+
+
 def test_resume_is_exact(tiny, tmp_path) -> None:
     weights, recipe = tiny
     spec = blob_set(tmp_path / "set", n=3)
