@@ -386,7 +386,8 @@ docs/experiments/weights-history.md.
 {chr(10).join(per_class_rows(report, real))}
 
 Time per image in this evaluation run: network {t['network_s_per_image']:.2f} s, grouping {t['grouping_s_per_image']:.3f} s
-(it depends on what else the CPU runs; `benchmarks/speed.py` measures latency on an idle one).
+(it depends on what else the CPU runs; `benchmarks/speed.py` measures latency on an idle one,
+docs/speed.md).
 These numbers come from `pfn demo --weights {weights}` run by the command above (the report is
 in `{report}/`). Val splits this small (17 COCO photos) move by several points from one run to
 the next; classes with one or two val instances say little. The training logs are stored inside
