@@ -512,12 +512,16 @@ def _done(run: _Run) -> bool:
     return run.budget_s > 0 and run.elapsed_s >= run.budget_s
 
 
-def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
-    """One SGD step of both networks on ``batch``; the loss."""
+def _objective(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The loss of the parts that learn: the category network alone when nothing of the
+    instance network trains (the shipped recipe: its forward pass is skipped), else the
+    category, location and count losses of both networks on the same batch."""
     system, cfg = run.system, run.cfg
-    for net in _nets(system):
-        net.train()
-    batch = dict(batch_to(dict(batch), run.device))
+    if system.category is not None and not _learns(system.instance):
+        out = system.category(batch["image"])  # NetOutputs: seg_logits (B, C+1, h, w)
+        batch["class_map"] = keep_unlabelled(batch["class_map"], out.seg_logits.detach(),
+                                             run.unlabelled)
+        return total_loss(out, batch, cfg.loss, "category")
     out = system.instance(batch["image"])  # NetOutputs (locations, counts) on the stride-8 grid
     if system.category is not None:
         out.seg_logits = system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
@@ -528,16 +532,28 @@ def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
     labelled = ~run.unlabelled
     out.counts = out.counts[:, labelled]  # (B, C')
     batch["counts"] = batch["counts"][:, labelled]  # (B, C')
-    loss, parts = total_loss(out, batch, cfg.loss, "unified")
+    return total_loss(out, batch, cfg.loss, "unified")
+
+
+def _learns(net: nn.Module) -> bool:
+    return any(p.requires_grad for p in net.parameters())
+
+
+def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
+    """One SGD step on ``batch``; the loss."""
+    for net in _nets(run.system):
+        net.train()
+    batch = dict(batch_to(dict(batch), run.device))
+    loss, parts = _objective(run, batch)
     if not torch.isfinite(loss):
         raise PFNError(f"non-finite loss at fine-tuning step {run.step + 1} "
                        f"({', '.join(f'{k} {v:.4g}' for k, v in parts.items() if '/' not in k)}); "
                        "lower train.lr / train.lr_new in the recipe")
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.train.grad_clip > 0:
+    if run.cfg.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(
-            [p for g in run.optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+            [p for g in run.optimizer.param_groups for p in g["params"]], run.cfg.train.grad_clip)
     run.optimizer.step()
     for param, rows in run.held:  # the counts of the classes the model had stay as they were
         param.data[: len(rows)] = rows

@@ -180,6 +180,25 @@ def test_only_the_count_channels_of_new_classes_learn(tiny, tmp_path) -> None:
                            load_checkpoint(weights)[0].instance.count_head.fc1.weight)
 
 
+def test_a_frozen_instance_network_is_not_run(tiny, tmp_path, monkeypatch) -> None:
+    weights, _ = tiny
+    recipe = tmp_path / "category-only.yaml"
+    recipe.write_text(RECIPE.replace("grad_clip: 10.0", "grad_clip: 10.0, frozen: [instance.]"))
+    from pfn_napari.model.pfn import PFNNet
+    kinds = []
+    forward = PFNNet.forward
+    monkeypatch.setattr(PFNNet, "forward", lambda self, x: kinds.append(self.kind) or forward(self, x))
+    result = finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=3,
+                      recipe=recipe)
+    assert kinds == ["category"] * 3  # one forward pass per step, the category network's
+    header = (tmp_path / "out" / "log.csv").read_text().splitlines()[0]
+    assert header == "step,elapsed_s,seg,total"
+    start, after = load_checkpoint(weights)[0], load_checkpoint(result.weights)[0]
+    before = dict(start.instance.named_parameters())
+    for name, p in after.instance.named_parameters():  # count_head.fc2 grew a row for blob
+        assert torch.equal(p[: len(before[name])], before[name]), name
+
+
 def test_resume_is_exact(tiny, tmp_path) -> None:
     weights, recipe = tiny
     spec = blob_set(tmp_path / "set", n=3)
