@@ -2,9 +2,13 @@
 
 Where :mod:`pfn_napari.train` trains one network per stage from ImageNet or stage-1 weights,
 this continues a complete model (category + instance networks, or a unified one) on the
-user's own data, all of it at once: one step trains the category network (cross-entropy), the
-location streams and the count head (``loc_weight Lo + count_weight Ln``, the counts gated by
-the category network's map, as the model is read at test time) on the same batch.
+user's own data. The shipped recipe trains the category network alone (cross-entropy) and
+keeps the instance network, whose forward pass is then skipped (:func:`_objective`): trained on
+a few crops for minutes, the location streams and the count head got worse on unseen photos
+(docs/finetune.md). A recipe that trains them gets one step over both networks: the
+category loss, the location streams' and the count head's (``loc_weight Lo + count_weight
+Ln``, the counts gated by the category network's map, as the model is read at test time) on
+the same batch; the count channels of the classes the model had stay (:func:`count_rows_held`).
 
 Classes (:func:`plan_classes`): the data's, unless ``classes`` names them. A class the model has
 keeps its output channel; a class it lacks gets a new channel in the category head and in the
@@ -670,9 +674,19 @@ def card_meta(run: _Run) -> dict[str, Any]:
             "minutes": round(run.elapsed_s / 60.0, 2), "stopped": run.stopped,
             "recipe": {"crop_size": run.cfg.data.crop_size, "batch_size": run.cfg.train.batch_size,
                        "lr": run.cfg.train.lr, "lr_new": run.cfg.train.lr_new,
-                       "frozen": list(run.cfg.train.frozen)},
+                       "frozen": list(run.cfg.train.frozen),
+                       "learns": _what_learns(run.system)},
             "before": run.before, "after": run.after,
             "held_back": [str(i) for i in run.val.image_ids] if run.val is not None else []}
+
+
+def _what_learns(system: PFNSystem) -> str:
+    """Which networks the fine-tune trained, in words, for the card."""
+    parts = [f"the {role} network" + ("" if all(p.requires_grad for p in net.parameters())
+                                      else " (in part)")
+             for role, net in _named_nets(system) if _learns(net)]
+    kept = [f"the {role} network" for role, net in _named_nets(system) if not _learns(net)]
+    return " and ".join(parts) + (f"; {' and '.join(kept)} kept as it was" if kept else "")
 
 
 def card_markdown(card: Mapping[str, Any]) -> str:
@@ -692,7 +706,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"| minutes of training | {card['minutes']:.2f}"
         + (" (stopped by the user)" if card.get("stopped") else "") + " |",
         f"| recipe | crop {card['recipe']['crop_size']}, batch {card['recipe']['batch_size']}, "
-        f"lr {card['recipe']['lr']:g} / {card['recipe']['lr_new']:g} |", "",
+        f"lr {card['recipe']['lr']:g} / {card['recipe']['lr_new']:g} |",
+        f"| what learned | {card['recipe'].get('learns', '-')} |", "",
     ]
     if card.get("before") is not None or card.get("after") is not None:
         lines += [f"Measured on {len(card['held_back'])} images not trained on ({card['val']}):", "",

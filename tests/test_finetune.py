@@ -191,6 +191,8 @@ def test_a_frozen_instance_network_is_not_run(tiny, tmp_path, monkeypatch) -> No
     result = finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=3,
                       recipe=recipe)
     assert kinds == ["category"] * 3  # one forward pass per step, the category network's
+    assert ("| what learned | the category network; the instance network kept as it was |"
+            in (tmp_path / "out" / "README.md").read_text())
     header = (tmp_path / "out" / "log.csv").read_text().splitlines()[0]
     assert header == "step,elapsed_s,seg,total"
     start, after = load_checkpoint(weights)[0], load_checkpoint(result.weights)[0]
