@@ -73,6 +73,22 @@ def real_specs(shared: Path | None) -> list[EvalSet]:
     return out
 
 
+def no_voc_photos(shared: Path, classes: tuple[str, ...]):
+    """The photos of ``coco128-train/coco/instances.json`` that the VOC layout's ``trainval``
+    leaves out (they hold no VOC object, so no network was trained on them: every object shown
+    there is false) as a dataset on ``classes``; None without them."""
+    from .data import SubsetDataset, open_dataset
+
+    root = shared / "coco128-train"
+    annotations = root / "coco" / "instances.json"
+    trainval = root / "voc" / "VOC2012" / "ImageSets" / "Segmentation" / "trainval.txt"
+    if not annotations.is_file() or not trainval.is_file():
+        return None
+    ds = open_dataset(f"coco:{annotations}:{root / 'coco' / 'images'}", "val", classes)
+    used = set(trainval.read_text().split())
+    return SubsetDataset(ds, [i for i in range(len(ds)) if Path(ds.source_of(i)).stem not in used])
+
+
 def open_set(es: EvalSet, split: str, classes: tuple[str, ...], limit: int | None = None):
     """Open an eval set mapped onto the model's ``classes`` (``limit`` first images); None
     when the model knows none of its classes."""

@@ -35,9 +35,9 @@ from pfn_napari.checkpoint import (atomic_save, config_of, load_checkpoint, read
                                    run_meta, save_weights)
 from pfn_napari.config import (ConfigError, ShowConfig, apply_overrides, config_from_dict,
                                config_to_dict, load_config, migrate_key)
-from pfn_napari.data import SubsetDataset, open_dataset
-from pfn_napari.demo import (SHAPE_CLASSES, demo_train_spec, find_shared_data, open_set,
-                             real_specs, run_demo, train_two_stages)
+from pfn_napari.data import open_dataset
+from pfn_napari.demo import (SHAPE_CLASSES, demo_train_spec, find_shared_data, no_voc_photos,
+                             open_set, real_specs, run_demo, train_two_stages)
 from pfn_napari.errors import PFNError
 from pfn_napari.inference import default_weights_path
 from pfn_napari.model import PFNSystem
@@ -158,19 +158,6 @@ def write_test_time_settings(weights: Path, overrides: list[str]) -> None:
 def write_shown_classes(weights: Path, shown: tuple[str, ...]) -> None:
     """``show.classes`` of ``weights`` set to ``shown`` (:func:`write_test_time_settings`)."""
     write_test_time_settings(weights, [f"show.classes=[{','.join(shown)}]"])
-
-
-def no_voc_photos(shared: Path, classes: tuple[str, ...]):
-    """The photos of ``coco128-train/coco/instances.json`` that the VOC layout's ``trainval``
-    leaves out (they hold no VOC object; never trained on) on ``classes``; None without them."""
-    root = shared / "coco128-train"
-    annotations = root / "coco" / "instances.json"
-    trainval = root / "voc" / "VOC2012" / "ImageSets" / "Segmentation" / "trainval.txt"
-    if not annotations.is_file() or not trainval.is_file():
-        return None
-    ds = open_dataset(f"coco:{annotations}:{root / 'coco' / 'images'}", "val", classes)
-    used = set(trainval.read_text().split())
-    return SubsetDataset(ds, [i for i in range(len(ds)) if Path(ds.source_of(i)).stem not in used])
 
 
 def evaluate_no_voc(weights: Path, shared: Path, out: Path) -> Path | None:

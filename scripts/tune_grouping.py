@@ -43,8 +43,8 @@ from tqdm import tqdm
 
 from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
 from pfn_napari.config import VOID, GroupingConfig, ImageNetConfig
-from pfn_napari.data import SubsetDataset, open_dataset
-from pfn_napari.demo import find_shared_data, open_set, real_specs
+from pfn_napari.data import SubsetDataset
+from pfn_napari.demo import find_shared_data, no_voc_photos, open_set, real_specs
 from pfn_napari.errors import PFNError
 from pfn_napari.evaluate import (Evaluator, average_precision, mask_ious, match_image,
                                  right_objects)
@@ -402,20 +402,6 @@ def short(setting: Setting, fields) -> str:
                     for n in fields)
 
 
-def negative_photos(shared: Path, classes: tuple[str, ...]):
-    """The COCO sample photos of ``coco128-train/coco/instances.json`` that the VOC layout's
-    ``trainval`` leaves out (they hold no VOC object, so the networks never trained on them) as
-    a dataset on ``classes``; None without them."""
-    root = shared / "coco128-train"
-    annotations = root / "coco" / "instances.json"
-    trainval = root / "voc" / "VOC2012" / "ImageSets" / "Segmentation" / "trainval.txt"
-    if not annotations.is_file() or not trainval.is_file():
-        return None
-    ds = open_dataset(f"coco:{annotations}:{root / 'coco' / 'images'}", "val", classes)
-    used = set(trainval.read_text().split())
-    return SubsetDataset(ds, [i for i in range(len(ds)) if Path(ds.source_of(i)).stem not in used])
-
-
 def pooled_sets(shared: Path, classes: tuple[str, ...], limit: int | None = None) -> list:
     """``[(source, dataset on classes, labelled (C,) bool)]``: the val splits and the COCO
     photos without a VOC object (the first ``limit`` photos of each)."""
@@ -425,7 +411,7 @@ def pooled_sets(shared: Path, classes: tuple[str, ...], limit: int | None = None
         if ds is not None:
             out.append((es.name, ds, np.array([es.classes is None or c in es.classes
                                                for c in classes])))
-    negatives = negative_photos(shared, classes)
+    negatives = no_voc_photos(shared, classes)
     if negatives is not None:
         if limit is not None and len(negatives) > limit:
             negatives = SubsetDataset(negatives, list(range(limit)))
