@@ -47,7 +47,8 @@ from torch.utils.data import DataLoader
 from .checkpoint import (capture_rng_state, check_finite, config_of, load_checkpoint,
                          networks_of, read_checkpoint, restore_rng_state, save_checkpoint,
                          save_weights)
-from .config import VOID, PFNConfig, config_from_dict, config_to_dict, resolve_config_path
+from .config import (VOID, ConfigError, PFNConfig, config_from_dict, config_to_dict,
+                     resolve_config_path)
 from .data import normalise_class_name, open_dataset
 from .data.loader import EpochSampler, TrainingSet, batch_to, collate
 from .data.transforms import TrainTransform
@@ -172,9 +173,9 @@ def _nets(system: PFNSystem) -> list[nn.Module]:
 
 
 def _named_nets(system: PFNSystem) -> list[tuple[str, nn.Module]]:
-    """``(role, network)``: ``category`` and ``instance`` (a unified network is ``instance``)."""
-    return [(role, net) for role, net in (("category", system.category),
-                                          ("instance", system.instance)) if net is not None]
+    """``(role, network)``: its kind, ``category`` and ``instance``, or ``unified`` (one network
+    with every head: a recipe's ``instance.`` prefixes do not freeze it)."""
+    return [(net.kind, net) for net in (system.category, system.instance) if net is not None]
 
 
 def _with_classes(cfg: PFNConfig, classes: tuple[str, ...]) -> PFNConfig:
@@ -226,8 +227,6 @@ def _grow_count_layer(layer: nn.Module, k: int) -> nn.Module:
 def recipe_config(cfg: PFNConfig, recipe: str | Path = RECIPE) -> PFNConfig:
     """``cfg`` (a trained model's) with the data, train and loss settings of ``recipe``
     (a shipped name or a YAML file); a recipe that sets anything else is a ConfigError."""
-    from .config import ConfigError
-
     path = resolve_config_path(str(recipe))
     values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     other = sorted(set(values) - set(RECIPE_SECTIONS))
@@ -475,6 +474,9 @@ def _optimizer(system: PFNSystem, cfg: PFNConfig) -> torch.optim.SGD:
         new += b
     groups = [g for g in ({"params": pretrained, "lr": t.lr, "name": "pretrained"},
                           {"params": new, "lr": t.lr_new, "name": "new"}) if g["params"]]
+    if not groups:
+        raise ConfigError(f"train.frozen={list(t.frozen)}: the recipe freezes every parameter "
+                          "of the model; nothing would learn")
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 

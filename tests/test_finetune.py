@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pfn_napari.checkpoint import load_checkpoint, save_weights
-from pfn_napari.config import VOID, load_config
+from pfn_napari.config import VOID, ConfigError, load_config
 from pfn_napari.data.corrections import correction_spec, save_correction
 from pfn_napari.errors import DatasetError, OutputError
 from pfn_napari.finetune import (NEW_CLASS_BIAS, add_classes, drop_classes, finetune,
@@ -199,6 +199,17 @@ def test_a_frozen_instance_network_is_not_run(tiny, tmp_path, monkeypatch) -> No
     before = dict(start.instance.named_parameters())
     for name, p in after.instance.named_parameters():  # count_head.fc2 grew a row for blob
         assert torch.equal(p[: len(before[name])], before[name]), name
+
+
+def test_a_recipe_that_freezes_everything_is_refused(tiny, tmp_path) -> None:
+    weights, _ = tiny
+    recipe = tmp_path / "frozen.yaml"
+    recipe.write_text(RECIPE.replace("grad_clip: 10.0", "grad_clip: 10.0, frozen: "
+                                     "[category., instance.]"))
+    with pytest.raises(ConfigError, match=r"train.frozen=\['category.', 'instance.'\]: the "
+                       "recipe freezes every parameter of the model"):
+        finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=1,
+                 recipe=recipe)
 
 
 def test_resume_is_exact(tiny, tmp_path) -> None:
