@@ -73,6 +73,9 @@ MIN_HELD_BACK = 3
 #: 16 steps of 4): every epoch starts a data-loading worker, which with 2 steps per epoch
 #: (8 items) doubled the step time on one photo (1.2 s against 0.55 s).
 MIN_EPOCH_ITEMS = 64
+#: What the card, ``pfn finetune`` and napari say when the start scored higher.
+KEPT_START_NOTE = ("The held-back images scored the weights it started from higher, so final.pt "
+                   "holds those (with any new class channels); last.pt holds the fine-tuned ones.")
 #: Sections of PFNConfig a recipe may set (the model's settings come from the weights).
 RECIPE_SECTIONS = ("data", "train", "loss")
 
@@ -95,7 +98,9 @@ class FinetuneProgress:
 class FinetuneResult:
     """What :func:`finetune` wrote: ``weights`` is ``out_dir/final.pt``; ``before`` / ``after``
     the metrics (``APr@0.5``, ``mIoU``, ``images``) on the held-back or ``val`` images, None
-    when there were fewer than :data:`MIN_HELD_BACK`."""
+    when there were fewer than :data:`MIN_HELD_BACK`. ``kept_start``: the held-back images
+    scored the weights it started from higher (AP^r@0.5), so ``final.pt`` holds those (with any
+    new class channels) and ``last.pt`` the trained ones."""
 
     out_dir: Path
     weights: Path
@@ -104,6 +109,7 @@ class FinetuneResult:
     minutes: float
     before: dict | None
     after: dict | None
+    kept_start: bool = False  # the held-back images scored the start better: final.pt is it
 
 
 # --------------------------------------------------------------------------- classes
@@ -294,6 +300,8 @@ def finetune(weights: str | Path, data: str, out: str | Path, minutes: float, *,
         if run.val is not None:
             report("evaluate after")
             run.after = dataset_metrics(run.system, run.cfg, run.device, run.val)
+            if start_was_better(run.before, run.after):
+                run.system, run.kept_start = _start_system(run), True
         report("saving")
         result = _finish(run)
         report("done")
@@ -329,6 +337,7 @@ class _Run:
     before: dict | None = None
     after: dict | None = None
     stopped: str = ""
+    kept_start: bool = False
 
 
 def _setup(weights, data, out_dir, minutes, classes, val, resume, seed, split, recipe,
@@ -393,6 +402,23 @@ def _load_start(weights: str | Path) -> tuple[PFNSystem, PFNConfig]:
         raise CheckpointError(f"{path}: holds a category network only; fine-tuning needs a "
                               "complete model (a stage 'instance' or 'unified' file)")
     return system, cfg
+
+
+def start_was_better(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> bool:
+    """True when the held-back images score the start strictly higher (AP^r@0.5; a tie keeps
+    the fine-tuned weights)."""
+    if not before or not after:
+        return False
+    b, a = before.get("APr@0.5"), after.get("APr@0.5")
+    return b is not None and a is not None and math.isfinite(b) and math.isfinite(a) and a < b
+
+
+def _start_system(run: _Run) -> PFNSystem:
+    """The weights the run started from, with the run's new class channels (as ``_setup``
+    made them), on the run's device."""
+    system, cfg = _load_start(run.weights)
+    add_classes(system, cfg, run.new_classes)
+    return system.to(run.device)
 
 
 def _refuse_taken(out_dir: Path) -> None:
@@ -666,7 +692,7 @@ def _finish(run: _Run) -> FinetuneResult:
     atomic_write_text(run.out_dir / "README.md", card_markdown(card))
     return FinetuneResult(out_dir=run.out_dir, weights=final, classes=tuple(run.cfg.data.classes),
                           steps=run.step, minutes=run.elapsed_s / 60.0, before=run.before,
-                          after=run.after)
+                          after=run.after, kept_start=run.kept_start)
 
 
 def card_meta(run: _Run) -> dict[str, Any]:
@@ -680,7 +706,7 @@ def card_meta(run: _Run) -> dict[str, Any]:
                        "lr": run.cfg.train.lr, "lr_new": run.cfg.train.lr_new,
                        "frozen": list(run.cfg.train.frozen),
                        "learns": _what_learns(run.system)},
-            "before": run.before, "after": run.after,
+            "before": run.before, "after": run.after, "kept_start": run.kept_start,
             "held_back": [str(i) for i in run.val.image_ids] if run.val is not None else []}
 
 
@@ -718,6 +744,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
                   "| | AP^r@0.5 | mIoU |", "|---|---|---|",
                   f"| before | {num(card['before'], 'APr@0.5')} | {num(card['before'], 'mIoU')} |",
                   f"| after | {num(card['after'], 'APr@0.5')} | {num(card['after'], 'mIoU')} |", ""]
+        if card.get("kept_start"):
+            lines += [KEPT_START_NOTE, ""]
     else:
         lines += [f"Not measured: fewer than {MIN_HELD_BACK} images to hold back (give --val "
                   f"or at least {MIN_HELD_BACK * VAL_EVERY} images).", ""]

@@ -16,7 +16,8 @@ from pfn_napari.config import VOID, ConfigError, load_config
 from pfn_napari.data.corrections import correction_spec, save_correction
 from pfn_napari.errors import DatasetError, OutputError
 from pfn_napari.finetune import (NEW_CLASS_BIAS, add_classes, drop_classes, finetune,
-                                 keep_unlabelled, plan_classes, show_taught)
+                                 keep_unlabelled, plan_classes, show_taught,
+                                 start_was_better)
 from pfn_napari.inference import load_model
 from pfn_napari.model import build_system
 from pfn_napari.predictor import Predictor
@@ -187,7 +188,8 @@ def test_a_frozen_instance_network_is_not_run(tiny, tmp_path, monkeypatch) -> No
     from pfn_napari.model.pfn import PFNNet
     kinds = []
     forward = PFNNet.forward
-    monkeypatch.setattr(PFNNet, "forward", lambda self, x: kinds.append(self.kind) or forward(self, x))
+    monkeypatch.setattr(PFNNet, "forward",
+                        lambda self, x: kinds.append(self.kind) or forward(self, x))
     result = finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=3,
                       recipe=recipe)
     assert kinds == ["category"] * 3  # one forward pass per step, the category network's
@@ -210,6 +212,33 @@ def test_a_recipe_that_freezes_everything_is_refused(tiny, tmp_path) -> None:
                        "recipe freezes every parameter of the model"):
         finetune(weights, blob_set(tmp_path / "set"), tmp_path / "out", 0, max_steps=1,
                  recipe=recipe)
+
+
+def test_start_was_better_only_when_the_held_back_ap_fell() -> None:
+    assert start_was_better({"APr@0.5": 30.3}, {"APr@0.5": 22.7})
+    assert not start_was_better({"APr@0.5": 30.3}, {"APr@0.5": 30.3})  # a tie keeps the new
+    assert not start_was_better({"APr@0.5": 0.0}, {"APr@0.5": 12.5})
+    assert not start_was_better(None, {"APr@0.5": 1.0})
+    assert not start_was_better({"APr@0.5": float("nan")}, {"APr@0.5": 1.0})
+
+
+def test_final_pt_is_the_start_when_the_held_back_images_scored_it_higher(
+        tiny, tmp_path, monkeypatch) -> None:
+    import pfn_napari.finetune as ft
+    weights, recipe = tiny
+    spec = blob_set(tmp_path / "set", n=15)  # every 5th held back: 3 images measured
+    scores = iter([{"APr@0.5": 50.0, "mIoU": 40.0}, {"APr@0.5": 20.0, "mIoU": 45.0}])
+    monkeypatch.setattr(ft, "dataset_metrics", lambda *a, **k: next(scores))
+    result = finetune(weights, spec, tmp_path / "out", 0, max_steps=3, recipe=recipe)
+    assert result.kept_start and result.after["APr@0.5"] == 20.0
+    start, final = load_checkpoint(weights)[0], load_checkpoint(result.weights)[0]
+    trained = load_checkpoint(tmp_path / "out" / "last.pt")[0]
+    fc8 = "category_head.fc8.weight"
+    s, f, t = (dict(m.category.named_parameters())[fc8] for m in (start, final, trained))
+    assert torch.equal(f[:4], s) and not torch.equal(t[:4], s)  # disc..triangle as they were
+    assert torch.equal(f[4], s[0])  # blob's new channel: the background's copy, untrained
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "scored the weights it started from higher" in card
 
 
 def test_resume_is_exact(tiny, tmp_path) -> None:

@@ -411,6 +411,8 @@ class TeachBox(QGroupBox):
         self.update_enabled()
 
     def _done(self, result: Any, sync: bool = False) -> None:
+        from ..finetune import KEPT_START_NOTE
+
         stopped = self._stop
         self._finish()
         self.last_result = result
@@ -421,7 +423,8 @@ class TeachBox(QGroupBox):
         text = (f"fine-tuned {L.plural(result.steps, 'step')} in {duration(result.minutes)}"
                 f"{' (cancelled)' if stopped else ''}: weights {result.weights}"
                 f"{f', card {card}' if card else ''}; "
-                f"{before_after(result.before, result.after)}.")
+                f"{before_after(result.before, result.after)}."
+                f"{' ' + KEPT_START_NOTE if result.kept_start else ''}")
         self.status_label.setText(text)
         if not Path(result.weights).is_file():
             self.w._message(f"{text} No weights to load; resume with pfn finetune ... "
