@@ -36,15 +36,15 @@ from pfn_napari.inference import default_weights_path  # noqa: E402
 #: the shipped recipe's own frozen layers (stem and first three stages of each backbone)
 EARLY = ["backbone._conv_stem", "backbone._bn0", "backbone._blocks.0.", "backbone._blocks.1.",
          "backbone._blocks.2."]
-INSTANCE = ["instance.backbone.", "instance.location_head.", "instance.count_head.fc1."]
+INSTANCE = ["instance."]
 
 #: row name -> changes to the shipped recipe (finetune-cpu)
 VARIANTS = {
     "every network (category + locations + counts), crop 193": {"train": {"frozen": EARLY}},
-    "category network + new count channels, crop 193 (shipped)": {},
-    "category network + new count channels, crop 257": {"data": {"crop_size": 257}},
-    "category network + new count channels, crop 129": {"data": {"crop_size": 129}},
-    "category network, first four stages frozen, crop 193": {
+    "the category network alone (instance network not run), crop 193 (shipped)": {},
+    "the category network alone, crop 257": {"data": {"crop_size": 257}},
+    "the category network alone, crop 129": {"data": {"crop_size": 129}},
+    "the category network alone, first five stages frozen, crop 193": {
         "train": {"frozen": EARLY + ["backbone._blocks.3.", "backbone._blocks.4."] + INSTANCE}},
 }
 
