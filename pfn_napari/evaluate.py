@@ -203,6 +203,23 @@ def match_image(scores: np.ndarray, ious: np.ndarray, threshold: float,
     return tp
 
 
+def visible_truth(gt: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(masks (G, H, W) bool, classes (G,) int64, void (H, W) bool)``: the true instances of
+    ``gt`` with their void pixels left out, those with no pixel left dropped."""
+    void = (gt.instance_map == VOID) | (gt.class_map == VOID)  # (H, W)
+    masks = gt.instance_masks() & ~void[None]  # (K, H, W)
+    visible = masks.any(axis=(1, 2))  # (K,)
+    return masks[visible], np.asarray(gt.instance_classes, dtype=np.int64)[visible], void
+
+
+def pixel_confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(C + 1, C + 1)`` int64 pixel counts, rows the true class, columns the predicted one, of
+    the paired non-void pixels ``truth`` and ``predicted`` (same shape, classes 0..C)."""
+    c = num_classes
+    index = truth.astype(np.int64) * (c + 1) + predicted.astype(np.int64)
+    return np.bincount(index.ravel(), minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+
+
 def right_objects(scores: np.ndarray, ious: np.ndarray,
                   threshold: float = PRECISION_IOU) -> np.ndarray:
     """Which shown objects of one class in one image are right.
@@ -439,7 +456,6 @@ class Metrics:
                 for t in self.thresholds}
         return out
 
-
     def _shown_dict(self, c: int) -> dict[str, Any]:
         """Class ``c``'s (0-based) right objects, precision (percent) and false objects per
         image; empty without ``num_right``."""
@@ -513,11 +529,7 @@ class Evaluator:
                                f"outside 1..{c}")
         if not np.all(np.isfinite(pred.scores)):
             raise DatasetError(f"{where}: predicted scores must be finite numbers")
-        void = (gt.instance_map == VOID) | (gt.class_map == VOID)  # (H, W)
-        gt_masks = gt.instance_masks() & ~void[None]  # (K, H, W)
-        visible = gt_masks.any(axis=(1, 2))  # (K,)
-        gt_masks = gt_masks[visible]
-        gt_classes = np.asarray(gt.instance_classes, dtype=np.int64)[visible]
+        gt_masks, gt_classes, void = visible_truth(gt)
         ious = mask_ious(pred.rles if isinstance(pred, EncodedInstances) else pred.masks,
                          gt_masks, void)  # (N, G)
         self.count_abs_error += np.abs(np.bincount(pred.classes - 1, minlength=c)[:c]
@@ -539,8 +551,7 @@ class Evaluator:
         truth = gt.class_map[keep].astype(np.int64)
         if truth.size and truth.max() > c:
             raise DatasetError(f"{where}: ground-truth classes outside 0..{c}")
-        index = truth * (c + 1) + sem[keep].astype(np.int64)
-        self.confusion += np.bincount(index, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+        self.confusion += pixel_confusion(truth, sem[keep], c)
         self.num_images += 1
 
     def result(self) -> Metrics:

@@ -47,7 +47,7 @@ from pfn_napari.data import SubsetDataset
 from pfn_napari.demo import find_shared_data, no_voc_photos, open_set, real_specs
 from pfn_napari.errors import PFNError
 from pfn_napari.evaluate import (Evaluator, average_precision, mask_ious, match_image,
-                                 right_objects)
+                                 pixel_confusion, right_objects, visible_truth)
 from pfn_napari.output import atomic_write
 from pfn_napari.predictor import Predictor
 from pfn_napari.producers import class_lut, to_data_classes
@@ -224,11 +224,8 @@ def score_photo(sample, inst, semantic: np.ndarray, labelled: np.ndarray) -> Pho
     :func:`right_objects` for the precision); ``semantic`` ``(H, W)`` is the class map the
     setting ended with and ``labelled`` ``(C,)`` the classes the source labels."""
     c = len(labelled)
-    void = (sample.instance_map == VOID) | (sample.class_map == VOID)  # (H, W)
-    gt_masks = sample.instance_masks() & ~void[None]  # (K, H, W)
-    visible = gt_masks.any(axis=(1, 2))  # (K,)
-    gt_classes = np.asarray(sample.instance_classes, dtype=np.int64)[visible]
-    ious = mask_ious(inst.masks, gt_masks[visible], void)  # (N, G)
+    gt_masks, gt_classes, void = visible_truth(sample)
+    ious = mask_ious(inst.masks, gt_masks, void)  # (N, G)
     classes = np.asarray(inst.classes, dtype=np.int64)
     scores = np.asarray(inst.scores, dtype=np.float64)
     tp = np.zeros(len(classes), dtype=bool)
@@ -238,8 +235,7 @@ def score_photo(sample, inst, semantic: np.ndarray, labelled: np.ndarray) -> Pho
         tp[p] = match_image(scores[p], ious[np.ix_(p, gt_classes == k)], AP_IOU)
         right[p] = right_objects(scores[p], ious[np.ix_(p, gt_classes == k)])
     keep = sample.class_map != VOID
-    index = sample.class_map[keep].astype(np.int64) * (c + 1) + semantic[keep].astype(np.int64)
-    confusion = np.bincount(index, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+    confusion = pixel_confusion(sample.class_map[keep], semantic[keep], c)
     return PhotoScore(scores, classes, tp, right, np.bincount(gt_classes - 1, minlength=c)[:c],
                       np.asarray(labelled, dtype=bool), confusion)
 
