@@ -600,12 +600,14 @@ def count_rows_held(system: PFNSystem, known: int) -> list[tuple[torch.Tensor, t
     """``(parameter, copy of its first ``known`` rows)`` of each count head's output layer: the
     count channels of the classes the model had, which a fine-tune keeps (the counts of those
     classes still follow the category map through the gate). Taught on a few crops they got
-    worse (docs/finetune.md); only the channels of new classes learn."""
+    worse (docs/finetune.md); only the channels of new classes learn. A frozen layer (the
+    shipped recipe's) needs no holding: none is listed."""
     held = []
     for net in _nets(system):
         if net.count_head is not None:
             held += [(p, p.data[:known].clone()) for p in (net.count_head.fc2.weight,
-                                                           net.count_head.fc2.bias)]
+                                                           net.count_head.fc2.bias)
+                     if p.requires_grad]
     return held
 
 
