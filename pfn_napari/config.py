@@ -116,7 +116,18 @@ STREAMS = ("input", "pool1", "pool2", "pool3", "fc7")
 FUSIONS = ("concat", "plain_sum", "sum")
 #: Instance scores (``grouping.scoring``) and full-resolution assignments (``grouping.assign``),
 #: see ``grouping/grouper.py``.
-SCORINGS = ("mean_prob", "prob_x_similarity", "ones")
+SCORINGS = ("mean_prob", "prob_x_similarity", "ones", "quality")
+#: The per-object numbers of ``grouping.scoring='quality'`` (``grouping/quality.py``), in the
+#: order of the weights of ``grouping.quality`` (after its bias). What each says of a mask:
+QUALITY_FEATURES: tuple[str, ...] = (
+    "mean_prob",  # mean class probability over the mask's pixels (the mean_prob score)
+    "log_area",  # ln of the mask's share of the image (tiny masks are often fragments)
+    "similarity",  # the clustering's mean within-cluster similarity of the object, in [0, 1]
+    "box_agreement",  # mean IoU of the member cells' voted boxes with the object's mean box
+    "border",  # share of the outline of the mask's bounding box that lies on the image edge
+    "largest_part",  # the largest connected piece's share of the mask (8-connected)
+    "count_gap",  # the count used for the class minus the instances made of it
+)
 ASSIGNS = ("auto", "cell", "location")
 #: The names ``grouping.method`` accepts: the keys of ``grouping.GROUPING_METHODS``. Held here
 #: so this bottom layer imports nothing from grouping/ (tests/test_config.py keeps the built-in
@@ -169,6 +180,11 @@ MIN_SIGMA, MAX_SIGMA = 1e-3, 1e3
 #: 20 and 10; more than 100 only makes a run minutes long for no change of the answer.
 MAX_N_INIT = 100
 MAX_CRF_ITERATIONS = 100
+#: ``grouping.quality``'s default: the bias, then the weights of QUALITY_FEATURES, as
+#: ``scripts/fit_quality.py --save-config`` fitted them on the 173 shown objects of
+#: weights/pfn-lite0-voc.pt on its 129 cross-validation photos (docs/experiments/quality-score.md:
+#: under cross-validation the score does not rank better than mean_prob, so it is not the default)
+QUALITY_DEFAULT: tuple[float, ...] = (-10.21, 13.12, 1.027, -1.089, 4.031, -2.76, 2.552, 0.2115)
 
 
 @dataclass(frozen=True)
@@ -408,13 +424,16 @@ class GroupingConfig:
     refine: bool = True  # refinement of the class map by the counts
     size_filter: bool = True
     n_init: int = 20  # k-means seedings
-    scoring: str = "mean_prob"  # 'mean_prob' | 'prob_x_similarity' | 'ones'
+    scoring: str = "mean_prob"  # 'mean_prob' | 'prob_x_similarity' | 'ones' | 'quality'
     seed: int = 0
     assign: str = "auto"  # full-res pixels: 'cell' (nearest grid cell), 'location', or the method's
     # k of each class: 'head' (the count head, the paper), 'votes' (distinct boxes the cells
     # vote for) or 'mean' of both (grouping/votes.py); ``votes`` tunes the votes
     count_source: str = "head"
     votes: VoteCountConfig = field(default_factory=VoteCountConfig)
+    # scoring='quality': the bias, then one weight per QUALITY_FEATURES entry, of the logistic
+    # mask-quality score (grouping/quality.py; the default: QUALITY_DEFAULT)
+    quality: tuple[float, ...] = QUALITY_DEFAULT
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a method, scoring or assignment that does not exist,
@@ -423,7 +442,7 @@ class GroupingConfig:
             (self.method in GROUPING_METHOD_NAMES,
              f"grouping.method={self.method!r}: choose one of {tuple(GROUPING_METHOD_NAMES)}"),
             (self.scoring in SCORINGS,
-             f"grouping.scoring={self.scoring!r}: 'mean_prob', 'prob_x_similarity' or 'ones'"),
+             f"grouping.scoring={self.scoring!r}: one of {SCORINGS}"),
             (self.assign in ASSIGNS, f"grouping.assign={self.assign!r}: choose one of {ASSIGNS}"),
             _in("grouping.sigma", self.sigma, MIN_SIGMA, MAX_SIGMA,
                 " (features are in [0, 1]: outside, every affinity is 0 or 1)"),
@@ -433,6 +452,12 @@ class GroupingConfig:
             _in("grouping.seed", self.seed, 0, 2**32 - 1),
             (self.count_source in COUNT_SOURCES,
              f"grouping.count_source={self.count_source!r}: one of {COUNT_SOURCES}"),
+            (len(self.quality) == 1 + len(QUALITY_FEATURES),
+             f"grouping.quality has {len(self.quality)} numbers: expected "
+             f"{1 + len(QUALITY_FEATURES)}, the bias then one weight for each of "
+             f"{', '.join(QUALITY_FEATURES)}"),
+            (all(math.isfinite(w) for w in self.quality),
+             f"grouping.quality={list(self.quality)}: every number must be finite"),
         ])
         self.votes.validate()
 
@@ -533,6 +558,8 @@ class ShowConfig:
     (weights/README.md)."""
 
     classes: tuple[str, ...] = ()  # names of the model's classes (data.classes)
+    # objects scored under this are dropped too, their pixels background (0: every object)
+    min_score: float = 0.0
 
     def ids(self, class_names: tuple[str, ...]) -> tuple[int, ...] | None:
         """The shown classes as ids 1..C of ``class_names``; None: every class."""
@@ -550,6 +577,8 @@ class ShowConfig:
              f"(its classes: {', '.join(class_names)}; [] shows every class)"),
             (len(set(self.classes)) == len(self.classes),
              f"show.classes={list(self.classes)}: a class is named twice"),
+            _in("show.min_score", self.min_score, 0, 1, " (scores are in [0, 1]; 0 shows "
+                "every object)"),
         ])
 
 

@@ -19,8 +19,9 @@ The steps, each a library function of its own module:
    count or sigma re-runs only what depends on it;
 3. the ImageNet step (:mod:`pfn_napari.imagenet`, when ``imagenet.active``) on the grouping's
    result; its classifier runs at the first grouping that needs it, once per image;
-4. :func:`shown_only`: only the classes the model shows (``show.classes``); the others'
-   instances are dropped and their pixels become background;
+4. :func:`shown_only`: only the classes the model shows (``show.classes``) and the objects
+   scored at least ``show.min_score``; the others are dropped and their pixels become
+   background;
 5. :func:`~pfn_napari.inference.resize_instances` back to the image's own size when the
    networks saw it resized.
 
@@ -229,7 +230,7 @@ class Predictor:
         step_cfg = imagenet or self.imagenet
         if step_cfg.active and self.imagenet_step is not None:
             result = self.imagenet_step.run(result, step_cfg)
-        result = shown_only(result, self.shown_ids)
+        result = shown_only(result, self.shown_ids, self.show.min_score)
         self._class_map = result.full_class_map
         for step, seconds in result.timings.items():
             self.times.per_step[step] = self.times.per_step.get(step, 0.0) + seconds
@@ -326,28 +327,42 @@ def hide_classes(labels: np.ndarray, shown: Sequence[int] | None) -> np.ndarray:
     return np.where(hidden, 0, labels).astype(labels.dtype) if hidden.any() else labels
 
 
-def shown_only(result: GroupingResult, shown: Sequence[int] | None) -> GroupingResult:
-    """``result`` with only the classes ``shown`` (ids 1..C; None: ``result`` as it is): the
-    other classes' instances dropped (the rest renumbered in order in ``grid_labels``) and
-    their pixels background in ``refined_class_map``, ``full_class_map`` and
-    ``prior_labels``; ``cluster_counts`` keeps the shown classes (the front ends offer a count
-    box for each entry); ``counts`` stays the network's."""
-    if shown is None:
-        return result
+def shown_only(result: GroupingResult, shown: Sequence[int] | None,
+               min_score: float = 0.0) -> GroupingResult:
+    """``result`` with only the classes ``shown`` (ids 1..C; None: every class) and the
+    objects scored at least ``min_score`` (``show.min_score``; 0: every object); ``result``
+    itself when both keep everything. The other classes' instances are dropped and their
+    pixels background in ``refined_class_map``, ``full_class_map`` and ``prior_labels``; so
+    are a low-scored object's instance, its grid cells and its pixels. The kept instances are
+    renumbered in order in ``grid_labels``; ``cluster_counts`` keeps the shown classes (the
+    front ends offer a count box for each entry); ``counts`` stays the network's."""
     inst = result.instances
-    keep = np.isin(inst.classes, shown)  # (N,)
+    low = np.asarray(inst.scores) < min_score  # (N,)
+    if shown is None and not low.any():
+        return result
+    keep = ~low if shown is None else np.isin(inst.classes, shown) & ~low  # (N,)
     new_index = np.concatenate([[0], np.cumsum(keep) * keep]).astype(np.int32)  # old 1..N -> new
-    prior = result.prior_labels
+    refined, full, prior = (result.refined_class_map, result.full_class_map,
+                            result.prior_labels)
+    if low.any():  # the low-scored objects' cells and pixels become background
+        dropped = np.flatnonzero(low)
+        refined = np.where(np.isin(result.grid_labels, dropped + 1), 0, refined)
+        gone = inst.masks[low].any(0)  # (H, W)
+        full = np.where(gone, 0, full)
+        prior = None if prior is None else np.where(gone, 0, prior)
+    features = result.features
     return replace(
         result,
         instances=inst if keep.all() else Instances(inst.masks[keep], inst.classes[keep],
                                                     inst.scores[keep], inst.image_id),
-        refined_class_map=hide_classes(result.refined_class_map, shown),
-        full_class_map=hide_classes(result.full_class_map, shown),
+        refined_class_map=hide_classes(refined, shown).astype(np.uint8),
+        full_class_map=hide_classes(full, shown).astype(np.uint8),
         grid_labels=new_index[result.grid_labels],
         centers=result.centers[keep], boxes=result.boxes[keep],
-        prior_labels=None if prior is None else hide_classes(prior, shown),
-        cluster_counts={c: k for c, k in result.cluster_counts.items() if c in shown})
+        prior_labels=None if prior is None else hide_classes(prior, shown).astype(np.uint8),
+        cluster_counts={c: k for c, k in result.cluster_counts.items()
+                        if shown is None or c in shown},
+        features=None if features is None else features[keep])
 
 
 def read_photo(path: str | Path) -> np.ndarray:

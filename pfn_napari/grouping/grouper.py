@@ -25,7 +25,9 @@ Steps of :meth:`Grouper.run`:
    pixels whose box, lies farther than it from their cluster's mean box.
 4. Scores (``cfg.scoring``): ``mean_prob``: mean probability of the class over the instance's
    full-resolution pixels; ``prob_x_similarity``: that times the cluster's mean within-cluster
-   similarity; ``ones``: 1.
+   similarity; ``ones``: 1; ``quality``: the logistic mask-quality score of a few numbers of
+   the object (:mod:`~pfn_napari.grouping.quality`) with the weights ``cfg.quality``, the
+   numbers kept in ``GroupingResult.features``.
 
 The ImageNet step that may follow is a stage of its own (:mod:`pfn_napari.imagenet`): it reads
 a :class:`GroupingResult` and returns one; nothing here runs a network.
@@ -39,13 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import VOID, GroupingConfig
+from ..config import QUALITY_FEATURES, VOID, GroupingConfig
 from ..errors import PFNError
 from ..structures import Instances, NetworkOutput
 from .cache import cache_key, remember
 from .full_resolution import FullResolution, box_descriptors
 from .geometry import infer_stride, pixel_xy
 from .methods import ClassData, Clustering, grouping_method
+from .quality import object_features, quality_score
 from .refine import refine_class_map
 from .spectral import normalise_by_max
 from .votes import combine_counts, vote_count
@@ -72,6 +75,9 @@ class GroupingResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     # (H, W) uint8 classes the ImageNet step named, 0 elsewhere; None: the step did not run
     prior_labels: np.ndarray | None = None
+    # (N, F) float64 each instance's config.QUALITY_FEATURES (grouping/quality.py); None
+    # unless grouping.scoring is 'quality' (and after the ImageNet step, whose objects have none)
+    features: np.ndarray | None = None
 
     @property
     def label_map(self) -> np.ndarray:
@@ -285,12 +291,14 @@ class Grouper:
         timings["class_maps"] = time.perf_counter() - start
         grid_labels = np.zeros(self.grid_shape, dtype=np.int32)
         objects = Objects()
+        features: list[np.ndarray] = []  # (F,) per object, scoring 'quality' only
         t0 = time.perf_counter()
         cluster_counts = self._instance_numbers(grid_map, counts, count_override, cfg)
         t_cluster, t_full = time.perf_counter() - t0, 0.0
         for cls, k in cluster_counts.items():
-            seconds = self._class_instances(cls, k, grid_map == cls, full_map == cls, cfg,
-                                            objects, grid_labels)
+            seconds = self._class_instances(cls, k, float(counts[cls - 1]), grid_map == cls,
+                                            full_map == cls, cfg, objects, grid_labels,
+                                            features)
             t_cluster, t_full = t_cluster + seconds[0], t_full + seconds[1]
         timings["cluster"] = t_cluster
         timings["full_resolution"] = t_full
@@ -306,15 +314,20 @@ class Grouper:
             cluster_counts=cluster_counts,
             stride=self.stride,
             timings=timings,
+            features=np.asarray(features, dtype=np.float64).reshape(
+                len(features), len(QUALITY_FEATURES)) if cfg.scoring == "quality" else None,
         )
 
-    def _class_instances(self, cls: int, k: int, cell_mask: np.ndarray, pixel_mask: np.ndarray,
-                         cfg: GroupingConfig, objects: Objects, grid_labels: np.ndarray
+    def _class_instances(self, cls: int, k: int, count: float, cell_mask: np.ndarray,
+                         pixel_mask: np.ndarray, cfg: GroupingConfig, objects: Objects,
+                         grid_labels: np.ndarray, features: list[np.ndarray]
                          ) -> tuple[float, float]:
-        """Steps 2-4 of :meth:`run` for one class: cluster its cells ``cell_mask`` ``(h, w)``
-        into ``k``, size filter, its full-resolution pixels ``pixel_mask`` ``(H, W)`` to the
-        clusters, scores. Appends the instances to ``objects`` and numbers their cells in
-        ``grid_labels``; returns the seconds of ``(clustering, full resolution)``."""
+        """Steps 2-4 of :meth:`run` for one class (``count``: the count used for it):
+        cluster its cells ``cell_mask`` ``(h, w)`` into ``k``, size filter, its
+        full-resolution pixels ``pixel_mask`` ``(H, W)`` to the clusters, scores. Appends the
+        instances to ``objects`` (and, for ``scoring='quality'``, their features to
+        ``features``) and numbers their cells in ``grid_labels``; returns the seconds of
+        ``(clustering, full resolution)``."""
         t0 = time.perf_counter()
         data = self.class_data(cls, cell_mask)  # cached by instance_numbers
         clustering = self.cluster(data, k, cfg)
@@ -343,17 +356,24 @@ class Grouper:
             mask = np.zeros((big_h, big_w), dtype=bool)
             sel = pix_label == j
             mask[pixels.py[sel], pixels.px[sel]] = True
+            cells = (labels == j) & member
+            mean_prob = prob_sum[j] / pix_count[j]
             if cfg.scoring == "ones":
                 score = 1.0
+            elif cfg.scoring == "quality":
+                member_boxes = desc[cells, 2:6] if desc.shape[1] >= 6 else np.zeros((0, 4))
+                feats = object_features(mask, mean_prob, float(clustering.similarity[j]),
+                                        member_boxes, mean_box[j, 2:6], count, k)
+                features.append(feats)
+                score = quality_score(feats, np.asarray(cfg.quality[1:]), cfg.quality[0])
             else:
-                score = prob_sum[j] / pix_count[j]
+                score = mean_prob
                 if cfg.scoring == "prob_x_similarity":
                     score *= float(clustering.similarity[j])
             b = mean_box[j]
             objects.add(mask, cls, score, (b[0] * big_w, b[1] * big_h),
                         (b[2] * big_w, b[3] * big_h, b[4] * big_w, b[5] * big_h)
                         if len(b) >= 6 else (np.nan,) * 4)
-            cells = (labels == j) & member
             grid_labels[data.rows[cells], data.cols[cells]] = len(objects)
         return t1 - t0, time.perf_counter() - t1
 

@@ -222,7 +222,7 @@ def _painted(result: GroupingResult, objects: Objects, n_net: int, keep: np.ndar
                    full_class_map=full_map.astype(np.uint8), grid_labels=grid_labels,
                    centers=np.asarray(objects.centers, dtype=np.float32).reshape(-1, 2),
                    boxes=np.asarray(objects.boxes, dtype=np.float32).reshape(-1, 4),
-                   prior_labels=prior_labels)
+                   prior_labels=prior_labels, features=None)  # named objects have none
 
 
 def name_missed_objects(result: GroupingResult, cfg: ImageNetConfig, probs: np.ndarray,
