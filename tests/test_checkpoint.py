@@ -349,7 +349,8 @@ def test_write_shown_classes_keeps_the_networks_and_writes_the_yaml(tmp_path, cf
     for key, value in system.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert script.read_settings(path).show.classes == ("square",)  # the YAML, on its classes
-    assert yaml.safe_load((tmp_path / "w.yaml").read_text())["show"] == {"classes": ["square"]}
+    assert yaml.safe_load((tmp_path / "w.yaml").read_text())["show"] == {"classes": ["square"],
+                                                                         "min_score": 0.0}
 
 
 def test_the_cards_shown_table_comes_from_the_metrics_files(tmp_path):
