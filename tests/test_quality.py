@@ -164,3 +164,45 @@ def test_the_defaults_score_as_before():
     assert cfg.grouping.scoring == "quality" and len(cfg.grouping.quality) == 8
     plain = load_config(None, [])
     assert plain.grouping.scoring == "mean_prob" and plain.show.min_score == 0.0
+
+
+def fit_script():
+    """scripts/fit_quality.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fit_quality.py"
+    spec = importlib.util.spec_from_file_location("fit_quality", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_fit_quality_threshold_fit_and_config_text(tmp_path):
+    """The threshold keeping a share of the right objects (right scores 0.9, 0.8, 0.3: 95 %
+    needs all 3, 60 % needs 2); the fit on standardised features folded back to raw weights
+    scores as the fitted model does; --save-config's text loads as a config."""
+    script = fit_script()
+    scores = np.array([0.9, 0.8, 0.7, 0.3])
+    right = np.array([True, True, False, True])
+    assert script.keep_threshold(scores, right, 0.95) == 0.3
+    assert script.keep_threshold(scores, right, 0.6) == 0.8
+    assert script.keep_threshold(scores, np.zeros(4, bool), 0.95) == 0.0
+    rng = np.random.default_rng(0)
+    x = rng.normal([0.5, -3.0, 1.0, 0.8, 0.1, 0.9, 0.0], [0.2, 1.0, 0.01, 0.1, 0.1, 0.1, 1.0],
+                   size=(60, 7))
+    y = x[:, 0] + 0.1 * x[:, 1] + rng.normal(0, 0.05, 60) > 0.2
+    weights, bias = script.fit(x, y)
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = x.mean(0), x.std(0)
+    model = LogisticRegression(max_iter=1000).fit((x - mean) / std, y)
+    np.testing.assert_allclose(script.logistic(x, weights, bias),
+                               model.predict_proba((x - mean) / std)[:, 1], atol=1e-9)
+    assert script.logistic(x[:1], weights, bias)[0] == pytest.approx(
+        quality_score(x[0], weights, bias))
+    path = tmp_path / "q.yaml"
+    path.write_text(script.config_text(weights, bias, 0.75, "w.pt", 60, 9))
+    cfg = load_config(path)
+    assert cfg.grouping.scoring == "quality" and cfg.show.min_score == 0.75
+    np.testing.assert_allclose(cfg.grouping.quality, [bias, *weights], rtol=1e-3)
