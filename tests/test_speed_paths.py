@@ -105,6 +105,20 @@ def test_export_is_cached_on_disk_and_reused(lite0_path, tmp_path, monkeypatch):
         rt.weights_key(model.system.instance.backbone)
 
 
+def test_the_same_weights_at_another_output_stride_are_another_graph():
+    # the cache is named by the key: a stride-8 trunk of the shipped tensors once took the
+    # stride-16 trunk's name (same tensors), so a process held the wrong graph under it
+    from pfn_napari.model.backbones import EfficientNetLite0
+    torch.manual_seed(0)
+    s16 = EfficientNetLite0(output_stride=16)
+    s8 = EfficientNetLite0(output_stride=8)
+    s8.load_state_dict(s16.state_dict())
+    assert rt.weights_key(s8) != rt.weights_key(s16)
+    twin = EfficientNetLite0(output_stride=16)
+    twin.load_state_dict(s16.state_dict())
+    assert rt.weights_key(twin) == rt.weights_key(s16)
+
+
 def test_auto_picks_onnx_for_lite0_on_the_cpu_only(lite0_path, alexnet_path, monkeypatch):
     assert inference.load_model(lite0_path, "cpu").runtime == "onnx"
     assert inference.load_model(alexnet_path, "cpu").runtime == "torch"  # silently

@@ -84,9 +84,15 @@ class TrunkGraph(nn.Module):
 
 
 def weights_key(backbone: nn.Module) -> str:
-    """Hash of everything the trunk graph depends on: its tensors, torch, :data:`FORMAT`."""
+    """Hash of everything the trunk graph depends on: its tensors, the geometry of its
+    convolutions (stride, dilation, padding: the same tensors at another output stride are
+    another graph), torch, :data:`FORMAT`."""
     digest = hashlib.sha256(f"{FORMAT}|opset{OPSET}|torch{torch.__version__}".encode())
-    for name, t in TrunkGraph(backbone).state_dict().items():  # type: ignore[arg-type]
+    graph = TrunkGraph(backbone)  # type: ignore[arg-type]
+    for name, m in graph.named_modules():
+        if isinstance(m, nn.Conv2d):
+            digest.update(f"{name}{m.stride}{m.dilation}{m.padding}{m.groups}".encode())
+    for name, t in graph.state_dict().items():
         digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         digest.update(t.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
