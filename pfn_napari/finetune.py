@@ -418,6 +418,9 @@ def _start_system(run: _Run) -> PFNSystem:
     made them), on the run's device."""
     system, cfg = _load_start(run.weights)
     add_classes(system, cfg, run.new_classes)
+    trained = dict(run.system.named_parameters())
+    for name, p in system.named_parameters():  # what the run trained, for the card
+        p.requires_grad_(trained[name].requires_grad)
     return system.to(run.device)
 
 

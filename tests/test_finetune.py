@@ -225,7 +225,9 @@ def test_start_was_better_only_when_the_held_back_ap_fell() -> None:
 def test_final_pt_is_the_start_when_the_held_back_images_scored_it_higher(
         tiny, tmp_path, monkeypatch) -> None:
     import pfn_napari.finetune as ft
-    weights, recipe = tiny
+    weights, _ = tiny
+    recipe = tmp_path / "category-only.yaml"  # the shipped recipe's kind
+    recipe.write_text(RECIPE.replace("grad_clip: 10.0", "grad_clip: 10.0, frozen: [instance.]"))
     spec = blob_set(tmp_path / "set", n=15)  # every 5th held back: 3 images measured
     scores = iter([{"APr@0.5": 50.0, "mIoU": 40.0}, {"APr@0.5": 20.0, "mIoU": 45.0}])
     monkeypatch.setattr(ft, "dataset_metrics", lambda *a, **k: next(scores))
@@ -239,6 +241,8 @@ def test_final_pt_is_the_start_when_the_held_back_images_scored_it_higher(
     assert torch.equal(f[4], s[0])  # blob's new channel: the background's copy, untrained
     card = (tmp_path / "out" / "README.md").read_text()
     assert "scored the weights it started from higher" in card
+    # the card says what the run trained, not what the start it hands back could train
+    assert "| what learned | the category network; the instance network kept as it was |" in card
 
 
 def test_resume_is_exact(tiny, tmp_path) -> None:
