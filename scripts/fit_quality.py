@@ -43,7 +43,8 @@ from pfn_napari.checkpoint import load_checkpoint  # noqa: E402
 from pfn_napari.config import QUALITY_FEATURES, GroupingConfig  # noqa: E402
 from pfn_napari.demo import find_shared_data  # noqa: E402
 from pfn_napari.errors import PFNError  # noqa: E402
-from pfn_napari.evaluate import mask_ious, match_image, right_objects, visible_truth  # noqa: E402
+from pfn_napari.evaluate import mask_ious, visible_truth  # noqa: E402
+from pfn_napari.grouping.quality import quality_score  # noqa: E402
 from pfn_napari.inference import resize_instances  # noqa: E402
 from pfn_napari.output import atomic_write, atomic_write_text  # noqa: E402
 from pfn_napari.predictor import Predictor  # noqa: E402
@@ -116,13 +117,7 @@ def scored(photo: PhotoObjects, scores: np.ndarray, min_score: float = 0.0) -> t
     matched as ``tune_grouping.score_photo`` does (no class map: ``confusion`` None)."""
     keep = scores >= min_score
     classes, s, ious = photo.classes[keep], scores[keep], photo.ious[keep]
-    tp = np.zeros(len(classes), dtype=bool)
-    right = np.zeros(len(classes), dtype=bool)
-    for k in np.unique(classes):
-        p = classes == k
-        sub = ious[np.ix_(p, photo.gt_classes == k)]
-        tp[p] = match_image(s[p], sub, tg.AP_IOU)
-        right[p] = right_objects(s[p], sub)
+    tp, right = tg.match_by_class(s, classes, ious, photo.gt_classes)
     c = len(photo.labelled)
     num_gt = np.bincount(photo.gt_classes - 1, minlength=c)[:c]
     return tg.PhotoScore(s, classes, tp, right, num_gt, photo.labelled, None)
@@ -170,10 +165,9 @@ def fit(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, float
 
 
 def logistic(x: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
-    """``(N,)`` the quality scores of ``x`` ``(N, F)`` (``grouping.quality.quality_score`` of
-    each row)."""
-    z = bias + x @ weights
-    return 1.0 / (1.0 + np.exp(-z))
+    """``(N,)`` the quality scores of ``x`` ``(N, F)``: ``quality_score`` of each row, the
+    function the Grouper scores with."""
+    return np.array([quality_score(row, weights, bias) for row in x], dtype=np.float64)
 
 
 def keep_threshold(scores: np.ndarray, right: np.ndarray, keep: float) -> float:

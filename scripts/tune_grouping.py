@@ -217,6 +217,21 @@ class PhotoScore(NamedTuple):
     confusion: np.ndarray  # (C + 1, C + 1) int64 pixels, rows truth, columns the class map
 
 
+def match_by_class(scores: np.ndarray, classes: np.ndarray, ious: np.ndarray,
+                   gt_classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tp, right)``, both ``(N,)`` bool, of the shown objects ``scores``/``classes``
+    ``(N,)`` against the true ones of ``gt_classes`` ``(G,)`` (``ious`` ``(N, G)``), class by
+    class: :func:`match_image` at IoU 0.5 (the AP) and :func:`right_objects` (the precision)."""
+    tp = np.zeros(len(classes), dtype=bool)
+    right = np.zeros(len(classes), dtype=bool)
+    for k in np.unique(classes):
+        p = classes == k
+        sub = ious[np.ix_(p, gt_classes == k)]
+        tp[p] = match_image(scores[p], sub, AP_IOU)
+        right[p] = right_objects(scores[p], sub)
+    return tp, right
+
+
 def score_photo(sample, inst, semantic: np.ndarray, labelled: np.ndarray) -> PhotoScore:
     """Match ``inst`` (an ``Instances`` on the sample's classes) to the ``sample``'s true
     objects as :class:`~pfn_napari.evaluate.Evaluator` does (void pixels left out; by
@@ -228,12 +243,7 @@ def score_photo(sample, inst, semantic: np.ndarray, labelled: np.ndarray) -> Pho
     ious = mask_ious(inst.masks, gt_masks, void)  # (N, G)
     classes = np.asarray(inst.classes, dtype=np.int64)
     scores = np.asarray(inst.scores, dtype=np.float64)
-    tp = np.zeros(len(classes), dtype=bool)
-    right = np.zeros(len(classes), dtype=bool)
-    for k in np.unique(classes):
-        p = classes == k
-        tp[p] = match_image(scores[p], ious[np.ix_(p, gt_classes == k)], AP_IOU)
-        right[p] = right_objects(scores[p], ious[np.ix_(p, gt_classes == k)])
+    tp, right = match_by_class(scores, classes, ious, gt_classes)
     keep = sample.class_map != VOID
     confusion = pixel_confusion(sample.class_map[keep], semantic[keep], c)
     return PhotoScore(scores, classes, tp, right, np.bincount(gt_classes - 1, minlength=c)[:c],

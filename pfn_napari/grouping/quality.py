@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from ..config import QUALITY_FEATURES  # the names, in order, each with what it says
+from .votes import box_ious
 
 __all__ = ["QUALITY_FEATURES", "box_agreement", "border_share", "largest_part",
            "object_features", "quality_score"]
@@ -25,21 +26,13 @@ _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity for ndimage.label
 
 
 def box_agreement(member_boxes: np.ndarray, mean_box: np.ndarray) -> float:
-    """Mean IoU of ``member_boxes`` ``(n, 4)`` ``(x1, y1, x2, y2)`` with ``mean_box``
-    ``(4,)`` (any common scale: IoU does not change when x and y are scaled). 1.0 when there
-    are no boxes (a center-only encoding gives no evidence either way)."""
+    """Mean IoU (:func:`~pfn_napari.grouping.votes.box_ious`) of ``member_boxes`` ``(n, 4)``
+    ``(x1, y1, x2, y2)`` with ``mean_box`` ``(4,)`` (any common scale: IoU does not change when
+    x and y are scaled). 1.0 when there are no boxes (a center-only encoding gives no evidence
+    either way)."""
     if len(member_boxes) == 0:
         return 1.0
-    b = np.asarray(member_boxes, dtype=np.float64)
-    m = np.asarray(mean_box, dtype=np.float64)
-    iw = np.clip(np.minimum(b[:, 2], m[2]) - np.maximum(b[:, 0], m[0]), 0, None)  # (n,)
-    ih = np.clip(np.minimum(b[:, 3], m[3]) - np.maximum(b[:, 1], m[1]), 0, None)  # (n,)
-    inter = iw * ih
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    area_m = max(m[2] - m[0], 0.0) * max(m[3] - m[1], 0.0)
-    union = area_b + area_m - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return float(iou.mean())
+    return float(box_ious(member_boxes, mean_box).mean())
 
 
 def border_share(mask: np.ndarray) -> float:
@@ -106,8 +99,4 @@ def quality_score(features: np.ndarray, coef: np.ndarray, bias: float) -> float:
     coef = np.asarray(coef, dtype=np.float64)
     if features.shape != coef.shape:
         raise ValueError(f"quality_score: {features.shape} features for {coef.shape} weights")
-    z = float(bias) + float(features @ coef)
-    if z >= 0:  # the stable form on both sides
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
+    return float(special.expit(float(bias) + float(features @ coef)))  # stable on both sides

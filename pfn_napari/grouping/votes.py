@@ -33,15 +33,24 @@ COUNT_SOURCES: tuple[str, ...] = ("head", "votes", "mean")
 MAX_VOTERS = 1000
 
 
-def box_iou_matrix(boxes: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(n, n)`` pairwise IoU (0 for empty boxes),
-    by pycocotools (C; 3x numpy broadcasting for 1,000 boxes)."""
+def box_ious(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` and ``(m, 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(n, m)`` IoU (0 for empty
+    boxes), by pycocotools (C; 3x numpy broadcasting for 1,000 boxes)."""
     from pycocotools import mask as mask_utils
 
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    xywh = np.concatenate([b[:, :2], np.clip(b[:, 2:] - b[:, :2], 0, None)], axis=1)  # (n, 4)
-    return np.asarray(mask_utils.iou(xywh, xywh, [0] * len(b)), dtype=np.float64).reshape(
-        len(b), len(b))
+    def xywh(boxes: np.ndarray) -> np.ndarray:
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        return np.concatenate([b[:, :2], np.clip(b[:, 2:] - b[:, :2], 0, None)], axis=1)
+
+    a, b = xywh(boxes), xywh(others)
+    return np.asarray(mask_utils.iou(a, b, [0] * len(b)), dtype=np.float64).reshape(
+        len(a), len(b))
+
+
+def box_iou_matrix(boxes: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` boxes -> ``(n, n)`` pairwise IoU (:func:`box_ious` of the boxes with
+    themselves)."""
+    return box_ious(boxes, boxes)
 
 
 def vote_count(boxes: np.ndarray, iou: float = 0.5, min_frac: float = 0.05,
