@@ -10,13 +10,22 @@ after. Kinds:
   model has but finds poorly;
 * ``horse-new``: a class the model does not know: the shipped weights with the horse channels
   removed (:func:`~pfn_napari.finetune.drop_classes`), taught from Weizmann horses;
-* ``pennfudan``: the Penn-Fudan pedestrians.
+* ``pennfudan``: the Penn-Fudan pedestrians;
+* ``pennfudan-new``: Penn-Fudan pedestrians the shipped model never saw: taught from the first
+  N (at most 20) val photos, measured on the val photos after the first 20 (the other kinds
+  teach photos of their training split, which the shipped model was trained on).
 
     python benchmarks/finetune_loop.py --kinds horse-new --n 5 20 --minutes 2 --threads 2
 
 prints one markdown table row per run (and writes them to ``--table``). The minutes are wall
 clock, so the numbers depend on the machine's load; ``--steps-per-minute R`` trains M x R steps
 instead (R measured on the idle machine), which gives the idle machine's result on a busy one.
+
+``--along 100 200 ...`` runs each N once as a user runs ``pfn finetune`` (every 5th photo held
+back, the start kept when those score it higher) and measures it at each of those step counts:
+
+    python benchmarks/finetune_loop.py --kinds pennfudan-new --n 20 \
+        --along 100 200 300 400 500 600 800 1000
 """
 
 from __future__ import annotations
@@ -48,6 +57,10 @@ KINDS = {
                   "train", "val", "horse", True, 30),
     "pennfudan": ("folder:{root}/pennfudan/PNGImages:{root}/pennfudan/PedMasks:person",
                   "train", "val", "person", False, 0),
+    # pedestrians the shipped model never saw: taught from the first N (<= 20) Penn-Fudan val
+    # photos, measured on the val photos after the first 20
+    "pennfudan-new": ("folder:{root}/pennfudan/PNGImages:{root}/pennfudan/PedMasks:person",
+                      "val", "val", "person", False, 20),
 }
 
 
@@ -82,14 +95,20 @@ def start_weights(hide: str | None, work: Path) -> Path:
     return save_weights(work / f"shipped-without-{hide}.pt", system, cfg)
 
 
-def run_kind(kind: str, args, work: Path) -> list[str]:
+def prepare_kind(kind: str, args, work: Path):
+    """``(start weights, held-out folder, training pool, class)`` of ``kind``; the held-out
+    photos are saved once per work folder."""
     spec, train_split, val_split, cls, hide, skip = KINDS[kind]
     spec = spec.format(root=args.data_root)
     weights = start_weights(cls if hide else None, work)
     held = work / f"{kind}-heldout"
     if not held.exists():
         save_photos(open_dataset(spec, val_split, [cls]), cls, held, args.eval_limit, skip)
-    pool = open_dataset(spec, train_split, [cls])
+    return weights, held, open_dataset(spec, train_split, [cls]), cls
+
+
+def run_kind(kind: str, args, work: Path) -> list[str]:
+    weights, held, pool, cls = prepare_kind(kind, args, work)
     rows = []
     for n in args.n:
         folder = work / f"{kind}-n{n}"
@@ -110,6 +129,43 @@ def run_kind(kind: str, args, work: Path) -> list[str]:
     return rows
 
 
+def held_out_metrics(weights: Path, held: Path, threads: int) -> dict:
+    """AP^r@0.5 and mIoU of ``weights`` on the held-out corrections in ``held``."""
+    from pfn_napari.train import dataset_metrics
+
+    system, cfg, _ = load_checkpoint(weights)
+    return dataset_metrics(system, cfg, torch.device("cpu"),
+                           open_dataset(correction_spec(held), "all", None))
+
+
+def run_along(kind: str, args, work: Path) -> list[str]:
+    """One fine-tune per N as a user runs it (no ``val``: every 5th photo held back and the
+    start kept when those score it higher), stopped and resumed at each of ``args.along``
+    steps: the held-back photos' AP^r@0.5, what final.pt holds, and the held-out photos'
+    AP^r@0.5 and mIoU of the fine-tuned weights (last.pt) at each stop."""
+    weights, held, pool, cls = prepare_kind(kind, args, work)
+    start = held_out_metrics(weights, held, args.threads)
+    rows = [f"| {kind} | - | 0 | - | - | {start['APr@0.5']:.1f} | {start['mIoU']:.1f} |"]
+    print(rows[0], flush=True)
+    for n in args.n:
+        folder = work / f"{kind}-n{n}"
+        got = save_photos(pool, cls, folder, n)
+        out = work / f"{kind}-n{n}-along"
+        for i, steps in enumerate(args.along):
+            r = finetune(weights, correction_spec(folder), out, 0, resume=i > 0,
+                         seed=args.seed, threads=args.threads, max_steps=steps,
+                         recipe=args.recipe)
+            m = held_out_metrics(out / "last.pt", held, args.threads)
+            back = (f"{r.before['APr@0.5']:.1f} -> {r.after['APr@0.5']:.1f}"
+                    if r.before and r.after else "none held back")
+            row = (f"| {kind} | {got} | {r.steps} | {back} | "
+                   f"{'the start' if r.kept_start else 'fine-tuned'} | "
+                   f"{m['APr@0.5']:.1f} | {m['mIoU']:.1f} |")
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
@@ -124,16 +180,25 @@ def main(argv: list[str] | None = None) -> int:
                         "steps an idle machine makes in a minute: results that do not depend "
                         "on the machine's load; 0: wall clock)")
     p.add_argument("--recipe", default="finetune-cpu", help="the fine-tuning recipe")
+    p.add_argument("--along", nargs="+", type=int, default=None, metavar="STEPS",
+                   help="instead of the grid: one run per N as a user runs it (photos held "
+                        "back from the N), measured at each of these step counts")
     p.add_argument("--work", default=None, help="folder for the sets and runs (default: temp)")
     p.add_argument("--table", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="finetune-loop-"))
     work.mkdir(parents=True, exist_ok=True)
-    header = ["| kind | N photos | minutes | steps | AP^r@0.5 before | after | mIoU before | "
-              "after | wall min (with evaluation) |", "|---|---|---|---|---|---|---|---|---|"]
+    if args.along:
+        header = ["| kind | N photos | steps | held-back AP^r@0.5 start -> now | final.pt | "
+                  "held-out AP^r@0.5 | held-out mIoU |", "|---|---|---|---|---|---|---|"]
+        run = run_along
+    else:
+        header = ["| kind | N photos | minutes | steps | AP^r@0.5 before | after | mIoU before "
+                  "| after | wall min (with evaluation) |", "|---|---|---|---|---|---|---|---|---|"]
+        run = run_kind
     print("\n".join(header), flush=True)
-    rows = [row for kind in args.kinds for row in run_kind(kind, args, work)]
+    rows = [row for kind in args.kinds for row in run(kind, args, work)]
     if args.table:
         Path(args.table).write_text("\n".join(header + rows) + "\n")
     return 0

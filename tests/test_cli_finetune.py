@@ -60,3 +60,15 @@ def test_pfn_finetune_errors_are_one_line(setup, tmp_path, capsys) -> None:
         f"pfn: error: {tmp_path / 'nope.pt'}: checkpoint file not found"
     assert main(["finetune", str(weights), "--data", spec, "--resume"] + common) == 2
     assert "nothing to resume (no last.pt in --out)" in capsys.readouterr().err
+
+
+def test_pfn_finetune_says_how_much_one_measured_object_weighs(setup, tmp_path, capsys) -> None:
+    weights, recipe, spec = setup
+    code = main(["finetune", str(weights), "--data", spec, "--val", spec, "--max-steps", "1",
+                 "--out", str(tmp_path / "out"), "--recipe", str(recipe), "--no-progress"])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert printed[0].startswith("before: AP^r@0.5 ") and printed[1].startswith("after: ")
+    # two photos, one kayak each: one kayak more or less is half of AP^r@0.5
+    assert printed[2] == ("measured on 2 images with 2 objects: one found or missed moves "
+                          "AP^r@0.5 by about 50 points")

@@ -16,8 +16,8 @@ from pfn_napari.config import VOID, ConfigError, load_config
 from pfn_napari.data.corrections import correction_spec, save_correction
 from pfn_napari.errors import DatasetError, OutputError
 from pfn_napari.finetune import (NEW_CLASS_BIAS, add_classes, drop_classes, finetune,
-                                 keep_unlabelled, plan_classes, show_taught,
-                                 start_was_better)
+                                 keep_unlabelled, measured_size, measurement_note,
+                                 plan_classes, show_taught, start_was_better)
 from pfn_napari.inference import load_model
 from pfn_napari.model import build_system
 from pfn_napari.predictor import Predictor
@@ -274,7 +274,25 @@ def test_held_back_images_are_measured_before_and_after(tiny, tmp_path) -> None:
     assert meta["held_back"] == ["p12", "p4", "p9"]
     assert len(meta["images"]) == 12 and not set(meta["images"]) & set(meta["held_back"])
     assert set(result.before) >= {"APr@0.5", "mIoU"} and set(result.after) >= {"APr@0.5"}
-    assert "Measured on 3 images not trained on" in (tmp_path / "out" / "README.md").read_text()
+    # each held-back photo holds a blob and a disc, both taught
+    assert (result.before["images"], result.before["objects"]) == (3, 6)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ("Measured on 3 images not trained on (every 5th image of the data, held back); "
+            "they hold 6 objects: one found or missed moves AP^r@0.5 by about 17 points, so "
+            "read a difference of that size as noise:") in card
+
+
+def test_measured_size_counts_the_objects_of_the_taught_classes_only(tmp_path) -> None:
+    from pfn_napari.data import open_dataset
+
+    data = open_dataset(blob_set(tmp_path / "set", n=3), "all", None)
+    assert measured_size(data, ["blob", "disc"]) == {"images": 3, "objects": 6}
+    assert measured_size(data, ["Blob"]) == {"images": 3, "objects": 3}
+    assert measured_size(data, ["person"]) == {"images": 3, "objects": 0}
+    assert measurement_note({"objects": 4}) == \
+        "4 objects: one found or missed moves AP^r@0.5 by about 25 points"
+    assert measurement_note({"objects": 1}).startswith("1 object: ")
+    assert measurement_note({"APr@0.5": 50.0}) == "" and measurement_note(None) == ""
 
 
 def test_data_without_a_labelled_object_is_refused_as_by_pfn_train(tiny, tmp_path) -> None:

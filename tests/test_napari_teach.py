@@ -272,3 +272,15 @@ def test_the_button_runs_the_fine_tune_in_a_worker_thread(viewer_widget, tmp_pat
     assert w.session.class_names[-1] == "skateboard"  # the image re-ran with the new model
     assert lines and lines[0].startswith("train: step 1, 0:")  # progress reached the widget
     assert w.last_message.startswith("Fine-tuned 1 step in ")
+
+
+def test_the_before_after_line_says_how_much_one_object_weighs() -> None:
+    from pfn_napari.napari._teach import before_after
+
+    before = {"APr@0.5": 79.0, "mIoU": 83.0, "images": 4, "objects": 11}
+    after = {"APr@0.5": 80.0, "mIoU": 83.4, "images": 4, "objects": 11}
+    assert before_after(before, after) == (
+        "APr@0.5 79.0 -> 80.0, mIoU 83.0 -> 83.4 on held-back images (11 objects: one found or "
+        "missed moves AP^r@0.5 by about 9 points)")
+    assert before_after({"APr@0.5": 1.0}, {"APr@0.5": 2.0}) == \
+        "APr@0.5 1.0 -> 2.0 on held-back images"

@@ -59,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
         if m is not None:
             print(f"{name}: AP^r@0.5 {m.get('APr@0.5', float('nan')):.1f}, "
                   f"mIoU {m.get('mIoU', float('nan')):.1f}")
+    from ..finetune import KEPT_START_NOTE, measurement_note
+
+    note = measurement_note(result.before or result.after)
+    if note:
+        print(f"measured on {(result.before or result.after).get('images', 0)} images with "
+              f"{note}")
     if result.kept_start:
-        from ..finetune import KEPT_START_NOTE
         print(KEPT_START_NOTE)
     print(f"{result.steps} steps in {result.minutes:.1f} min; classes "
           f"{', '.join(result.classes)}")

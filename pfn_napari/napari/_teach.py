@@ -79,9 +79,12 @@ def before_after(before: Any, after: Any) -> str:
     def num(v: Any) -> str:
         return "-" if v is None or not np.isfinite(float(v)) else f"{float(v):.1f}"
 
+    from ..finetune import measurement_note
+
     keys = [k for k in REPORTED if k in before or k in after]
+    note = measurement_note(before)
     return ", ".join(f"{k} {num(before.get(k))} -> {num(after.get(k))}" for k in keys) + \
-        " on held-back images"
+        " on held-back images" + (f" ({note})" if note else "")
 
 
 def card_of(result: Any) -> Path | None:
