@@ -129,7 +129,7 @@ def run_kind(kind: str, args, work: Path) -> list[str]:
     return rows
 
 
-def held_out_metrics(weights: Path, held: Path, threads: int) -> dict:
+def held_out_metrics(weights: Path, held: Path) -> dict:
     """AP^r@0.5 and mIoU of ``weights`` on the held-out corrections in ``held``."""
     from pfn_napari.train import dataset_metrics
 
@@ -144,7 +144,7 @@ def run_along(kind: str, args, work: Path) -> list[str]:
     steps: the held-back photos' AP^r@0.5, what final.pt holds, and the held-out photos'
     AP^r@0.5 and mIoU of the fine-tuned weights (last.pt) at each stop."""
     weights, held, pool, cls = prepare_kind(kind, args, work)
-    start = held_out_metrics(weights, held, args.threads)
+    start = held_out_metrics(weights, held)
     rows = [f"| {kind} | - | 0 | - | - | {start['APr@0.5']:.1f} | {start['mIoU']:.1f} |"]
     print(rows[0], flush=True)
     for n in args.n:
@@ -155,7 +155,7 @@ def run_along(kind: str, args, work: Path) -> list[str]:
             r = finetune(weights, correction_spec(folder), out, 0, resume=i > 0,
                          seed=args.seed, threads=args.threads, max_steps=steps,
                          recipe=args.recipe)
-            m = held_out_metrics(out / "last.pt", held, args.threads)
+            m = held_out_metrics(out / "last.pt", held)
             back = (f"{r.before['APr@0.5']:.1f} -> {r.after['APr@0.5']:.1f}"
                     if r.before and r.after else "none held back")
             row = (f"| {kind} | {got} | {r.steps} | {back} | "

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from finetune_loop import KINDS, prepare_kind, save_photos  # noqa: E402
+from finetune_loop import KINDS, held_out_metrics, prepare_kind, save_photos  # noqa: E402
 
 from pfn_napari.checkpoint import load_checkpoint, save_weights  # noqa: E402
 from pfn_napari.data import open_dataset  # noqa: E402
@@ -35,7 +35,6 @@ from pfn_napari.data.corrections import correction_spec  # noqa: E402
 from pfn_napari.data.loader import TrainingSet, collate  # noqa: E402
 from pfn_napari.data.transforms import hflip, resize_sample  # noqa: E402
 from pfn_napari.losses import total_loss  # noqa: E402
-from pfn_napari.train import dataset_metrics  # noqa: E402
 
 
 def whole_photos(scale: tuple[float, float]):
@@ -107,11 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     save_photos(pool, cls, folder, args.n)
     out = teach_streams(start, folder, work / "streams.pt", args.steps, args.lr,
                         tuple(args.scale), tuple(args.learn.split(",")))
-    measured = open_dataset(correction_spec(held), "all", None)
-    print(f"| {args.kind} | {args.n} | {args.steps} | lr {args.lr:g} | AP^r@0.5 | AP^r_vol | mIoU |")
+    print(f"| {args.kind} | {args.n} | {args.steps} | lr {args.lr:g} | AP^r@0.5 | AP^r_vol "
+          "| mIoU |")
     for name, w in (("start", start), ("streams taught", out)):
-        system, cfg, _ = load_checkpoint(w)
-        m = dataset_metrics(system, cfg, torch.device("cpu"), measured)
+        m = held_out_metrics(w, held)
         print(f"| {name} | | | | {m['APr@0.5']:.1f} | {m['APr_vol']:.1f} | {m['mIoU']:.1f} |")
     return 0
 

@@ -407,8 +407,11 @@ def _load_start(weights: str | Path) -> tuple[PFNSystem, PFNConfig]:
 
 def _measure(run: _Run) -> dict[str, Any]:
     """AP^r@0.5, AP^r_vol and mIoU of ``run.system`` on the measured images, with how many
-    images and objects of the taught classes they hold (``images``, ``objects``)."""
+    images and objects of the taught classes they hold (``images``, ``objects``: counted for
+    the measurement before training, read back from it after)."""
     metrics = dataset_metrics(run.system, run.cfg, run.device, run.val)
+    if run.before and "objects" in run.before:
+        return {**metrics, "images": run.before["images"], "objects": run.before["objects"]}
     return {**metrics, **measured_size(run.val, run.taught)}
 
 

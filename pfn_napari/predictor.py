@@ -359,7 +359,8 @@ def shown_only(result: GroupingResult, shown: Sequence[int] | None,
         full_class_map=hide_classes(full, shown).astype(np.uint8, copy=False),
         grid_labels=new_index[result.grid_labels],
         centers=result.centers[keep], boxes=result.boxes[keep],
-        prior_labels=None if prior is None else hide_classes(prior, shown).astype(np.uint8, copy=False),
+        prior_labels=(None if prior is None
+                      else hide_classes(prior, shown).astype(np.uint8, copy=False)),
         cluster_counts={c: k for c, k in result.cluster_counts.items()
                         if shown is None or c in shown},
         features=None if features is None else features[keep])

@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
                   f"mIoU {m.get('mIoU', float('nan')):.1f}")
     from ..finetune import KEPT_START_NOTE, measurement_note
 
-    note = measurement_note(result.before or result.after)
+    measured = result.before or result.after
+    note = measurement_note(measured)
     if note:
-        print(f"measured on {(result.before or result.after).get('images', 0)} images with "
-              f"{note}")
+        print(f"measured on {measured.get('images', 0)} images with {note}")
     if result.kept_start:
         print(KEPT_START_NOTE)
     print(f"{result.steps} steps in {result.minutes:.1f} min; classes "
