@@ -7,7 +7,8 @@ network are kept. The loss is the streams' location loss of ``pfn train`` (every
 fused output, in ``loss.loc_unit`` pixels), the counts left out (``--count-weight W --learn
 location_head.,count_head.``: the count head learns too, from the whole photos' true counts).
 Then it measures AP^r@0.5, AP^r_vol and mIoU of the start and of the result on the held-out
-photos, as ``pfn finetune`` measures them. docs/finetune.md ("On whole photos the streams learn") has the numbers:
+photos, as ``pfn finetune`` measures them. docs/finetune.md ("On whole photos the streams
+learn") has the numbers:
 
     python benchmarks/whole_photo_streams.py --kind pennfudan --n 20 --steps 100 --lr 0.0005
 """
