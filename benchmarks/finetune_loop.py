@@ -52,6 +52,7 @@ from pfn_napari.data.corrections import correction_spec, save_correction  # noqa
 from pfn_napari.finetune import drop_classes, finetune  # noqa: E402
 from pfn_napari.inference import default_weights_path  # noqa: E402
 
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of photos: the data spec under the data root, the split taught from and the
