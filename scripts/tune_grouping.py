@@ -55,8 +55,8 @@ from pfn_napari.producers import class_lut, to_data_classes
 
 #: ``GroupingConfig`` fields the grid varies (dotted below the section, as ``--set`` names
 #: them), in the table's column order.
-GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "count_source", "votes.iou",
-               "votes.min_frac", "votes.merge_iou")
+GRID_FIELDS = ("method", "tau", "sigma", "min_size_frac", "refine", "count_source",
+               "votes.iou", "votes.min_frac", "votes.merge_iou")
 #: ``ImageNetConfig`` fields the grid varies (after the grouping's in the table).
 IMAGENET_FIELDS = ("weight", "eps", "min_frac", "touch", "check.enabled", "shape")
 #: Fields that only matter when the ImageNet step is on (``imagenet.weight`` > 0).
@@ -733,6 +733,7 @@ def grid_of(args, cfg, imagenet: ImageNetConfig) -> list:
     return settings_grid(cfg.grouping, args.tau, args.sigma, args.min_size,
                          args.method or [cfg.grouping.method], imagenet=imagenet,
                          more={"grouping.count_source": args.count_source,
+                               "grouping.refine": [on[v] for v in args.refine or []],
                                "grouping.votes.iou": args.votes_iou,
                                "grouping.votes.min_frac": args.votes_min_frac,
                                "grouping.votes.merge_iou": args.votes_merge_iou,
@@ -756,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="grouping methods (default: the weights' own)")
     ap.add_argument("--count-source", nargs="+", default=None,
                     help="grouping.count_source values: head, votes, mean (default: the weights' own)")
+    ap.add_argument("--refine", choices=("on", "off"), nargs="+", default=None,
+                    help="grouping.refine values: the class map refined by the counts (the "
+                         "paper's step; default: the weights' own)")
     # each option is the config field of its name; the second spelling is the older name
     # (kept: the record of experiments quotes commands with it)
     ap.add_argument("--votes-iou", "--vote-iou", type=float, nargs="+", default=None,
