@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pfn_napari.checkpoint import load_checkpoint
-from pfn_napari.config import GroupingConfig, ImageNetConfig
+from pfn_napari.config import GroupingConfig, ImageNetConfig, PFNConfig
 from pfn_napari.demo import open_set, real_specs
 from pfn_napari.errors import PFNError
 from pfn_napari.evaluate import Evaluator
@@ -61,6 +61,17 @@ def test_grid_holds_every_combination_over_the_base() -> None:
                                              "imagenet.check.enabled": [False, True]})
     assert [(s.enabled, s.check.enabled) for _, s in grid] == \
         [(False, False), (True, False), (True, True)]
+    # the refinement by the counts, on and off (--refine on off), a field of the rule's table
+    module = load_script()
+    args = module.argparse.Namespace(
+        tau=[0.5], sigma=[0.5], min_size=[0.001], method=None, count_source=None,
+        refine=["on", "off"], votes_iou=None, votes_min_frac=None, votes_merge_iou=None,
+        imagenet_enabled=None, imagenet_weight=None, imagenet_eps=None,
+        imagenet_min_frac=None, imagenet_touch=None, imagenet_check=None, imagenet_shape=None)
+    grid = module.grid_of(args, PFNConfig(grouping=base), ImageNetConfig())
+    assert [g.refine for g, _ in grid] == [True, False]
+    assert module.varied_fields(grid) == ["grouping.refine"]
+    assert "refine=False" in module.describe(grid[1])
 
 
 def test_settings_score_as_the_evaluation_loop_and_save_keeps_the_best(
