@@ -119,8 +119,8 @@ def start_weights(hide: str | None, work: Path) -> Path:
 
 
 def prepare_kind(kind: str, args, work: Path):
-    """``(start weights, held-out folder, training pool, class)`` of ``kind``; the held-out
-    photos are saved once per work folder."""
+    """``(start weights, held-out folder, training pool)`` of ``kind``; the held-out photos
+    are saved once per work folder (the N taught: :func:`save_taught`)."""
     k = KINDS[kind]
     spec = k.spec.format(root=args.data_root)
     weights = start_weights(k.cls if k.hide else None, work)
@@ -128,7 +128,7 @@ def prepare_kind(kind: str, args, work: Path):
     if not held.exists():
         limit = min(args.eval_limit, k.held_max or args.eval_limit)
         save_photos(open_dataset(spec, k.val_split, [k.cls]), k.cls, held, limit, k.held_skip)
-    return weights, held, open_dataset(spec, k.train_split, [k.cls]), k.cls
+    return weights, held, open_dataset(spec, k.train_split, [k.cls])
 
 
 def save_taught(kind: str, pool, folder: Path, n: int) -> int:
@@ -138,7 +138,7 @@ def save_taught(kind: str, pool, folder: Path, n: int) -> int:
 
 
 def run_kind(kind: str, args, work: Path) -> list[str]:
-    weights, held, pool, cls = prepare_kind(kind, args, work)
+    weights, held, pool = prepare_kind(kind, args, work)
     rows = []
     for n in args.n:
         folder = work / f"{kind}-n{n}"
@@ -173,7 +173,7 @@ def run_along(kind: str, args, work: Path) -> list[str]:
     start kept when those score it higher), stopped and resumed at each of ``args.along``
     steps: the held-back photos' AP^r@0.5, what final.pt holds, and the held-out photos'
     AP^r@0.5 and mIoU of the fine-tuned weights (last.pt) at each stop."""
-    weights, held, pool, cls = prepare_kind(kind, args, work)
+    weights, held, pool = prepare_kind(kind, args, work)
     start = held_out_metrics(weights, held)
     rows = [f"| {kind} | - | 0 | - | - | {start['APr@0.5']:.1f} | {start['mIoU']:.1f} |"]
     print(rows[0], flush=True)

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pfn_napari.data import open_dataset  # noqa: E402
+from pfn_napari.evaluate import mask_ious  # noqa: E402
 from pfn_napari.grouping.votes import vote_count  # noqa: E402
 from pfn_napari.predictor import Predictor  # noqa: E402
 
@@ -46,8 +47,8 @@ def kind_of(mask: np.ndarray, people: list[np.ndarray]) -> str:
     covered = sum(int((mask & p).sum()) >= 0.5 * int(p.sum()) for p in people)
     if covered >= 2:
         return "merge"
-    best = max((float((mask & p).sum()) / float((mask | p).sum()) for p in people), default=0.0)
-    return "right" if best >= 0.5 else "other"
+    truth = np.array(people, dtype=bool).reshape(-1, *mask.shape)  # (G, H, W)
+    return "right" if mask_ious(mask[None], truth).max(initial=0.0) >= 0.5 else "other"
 
 
 def photo_rows(predictor: Predictor, sample, person_model: int, person_data: int,

@@ -19,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +29,7 @@ from finetune_loop import KINDS, prepare_kind  # noqa: E402
 
 from pfn_napari.data import open_dataset  # noqa: E402
 from pfn_napari.data.corrections import correction_spec  # noqa: E402
+from pfn_napari.evaluate import mask_ious  # noqa: E402
 from pfn_napari.predictor import Predictor  # noqa: E402
 from pfn_napari.producers import model_producer  # noqa: E402
 
@@ -47,9 +47,8 @@ def best_ious(predictor: Predictor, data, oracle_locations: bool
             if cls <= 0:
                 continue
             truth = sample.instance_map == k + 1  # (H, W)
-            masks = inst.masks[inst.classes == cls]  # (K, H, W) shown objects of its class
-            best = max((float((m & truth).sum()) / float((m | truth).sum()) for m in masks),
-                       default=0.0)
+            # (K, 1): the shown objects of its class against it
+            best = float(mask_ious(inst.masks[inst.classes == cls], truth[None]).max(initial=0.0))
             cover = float(((class_map == cls) & truth).sum()) / float(truth.sum())
             rows.append((str(sample.image_id), k + 1, int(truth.sum()), best, cover))
     return rows
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="per-person-"))
     work.mkdir(parents=True, exist_ok=True)
-    _, held, _, _ = prepare_kind(args.kind, args, work)
+    _, held, _ = prepare_kind(args.kind, args, work)
     data = open_dataset(correction_spec(held), "all", None)
     columns: list[tuple[str, list]] = []
     covers: list[tuple[str, list]] = []

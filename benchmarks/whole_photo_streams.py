@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="whole-streams-"))
     work.mkdir(parents=True, exist_ok=True)
-    start, held, pool, cls = prepare_kind(args.kind, args, work)
+    start, held, pool = prepare_kind(args.kind, args, work)
     start = Path(args.weights) if args.weights else start
     folder = work / f"{args.kind}-n{args.n}"
     save_taught(args.kind, pool, folder, args.n)

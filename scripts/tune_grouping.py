@@ -746,7 +746,8 @@ def grid_of(args, cfg, imagenet: ImageNetConfig) -> list:
                                    [on[v] for v in args.imagenet_check or []],
                                "imagenet.shape": args.imagenet_shape})
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, required=True)
     ap.add_argument("--tau", type=float, nargs="+", default=[0.2, 0.35, 0.5])
@@ -795,7 +796,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="--folds: a file keeping each photo's scores per setting (reused)")
     ap.add_argument("--save", type=Path, default=None,
                     help="write a copy of the weights with the best setting (a new file)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     shared = find_shared_data()
     if shared is None:
         print("tune_grouping: the real data (../shared/data or $PFN_SHARED_DATA) was not found",

@@ -63,11 +63,8 @@ def test_grid_holds_every_combination_over_the_base() -> None:
         [(False, False), (True, False), (True, True)]
     # the refinement by the counts, on and off (--refine on off), a field of the rule's table
     module = load_script()
-    args = module.argparse.Namespace(
-        tau=[0.5], sigma=[0.5], min_size=[0.001], method=None, count_source=None,
-        refine=["on", "off"], votes_iou=None, votes_min_frac=None, votes_merge_iou=None,
-        imagenet_enabled=None, imagenet_weight=None, imagenet_eps=None,
-        imagenet_min_frac=None, imagenet_touch=None, imagenet_check=None, imagenet_shape=None)
+    args = module.parser().parse_args(["--weights", "w.pt", "--tau", "0.5", "--refine", "on",
+                                       "off"])
     grid = module.grid_of(args, PFNConfig(grouping=base), ImageNetConfig())
     assert [g.refine for g, _ in grid] == [True, False]
     assert module.varied_fields(grid) == ["grouping.refine"]
