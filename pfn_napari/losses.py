@@ -90,7 +90,7 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
             raise ValueError(f"a {kind!r} loss needs locations and counts")
         target, weight = batch["locations"], batch["location_weight"]
         preds = dict(out.stream_locations)
-        if len(preds) != 1 or not any(p is out.locations for p in preds.values()):
+        if len(preds) != 1:  # one stream: the fused output is that stream (counted once)
             preds["fused"] = out.locations
         units = None
         if cfg.loc_unit > 0:  # errors in pixels / loc_unit of the network input

@@ -159,3 +159,24 @@ def test_total_loss_reads_loss_count_reduction(reduction, expected) -> None:
     loss, parts = total_loss(out, batch, cfg, "instance")
     assert parts["count"] == pytest.approx(expected)
     assert loss.item() == pytest.approx(expected)
+
+
+def test_single_stream_with_location_units_is_counted_once() -> None:
+    """With size-consistent locations (unit > 0) the head returns the one stream and the fused
+    output as two tensors of equal values (``anchor + raw * scale`` each); the loss counts that
+    stream once, as without units (it counted it twice: the location loss doubled for
+    ``model.streams=[fc7]`` in the CPU recipes)."""
+    from pfn_napari.model.heads import LocationHead
+
+    torch.manual_seed(0)
+    head = LocationHead({"fc7": (8, 8)}, 2, mid_channels=4, channels=("cx", "cy"), unit=32.0)
+    fused, streams, _ = head({"fc7": torch.randn(1, 8, 2, 2)}, (16, 16))
+    assert streams["fc7"] is not fused and torch.equal(streams["fc7"], fused)
+    out = NetOutputs(locations=fused, stream_locations=streams, counts=torch.tensor([[2.0]]))
+    batch = {"image": torch.zeros(1, 3, 16, 16), "locations": torch.zeros(1, 2, 2, 2),
+             "location_weight": torch.ones(1, 2, 2), "counts": torch.tensor([[2.0]])}
+    cfg = LossConfig(loc_weight=1.0, loc_unit=32.0)
+    loss, parts = total_loss(out, batch, cfg, "instance")
+    assert set(k for k in parts if k.startswith("loc/")) == {"loc/fc7"}
+    assert parts["loc"] == pytest.approx(parts["loc/fc7"]) and parts["loc"] > 0
+    assert loss.item() == pytest.approx(parts["loc/fc7"])
