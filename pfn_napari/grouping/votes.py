@@ -17,9 +17,11 @@ votes with their support as the score:
 
 :func:`combine_counts` turns the head's count and the votes into the ``k`` of the clustering.
 Measured on the real val splits (docs/grouping.md) the votes count pedestrians better than the
-shipped count head, which under-counts crowds; the head stays the default of every recipe
-(the paper). numpy + pycocotools' box IoU; O(n^2) in the cells of a class, so at most
-``max_voters`` cells vote (an even subsample of a larger class).
+shipped count head, which under-counts crowds. The head is the default of the paper's recipes;
+``cpu-demo`` (the shipped weights' recipe) reads the ``'mean'``, which won on every held fold of
+5-fold cross-validation for two of its models (docs/experiments/training.md). numpy +
+pycocotools' box IoU; O(n^2) in the cells of a class, so at most ``max_voters`` cells vote (an
+even subsample of a larger class).
 """
 
 from __future__ import annotations
