@@ -114,9 +114,9 @@ def test_recluster_of_a_640x480_image_takes_under_0_2_s():
     times = []
     for change in ({"count_override": {1: 5}}, {"count_override": {1: 7}}, {"tau": 0.7},
                    {"min_size_frac": 0.01}):
-        t0 = time.process_time()
+        t0 = time.thread_time()  # this thread's CPU (the re-clustering runs here)
         big.recluster(**change)
-        times.append(time.process_time() - t0)
+        times.append(time.thread_time() - t0)
     assert max(times) <= 0.2, times
 
 
@@ -255,12 +255,12 @@ def test_a_knob_change_redraws_a_640x480_panel_within_half_a_second():
     ex = explore(big)
     for knob, value in (("tau", 0.7), ("count", 5), ("sigma", 0.05), ("count", 7)):
         before = ex.panels[0].value
-        t0 = time.process_time()
-        if knob == "count":
+        t0 = time.thread_time()  # this thread's CPU: the redraw runs here, other threads'
+        if knob == "count":      # (a test before's leftovers) are not the knob's cost
             ex.set_count("square", value)
         else:
             getattr(ex, knob).value = value
-        spent = time.process_time() - t0
+        spent = time.thread_time() - t0
         assert getattr(ex.clusterings[0].params, knob if knob != "count" else
                        "count_override") == (value if knob != "count" else ((1, value),))
         assert ex.panels[0].value[:3] == b"\xff\xd8\xff"
@@ -329,9 +329,9 @@ def test_run_pfn_on_a_640x480_photo_uses_the_plugin_session():
     assert view.session.clustering is not None
     warm_up()  # run_pfn started it in a thread: its CPU time is not the re-clustering's
     view.recluster()
-    t0 = time.process_time()
+    t0 = time.thread_time()
     result = view.recluster(sigma=0.3, tau=0.6)
-    assert time.process_time() - t0 <= 0.2
+    assert time.thread_time() - t0 <= 0.2
     assert result.instances.image_size == (480, 640)
     # the ImageNet step's switch: the shipped model has the step (imagenet.weight 5) with the
     # switch off (docs/experiments/cv-settings.md); switched on, it runs
