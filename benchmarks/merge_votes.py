@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pfn_napari.data import open_dataset  # noqa: E402
+from pfn_napari.demo import real_specs  # noqa: E402
 from pfn_napari.evaluate import mask_ious  # noqa: E402
 from pfn_napari.grouping.votes import vote_count  # noqa: E402
 from pfn_napari.predictor import Predictor  # noqa: E402
@@ -85,19 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     votes = [tuple(float(x) for x in v.split(",")) for v in args.votes]
-    root = args.data_root
-    coco = f"voc:{root}/coco128-train/voc/VOC2012"
-    sets = {"Penn-Fudan val": (f"folder:{root}/pennfudan/PNGImages:{root}/pennfudan/PedMasks:"
-                               "person", "val"),
-            "COCO-VOC val": (coco, "val"),
-            "COCO-VOC train (trained on)": (coco, "train")}
+    real = {es.name: es for es in real_specs(Path(args.data_root))}
+    sets = {"Penn-Fudan val": (real["pennfudan"], "val"),
+            "COCO-VOC val": (real["coco-voc"], "val"),
+            "COCO-VOC train (trained on)": (real["coco-voc"], "train")}
     predictor = Predictor(args.weights, device="cpu", crf=False)
     person_model = list(predictor.class_names).index("person") + 1
     print("| set | votes (iou, min_frac, merge_iou) | merges split | right split | "
           "other split |")
     print("|---|---|---:|---:|---:|")
-    for name, (spec, split) in sets.items():
-        data = open_dataset(spec, split, None)
+    for name, (es, split) in sets.items():
+        data = open_dataset(es.spec, split, es.classes)
         person_data = list(data.classes).index("person") + 1
         rows = [r for i in range(len(data))
                 for r in photo_rows(predictor, data[i], person_model, person_data, votes)]
