@@ -326,6 +326,10 @@ class LossConfig:
         ])
 
 
+#: Learning-rate policies of ``train.lr_policy`` (``train.lr_factor``).
+LR_POLICIES = ("step", "poly")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     stage: str = "category"  # 'category' | 'instance' | 'unified'
@@ -335,6 +339,10 @@ class TrainConfig:
     lr_new: float = 1e-2  # new layers
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # 'step' (the paper's Caffe recipe): both rates times lr_gamma every lr_step_epochs epochs
+    # (constant when lr_step_epochs = 0); 'poly' (DeepLab's): times (1 - p) ** 0.9, p the share
+    # of the run done (steps of the plan, or of train.max_minutes when that is used up faster).
+    lr_policy: str = "step"
     lr_step_epochs: int = 20
     lr_gamma: float = 0.1
     max_steps: int = 0  # >0 stops after that many optimiser steps (CPU recipes, tests)
@@ -364,6 +372,8 @@ class TrainConfig:
              f"train.stage={self.stage!r}: 'category', 'instance' or 'unified'"),
             (self.count_finetune in ("joint", "separate"),
              f"train.count_finetune={self.count_finetune!r}: 'joint' or 'separate'"),
+            (self.lr_policy in LR_POLICIES,
+             f"train.lr_policy={self.lr_policy!r}: choose one of {LR_POLICIES}"),
             (self.separate_schedule in ("split", "full"),
              f"train.separate_schedule={self.separate_schedule!r}: 'split' or 'full'"),
             (self.epochs >= 0, f"train.epochs={self.epochs}: must be >= 0"),

@@ -58,7 +58,7 @@ from .model import PFNSystem
 from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries
 from .train import (VAL_EVERY, check_labels, data_classes, dataset_metrics, held_back_indices,
-                    out_dir_lock, seed_everything)
+                    out_dir_lock, poly_factor, seed_everything)
 
 #: The shipped fine-tuning recipe (``configs/finetune-cpu.yaml``).
 RECIPE = "finetune-cpu"
@@ -621,6 +621,7 @@ def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
         raise PFNError(f"non-finite loss at fine-tuning step {run.step + 1} "
                        f"({', '.join(f'{k} {v:.4g}' for k, v in parts.items() if '/' not in k)}); "
                        "lower train.lr / train.lr_new in the recipe")
+    _set_rates(run)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.cfg.train.grad_clip > 0:
@@ -632,6 +633,24 @@ def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
     run.step += 1
     _log(run, parts)
     return float(loss.detach())
+
+
+def run_share(run: _Run) -> float:
+    """The share of the run done: of ``max_steps`` and of the time budget, the larger (each
+    only when set)."""
+    shares = [run.step / run.max_steps] if run.max_steps > 0 else []
+    if run.budget_s > 0:
+        shares.append(run.elapsed_s / run.budget_s)
+    return max(shares, default=0.0)
+
+
+def _set_rates(run: _Run) -> None:
+    """The learning rates of this step: the recipe's, times :func:`~pfn_napari.train.poly_factor`
+    of :func:`run_share` with ``train.lr_policy='poly'`` (constant otherwise)."""
+    t = run.cfg.train
+    factor = poly_factor(run_share(run)) if t.lr_policy == "poly" else 1.0
+    for group in run.optimizer.param_groups:
+        group["lr"] = (t.lr if group["name"] == "pretrained" else t.lr_new) * factor
 
 
 def count_rows_held(system: PFNSystem, known: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -666,8 +685,9 @@ def keep_unlabelled(class_map: torch.Tensor, seg_logits: torch.Tensor,
 
 def _log(run: _Run, parts: Mapping[str, float]) -> None:
     path = run.out_dir / "log.csv"
+    rates = {f"lr_{g['name']}": f"{g['lr']:.6g}" for g in run.optimizer.param_groups}
     row = {"step": run.step, "elapsed_s": round(run.elapsed_s, 3),
-           **{k: f"{v:.6g}" for k, v in parts.items() if "/" not in k}}
+           **{k: f"{v:.6g}" for k, v in parts.items() if "/" not in k}, **rates}
     new = not path.is_file()
     with path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(row))

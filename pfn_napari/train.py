@@ -19,7 +19,9 @@ Three stages (``cfg.train.stage``), as in the paper's section 3 plus one ablatio
 
 Recipe: SGD, momentum 0.9, weight decay 5e-4, ``lr`` for pre-trained layers and ``lr_new`` for
 new ones (``PFNNet.param_groups()``), both multiplied by ``lr_gamma`` every ``lr_step_epochs``
-epochs; ``max_steps > 0`` stops after that many optimiser steps instead of ``epochs``.
+epochs (``lr_policy='step'``, the paper's) or by DeepLab's ``(1 - p) ** 0.9``, ``p`` the share of
+the run done (``lr_policy='poly'``: of the steps, or of ``max_minutes`` when the clock runs out
+first); ``max_steps > 0`` stops after that many optimiser steps instead of ``epochs``.
 
 Exact resume: augmentation is a pure function of ``(seed, epoch, index)``
 (:class:`~pfn_napari.data.loader.TrainingSet`), the order of an epoch of ``(seed, epoch)``
@@ -64,7 +66,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (capture_rng_state, check_dtypes, check_finite, config_of,
                          load_checkpoint, networks_of, read_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .config import VOC_CLASSES, PFNConfig, config_to_dict
+from .config import VOC_CLASSES, PFNConfig, TrainConfig, config_to_dict
 from .data import normalise_class_name, open_dataset
 from .data.loader import EpochSampler, TrainingSet, batch_to, collate
 from .data.folder import VAL_EVERY, held_back
@@ -80,6 +82,8 @@ from .output import (FolderBusy, atomic_write_text, check_output_dir, lock_file,
 #: Fraction of the steps the location phase takes with ``count_finetune='separate'`` and
 #: ``separate_schedule='split'``.
 COUNT_PHASE_SPLIT = 0.5
+#: Exponent of ``train.lr_policy='poly'`` (DeepLab's 0.9).
+POLY_POWER = 0.9
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -129,6 +133,18 @@ def lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -
     if step_epochs <= 0:
         return 1.0
     return float(gamma) ** ((step // max(1, steps_per_epoch)) // step_epochs)
+
+
+def poly_factor(progress: float) -> float:
+    """DeepLab's "poly" policy: ``(1 - progress) ** POLY_POWER`` for ``progress`` (the share of
+    the run done, clipped to [0, 1]): the rate falls smoothly to 0 at the end of the run."""
+    return float(max(0.0, 1.0 - min(1.0, max(0.0, progress))) ** POLY_POWER)
+
+
+def run_progress(step: int, steps: int, time_share: float = 0.0) -> float:
+    """The share of a run done after ``step`` of ``steps`` steps, or of its time budget
+    (``time_share``, 0 without one) when that is used up faster."""
+    return max(step / max(1, steps), time_share)
 
 
 def phase_plan(schedule_steps: int, separate: bool, schedule: str) -> tuple[int, int]:
@@ -646,6 +662,25 @@ class _Plan:
 
 
 @dataclasses.dataclass
+class _Clock:
+    """The share of ``train.max_minutes`` this process has trained (rank 0's clock, updated
+    before each step; 0 without a time budget): what ``lr_policy='poly'`` reads besides steps."""
+
+    share: float = 0.0
+
+
+def _schedule(t: TrainConfig, plan: _Plan, step: int, time_share: float) -> float:
+    """The learning-rate factor of ``step`` under ``t.lr_policy`` (``step``: :func:`lr_factor`;
+    ``poly``: :func:`poly_factor` of the share of the schedule done, by steps or by the clock).
+    With ``separate_schedule='full'`` each phase is a schedule of its own."""
+    s = schedule_step(step, plan.split, plan.restart)
+    if t.lr_policy == "poly":
+        steps = plan.split if plan.restart else plan.total
+        return poly_factor(run_progress(s, steps, 0.0 if plan.restart else time_share))
+    return lr_factor(s, plan.steps_per_epoch, t.lr_step_epochs, t.lr_gamma)
+
+
+@dataclasses.dataclass
 class _Run:
     """What :func:`_setup_run` builds and the step loop drives; ``step`` counts optimiser
     steps taken (restored on resume)."""
@@ -667,6 +702,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     use_amp: bool
     base_lrs: list[float]
+    clock: _Clock = dataclasses.field(default_factory=lambda: _Clock())
     logger: _Logger | None = None
     step: int = 0
 
@@ -697,9 +733,9 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
         _freeze(net, t.frozen, kind, note)
     optimizer = _optimizer(net, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-        schedule_step(step, plan.split, plan.restart), plan.steps_per_epoch, t.lr_step_epochs,
-        t.lr_gamma))
+    clock = _Clock()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(
+        t, plan, step, clock.share))
     use_amp = bool(t.amp) and device.type == "cuda"
     if t.amp and not use_amp:
         note("train.amp ignored: mixed precision is used on CUDA only")
@@ -710,7 +746,7 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     run = _Run(cfg=cfg, info=info, device=device, out_dir=out_dir, note=note, plan=plan,
                train_set=train_set, sampler=sampler, loader=loader, system=system, net=net,
                kind=kind, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-               use_amp=use_amp, base_lrs=base_lrs)
+               use_amp=use_amp, base_lrs=base_lrs, clock=clock)
     if ckpt is not None:
         _restore_training_state(run, ckpt, resume)
     if run.step >= plan.total:
@@ -988,16 +1024,18 @@ def _stop_unless_finite(run: _Run, loss: torch.Tensor, parts: Mapping[str, Any],
 
 
 def _out_of_time(run: _Run, started: float) -> bool:
-    """``train.max_minutes`` reached (rank 0's clock decides, so all ranks stop together)."""
+    """``train.max_minutes`` reached (rank 0's clock decides, so all ranks stop together and
+    read the same learning rate); sets ``run.clock.share``, the share of it used."""
     max_minutes = run.cfg.train.max_minutes
     if max_minutes <= 0:
         return False
-    late = (time.perf_counter() - started) / 60.0 >= max_minutes
+    share = (time.perf_counter() - started) / 60.0 / max_minutes
     if run.info.enabled:
-        stop = torch.tensor([1.0 if late else 0.0], device=run.device)
-        dist.broadcast(stop, src=0)
-        late = stop.item() > 0
-    return late
+        shared = torch.tensor([share], dtype=torch.float64, device=run.device)
+        dist.broadcast(shared, src=0)
+        share = float(shared.item())
+    run.clock.share = share
+    return share >= 1.0
 
 
 # --------------------------------------------------------------------------- checkpoints, the end

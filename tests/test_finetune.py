@@ -3,6 +3,8 @@ falling, exact resume, final.pt loading everywhere, the card."""
 
 from __future__ import annotations
 
+import csv
+
 import dataclasses
 from pathlib import Path
 
@@ -196,7 +198,7 @@ def test_a_frozen_instance_network_is_not_run(tiny, tmp_path, monkeypatch) -> No
     assert ("| what learned | the category network; the instance network kept as it was |"
             in (tmp_path / "out" / "README.md").read_text())
     header = (tmp_path / "out" / "log.csv").read_text().splitlines()[0]
-    assert header == "step,elapsed_s,seg,total"
+    assert header == "step,elapsed_s,seg,total,lr_pretrained,lr_new"
     start, after = load_checkpoint(weights)[0], load_checkpoint(result.weights)[0]
     before = dict(start.instance.named_parameters())
     for name, p in after.instance.named_parameters():  # count_head.fc2 grew a row for blob
@@ -261,6 +263,29 @@ def test_resume_is_exact(tiny, tmp_path) -> None:
     done = finetune(weights, spec, tmp_path / "cut", 0, max_steps=6, recipe=recipe,
                     resume=True)
     assert done.steps == 6
+    a, b = load_checkpoint(whole.weights)[0].state_dict(), load_checkpoint(done.weights)[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_poly_recipe_lowers_the_rates_to_the_end_and_resumes_exactly(tiny, tmp_path) -> None:
+    weights, recipe = tiny
+    poly = tmp_path / "poly.yaml"
+    poly.write_text(RECIPE.replace("grad_clip: 10.0}", "grad_clip: 10.0, lr_policy: poly}"))
+    spec = blob_set(tmp_path / "set", n=3)
+    whole = finetune(weights, spec, tmp_path / "whole", 0, max_steps=4, recipe=poly)
+    with (tmp_path / "whole" / "log.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    want = [(1 - k / 4) ** 0.9 for k in range(4)]  # the rate each step ran at
+    assert [float(r["lr_pretrained"]) for r in rows] == pytest.approx([0.002 * f for f in want],
+                                                                      rel=1e-4)
+    assert [float(r["lr_new"]) for r in rows] == pytest.approx([0.02 * f for f in want], rel=1e-4)
+    constant = finetune(weights, spec, tmp_path / "constant", 0, max_steps=2, recipe=recipe)
+    with (tmp_path / "constant" / "log.csv").open(newline="") as fh:
+        assert [float(r["lr_new"]) for r in csv.DictReader(fh)] == [0.02, 0.02]
+    cut = finetune(weights, spec, tmp_path / "cut", 0, max_steps=4, recipe=poly,
+                   should_stop=lambda: True)
+    assert cut.steps == 1
+    done = finetune(weights, spec, tmp_path / "cut", 0, max_steps=4, recipe=poly, resume=True)
     a, b = load_checkpoint(whole.weights)[0].state_dict(), load_checkpoint(done.weights)[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -12,8 +12,9 @@ import torch
 from pfn_napari.checkpoint import load_checkpoint, read_checkpoint
 from pfn_napari.config import load_config
 from pfn_napari.errors import CheckpointError, PFNError
-from pfn_napari.train import (COUNT_PHASE_SPLIT, _set_phase, lr_factor, phase_plan,
-                              schedule_step, train)
+from pfn_napari.train import (COUNT_PHASE_SPLIT, POLY_POWER, _Plan, _schedule, _set_phase,
+                              lr_factor, phase_plan, poly_factor, run_progress, schedule_step,
+                              train)
 
 #: A model and data small enough for a few CPU steps per second: EfficientNet-Lite0 (its
 #: packaged ImageNet weights), thin heads, 65x65 crops of 6 synthetic images, batch 2 -> 3 steps/epoch.
@@ -45,6 +46,31 @@ def test_lr_factor_steps_down_every_lr_step_epochs():
     assert [lr_factor(s, 3, 2, 0.1) for s in (0, 5, 6, 11, 12)] == \
         pytest.approx([1, 1, 0.1, 0.1, 0.01])
     assert lr_factor(100, 3, 0, 0.1) == 1.0
+
+
+def test_poly_policy_falls_to_zero_with_the_steps_or_the_clock():
+    assert POLY_POWER == 0.9
+    assert [poly_factor(p) for p in (0.0, 0.5, 1.0, 1.5, -1.0)] == \
+        pytest.approx([1.0, 0.5 ** 0.9, 0.0, 0.0, 1.0])
+    assert run_progress(2, 8) == 0.25 and run_progress(2, 8, 0.6) == 0.6  # the clock ran faster
+    plan = _Plan(steps_per_epoch=3, total=8, split=8, separate=False, restart=False)
+    poly = load_config(None, ["train.lr_policy=poly", "train.lr_step_epochs=1"]).train
+    assert [_schedule(poly, plan, s, 0.0) for s in (0, 4, 8)] == pytest.approx([1, 0.5 ** 0.9, 0])
+    assert _schedule(poly, plan, 2, 0.75) == pytest.approx(0.25 ** 0.9)
+    step = load_config(None, ["train.lr_step_epochs=1"]).train  # the paper's policy, unchanged
+    assert [_schedule(step, plan, s, 0.75) for s in (0, 3, 6)] == pytest.approx([1, 0.1, 0.01])
+    # separate_schedule='full': each phase is a poly schedule of its own (the clock aside)
+    full = _Plan(steps_per_epoch=3, total=8, split=4, separate=True, restart=True)
+    assert [_schedule(poly, full, s, 0.9) for s in (0, 2, 4, 6)] == \
+        pytest.approx([1, 0.5 ** 0.9, 1, 0.5 ** 0.9])
+
+
+def test_a_poly_run_logs_rates_that_fall_to_the_last_step(tmp_path):
+    cfg = tiny_cfg(tmp_path, "poly", "train.max_steps=4", "train.lr_policy=poly")
+    rows = read_log(train(cfg, progress=False).parent / "log.csv")
+    want = [(1 - k / 4) ** 0.9 for k in range(4)]  # the rate each step ran at
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01 * f for f in want], rel=1e-4)
+    assert [float(r["lr_new"]) for r in rows] == pytest.approx([0.05 * f for f in want], rel=1e-4)
 
 
 @pytest.fixture(scope="module")
