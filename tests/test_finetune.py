@@ -286,7 +286,8 @@ def test_a_poly_recipe_lowers_the_rates_to_the_end_and_resumes_exactly(tiny, tmp
                    should_stop=lambda: True)
     assert cut.steps == 1
     done = finetune(weights, spec, tmp_path / "cut", 0, max_steps=4, recipe=poly, resume=True)
-    a, b = load_checkpoint(whole.weights)[0].state_dict(), load_checkpoint(done.weights)[0].state_dict()
+    a = load_checkpoint(whole.weights)[0].state_dict()
+    b = load_checkpoint(done.weights)[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
