@@ -326,7 +326,7 @@ class LossConfig:
         ])
 
 
-#: Learning-rate policies of ``train.lr_policy`` (``train.lr_factor``).
+#: Learning-rate policies of ``train.lr_policy`` (``train.lr_factor``, ``train.poly_factor``).
 LR_POLICIES = ("step", "poly")
 
 

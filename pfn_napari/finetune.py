@@ -58,7 +58,7 @@ from .model import PFNSystem
 from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries
 from .train import (VAL_EVERY, check_labels, data_classes, dataset_metrics, held_back_indices,
-                    out_dir_lock, poly_factor, seed_everything)
+                    out_dir_lock, poly_factor, run_progress, seed_everything)
 
 #: The shipped fine-tuning recipe (``configs/finetune-cpu.yaml``).
 RECIPE = "finetune-cpu"
@@ -635,20 +635,14 @@ def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
     return float(loss.detach())
 
 
-def run_share(run: _Run) -> float:
-    """The share of the run done: of ``max_steps`` and of the time budget, the larger (each
-    only when set)."""
-    shares = [run.step / run.max_steps] if run.max_steps > 0 else []
-    if run.budget_s > 0:
-        shares.append(run.elapsed_s / run.budget_s)
-    return max(shares, default=0.0)
-
-
 def _set_rates(run: _Run) -> None:
     """The learning rates of this step: the recipe's, times :func:`~pfn_napari.train.poly_factor`
-    of :func:`run_share` with ``train.lr_policy='poly'`` (constant otherwise)."""
+    of the share of the run done (of ``max_steps`` or of the time budget, whichever is further
+    along) with ``train.lr_policy='poly'`` (constant otherwise)."""
     t = run.cfg.train
-    factor = poly_factor(run_share(run)) if t.lr_policy == "poly" else 1.0
+    time_share = run.elapsed_s / run.budget_s if run.budget_s > 0 else 0.0
+    factor = (poly_factor(run_progress(run.step, run.max_steps, time_share))
+              if t.lr_policy == "poly" else 1.0)
     for group in run.optimizer.param_groups:
         group["lr"] = (t.lr if group["name"] == "pretrained" else t.lr_new) * factor
 

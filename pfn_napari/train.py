@@ -142,9 +142,9 @@ def poly_factor(progress: float) -> float:
 
 
 def run_progress(step: int, steps: int, time_share: float = 0.0) -> float:
-    """The share of a run done after ``step`` of ``steps`` steps, or of its time budget
-    (``time_share``, 0 without one) when that is used up faster."""
-    return max(step / max(1, steps), time_share)
+    """The share of a run done after ``step`` of ``steps`` steps (0: no step bound), or of its
+    time budget (``time_share``, 0 without one) when that is used up faster."""
+    return max(step / steps if steps > 0 else 0.0, time_share)
 
 
 def phase_plan(schedule_steps: int, separate: bool, schedule: str) -> tuple[int, int]:

@@ -53,6 +53,7 @@ def test_poly_policy_falls_to_zero_with_the_steps_or_the_clock():
     assert [poly_factor(p) for p in (0.0, 0.5, 1.0, 1.5, -1.0)] == \
         pytest.approx([1.0, 0.5 ** 0.9, 0.0, 0.0, 1.0])
     assert run_progress(2, 8) == 0.25 and run_progress(2, 8, 0.6) == 0.6  # the clock ran faster
+    assert run_progress(5, 0, 0.3) == 0.3  # no step bound: the clock alone
     plan = _Plan(steps_per_epoch=3, total=8, split=8, separate=False, restart=False)
     poly = load_config(None, ["train.lr_policy=poly", "train.lr_step_epochs=1"]).train
     assert [_schedule(poly, plan, s, 0.0) for s in (0, 4, 8)] == pytest.approx([1, 0.5 ** 0.9, 0])
