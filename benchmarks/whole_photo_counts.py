@@ -31,7 +31,6 @@ from pfn_napari.data.loader import TrainingSet, collate  # noqa: E402
 from pfn_napari.data.transforms import TrainTransform  # noqa: E402
 from pfn_napari.demo import demo_train_spec, find_shared_data  # noqa: E402
 from pfn_napari.losses import count_loss  # noqa: E402
-from pfn_napari.model.pfn import gated_counts  # noqa: E402
 
 #: Canvas of a whole photo (8k + 1, at least the largest side of the photos of ../shared/data).
 CANVAS = 641
@@ -68,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(args.steps):
         first = (args.batch * step) % len(photos)
         batch = collate([photos[int(i)] for i in order[first:first + args.batch]])
-        with torch.no_grad():
-            seg = system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
-        out = system.instance(batch["image"])
-        counts = (gated_counts(out.count_density, seg) if cfg.model.count_gate
-                  else out.counts)  # (B, C)
+        counts = system(batch["image"]).counts  # (B, C), gated as at test time
         loss = count_loss(counts, batch["counts"], cfg.loss.count_reduction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
