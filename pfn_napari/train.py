@@ -663,8 +663,9 @@ class _Plan:
 
 @dataclasses.dataclass
 class _Clock:
-    """The share of ``train.max_minutes`` this process has trained (rank 0's clock, updated
-    before each step; 0 without a time budget): what ``lr_policy='poly'`` reads besides steps."""
+    """The share of ``train.max_minutes`` this process has trained (rank 0's clock, set by
+    :func:`_out_of_time` after each step; 0 without a time budget): what ``lr_policy='poly'``
+    reads besides steps."""
 
     share: float = 0.0
 
@@ -702,7 +703,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     use_amp: bool
     base_lrs: list[float]
-    clock: _Clock = dataclasses.field(default_factory=lambda: _Clock())
+    clock: _Clock = dataclasses.field(default_factory=_Clock)
     logger: _Logger | None = None
     step: int = 0
 
