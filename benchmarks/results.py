@@ -8,9 +8,10 @@ On the real data in ../shared/data with a fixed split (train: the ``cpu-demo`` d
 Penn-Fudan and the Weizmann horses; val: 17 COCO-VOC + 34 Penn-Fudan + 55 horse images), this
 
 1. trains PFN (EfficientNet-Lite0, recipe ``cpu-demo``, both stages) for ``--budget-min``
-   minutes of wall clock (40 % / 60 %) or for ``--pfn-steps CATEGORY INSTANCE`` steps, or
-   reuses a run folder (``--pfn-run``: a ``scripts/train_default_weights.py`` run, or a
-   ``demo.train_two_stages`` one);
+   minutes of wall clock (40 % / 60 %) or for ``--pfn-steps CATEGORY INSTANCE`` steps (then,
+   with ``--count-steps N``, stage 'counts': the count head alone on whole photos), or reuses
+   a run folder (``--pfn-run``: a ``scripts/train_default_weights.py`` run, or a
+   ``demo.train_stages`` one, whose ``counts/final.pt`` is read when it has one);
 2. trains torchvision's Mask R-CNN on the same backbone (Lite0 + FPN, same ImageNet weights)
    on the same images for the same wall-clock budget (``benchmarks/maskrcnn_peer.py``);
 3. evaluates both with the same evaluator (SDS AP^r, percent) on the same val images, and
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pfn_napari.config import GroupingConfig, load_config  # noqa: E402
 from pfn_napari.data import ConcatDataset, open_dataset  # noqa: E402
-from pfn_napari.demo import DEMO_CLASSES, demo_train_spec, find_shared_data, real_specs, train_two_stages  # noqa: E402
+from pfn_napari.demo import DEMO_CLASSES, demo_train_spec, find_shared_data, real_specs, train_stages  # noqa: E402
 from pfn_napari.evaluate import Evaluator  # noqa: E402
 from pfn_napari.grouping import group, oracle_network_output, with_true_locations  # noqa: E402
 from pfn_napari.inference import load_model  # noqa: E402
@@ -115,7 +116,7 @@ def centers2_trained(out: Path, shared: Path, args, run: Path) -> Path:
     final = out / "centers2" / "instance" / "final.pt"
     if final.is_file():
         return final
-    ckpt, _ = train_two_stages(out / "centers2", demo_train_spec(shared, args.synthetic),
+    ckpt, _ = train_stages(out / "centers2", demo_train_spec(shared, args.synthetic),
                                ["model.encoding=centers2"], instance_steps=100000,
                                init=run / "category" / "final.pt",
                                instance_minutes=0.6 * args.budget_min)
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="train PFN's two stages for these many steps instead of 40 %% / 60 %% of "
                          "--budget-min (the recipe's learning rate is constant, so the steps a "
                          "budget gave make the same run on a machine that is not idle)")
+    ap.add_argument("--count-steps", type=int, default=0,
+                    help="with --pfn-steps: then train stage 'counts' (the count head alone on "
+                         "whole photos) for these many steps")
     ap.add_argument("--synthetic", type=int, default=300)
     ap.add_argument("--out", default="runs/results")
     ap.add_argument("--results-md", default=str(REPO / "docs" / "RESULTS.md"))
@@ -166,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown-only", action="store_true",
                     help="rewrite --results-md from OUT/results.json (no training, no evaluation)")
     args = ap.parse_args(argv)
+    if args.count_steps and not args.pfn_steps:
+        ap.error("--count-steps needs --pfn-steps (the stages are bounded by steps, not minutes)")
     if args.markdown_only:
         done = Path(args.out) / "results.json"
         if not done.is_file():
@@ -201,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     # 1. PFN
     if args.pfn_run:
         run = Path(args.pfn_run)
-        ckpt = run / "instance" / "final.pt"
+        ckpt = next(run / stage / "final.pt" for stage in ("counts", "instance")
+                    if (run / stage / "final.pt").is_file() or stage == "instance")
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
         pfn_minutes = summary.get("train_minutes")
     else:
@@ -210,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.pfn_steps or (100000, 100000)
         minutes = (None, None) if args.pfn_steps else (0.4 * args.budget_min,
                                                        0.6 * args.budget_min)
-        ckpt, _ = train_two_stages(run, demo_train_spec(shared, args.synthetic),
+        ckpt, _ = train_stages(run, demo_train_spec(shared, args.synthetic),
                                    category_steps=steps[0], instance_steps=steps[1],
+                                   counts_steps=args.count_steps or None,
                                    category_minutes=minutes[0], instance_minutes=minutes[1])
         pfn_minutes = (time.perf_counter() - t0) / 60
         (run / "summary.json").write_text(json.dumps({"train_minutes": round(pfn_minutes, 1)}))

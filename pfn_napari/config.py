@@ -213,6 +213,10 @@ class DataConfig:
     # data.val (its data.val_split list); or a path: a VOC root (its
     # ImageSets/Segmentation/val.txt) or a text file of ids, one a line.
     train_exclude: str = ""
+    # Stage 'counts': the square canvas (8k+1) each whole training photo is placed on at scale 1
+    # (padded with background; a larger photo is cropped at random, its counts then follow
+    # data.count_targets). 641 holds every photo of ../shared/data.
+    whole_size: int = 641
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a value out of range."""
@@ -220,6 +224,9 @@ class DataConfig:
             (9 <= self.crop_size <= MAX_CROP and (self.crop_size - 1) % 8 == 0,
              f"data.crop_size={self.crop_size}: must be 8k+1 so the stride-8 grid lands on "
              f"pixels 8i (e.g. 129, 321), from 9 to {MAX_CROP}"),
+            (9 <= self.whole_size <= MAX_CROP and (self.whole_size - 1) % 8 == 0,
+             f"data.whole_size={self.whole_size}: must be 8k+1 (e.g. 513, 641), from 9 to "
+             f"{MAX_CROP}"),
             (0 < self.scale_min <= MAX_SCALE,
              f"data.scale_min={self.scale_min}: in (0, {MAX_SCALE:g}]"),
             (0 < self.scale_max <= MAX_SCALE,
@@ -326,13 +333,16 @@ class LossConfig:
         ])
 
 
+#: The stages ``pfn train`` trains (``train.stage``; pfn_napari/train.py).
+TRAIN_STAGES = ("category", "instance", "unified", "counts")
 #: Learning-rate policies of ``train.lr_policy`` (``train.lr_factor``, ``train.poly_factor``).
 LR_POLICIES = ("step", "poly")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: str = "category"  # 'category' | 'instance' | 'unified'
+    # 'category' | 'instance' | 'unified' | 'counts' (the count head alone on whole photos)
+    stage: str = "category"
     epochs: int = 60
     batch_size: int = 8
     lr: float = 1e-3  # pre-trained layers
@@ -368,8 +378,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a choice that does not exist or a value out of range."""
         _check([
-            (self.stage in ("category", "instance", "unified"),
-             f"train.stage={self.stage!r}: 'category', 'instance' or 'unified'"),
+            (self.stage in TRAIN_STAGES,
+             f"train.stage={self.stage!r}: choose one of {TRAIN_STAGES}"),
             (self.count_finetune in ("joint", "separate"),
              f"train.count_finetune={self.count_finetune!r}: 'joint' or 'separate'"),
             (self.lr_policy in LR_POLICIES,

@@ -124,35 +124,49 @@ def demo_train_spec(shared: Path | None, synthetic: int = 300,
     return "+".join(parts)
 
 
-def train_two_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
-                     category_steps: int | None = None, instance_steps: int | None = None,
-                     device: str = "auto", config: str = "cpu-demo",
-                     init: Path | None = None, progress: bool = True,
-                     category_minutes: float | None = None, instance_minutes: float | None = None,
-                     stage_overrides: dict[str, list[str]] | None = None,
-                     ) -> tuple[Path, dict[str, Path]]:
-    """Stage 1 (category) then stage 2 (instance) of ``config`` on ``train_spec``.
+#: The ``cpu-demo`` recipe's settings of stage 'counts' (the count head alone on whole photos):
+#: two photos a step at a tenth of the heads' rate (docs/experiments/training.md, "The counts
+#: on whole photos").
+COUNT_STAGE_SETTINGS = ("train.batch_size=2", "train.lr_new=0.001")
+
+
+def train_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
+                 category_steps: int | None = None, instance_steps: int | None = None,
+                 device: str = "auto", config: str = "cpu-demo",
+                 init: Path | None = None, progress: bool = True,
+                 category_minutes: float | None = None, instance_minutes: float | None = None,
+                 stage_overrides: dict[str, list[str]] | None = None,
+                 counts_steps: int | None = None, counts_minutes: float | None = None,
+                 ) -> tuple[Path, dict[str, Path]]:
+    """Stage 1 (category), stage 2 (instance), then, when ``counts_steps`` or
+    ``counts_minutes`` is given, stage 'counts' (with :data:`COUNT_STAGE_SETTINGS`) of
+    ``config`` on ``train_spec``, each in ``out/STAGE``.
 
     ``*_steps`` / ``*_minutes`` bound each stage (steps, wall clock; the first reached stops
-    it); ``stage_overrides`` adds settings to one stage only. ``init`` skips stage 1 and starts stage 2 from that category checkpoint. Returns the
-    final instance checkpoint and the CSV logs of the stages that ran.
+    it); ``stage_overrides`` adds settings to one stage only. ``init`` skips stage 1 and starts
+    stage 2 from that category checkpoint. Returns the final checkpoint of the last stage and
+    the CSV logs of the stages that ran.
     """
     from .train import train
 
     logs: dict[str, Path] = {}
     ckpt = init
-    for stage, steps, minutes in (("category", category_steps, category_minutes),
-                                  ("instance", instance_steps, instance_minutes)):
+    stages = [("category", category_steps, category_minutes),
+              ("instance", instance_steps, instance_minutes)]
+    if counts_steps or counts_minutes:
+        stages.append(("counts", counts_steps, counts_minutes))
+    for stage, steps, minutes in stages:
         if stage == "category" and init is not None:
             continue
         settings = [f"train.stage={stage}", f"data.train={train_spec}",
                     f"train.out_dir={out / stage}", f"train.device={device}",
+                    *(COUNT_STAGE_SETTINGS if stage == "counts" else ()),
                     *(overrides or []), *((stage_overrides or {}).get(stage, []))]
         if steps:
             settings.append(f"train.max_steps={steps}")
         if minutes:
             settings.append(f"train.max_minutes={minutes}")
-        if stage == "instance":
+        if stage != "category":
             settings.append(f"train.init={ckpt}")
         ckpt = train(load_config(config, settings), progress=progress)
         logs[stage] = out / stage / "log.csv"
@@ -167,7 +181,7 @@ def train_demo_model(out: Path, quick: bool, shared: Path | None, device: str,
     steps = 30 if quick else None
     # wall-clock bounds keep `pfn demo --train` within ~10 minutes on a 2-core CPU
     minutes = (0.5, 0.5) if quick else (2.5, 3.5)
-    return train_two_stages(out / "train", spec, category_steps=steps, instance_steps=steps,
+    return train_stages(out / "train", spec, category_steps=steps, instance_steps=steps,
                             category_minutes=minutes[0], instance_minutes=minutes[1],
                             device=device, progress=progress)
 

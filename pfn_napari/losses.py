@@ -70,13 +70,14 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
     ``out`` is a ``NetOutputs`` (``seg_logits``, ``locations``, ``stream_locations``,
     ``counts``); ``batch`` holds ``class_map (B, h, w)`` long, ``locations (B, L, h, w)``,
     ``location_weight (B, h, w)`` and ``counts (B, C)``. ``kind``: 'category' (segmentation
-    only), 'instance' (``loc_weight Lo + count_weight Ln``) or 'unified' (all three).
+    only), 'instance' (``loc_weight Lo + count_weight Ln``), 'unified' (all three) or 'counts'
+    (``count_weight Ln`` alone: stage 'counts', the count head on whole photos).
     ``Lo`` sums the loss of every stream and of the fused output; with a single stream the
     fused output is that stream, counted once. Returns ``(loss, parts)`` with the float value
     of each term (``seg``, ``loc``, ``count``, ``loc/<stream>``, ``loc/fused``, ``total``).
     """
-    if kind not in ("category", "instance", "unified"):
-        raise ValueError(f"kind {kind!r}: 'category', 'instance' or 'unified'")
+    if kind not in ("category", "instance", "unified", "counts"):
+        raise ValueError(f"kind {kind!r}: 'category', 'instance', 'unified' or 'counts'")
     parts: dict[str, float] = {}
     terms: list[Tensor] = []
     if kind in ("category", "unified"):
@@ -106,6 +107,12 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
         ln = count_loss(out.counts, batch["counts"], cfg.count_reduction)
         terms += [cfg.loc_weight * lo, cfg.count_weight * ln]
         parts["loc"], parts["count"] = float(lo.detach()), float(ln.detach())
+    if kind == "counts":
+        if out.counts is None:
+            raise ValueError("a 'counts' loss needs counts")
+        ln = count_loss(out.counts, batch["counts"], cfg.count_reduction)
+        terms.append(cfg.count_weight * ln)
+        parts["count"] = float(ln.detach())
     loss = torch.stack(terms).sum()
     parts["total"] = float(loss.detach())
     return loss, parts

@@ -1,6 +1,6 @@
 """The training loop: stages, SGD recipe, logs, checkpoints, exact resume, DDP, AMP.
 
-Three stages (``cfg.train.stage``), as in the paper's section 3 plus one ablation:
+Four stages (``cfg.train.stage``): the paper's two of section 3, one ablation and one beyond it:
 
 * ``category``: the category-level network (``build_network(kind='category')``) trained with
   pixel-wise cross-entropy on the stride-8 class map. Checkpoint: ``PFNSystem(category=net)``.
@@ -16,6 +16,12 @@ Three stages (``cfg.train.stage``), as in the paper's section 3 plus one ablatio
   phase the whole schedule (``epochs`` or ``max_steps``, the learning rate restarting at
   ``lr`` / ``lr_new``); ``'split'`` cuts one schedule at :data:`COUNT_PHASE_SPLIT`.
 * ``unified``: one network with all three heads and all three losses ("one unified network").
+* ``counts`` (beyond the paper): the count head of an instance checkpoint (``cfg.train.init``)
+  alone, on whole photos: each training photo at scale 1 on a ``data.whole_size`` canvas
+  (flipped at random, no copy-paste), every other layer frozen and in eval mode, the counts
+  gated by the category network as at test time, the count loss alone. Stage 2 teaches the
+  head on crops; this teaches it the whole photos it is asked about
+  (docs/experiments/training.md, "The counts on whole photos").
 
 Recipe: SGD, momentum 0.9, weight decay 5e-4, ``lr`` for pre-trained layers and ``lr_new`` for
 new ones (``PFNNet.param_groups()``), both multiplied by ``lr_gamma`` every ``lr_step_epochs``
@@ -303,7 +309,16 @@ def _set_phase(net: nn.Module, phase: str, frozen: tuple[str, ...] = ()) -> None
             p.requires_grad_(id(p) in count_ids)
 
 
-def _train_mode(net: nn.Module, phase: str) -> None:
+def _train_mode(net: nn.Module, phase: str, frozen_eval: bool = False) -> None:
+    """Training mode for ``phase``. ``frozen_eval`` (stage 'counts'): every module but the count
+    head in eval mode, as at test time (no dropout, fixed BatchNorm statistics); otherwise in
+    phase ``counts`` only the BatchNorm layers without a trained parameter are."""
+    if frozen_eval:
+        net.eval()
+        head = getattr(net, "count_head", None)
+        if isinstance(head, nn.Module):
+            head.train()
+        return
     net.train()
     if phase == "counts":  # frozen layers: BatchNorm statistics fixed too
         for m in net.modules():
@@ -349,13 +364,16 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
             note(f"backbone weights: {used or 'none (He init)'}")
         system = PFNSystem(net, None) if stage == "category" else PFNSystem(None, net)
         return system, net, stage
-    # instance stage: start from the category network of a stage-1 checkpoint
+    # instance (and counts) stage: start from the category network of a stage-1 checkpoint
+    kind = "counts" if stage == "counts" else "instance"
     if resuming:
         category = build_network(cfg.model, kind="category").eval()
         for p in category.parameters():
             p.requires_grad_(False)
         net = build_network(cfg.model, kind="instance")
-        return PFNSystem(category=category, instance=net), net, "instance"
+        return PFNSystem(category=category, instance=net), net, kind
+    if stage == "counts":
+        return _counts_networks(cfg, note)
     if not cfg.train.init:
         raise PFNError("stage 'instance' starts from a category-stage checkpoint: pass "
                        "--init runs/category/final.pt (train.init)")
@@ -373,6 +391,26 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
     for p in category.parameters():
         p.requires_grad_(False)
     return PFNSystem(category=category, instance=net), net, "instance"
+
+
+def _counts_networks(cfg: PFNConfig, note) -> tuple[nn.Module, nn.Module, str]:
+    """Stage 'counts': both networks of the instance checkpoint ``train.init`` (checked: it has
+    an instance network with a count head), the category network frozen."""
+    if not cfg.train.init:
+        raise PFNError("stage 'counts' continues the count head of an instance-stage checkpoint: "
+                       "pass --init runs/instance/final.pt (train.init)")
+    system = _init_system(cfg)
+    previous = getattr(system, "instance", None)
+    if previous is None or getattr(previous, "count_head", None) is None:
+        raise CheckpointError(f"{cfg.train.init}: holds no instance network with a count head; "
+                              "stage 'counts' starts from a checkpoint of stage 'instance'")
+    net = build_network(cfg.model, kind="instance")
+    _continue_instance(net, previous, cfg.train.init)
+    category = system.category.eval()
+    for p in category.parameters():
+        p.requires_grad_(False)
+    note(f"count head continued from the one in {cfg.train.init}; every other layer frozen")
+    return PFNSystem(category=category, instance=net), net, "counts"
 
 
 def _continue_instance(net: nn.Module, previous: nn.Module, where: str) -> None:
@@ -418,22 +456,27 @@ def data_classes(dataset: Any) -> tuple[str, ...]:
 def data_defaults(cfg: PFNConfig, given: set[str], note: Callable[[str], None]) -> PFNConfig:
     """What follows from the user's own training data (``data.train`` in ``given``, the
     ``section.key`` names the user set): without ``data.classes`` (and ``model.num_classes``)
-    the classes are the data's own; without ``data.val`` validation reads the held-back part
-    of the same data (its ``val`` split: for a folder every :data:`VAL_EVERY`-th image, which
-    its ``train`` split leaves out). Each change is said in one ``note`` line."""
+    the classes are those of the ``train.init`` checkpoint the run continues (its networks
+    have their channels), else the data's own; without ``data.val`` validation reads the
+    held-back part of the same data (its ``val`` split: for a folder every
+    :data:`VAL_EVERY`-th image, which its ``train`` split leaves out). Each change is said in
+    one ``note`` line."""
     if "data.train" not in given:
         return cfg
     d, m = cfg.data, cfg.model
     if not given & {"data.classes", "model.num_classes"}:
-        try:
-            own = data_classes(open_dataset(d.train, d.train_split, None))
-        except DatasetError:  # said by the run itself, after the output folder's checks
-            own = ()
+        own, source = _init_classes(cfg.train.init), f"the --init checkpoint {cfg.train.init}"
+        if not own:
+            try:
+                own = data_classes(open_dataset(d.train, d.train_split, None))
+            except DatasetError:  # said by the run itself, after the output folder's checks
+                own = ()
+            source = f"the training data {d.train!r}"
         if own and tuple(own) != tuple(d.classes):
             d, m = dataclasses.replace(d, classes=tuple(own)), \
                 dataclasses.replace(m, num_classes=len(own))
-            note(f"data.classes={list(own)} and model.num_classes={len(own)}, from the training "
-                 f"data {d.train!r} (set data.classes to choose others)")
+            note(f"data.classes={list(own)} and model.num_classes={len(own)}, from {source} "
+                 "(set data.classes to choose others)")
     if "data.val" not in given:
         d = dataclasses.replace(d, val=d.train, val_split="val",
                                 train_split=d.train_split if "data.train_split" in given
@@ -441,6 +484,17 @@ def data_defaults(cfg: PFNConfig, given: set[str], note: Callable[[str], None]) 
         note(f"validation on the held-back images of the training data (data.val={d.train!r}, "
              f"split 'val'; the 'train' split leaves them out; set data.val to choose others)")
     return dataclasses.replace(cfg, data=d, model=m)
+
+
+def _init_classes(init: str) -> tuple[str, ...]:
+    """The classes of the checkpoint ``init`` ('' or an unreadable file: none; the run itself
+    then says what is wrong with it)."""
+    if not init:
+        return ()
+    try:
+        return tuple(config_of(read_checkpoint(init), init).data.classes)
+    except PFNError:
+        return ()
 
 
 def held_back_indices(image_ids: Sequence[str]) -> list[int]:
@@ -653,9 +707,12 @@ class _Plan:
     split: int  # first step of the count phase (``total`` when training jointly)
     separate: bool  # count_finetune='separate' in stage 'instance'
     restart: bool  # the learning-rate schedule restarts at ``split`` (separate_schedule='full')
+    counts_only: bool = False  # stage 'counts': the count head alone, every step
 
     def phase_of(self, step: int) -> str:
         """``all`` (joint training), ``locations`` or ``counts`` (see :func:`_set_phase`)."""
+        if self.counts_only:
+            return "counts"
         if not self.separate:
             return "all"
         return "locations" if step < self.split else "counts"
@@ -710,7 +767,7 @@ class _Run:
     @property
     def gate_counts(self) -> bool:
         """Counts of the density head gated by the frozen category network (stage instance)."""
-        return (self.kind == "instance" and self.cfg.model.count_gate
+        return (self.kind in ("instance", "counts") and self.cfg.model.count_gate
                 and self.cfg.model.count_head == "density" and self.system.category is not None)
 
 
@@ -743,7 +800,7 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if t.count_finetune == "separate" and kind != "instance":
         note(f"train.count_finetune=separate applies to stage 'instance' only; stage {kind!r} "
-             "trains jointly")
+             + ("trains the count head alone" if kind == "counts" else "trains jointly"))
     run = _Run(cfg=cfg, info=info, device=device, out_dir=out_dir, note=note, plan=plan,
                train_set=train_set, sampler=sampler, loader=loader, system=system, net=net,
                kind=kind, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -825,10 +882,13 @@ def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
         dataset = _exclude_images(dataset, cfg, note)
     if len(dataset):  # (no images at all: refused below, as too few for a batch)
         check_labels(dataset, cfg, "train")
-    transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_min, cfg.data.scale_max,
-                               cfg.data.flip, count_share=cfg.data.count_targets == "share")
+    d, whole = cfg.data, t.stage == "counts"
+    transform = (TrainTransform(d.whole_size, 1.0, 1.0, d.flip,
+                                count_share=d.count_targets == "share") if whole else
+                 TrainTransform(d.crop_size, d.scale_min, d.scale_max, d.flip,
+                                count_share=d.count_targets == "share"))
     train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
-                            seed=t.seed, copy_paste=cfg.data.copy_paste)
+                            seed=t.seed, copy_paste=0.0 if whole else d.copy_paste)
     sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)
     spe = len(sampler) // t.batch_size  # steps per epoch (incomplete batches dropped)
     if spe < 1:
@@ -838,7 +898,7 @@ def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
     total, split = phase_plan(t.max_steps if t.max_steps > 0 else t.epochs * spe, separate,
                               t.separate_schedule)
     plan = _Plan(steps_per_epoch=spe, total=total, split=split, separate=separate,
-                 restart=separate and t.separate_schedule == "full")
+                 restart=separate and t.separate_schedule == "full", counts_only=whole)
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
                         num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=True,
                         pin_memory=device.type == "cuda",
@@ -890,6 +950,10 @@ def _note_plan(run: _Run) -> None:
     phases = (f", count head trained separately from step {plan.split}"
               + (" (its own schedule: the learning rate restarts there)" if plan.restart else "")
               if plan.separate else "")
+    if plan.counts_only:
+        d = run.cfg.data
+        phases = (f", the count head alone on whole photos ({d.whole_size}x{d.whole_size} canvas "
+                  "at scale 1, the rest frozen)")
     run.note(f"stage {t.stage}: {len(run.train_set)} images, {plan.steps_per_epoch} steps/epoch, "
              f"{plan.total} steps, batch {t.batch_size} x {run.info.world}, device {run.device}"
              f"{phases}")
@@ -920,7 +984,7 @@ def _run_steps(run: _Run, progress: bool) -> dict[str, float]:
                 if run.plan.phase_of(run.step) != phase:
                     phase = run.plan.phase_of(run.step)
                     model = _enter_phase(run, phase)
-                _train_mode(run.net, phase)
+                _train_mode(run.net, phase, frozen_eval=run.plan.counts_only)
                 lrs, loss, parts, n_img = _train_step(run, model, batch, phase, epoch, flag)
                 now = time.perf_counter()
                 window_images += n_img * run.info.world

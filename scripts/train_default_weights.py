@@ -37,7 +37,7 @@ from pfn_napari.config import (ConfigError, ShowConfig, apply_overrides, config_
                                config_to_dict, load_config, migrate_key)
 from pfn_napari.data import open_dataset
 from pfn_napari.demo import (SHAPE_CLASSES, demo_train_spec, find_shared_data, no_voc_photos,
-                             open_set, real_specs, run_demo, train_two_stages)
+                             open_set, real_specs, run_demo, train_stages)
 from pfn_napari.errors import PFNError
 from pfn_napari.inference import default_weights_path
 from pfn_napari.model import PFNSystem
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.category_from is not None:
         return continue_category(args, argv, out, spec, decay, baseline)
     t0 = time.perf_counter()
-    ckpt, logs = train_two_stages(out, spec, category_steps=args.category_steps,
+    ckpt, logs = train_stages(out, spec, category_steps=args.category_steps,
                                   instance_steps=args.instance_steps,
                                   category_minutes=args.category_minutes,
                                   instance_minutes=args.instance_minutes,
@@ -556,7 +556,7 @@ def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None)
         print(f"stage 2 already done: {done} ({minutes:.0f} min); going on with stage 3")
     else:
         t0 = time.perf_counter()
-        ckpt, logs = train_two_stages(out, spec, instance_steps=args.instance_steps,
+        ckpt, logs = train_stages(out, spec, instance_steps=args.instance_steps,
                                       instance_minutes=args.instance_minutes,
                                       init=args.continue_from,
                                       stage_overrides={"instance": [*_lr(args.instance_lr),

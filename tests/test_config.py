@@ -22,6 +22,8 @@ from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, Data
     (DataConfig(classes=("cat", "Cat")), "a class is named twice"),
     (DataConfig(copy_paste=1.5), r"data.copy_paste=1.5: in \[0, 1\]"),
     (DataConfig(count_targets="visible"), r"data.count_targets='visible': 'whole' or 'share'"),
+    (DataConfig(whole_size=640), r"data.whole_size=640: must be 8k\+1 \(e.g. 513, 641\)"),
+    (DataConfig(whole_size=1), "data.whole_size=1: must be 8k"),
     (ModelConfig(backbone="resnet"), "model.backbone='resnet': choose one of"),
     (ModelConfig(fusion="mean"), "model.fusion='mean'"),
     (ModelConfig(num_classes=0), r"model.num_classes=0: in \[1, 254\]"),
@@ -38,6 +40,8 @@ from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, Data
     (LossConfig(count_weight=-1.0), "loss.count_weight=-1.0: must be >= 0"),
     (LossConfig(seg_weight=-1.0), "loss.seg_weight=-1.0: must be >= 0"),
     (TrainConfig(separate_schedule="half"), "train.separate_schedule='half': 'split' or 'full'"),
+    (TrainConfig(stage="count"), r"train.stage='count': choose one of \('category', 'instance', "
+     r"'unified', 'counts'\)"),
     (TrainConfig(batch_size=0), r"train.batch_size=0: in \[1, 4096\]"),
     (TrainConfig(lr=-1.0), "train.lr=-1.0: must be >= 0"),
     (TrainConfig(lr_new=-0.1), "train.lr_new=-0.1: must be >= 0"),

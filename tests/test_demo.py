@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from pfn_napari.demo import SHAPE_CLASSES, demo_train_spec, train_two_stages
+from pfn_napari.config import load_config
+from pfn_napari.demo import SHAPE_CLASSES, demo_train_spec, train_stages
 
 TINY = ["data.crop_size=65", "train.batch_size=2", "data.classes=[disc,square,triangle]",
         "model.num_classes=3", "train.checkpoint_every=0"]
@@ -16,9 +17,14 @@ TINY = ["data.crop_size=65", "train.batch_size=2", "data.classes=[disc,square,tr
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-train")
-    ckpt, logs = train_two_stages(out, "synthetic:6", TINY, category_steps=2, instance_steps=2,
-                                  device="cpu", progress=False)
-    assert set(logs) == {"category", "instance"} and all(p.is_file() for p in logs.values())
+    ckpt, logs = train_stages(out, "synthetic:6", TINY, category_steps=2, instance_steps=2,
+                              counts_steps=2, device="cpu", progress=False,
+                              stage_overrides={"counts": ["data.whole_size=129"]})
+    assert set(logs) == {"category", "instance", "counts"}
+    assert all(p.is_file() for p in logs.values()) and ckpt == out / "counts" / "final.pt"
+    stored = load_config(out / "counts" / "config.yaml")  # the recipe's counts settings
+    assert (stored.train.stage, stored.train.batch_size, stored.train.lr_new,
+            stored.train.init) == ("counts", 2, 0.001, str(out / "instance" / "final.pt"))
     return ckpt
 
 

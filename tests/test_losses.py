@@ -90,6 +90,18 @@ def test_total_loss_instance_sums_streams_and_fused() -> None:
     assert "seg" not in parts
 
 
+def test_total_loss_counts_is_the_count_loss_alone() -> None:
+    """Stage 'counts': the weighted count loss, no location or segmentation term."""
+    out = NetOutputs(locations=torch.zeros(1, 1, 1, 2) + 9.0,
+                     stream_locations={"fc7": torch.zeros(1, 1, 1, 2) + 9.0},
+                     counts=torch.tensor([[5.0]]))
+    loss, parts = total_loss(out, _batch(), LossConfig(count_weight=0.5), "counts")
+    assert parts["count"] == pytest.approx(9.0)  # (5 - 2) ** 2
+    assert loss.item() == pytest.approx(4.5) and set(parts) == {"count", "total"}
+    with pytest.raises(ValueError, match="needs counts"):
+        total_loss(NetOutputs(), _batch(), LossConfig(), "counts")
+
+
 def test_total_loss_single_stream_counted_once_and_unified_adds_seg() -> None:
     fused = torch.zeros(1, 1, 1, 2)
     out = NetOutputs(seg_logits=torch.zeros(1, 2, 1, 2), locations=fused,

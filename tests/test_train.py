@@ -1,4 +1,4 @@
-"""train.py: the three stages, logs, exact resume, errors, separate count fine-tuning."""
+"""train.py: the four stages, logs, exact resume, errors, separate count fine-tuning."""
 
 from __future__ import annotations
 
@@ -402,3 +402,83 @@ def test_instance_stage_refuses_a_category_network_of_another_backbone(category_
                                               "this run's is a 'efficientnet_lite0' "
                                               r"\(model.backbone\)"):
         train(plain, progress=False)
+
+
+@pytest.fixture(scope="module")
+def instance_run(category_run, tmp_path_factory):
+    """Stage 2 from stage 1, 2 steps, the shipped recipe's density counts gated by the
+    category network."""
+    _, cat_final = category_run
+    tmp = tmp_path_factory.mktemp("inst")
+    cfg = tiny_cfg(tmp, "inst", *COUNTS_MODEL, "train.stage=instance", "train.max_steps=2",
+                   f"train.init={cat_final}")
+    return cfg, train(cfg, progress=False)
+
+
+#: The count head of the shipped recipe (density counts gated by the category network).
+COUNTS_MODEL = ("model.count_head=density", "model.count_gate=true", "data.count_targets=share")
+
+
+def test_counts_stage_trains_the_count_head_alone_on_whole_photos(instance_run, tmp_path,
+                                                                   monkeypatch):
+    """Stage 'counts' continues the instance checkpoint: the 72-pixel synthetic images whole
+    on an 81-pixel canvas at scale 1 (crops are 65), so each image's counts are whole numbers;
+    every module but the count head in eval mode; the loss is the gated count loss alone; only
+    the count head's tensors change."""
+    import pfn_napari.train as train_module
+
+    seen = []
+    real_step = train_module._train_step
+
+    def spy(run, model, batch, phase, epoch, flag):
+        seen.append({"shape": tuple(batch["image"].shape), "phase": phase,
+                     "counts": batch["counts"].clone(), "kind": run.kind,
+                     "copy_paste": run.train_set.copy_paste,
+                     "training": {n for n, m in run.net.named_modules() if m.training}})
+        return real_step(run, model, batch, phase, epoch, flag)
+
+    monkeypatch.setattr(train_module, "_train_step", spy)
+    _, inst_final = instance_run
+    cfg = tiny_cfg(tmp_path, "counts", *COUNTS_MODEL, "train.stage=counts", "train.max_steps=3",
+                   f"train.init={inst_final}", "data.whole_size=81", "data.copy_paste=0.5")
+    final = train(cfg, progress=False)
+    assert [s["shape"] for s in seen] == [(2, 3, 81, 81)] * 3
+    assert {s["phase"] for s in seen} == {"counts"} and {s["kind"] for s in seen} == {"counts"}
+    assert {s["copy_paste"] for s in seen} == {0.0}
+    counts = torch.cat([s["counts"] for s in seen])  # (6, 3) instances per image and class
+    assert torch.equal(counts, counts.round()) and counts.sum() > 0
+    head = {"count_head"} | {f"count_head.{n}" for n in ("conv", "fc1", "fc2")}
+    assert all(s["training"] == head for s in seen)
+    rows = read_log(final.parent / "log.csv")
+    assert [float(r["loss"]) for r in rows] == pytest.approx([float(r["count"]) for r in rows])
+    assert "loc" not in rows[0]
+    before, after = read_checkpoint(inst_final)["model"], read_checkpoint(final)["model"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"instance.count_head.{n}.{p}" for n in ("conv", "fc1", "fc2")
+                       for p in ("weight", "bias")}
+    system, stored, _ = load_checkpoint(final)
+    assert stored.train.stage == "counts" and system.complete
+    assert all(p.requires_grad for p in system.instance.parameters())  # saved unfrozen
+    val = read_log(final.parent / "val.csv")
+    assert "APr@0.5" in val[-1]
+
+
+def test_counts_stage_resumes_exactly(instance_run, tmp_path):
+    _, inst_final = instance_run
+    base = (*COUNTS_MODEL, "train.stage=counts", f"train.init={inst_final}",
+            "data.whole_size=81")
+    straight = train(tiny_cfg(tmp_path, "straight", *base, "train.max_steps=4"), progress=False)
+    first = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=2"), progress=False)
+    resumed = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=4"),
+                    resume=first.parent / "last.pt", progress=False)
+    assert_same_weights(straight, resumed)
+    assert [int(r["step"]) for r in read_log(resumed.parent / "log.csv")] == [1, 2, 3, 4]
+
+
+def test_counts_stage_needs_an_instance_checkpoint(category_run, tmp_path):
+    _, cat_final = category_run
+    with pytest.raises(PFNError, match="pass --init runs/instance/final.pt"):
+        train(tiny_cfg(tmp_path, "a", "train.stage=counts", "train.max_steps=1"), progress=False)
+    with pytest.raises(CheckpointError, match="holds no instance network with a count head"):
+        train(tiny_cfg(tmp_path, "b", "train.stage=counts", "train.max_steps=1",
+                       f"train.init={cat_final}"), progress=False)

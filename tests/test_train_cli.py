@@ -60,6 +60,11 @@ def test_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("pfn: error: ") and "--init" in err
     assert err.count("\n") == 1
+    code = main(["train", "--stage", "counts", "--config", "cpu-lite0", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == ("pfn: error: stage 'counts' continues the count head of an "
+                                 "instance-stage checkpoint: pass --init runs/instance/final.pt "
+                                 "(train.init)\n")
     code = main(["train", "--config", "no-such-recipe"])
     err = capsys.readouterr().err
     assert code == 2 and "no-such-recipe" in err and "cpu-lite0" in err
@@ -303,6 +308,21 @@ def test_train_takes_classes_and_validation_from_the_users_data(tmp_path, capsys
                                       "model.num_classes=2"])
     cfg = build_config(args)
     assert cfg.data.classes == ("person", "horse") and cfg.data.val == "synthetic:4"
+    # a run that continues a checkpoint (--init) takes the checkpoint's classes, not the data's
+    from pfn_napari.checkpoint import save_checkpoint
+    from pfn_napari.model import PFNSystem, build_network
+
+    own = load_config("cpu-lite0", ["data.classes=[cat,person]", "model.num_classes=2",
+                                    "model.count_hidden=16"])
+    init = save_checkpoint(tmp_path / "init.pt", config=own, networks={"category": "category"},
+                           system_state=PFNSystem(build_network(own.model, "category"),
+                                                  None).state_dict())
+    for stage in ("instance", "counts", "category"):
+        cfg = build_config(build_parser().parse_args(
+            ["train", "--stage", stage, "--config", "cpu-lite0", "--init", str(init), "--set",
+             f"data.train={spec}"]))
+        assert cfg.data.classes == ("cat", "person") and cfg.model.num_classes == 2
+    assert f"from the --init checkpoint {init}" in capsys.readouterr().err
     # the recipe's own data: nothing changes
     cfg = build_config(build_parser().parse_args(["train", "--config", "cpu-lite0"]))
     assert cfg.data.classes == ("disc", "square", "triangle") and cfg.data.val.startswith("synthetic")

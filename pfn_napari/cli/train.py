@@ -1,9 +1,12 @@
-"""``pfn train --stage category|instance|unified --config FILE [options]``: train one stage.
+"""``pfn train --stage category|instance|unified|counts --config FILE [options]``: train one stage.
 
 Examples::
 
     pfn train --stage category --config cpu-lite0 --out runs/lite0-cat
     pfn train --stage instance --config cpu-lite0 --init runs/lite0-cat/final.pt --out runs/lite0-inst
+    pfn train --stage counts --config cpu-demo --init runs/demo-inst/final.pt \\
+        --set train.max_steps=150 --set train.batch_size=2 --set train.lr_new=0.001 \\
+        --out runs/demo-counts
     pfn train --resume runs/lite0-inst/last.pt            # continue exactly (stored config)
     pfn train --stage category --config paper-vgg16 --backbone-weights vgg16-397923af.pth \\
         --set data.train=sbd:/data/SBD --set data.val=voc:/data/VOC2012
@@ -24,12 +27,15 @@ from pathlib import Path
 
 import yaml
 
+from ..config import TRAIN_STAGES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a PFN stage (category, instance or unified)",
+    p = sub.add_parser("train", help="train a PFN stage (category, instance, unified or counts)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("category", "instance", "unified"), default=None,
-                   help="which network to train (default: the config's train.stage)")
+    p.add_argument("--stage", choices=TRAIN_STAGES, default=None,
+                   help="which network to train (default: the config's train.stage); 'counts': "
+                        "the count head of an instance checkpoint (--init) alone, on whole photos")
     p.add_argument("--config", default=None,
                    help="YAML file or shipped config name (paper-vgg16, paper-alexnet, cpu-lite0)")
     p.add_argument("--resume", default=None, metavar="CKPT",
@@ -43,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone-weights", default=None, metavar="PATH",
                    help="ImageNet weights of the backbone (torchvision VGG-16 / AlexNet file)")
     p.add_argument("--init", default=None, metavar="CKPT",
-                   help="category-stage checkpoint the instance stage starts from")
+                   help="checkpoint the stage starts from: stage 'instance' from a category "
+                        "checkpoint, stage 'counts' from an instance checkpoint")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--train-exclude", default=None, metavar="val|VOC_ROOT|IDS.txt",
                    help="drop these image ids from SBD training data (data.train_exclude): "
