@@ -362,6 +362,9 @@ class TrainConfig:
     # (COUNT_PHASE_SPLIT); 'full' gives each phase its own full schedule (the paper's reading).
     separate_schedule: str = "split"
     grad_clip: float = 0.0  # >0: clip the global gradient norm to this (0: off, the paper)
+    # >0: final.pt holds an exponential moving average of the trained network's weights with
+    # this decay per step (beyond the paper; 0: the last step's weights, the paper's).
+    ema: float = 0.0
     # Parameter-name prefixes of the trained network kept frozen (e.g. the early, full-resolution
     # layers of a light backbone: no backward pass through them, a faster CPU step).
     frozen: tuple[str, ...] = ()
@@ -403,6 +406,7 @@ class TrainConfig:
             (self.max_minutes >= 0,
              f"train.max_minutes={self.max_minutes}: must be >= 0 (0: no limit)"),
             (self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0 (0: off)"),
+            (0 <= self.ema < 1, f"train.ema={self.ema}: in [0, 1) (0: off, e.g. 0.99)"),
             _in("train.seed", self.seed, 0, 2**32 - 1),
             (self.log_every >= 0, f"train.log_every={self.log_every}: must be >= 0 "
              "(0 or 1: every step)"),

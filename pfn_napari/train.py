@@ -27,7 +27,10 @@ Recipe: SGD, momentum 0.9, weight decay 5e-4, ``lr`` for pre-trained layers and 
 new ones (``PFNNet.param_groups()``), both multiplied by ``lr_gamma`` every ``lr_step_epochs``
 epochs (``lr_policy='step'``, the paper's) or by DeepLab's ``(1 - p) ** 0.9``, ``p`` the share of
 the run done (``lr_policy='poly'``: of the steps, or of ``max_minutes`` when the clock runs out
-first); ``max_steps > 0`` stops after that many optimiser steps instead of ``epochs``.
+first); ``max_steps > 0`` stops after that many optimiser steps instead of ``epochs``. With
+``ema > 0`` (beyond the paper) ``final.pt`` holds an exponential moving average of the trained
+network's weights (:func:`ema_decay`) instead of the last step's: at a constant rate the weights
+wander from step to step, and the average is less of a draw.
 
 Exact resume: augmentation is a pure function of ``(seed, epoch, index)``
 (:class:`~pfn_napari.data.loader.TrainingSet`), the order of an epoch of ``(seed, epoch)``
@@ -151,6 +154,13 @@ def run_progress(step: int, steps: int, time_share: float = 0.0) -> float:
     """The share of a run done after ``step`` of ``steps`` steps (0: no step bound), or of its
     time budget (``time_share``, 0 without one) when that is used up faster."""
     return max(step / steps if steps > 0 else 0.0, time_share)
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """The weight of the old average after optimiser step ``step`` (1, 2, ...): ``decay``,
+    lowered for the first steps (``(1 + step) / (10 + step)``) so that the initial weights do
+    not dominate a short run's average."""
+    return min(float(decay), (1.0 + step) / (10.0 + step))
 
 
 def phase_plan(schedule_steps: int, separate: bool, schedule: str) -> tuple[int, int]:
@@ -763,6 +773,8 @@ class _Run:
     clock: _Clock = dataclasses.field(default_factory=_Clock)
     logger: _Logger | None = None
     step: int = 0
+    # train.ema > 0: the moving average of ``net.state_dict()`` (its floating tensors)
+    average: dict[str, torch.Tensor] | None = None
 
     @property
     def gate_counts(self) -> bool:
@@ -807,6 +819,8 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
                use_amp=use_amp, base_lrs=base_lrs, clock=clock)
     if ckpt is not None:
         _restore_training_state(run, ckpt, resume)
+    if t.ema > 0:
+        run.average = _start_average(run, ckpt)
     if run.step >= plan.total:
         note(f"nothing to do: step {run.step} >= {plan.total} steps")
     if info.main:
@@ -929,8 +943,35 @@ def _restore_training_state(run: _Run, ckpt: Mapping[str, Any], resume) -> None:
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{resume}: cannot restore the training state "
                               f"({str(exc).splitlines()[0][:160]})") from None
+    raw = (ckpt.get("extra") or {}).get("raw_weights")
+    if raw is not None:  # a final.pt holding the weight average: continue from the last step's
+        run.net.load_state_dict(raw)
     run.step = int(ckpt["step"])
     run.note(f"resumed from {resume} at step {run.step}")
+
+
+def _start_average(run: _Run, ckpt: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    """The weight average of ``train.ema``: the checkpoint's when resuming (the current
+    weights, said in a note, when it was saved without one), else the initial weights."""
+    stored = ((ckpt or {}).get("extra") or {}).get("ema")
+    if stored is not None:
+        return {k: v.to(run.device) for k, v in stored.items()}
+    if ckpt is not None:
+        run.note(f"train.ema={run.cfg.train.ema:g}: the checkpoint has no weight average; it "
+                 f"starts from the weights of step {run.step}")
+    return {k: v.detach().clone() for k, v in run.net.state_dict().items()}
+
+
+@torch.no_grad()
+def _update_average(run: _Run) -> None:
+    """Move the weight average towards the weights after step ``run.step``."""
+    d = ema_decay(run.step, run.cfg.train.ema)
+    for key, value in run.net.state_dict().items():
+        avg = run.average[key]
+        if avg.is_floating_point():
+            avg.mul_(d).add_(value.detach(), alpha=1.0 - d)
+        else:
+            avg.copy_(value)
 
 
 def _restore_rank_rng(ckpt: Mapping[str, Any], info: DistInfo, note) -> None:
@@ -1064,6 +1105,8 @@ def _train_step(run: _Run, model: nn.Module, batch: dict[str, torch.Tensor], pha
     run.scaler.update()
     run.scheduler.step()
     run.step += 1
+    if run.average is not None:
+        _update_average(run)
     return lrs, loss, parts, batch["image"].shape[0]
 
 
@@ -1122,7 +1165,13 @@ def _save(run: _Run, name: str, epoch: int, extra: dict[str, Any] | None = None)
         scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict() if run.use_amp else None,
         step=run.step, epoch=epoch, rng=rng,
-        extra={"rng_per_rank": states, "world_size": run.info.world, **(extra or {})})
+        extra={"rng_per_rank": states, "world_size": run.info.world,
+               **({"ema": _cpu(run.average)} if run.average is not None else {}),
+               **(extra or {})})
+
+
+def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _validate_and_log(run: _Run, epoch: int) -> None:
@@ -1158,6 +1207,12 @@ def _finish(run: _Run, last_parts: dict[str, float]) -> Path:
     epoch = run.step // run.plan.steps_per_epoch
     _save(run, "last.pt", epoch, extra)
     final = run.out_dir / "final.pt"
+    if run.average is not None:  # final.pt: the average; its last-step weights kept for resume
+        raw = {k: v.detach().cpu().clone() for k, v in run.net.state_dict().items()}
+        run.net.load_state_dict(run.average)
+        extra = {**extra, "raw_weights": raw}
+        run.note(f"final.pt holds the moving average of the weights (train.ema="
+                 f"{run.cfg.train.ema:g}); last.pt the last step's")
     _save(run, "final.pt", epoch, extra)
     _validate_and_log(run, epoch)
     run.logger.close()

@@ -43,6 +43,7 @@ from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, Data
     (TrainConfig(stage="count"), r"train.stage='count': choose one of \('category', 'instance', "
      r"'unified', 'counts'\)"),
     (TrainConfig(batch_size=0), r"train.batch_size=0: in \[1, 4096\]"),
+    (TrainConfig(ema=1.0), r"train.ema=1.0: in \[0, 1\) \(0: off, e.g. 0.99\)"),
     (TrainConfig(lr=-1.0), "train.lr=-1.0: must be >= 0"),
     (TrainConfig(lr_new=-0.1), "train.lr_new=-0.1: must be >= 0"),
     (TrainConfig(epochs=0, max_steps=0),

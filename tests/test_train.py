@@ -13,8 +13,8 @@ from pfn_napari.checkpoint import load_checkpoint, read_checkpoint
 from pfn_napari.config import load_config
 from pfn_napari.errors import CheckpointError, PFNError
 from pfn_napari.train import (COUNT_PHASE_SPLIT, POLY_POWER, _Plan, _schedule, _set_phase,
-                              lr_factor, phase_plan, poly_factor, run_progress, schedule_step,
-                              train)
+                              ema_decay, lr_factor, phase_plan, poly_factor, run_progress,
+                              schedule_step, train)
 
 #: A model and data small enough for a few CPU steps per second: EfficientNet-Lite0 (its
 #: packaged ImageNet weights), thin heads, 65x65 crops of 6 synthetic images, batch 2 -> 3 steps/epoch.
@@ -482,3 +482,51 @@ def test_counts_stage_needs_an_instance_checkpoint(category_run, tmp_path):
     with pytest.raises(CheckpointError, match="holds no instance network with a count head"):
         train(tiny_cfg(tmp_path, "b", "train.stage=counts", "train.max_steps=1",
                        f"train.init={cat_final}"), progress=False)
+
+
+def test_ema_decay_is_lowered_for_the_first_steps():
+    assert [ema_decay(s, 0.99) for s in (1, 2, 10, 1000)] == \
+        pytest.approx([2 / 11, 3 / 12, 11 / 20, 0.99])
+    assert ema_decay(5, 0.0) == 0.0
+
+
+def test_ema_final_holds_the_average_of_the_steps_and_resumes_exactly(tmp_path, monkeypatch):
+    """train.ema: final.pt holds e_k = d_k e_(k-1) + (1 - d_k) w_k over the weights w_k after
+    each step (e_0 the initial weights), last.pt the last step's weights; a run cut after step
+    2 and resumed (from last.pt, or from the cut run's final.pt) ends with the same average."""
+    import pfn_napari.train as train_module
+
+    weights = []
+    real_step = train_module._train_step
+
+    def spy(run, model, batch, phase, epoch, flag):
+        if not weights:
+            weights.append({k: v.clone() for k, v in run.net.state_dict().items()})
+        out = real_step(run, model, batch, phase, epoch, flag)
+        weights.append({k: v.clone() for k, v in run.net.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(train_module, "_train_step", spy)
+    base = ("train.ema=0.9", "train.checkpoint_every=1")
+    final = train(tiny_cfg(tmp_path, "ema", *base, "train.max_steps=4"), progress=False)
+    assert len(weights) == 5
+    expected = dict(weights[0])
+    for k in range(1, 5):
+        d = ema_decay(k, 0.9)
+        expected = {n: d * expected[n] + (1 - d) * weights[k][n] if v.is_floating_point()
+                    else weights[k][n] for n, v in expected.items()}
+    saved = read_checkpoint(final)
+    got = {k.removeprefix("category."): v for k, v in saved["model"].items()}
+    trained = [n for n, v in weights[4].items() if not torch.equal(v, weights[0][n])]
+    assert trained and all(torch.allclose(got[n], expected[n], atol=1e-6) for n in expected)
+    assert not all(torch.equal(got[n], weights[4][n]) for n in trained)  # not the last step's
+    last = read_checkpoint(final.parent / "last.pt")["model"]
+    assert all(torch.equal(last[f"category.{n}"], weights[4][n]) for n in weights[4])
+    val = read_log(final.parent / "val.csv")
+    assert 0 <= float(val[-1]["mIoU"]) <= 100
+    cut = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=2"), progress=False)
+    for start in (cut.parent / "last.pt", cut):
+        out = f"resumed-{start.stem}"
+        resumed = train(tiny_cfg(tmp_path, out, *base, "train.max_steps=4"), resume=start,
+                        progress=False)
+        assert_same_weights(final, resumed)
