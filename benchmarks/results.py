@@ -117,9 +117,9 @@ def centers2_trained(out: Path, shared: Path, args, run: Path) -> Path:
     if final.is_file():
         return final
     ckpt, _ = train_stages(out / "centers2", demo_train_spec(shared, args.synthetic),
-                               ["model.encoding=centers2"], instance_steps=100000,
-                               init=run / "category" / "final.pt",
-                               instance_minutes=0.6 * args.budget_min)
+                           ["model.encoding=centers2"], instance_steps=100000,
+                           init=run / "category" / "final.pt",
+                           instance_minutes=0.6 * args.budget_min)
     return ckpt
 
 
@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     # 1. PFN
     if args.pfn_run:
         run = Path(args.pfn_run)
-        ckpt = next(run / stage / "final.pt" for stage in ("counts", "instance")
-                    if (run / stage / "final.pt").is_file() or stage == "instance")
+        ckpt = run / "counts" / "final.pt"  # a run with stage 'counts', else its stage 2
+        if not ckpt.is_file():
+            ckpt = run / "instance" / "final.pt"
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
         pfn_minutes = summary.get("train_minutes")
     else:
@@ -218,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         minutes = (None, None) if args.pfn_steps else (0.4 * args.budget_min,
                                                        0.6 * args.budget_min)
         ckpt, _ = train_stages(run, demo_train_spec(shared, args.synthetic),
-                                   category_steps=steps[0], instance_steps=steps[1],
-                                   counts_steps=args.count_steps or None,
-                                   category_minutes=minutes[0], instance_minutes=minutes[1])
+                               category_steps=steps[0], instance_steps=steps[1],
+                               counts_steps=args.count_steps or None,
+                               category_minutes=minutes[0], instance_minutes=minutes[1])
         pfn_minutes = (time.perf_counter() - t0) / 60
         (run / "summary.json").write_text(json.dumps({"train_minutes": round(pfn_minutes, 1)}))
     res["pfn_train_minutes"] = pfn_minutes

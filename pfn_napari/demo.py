@@ -182,8 +182,8 @@ def train_demo_model(out: Path, quick: bool, shared: Path | None, device: str,
     # wall-clock bounds keep `pfn demo --train` within ~10 minutes on a 2-core CPU
     minutes = (0.5, 0.5) if quick else (2.5, 3.5)
     return train_stages(out / "train", spec, category_steps=steps, instance_steps=steps,
-                            category_minutes=minutes[0], instance_minutes=minutes[1],
-                            device=device, progress=progress)
+                        category_minutes=minutes[0], instance_minutes=minutes[1],
+                        device=device, progress=progress)
 
 
 def write_history_csv(history: dict[str, list[dict[str, Any]]], folder: Path) -> dict[str, Path]:

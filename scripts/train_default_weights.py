@@ -502,16 +502,16 @@ def main(argv: list[str] | None = None) -> int:
         return continue_category(args, argv, out, spec, decay, baseline)
     t0 = time.perf_counter()
     ckpt, logs = train_stages(out, spec, category_steps=args.category_steps,
-                                  instance_steps=args.instance_steps,
-                                  category_minutes=args.category_minutes,
-                                  instance_minutes=args.instance_minutes,
-                                  stage_overrides={
-                                      "category": [*_lr(args.category_lr),
-                                                   decay(args.category_steps),
-                                                   *args.category_overrides],
-                                      "instance": [*_lr(args.instance_lr),
-                                                   decay(args.instance_steps),
-                                                   *args.instance_overrides]})
+                              instance_steps=args.instance_steps,
+                              category_minutes=args.category_minutes,
+                              instance_minutes=args.instance_minutes,
+                              stage_overrides={
+                                  "category": [*_lr(args.category_lr),
+                                               decay(args.category_steps),
+                                               *args.category_overrides],
+                                  "instance": [*_lr(args.instance_lr),
+                                               decay(args.instance_steps),
+                                               *args.instance_overrides]})
     minutes = (time.perf_counter() - t0) / 60
     history = {stage: list(csv.DictReader(open(path, newline=""))) for stage, path in logs.items()}
     meta = {"data": spec.replace(str(shared), "shared/data"),
@@ -557,11 +557,11 @@ def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None)
     else:
         t0 = time.perf_counter()
         ckpt, logs = train_stages(out, spec, instance_steps=args.instance_steps,
-                                      instance_minutes=args.instance_minutes,
-                                      init=args.continue_from,
-                                      stage_overrides={"instance": [*_lr(args.instance_lr),
-                                                                    decay(args.instance_steps),
-                                                                    *args.instance_overrides]})
+                                  instance_minutes=args.instance_minutes,
+                                  init=args.continue_from,
+                                  stage_overrides={"instance": [*_lr(args.instance_lr),
+                                                                decay(args.instance_steps),
+                                                                *args.instance_overrides]})
         minutes = (time.perf_counter() - t0) / 60
     meta = continued_meta(old, args, argv, "instance", logs["instance"], minutes,
                           args.instance_minutes)
