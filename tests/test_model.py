@@ -403,6 +403,10 @@ def test_system_merges_category_and_instance() -> None:
     assert not stage1.complete and stage1(x).locations is None
     unified = build_system(cfg, "unified")
     assert unified.category is None and unified(x).seg_logits is not None
+    counts = build_system(cfg, "counts")  # stage 'counts' holds what stage 2 holds
+    assert counts.complete and counts.state_dict().keys() == system.state_dict().keys()
+    with pytest.raises(ConfigError, match="'category', 'instance', 'unified' or 'counts'"):
+        build_system(cfg, "stage3")
     with pytest.raises(ValueError):
         PFNSystem(None, build_network(cfg, "instance"))
 

@@ -237,11 +237,11 @@ def gated_counts(density: Tensor, seg_logits: Tensor) -> Tensor:
 
 def build_system(cfg: ModelConfig, stage: str) -> PFNSystem:
     """The system a checkpoint of ``stage`` holds: 'category' -> category net only;
-    'instance' -> category + instance nets; 'unified' -> one unified net."""
+    'instance' and 'counts' -> category + instance nets; 'unified' -> one unified net."""
     if stage == "category":
         return PFNSystem(build_network(cfg, "category"), None)
-    if stage == "instance":
+    if stage in ("instance", "counts"):
         return PFNSystem(build_network(cfg, "category"), build_network(cfg, "instance"))
     if stage == "unified":
         return PFNSystem(None, build_network(cfg, "unified"))
-    raise ConfigError(f"stage {stage!r}: 'category', 'instance' or 'unified'")
+    raise ConfigError(f"stage {stage!r}: 'category', 'instance', 'unified' or 'counts'")
