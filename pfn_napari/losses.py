@@ -104,12 +104,11 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
             term = location_loss(p, target, weight)
             parts[f"loc/{name}"] = float(term.detach())
             lo = lo + term
-        ln = count_loss(out.counts, batch["counts"], cfg.count_reduction)
-        terms += [cfg.loc_weight * lo, cfg.count_weight * ln]
-        parts["loc"], parts["count"] = float(lo.detach()), float(ln.detach())
-    if kind == "counts":
+        terms.append(cfg.loc_weight * lo)
+        parts["loc"] = float(lo.detach())
+    if kind in ("instance", "unified", "counts"):
         if out.counts is None:
-            raise ValueError("a 'counts' loss needs counts")
+            raise ValueError(f"a {kind!r} loss needs counts")
         ln = count_loss(out.counts, batch["counts"], cfg.count_reduction)
         terms.append(cfg.count_weight * ln)
         parts["count"] = float(ln.detach())

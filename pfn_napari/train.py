@@ -374,53 +374,43 @@ def _build_networks(cfg: PFNConfig, note, resuming: bool = False
             note(f"backbone weights: {used or 'none (He init)'}")
         system = PFNSystem(net, None) if stage == "category" else PFNSystem(None, net)
         return system, net, stage
-    # instance (and counts) stage: start from the category network of a stage-1 checkpoint
-    kind = "counts" if stage == "counts" else "instance"
+    # stages instance and counts: both networks, the category one frozen
     if resuming:
-        category = build_network(cfg.model, kind="category").eval()
-        for p in category.parameters():
-            p.requires_grad_(False)
+        category = build_network(cfg.model, kind="category")
         net = build_network(cfg.model, kind="instance")
-        return PFNSystem(category=category, instance=net), net, kind
-    if stage == "counts":
-        return _counts_networks(cfg, note)
-    if not cfg.train.init:
-        raise PFNError("stage 'instance' starts from a category-stage checkpoint: pass "
-                       "--init runs/category/final.pt (train.init)")
+    else:
+        category, net = _stage2_networks(cfg, note)
+    category.eval()
+    for p in category.parameters():
+        p.requires_grad_(False)
+    return PFNSystem(category=category, instance=net), net, stage
+
+
+def _stage2_networks(cfg: PFNConfig, note) -> tuple[nn.Module, nn.Module]:
+    """``(category, instance)`` networks of stage 'instance' or 'counts' from ``train.init``:
+    stage 'instance' initialises its network from a category checkpoint or continues the one of
+    an instance checkpoint; stage 'counts' needs an instance network with a count head."""
+    stage, init = cfg.train.stage, cfg.train.init
+    if not init:
+        raise PFNError(("stage 'counts' continues the count head of an instance-stage "
+                        "checkpoint: pass --init runs/instance/final.pt (train.init)")
+                       if stage == "counts" else
+                       ("stage 'instance' starts from a category-stage checkpoint: pass "
+                        "--init runs/category/final.pt (train.init)"))
     cat_system = _init_system(cfg)
     category = cat_system.category
     net = build_network(cfg.model, kind="instance")
     previous = getattr(cat_system, "instance", None)
+    if stage == "counts" and getattr(previous, "count_head", None) is None:
+        raise CheckpointError(f"{init}: holds no instance network with a count head; "
+                              "stage 'counts' starts from a checkpoint of stage 'instance'")
     if previous is not None:  # an instance checkpoint: continue its instance network
-        _continue_instance(net, previous, cfg.train.init)
-        note(f"instance network continued from the one in {cfg.train.init}")
+        _continue_instance(net, previous, init)
+        note(f"instance network continued from the one in {init}")
     else:
         net.init_from(category.state_dict())
-        note(f"instance network initialised from {cfg.train.init}")
-    category.eval()
-    for p in category.parameters():
-        p.requires_grad_(False)
-    return PFNSystem(category=category, instance=net), net, "instance"
-
-
-def _counts_networks(cfg: PFNConfig, note) -> tuple[nn.Module, nn.Module, str]:
-    """Stage 'counts': both networks of the instance checkpoint ``train.init`` (checked: it has
-    an instance network with a count head), the category network frozen."""
-    if not cfg.train.init:
-        raise PFNError("stage 'counts' continues the count head of an instance-stage checkpoint: "
-                       "pass --init runs/instance/final.pt (train.init)")
-    system = _init_system(cfg)
-    previous = getattr(system, "instance", None)
-    if previous is None or getattr(previous, "count_head", None) is None:
-        raise CheckpointError(f"{cfg.train.init}: holds no instance network with a count head; "
-                              "stage 'counts' starts from a checkpoint of stage 'instance'")
-    net = build_network(cfg.model, kind="instance")
-    _continue_instance(net, previous, cfg.train.init)
-    category = system.category.eval()
-    for p in category.parameters():
-        p.requires_grad_(False)
-    note(f"count head continued from the one in {cfg.train.init}; every other layer frozen")
-    return PFNSystem(category=category, instance=net), net, "counts"
+        note(f"instance network initialised from {init}")
+    return category, net
 
 
 def _continue_instance(net: nn.Module, previous: nn.Module, where: str) -> None:
@@ -778,7 +768,8 @@ class _Run:
 
     @property
     def gate_counts(self) -> bool:
-        """Counts of the density head gated by the frozen category network (stage instance)."""
+        """Counts of the density head gated by the frozen category network (stages instance
+        and counts)."""
         return (self.kind in ("instance", "counts") and self.cfg.model.count_gate
                 and self.cfg.model.count_head == "density" and self.system.category is not None)
 
@@ -896,11 +887,9 @@ def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
         dataset = _exclude_images(dataset, cfg, note)
     if len(dataset):  # (no images at all: refused below, as too few for a batch)
         check_labels(dataset, cfg, "train")
-    d, whole = cfg.data, t.stage == "counts"
-    transform = (TrainTransform(d.whole_size, 1.0, 1.0, d.flip,
-                                count_share=d.count_targets == "share") if whole else
-                 TrainTransform(d.crop_size, d.scale_min, d.scale_max, d.flip,
-                                count_share=d.count_targets == "share"))
+    d, whole = cfg.data, t.stage == "counts"  # stage counts: whole photos at scale 1
+    size, lo, hi = (d.whole_size, 1.0, 1.0) if whole else (d.crop_size, d.scale_min, d.scale_max)
+    transform = TrainTransform(size, lo, hi, d.flip, count_share=d.count_targets == "share")
     train_set = TrainingSet(dataset, transform, cfg.model.num_classes, cfg.model.encoding,
                             seed=t.seed, copy_paste=0.0 if whole else d.copy_paste)
     sampler = EpochSampler(len(train_set), info.world, info.rank, seed=t.seed)
@@ -988,13 +977,16 @@ def _restore_rank_rng(ckpt: Mapping[str, Any], info: DistInfo, note) -> None:
 
 def _note_plan(run: _Run) -> None:
     t, plan = run.cfg.train, run.plan
-    phases = (f", count head trained separately from step {plan.split}"
-              + (" (its own schedule: the learning rate restarts there)" if plan.restart else "")
-              if plan.separate else "")
+    d = run.cfg.data
     if plan.counts_only:
-        d = run.cfg.data
         phases = (f", the count head alone on whole photos ({d.whole_size}x{d.whole_size} canvas "
                   "at scale 1, the rest frozen)")
+    elif plan.separate:
+        phases = (f", count head trained separately from step {plan.split}"
+                  + (" (its own schedule: the learning rate restarts there)" if plan.restart
+                     else ""))
+    else:
+        phases = ""
     run.note(f"stage {t.stage}: {len(run.train_set)} images, {plan.steps_per_epoch} steps/epoch, "
              f"{plan.total} steps, batch {t.batch_size} x {run.info.world}, device {run.device}"
              f"{phases}")
