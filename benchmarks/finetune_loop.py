@@ -163,7 +163,8 @@ def held_out_metrics(weights: Path, held: Path) -> dict:
     """AP^r@0.5 and mIoU of ``weights`` on the held-out corrections in ``held``; a class of
     theirs that the model lacks (``horse-new``'s start) gets its channel first, as
     ``finetune`` gives it before measuring (:func:`~pfn_napari.finetune.add_classes`)."""
-    from pfn_napari.train import data_classes, dataset_metrics
+    from pfn_napari.train import dataset_metrics
+    from pfn_napari.train_data import data_classes
 
     system, cfg, _ = load_checkpoint(weights)
     data = open_dataset(correction_spec(held), "all", None)

@@ -50,6 +50,7 @@ from .checkpoint import (capture_rng_state, check_finite, config_of, load_checkp
 from .config import (VOID, ConfigError, PFNConfig, config_from_dict, config_to_dict,
                      resolve_config_path)
 from .data import normalise_class_name, open_dataset
+from .data.folder import VAL_EVERY
 from .data.loader import EpochSampler, TrainingSet, batch_to, collate
 from .data.transforms import TrainTransform
 from .errors import CheckpointError, DatasetError, OutputError, PFNError
@@ -57,8 +58,9 @@ from .losses import total_loss
 from .model import PFNSystem
 from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries
-from .train import (VAL_EVERY, check_labels, data_classes, dataset_metrics, held_back_indices,
-                    out_dir_lock, poly_factor, run_progress, seed_everything)
+from .run_folder import out_dir_lock
+from .train import dataset_metrics, poly_factor, run_progress, seed_everything
+from .train_data import check_labels, data_classes, held_back_indices
 
 #: The shipped fine-tuning recipe (``configs/finetune-cpu.yaml``).
 RECIPE = "finetune-cpu"
@@ -262,7 +264,7 @@ def finetune(weights: str | Path, data: str, out: str | Path, minutes: float, *,
         classes: the classes the data teaches (default: the data's own); new ones get
             channels (see the module docstring).
         val: a data spec to measure before and after (split ``split``); default: every
-            :data:`~pfn_napari.train.VAL_EVERY`-th image of ``data`` is held back when that
+            :data:`~pfn_napari.data.folder.VAL_EVERY`-th image of ``data`` is held back when that
             gives at least :data:`MIN_HELD_BACK` images, else nothing is measured.
         resume: continue the run in ``out`` from ``out/last.pt`` (exactly: the same weights
             as a run that never stopped, for the same steps).

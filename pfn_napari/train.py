@@ -59,7 +59,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -75,18 +75,17 @@ from tqdm.auto import tqdm
 from .checkpoint import (capture_rng_state, check_dtypes, check_finite, config_of,
                          load_checkpoint, networks_of, read_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .config import VOC_CLASSES, PFNConfig, TrainConfig, config_to_dict
-from .data import normalise_class_name, open_dataset
+from .config import PFNConfig, TrainConfig, config_to_dict
+from .data import open_dataset
 from .data.loader import EpochSampler, TrainingSet, batch_to, collate
-from .data.folder import VAL_EVERY, held_back
-from .data.sbd import drop_sbd_images, read_exclude_ids
 from .data.transforms import TrainTransform
-from .errors import CheckpointError, DatasetError, OutputError, PFNError
+from .errors import CheckpointError, PFNError
 from .losses import total_loss
 from .model import PFNSystem, build_network, load_backbone_weights
 from .model.pfn import gated_counts
-from .output import (FolderBusy, atomic_write_text, check_output_dir, lock_file, release_lock_file,
-                     remove_stale_temporaries, write_error)
+from .output import atomic_write_text, write_error
+from .run_folder import out_dir_lock, prepare_out_dir
+from .train_data import check_labels, check_val_labels, exclude_images
 
 #: Fraction of the steps the location phase takes with ``count_finetune='separate'`` and
 #: ``separate_schedule='split'``.
@@ -424,128 +423,6 @@ def _continue_instance(net: nn.Module, previous: nn.Module, where: str) -> None:
     net.load_state_dict(theirs, strict=False)
 
 
-def _exclude_images(dataset, cfg: PFNConfig, note):
-    """The training data without the SBD images ``data.train_exclude`` names (e.g. those of
-    VOC 2012 val, the paper's test set); says how many of them overlapped."""
-    d = cfg.data
-    ids, source = read_exclude_ids(d.train_exclude, d.val, d.val_split)
-    kept, dropped = drop_sbd_images(dataset, ids)
-    note(f"data.train_exclude={d.train_exclude!r}: {dropped} of the {len(dataset)} training "
-         f"images are among the {len(ids)} ids of {source} and were dropped "
-         f"({len(kept)} remain; only SBD images are checked)")
-    return kept
-
-
-def data_classes(dataset: Any) -> tuple[str, ...]:
-    """The classes ``dataset`` is labelled with before they are mapped onto ``data.classes``
-    (read from the readers' tables, no image decoded): a folder's names, a COCO file's
-    categories, the VOC classes of VOC and SBD, the union over the parts of a concatenation."""
-    for inner in ("parts", "parent"):  # ConcatDataset, SubsetDataset
-        if getattr(dataset, inner, None) is not None:
-            parts = dataset.parts if inner == "parts" else [dataset.parent]
-            return tuple(dict.fromkeys(c for part in parts for c in data_classes(part)))
-    if getattr(dataset, "native_classes", None) is not None:  # FolderDataset
-        return tuple(dataset.native_classes)
-    if getattr(dataset, "coco", None) is not None:  # COCODataset
-        return tuple(str(c["name"]) for c in dataset.coco.dataset["categories"])
-    if getattr(dataset, "lut", None) is not None:  # VOCDataset, SBDDataset
-        return VOC_CLASSES
-    return tuple(dataset.classes)
-
-
-def data_defaults(cfg: PFNConfig, given: set[str], note: Callable[[str], None]) -> PFNConfig:
-    """What follows from the user's own training data (``data.train`` in ``given``, the
-    ``section.key`` names the user set): without ``data.classes`` (and ``model.num_classes``)
-    the classes are those of the ``train.init`` checkpoint the run continues (its networks
-    have their channels), else the data's own; without ``data.val`` validation reads the
-    held-back part of the same data (its ``val`` split: for a folder every
-    :data:`VAL_EVERY`-th image, which its ``train`` split leaves out). Each change is said in
-    one ``note`` line."""
-    if "data.train" not in given:
-        return cfg
-    d, m = cfg.data, cfg.model
-    if not given & {"data.classes", "model.num_classes"}:
-        own, source = _init_classes(cfg.train.init), f"the --init checkpoint {cfg.train.init}"
-        if not own:
-            try:
-                own = data_classes(open_dataset(d.train, d.train_split, None))
-            except DatasetError:  # said by the run itself, after the output folder's checks
-                own = ()
-            source = f"the training data {d.train!r}"
-        if own and tuple(own) != tuple(d.classes):
-            d, m = dataclasses.replace(d, classes=tuple(own)), \
-                dataclasses.replace(m, num_classes=len(own))
-            note(f"data.classes={list(own)} and model.num_classes={len(own)}, from {source} "
-                 "(set data.classes to choose others)")
-    if "data.val" not in given:
-        d = dataclasses.replace(d, val=d.train, val_split="val",
-                                train_split=d.train_split if "data.train_split" in given
-                                else "train")
-        note(f"validation on the held-back images of the training data (data.val={d.train!r}, "
-             f"split 'val'; the 'train' split leaves them out; set data.val to choose others)")
-    return dataclasses.replace(cfg, data=d, model=m)
-
-
-def _init_classes(init: str) -> tuple[str, ...]:
-    """The classes of the checkpoint ``init`` ('' or an unreadable file: none; the run itself
-    then says what is wrong with it)."""
-    if not init:
-        return ()
-    try:
-        return tuple(config_of(read_checkpoint(init), init).data.classes)
-    except PFNError:
-        return ()
-
-
-def held_back_indices(image_ids: Sequence[str]) -> list[int]:
-    """The indices of the images held back for validation when none is given: every
-    :data:`VAL_EVERY`-th of the ids in sorted order (positions 4, 9, 14, ...), the folder
-    reader's built-in ``val`` split, so the same images are held back everywhere."""
-    order = sorted(range(len(image_ids)), key=lambda i: str(image_ids[i]))
-    return sorted(i for k, i in enumerate(order) if held_back(k))
-
-
-def has_labelled_object(dataset: Any, num_classes: int) -> bool:
-    """True when a sample of ``dataset`` has a pixel of a class 1..``num_classes`` (samples
-    are decoded in order until one has; usually the first does)."""
-    for i in range(len(dataset)):
-        class_map = dataset[i].class_map  # (H, W) uint8: 0 background, 255 void
-        if bool(((class_map >= 1) & (class_map <= num_classes)).any()):
-            return True
-    return False
-
-
-def check_labels(dataset: Any, cfg: PFNConfig, role: str) -> None:
-    """Refuse, before any training, a data set (``role``: 'train' or 'val') that teaches or
-    measures nothing: its classes are none of ``data.classes``, or none of its images has a
-    labelled object (training would learn background only; validation would report a
-    perfect mIoU of 100). Raises :class:`DatasetError` naming the data spec."""
-    d = cfg.data
-    spec, split = (d.train, d.train_split) if role == "train" else (d.val, d.val_split)
-    own = data_classes(dataset)
-    if own and not {normalise_class_name(c) for c in own} & \
-            {normalise_class_name(c) for c in d.classes}:
-        fix = (f"to train on them: --set data.classes=[{','.join(own)}] "
-               f"--set model.num_classes={len(own)}" if role == "train"
-               else "pass a data.val labelled with the classes of data.train")
-        raise DatasetError(f"data.{role}={spec!r}: its classes {list(own)} are none of the "
-                           f"config's data.classes {list(d.classes)}; {fix}")
-    if not has_labelled_object(dataset, len(d.classes)):
-        raise DatasetError(f"data.{role}={spec!r} (split {split!r}): none of its "
-                           f"{len(dataset)} images has a labelled object of data.classes "
-                           f"{list(d.classes)}; check its masks or annotations")
-
-
-def _check_val_labels(cfg: PFNConfig) -> None:
-    """:func:`check_labels` of ``data.val`` before training; a set that cannot be opened is
-    left to the validations (each says why it was skipped)."""
-    try:
-        val = open_dataset(cfg.data.val, cfg.data.val_split, tuple(cfg.data.classes))
-    except DatasetError:
-        return
-    check_labels(val, cfg, "val")
-
-
 def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.SGD:
     pretrained, new = net.param_groups()
     t = cfg.train
@@ -642,62 +519,6 @@ def _init_process_group(info: DistInfo, device: str) -> bool:
     return True
 
 
-#: The lock file of a run in ``train.out_dir``: it holds the pid of the run working there.
-LOCK = ".pfn-train.lock"
-
-
-@contextmanager
-def out_dir_lock(out_dir: Path, main: bool) -> Iterator[None]:
-    """Hold an exclusive lock on ``out_dir`` while this run works in it (rank 0 only).
-
-    A second run into the same folder (a new one or a ``--resume``) is refused at once with an
-    :class:`OutputError` naming the folder and the pid of the run holding it. The lock is an
-    ``flock`` on :data:`LOCK`: the system releases it when the process ends, even on
-    ``kill -9``, so the lock file of a dead run is simply taken over. Where the file system has
-    no locks (some NFS mounts, Windows) the run goes on unlocked.
-    """
-    lock = _acquire_lock(out_dir) if main else None
-    try:
-        yield
-    finally:
-        if lock is not None:
-            release_lock_file(out_dir / LOCK, lock)
-
-
-def _acquire_lock(out_dir: Path) -> Any:
-    """The open, locked :data:`LOCK` file of ``out_dir`` holding this pid (None: no locks)."""
-    check_output_dir(out_dir, "train.out_dir (--out)")
-    try:
-        return lock_file(out_dir / LOCK)
-    except FolderBusy as busy:
-        raise OutputError(f"train.out_dir (--out) {out_dir}: another `pfn train` or "
-                          f"`pfn finetune` (pid {busy.holder}) is writing to this folder; wait "
-                          "for it to finish or pass another --out") from None
-
-
-#: The files of a run in ``train.out_dir``; a new run (not ``--resume``) refuses a folder holding
-#: any of them unless told to overwrite.
-RUN_FILES = ("final.pt", "last.pt", "log.csv", "val.csv")
-
-
-def _claim_out_dir(out_dir: Path, overwrite: bool, main: bool, note) -> None:
-    """Refuse (``overwrite=False``) or clear (``True``, rank 0) the run already in ``out_dir``."""
-    found = [name for name in RUN_FILES if (out_dir / name).exists()]
-    if not found:
-        return
-    if not overwrite:
-        raise PFNError(f"{out_dir} already holds a training run ({', '.join(found)}); pass "
-                       f"--resume {out_dir / 'last.pt'} to continue it, --overwrite to replace "
-                       "it, or another --out")
-    if main:
-        for name in found:
-            (out_dir / name).unlink()
-        for events in (out_dir / "tb").glob("events.out.tfevents.*"):
-            events.unlink()
-        note(f"replacing the run in {out_dir} (deleted {', '.join(found)} and its TensorBoard "
-             "events)")
-
-
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """The steps of a run: how many, how many per epoch, and which phase each belongs to."""
@@ -784,10 +605,10 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     device = rank_device(t.device, info)
     note = _note_function(info.main)
     ckpt = _read_resume_checkpoint(resume, cfg) if resume else None
-    _prepare_out_dir(out_dir, claim=not resume, overwrite=overwrite, main=info.main, note=note)
+    prepare_out_dir(out_dir, claim=not resume, overwrite=overwrite, main=info.main, note=note)
     seed_everything(t.seed)  # the same initial weights on every rank
     train_set, sampler, loader, plan = _build_data(cfg, info, device, note)
-    _check_val_labels(cfg)
+    check_val_labels(cfg)
     system, net, kind = _build_networks(cfg, note, resuming=ckpt is not None)
     system.to(device)
     if t.frozen:
@@ -860,17 +681,6 @@ def _read_resume_checkpoint(resume: str | os.PathLike, cfg: PFNConfig) -> dict[s
     return ckpt
 
 
-def _prepare_out_dir(out_dir: Path, claim: bool, overwrite: bool, main: bool, note) -> None:
-    """The output folder: writable and not another finished run (``claim``: a new run, not a
-    resumed one), before any work; rank 0 removes temporaries of a run killed while saving."""
-    check_output_dir(out_dir, "train.out_dir (--out)")
-    if claim:
-        _claim_out_dir(out_dir, overwrite, main, note)
-    if main:
-        for stale in remove_stale_temporaries(out_dir):
-            note(f"removed {stale.name}, left by a run killed while saving")
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch, NumPy's legacy global generator and Python's ``random``."""
     torch.manual_seed(seed)
@@ -884,7 +694,7 @@ def _build_data(cfg: PFNConfig, info: DistInfo, device: torch.device, note
     t = cfg.train
     dataset = open_dataset(cfg.data.train, cfg.data.train_split, tuple(cfg.data.classes))
     if cfg.data.train_exclude:
-        dataset = _exclude_images(dataset, cfg, note)
+        dataset = exclude_images(dataset, cfg, note)
     if len(dataset):  # (no images at all: refused below, as too few for a batch)
         check_labels(dataset, cfg, "train")
     d, whole = cfg.data, t.stage == "counts"  # stage counts: whole photos at scale 1

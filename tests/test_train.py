@@ -302,13 +302,13 @@ def test_train_exclude_drops_the_val_images_from_sbd_and_says_how_many(tmp_path)
     from test_data_sbd import make_sbd
 
     from pfn_napari.data import open_dataset
-    from pfn_napari.train import _exclude_images
+    from pfn_napari.train_data import exclude_images
 
     root = make_sbd(tmp_path)  # train: a, b; val: b
     cfg = load_config("paper-vgg16", [f"data.train=sbd:{root}", f"data.val=sbd:{root}"])
     assert cfg.data.train_exclude == "val"  # on in the paper's recipe
     notes: list[str] = []
-    kept = _exclude_images(open_dataset(cfg.data.train, "train"), cfg, notes.append)
+    kept = exclude_images(open_dataset(cfg.data.train, "train"), cfg, notes.append)
     assert kept.image_ids == ["a"]
     assert notes == [f"data.train_exclude='val': 1 of the 2 training images are among the 1 ids "
                      f"of sbd:{root} [val] and were dropped (1 remain; only SBD images are "

@@ -89,13 +89,13 @@ def test_out_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, capsy
 
 
 def test_overwrite_clears_the_old_run_first(tmp_path):
-    from pfn_napari.train import _claim_out_dir
+    from pfn_napari.run_folder import claim_out_dir
 
     (tmp_path / "tb").mkdir()
     for name in ("final.pt", "last.pt", "log.csv", "tb/events.out.tfevents.1.host", "keep.txt"):
         (tmp_path / name).write_text("old")
     notes: list[str] = []
-    _claim_out_dir(tmp_path, True, True, notes.append)
+    claim_out_dir(tmp_path, True, True, notes.append)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "tb"]
     assert notes == [(f"replacing the run in {tmp_path} (deleted final.pt, last.pt, log.csv and "
                       "its TensorBoard events)")]
@@ -224,7 +224,7 @@ def test_a_second_run_into_a_busy_out_is_refused_naming_the_pid(tmp_path, capsys
     """Two fresh runs into one --out used to both run, interleaving their logs."""
     import os
 
-    from pfn_napari.train import LOCK, out_dir_lock
+    from pfn_napari.run_folder import LOCK, out_dir_lock
 
     out = tmp_path / "run"
     with out_dir_lock(out, True):  # another run holds the folder (here: this process)
@@ -243,12 +243,12 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     import subprocess
     import sys
 
-    from pfn_napari.train import LOCK
+    from pfn_napari.run_folder import LOCK
 
     out = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from pfn_napari.train import out_dir_lock\n"
+         "from pfn_napari.run_folder import out_dir_lock\n"
          f"with out_dir_lock(Path({str(out)!r}), True):\n"
          "    print('locked', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)

@@ -84,7 +84,8 @@ def build_config(args: argparse.Namespace):
             values[section][name] = str(value)
     cfg = config_from_dict(values)
     if not args.resume:
-        from ..train import data_defaults, note_line
+        from ..train import note_line
+        from ..train_data import data_defaults
 
         cfg = data_defaults(cfg, given_keys(args), note_line)
     cfg.validate()
