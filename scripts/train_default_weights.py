@@ -588,13 +588,20 @@ def continue_category(args, argv, out: Path, spec: str, decay, baseline: dict | 
     """Stage 1 again from the category network of ``--category-from`` (with
     ``--category-overrides``), joined with that file's instance network, then stage 3."""
     system, cfg, old = load_checkpoint(args.category_from)
-    t0 = time.perf_counter()
-    settings = ["train.stage=category", f"data.train={spec}", f"train.out_dir={out / 'category'}",
-                f"train.init={args.category_from}", f"train.max_steps={args.category_steps}",
-                f"train.max_minutes={args.category_minutes}", *_lr(args.category_lr),
-                decay(args.category_steps), *args.category_overrides]
-    category, _, _ = load_checkpoint(train(load_config("cpu-demo", settings)))
-    minutes = (time.perf_counter() - t0) / 60
+    done = out / "category" / "final.pt"
+    if done.is_file():  # stage 1 of this continuation finished before (e.g. run on its own)
+        minutes = (done.stat().st_mtime - (out / "category" / "config.yaml").stat().st_mtime) / 60
+        print(f"stage 1 already done: {done} ({minutes:.0f} min); joining it")
+    else:
+        t0 = time.perf_counter()
+        settings = ["train.stage=category", f"data.train={spec}",
+                    f"train.out_dir={out / 'category'}", f"train.init={args.category_from}",
+                    f"train.max_steps={args.category_steps}",
+                    f"train.max_minutes={args.category_minutes}", *_lr(args.category_lr),
+                    decay(args.category_steps), *args.category_overrides]
+        done = train(load_config("cpu-demo", settings))
+        minutes = (time.perf_counter() - t0) / 60
+    category, _, _ = load_checkpoint(done)
     joined = save_weights(out / "joined.pt", PFNSystem(category.category, system.instance), cfg,
                           run_meta(old))
     meta = continued_meta(old, args, argv, "category", out / "category" / "log.csv", minutes,
