@@ -269,7 +269,7 @@ def fit_image(image: np.ndarray, max_side: int | None = None,
     nh, nw = max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale))
     out = np.empty((nh, nw, image.shape[2]), dtype=np.uint8)
     for c in range(image.shape[2]):  # one channel at a time: a float copy of H x W, not 3x
-        t = torch.from_numpy(image[..., c])[None, None].float()  # (1, 1, H, W)
+        t = torch.tensor(image[..., c])[None, None].float()  # (1, 1, H, W); a read-only array too
         t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
         out[..., c] = t[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
     return out, scale

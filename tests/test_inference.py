@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,18 @@ def test_fit_image_limits():
     big = np.zeros((300, 2000, 3), np.uint8)
     out, scale = inference.fit_image(big, max_side=500)
     assert out.shape == (75, 500, 3) and scale == 0.25
+
+
+def test_fit_image_reads_a_read_only_array_without_a_warning():
+    # np.asarray(PIL.Image) is read-only; torch warns on from_numpy of such an array
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, 40:] = 200
+    image.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, scale = inference.fit_image(image, max_side=40)
+    assert out.shape == (20, 40, 3) and scale == 0.5
+    assert out[:, :19].max() == 0 and out[:, 21:].min() == 200  # the edge is averaged
 
 
 def test_load_model_errors_name_the_file(tmp_path):
