@@ -17,7 +17,7 @@ LAYERS = [
     ("pure", {"data", "targets", "losses", "grouping", "evaluate", "visualize"}),
     ("model", {"model", "checkpoint"}),
     ("library", {"inference", "predictor", "imagenet", "session", "layer_data", "samples",
-                 "producers", "train", "finetune", "demo"}),
+                 "producers", "train", "train_data", "run_folder", "finetune", "demo"}),
     ("front ends", {"cli", "napari", "notebook"}),
 ]
 #: Front ends that may use another front end: none. The session, layer data and sample photos
