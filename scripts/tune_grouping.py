@@ -25,6 +25,13 @@ object) in K folds stratified by source; each fold's setting is chosen on the ot
 read on its own photos beside the simple baseline (the count head, the config's tau, no
 ImageNet step) and the weights' own setting; an added field stays only if it wins on every
 fold, and the default that rule gives is printed (never saved).
+
+    python scripts/tune_grouping.py --weights NEW.pt --against weights/pfn-lite0-voc.pt \
+        --folds 5 --tau 0.5 --count-source head mean --cache /tmp/cv_scores.pkl
+
+``--against W0`` then reads the same grid on the same photos and folds with the networks of
+``W0``, each file choosing its setting per fold, and says whether ``--weights`` wins on every
+fold: the rule a new file must pass to replace ``W0``.
 """
 
 from __future__ import annotations
@@ -380,6 +387,21 @@ def wins_every_fold(added, simpler) -> bool:
     return bool(pairs) and all(a > b for a, b in pairs)
 
 
+def weights_verdict(table, table_before, sources, folds, objective: str = "ap"
+                    ) -> tuple[list[float], list[float], bool]:
+    """Two weights files under the protocol (``--against``): each file's setting chosen per
+    fold on the other folds (its own :func:`chosen_per_fold` over the same grid), then the held
+    objective of the new file (``table``) and of the file it would replace (``table_before``)
+    on each fold's photos, and whether the new one wins on every fold (:func:`wins_every_fold`,
+    the rule that lets it replace the other)."""
+    new, before = [], []
+    for rows, out in ((table, new), (table_before, before)):
+        picks = chosen_per_fold(rows, sources, folds, objective)
+        out.extend(held_metrics(rows[i], sources, folds, f, objective)["objective"]
+                   for f, i in enumerate(picks))
+    return new, before, wins_every_fold(new, before)
+
+
 def with_setting(setting: Setting, values: dict) -> Setting:
     """``setting`` with dotted ``grouping.*`` / ``imagenet.*`` fields replaced."""
     return Setting(
@@ -722,7 +744,38 @@ def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
           f"used for choosing: mean AP^r@0.5 {m['mean']:.1f}, precision {m['precision']:.1f}, "
           f"objective {m['objective']:.1f}): {short(settings[best], fields)}")
     print("\n".join(dotted_values(settings[best], fields)))
+    if args.against is not None:
+        against_weights(args, tuple(predictor.class_names), settings, sets, cache, save, table,
+                        sources, folds)
     return 0
+
+
+def against_weights(args, classes: tuple[str, ...], settings: list, sets: list, cache: dict,
+                    save, table, sources, folds) -> None:
+    """``--against W0``: the same grid on the same photos with the networks of ``W0`` (the
+    file ``--weights`` would replace), each file choosing its setting per fold; prints the held
+    objective of both per fold and whether ``--weights`` wins on every fold."""
+    before = Predictor(str(args.against))
+    if tuple(before.class_names) != classes:
+        raise PFNError(f"--against {args.against}: its classes {list(before.class_names)} are "
+                       f"not those of --weights {args.weights}; compare files of one model")
+    table_before, _, _ = score_pool(before, settings, sets, cache, file_digest(args.against),
+                                    save)
+    new, old, wins = weights_verdict(table, table_before, sources, folds, args.objective)
+    print(f"\n{args.weights} against {args.against} (each with the setting its fold chose on "
+          "the other folds), held objective per fold:\n")
+    print("| file | " + " | ".join(f"fold {f + 1}" for f in range(len(new))) + " |")
+    print("|---|" + "---:|" * len(new))
+    for name, values in ((args.weights, new), (args.against, old)):
+        print(f"| {name} | " + " | ".join(_num(v) for v in values) + " |")
+    print("\ndifference per fold: " + ", ".join(f"{a - b:+.1f}" for a, b in zip(new, old))
+          + f" (wins on every fold, so it may replace {args.against}: "
+          f"{'yes' if wins else 'no'})\n")
+    pooled = {name: pooled_held(rows, chosen_per_fold(rows, sources, folds, args.objective),
+                                folds)
+              for name, rows in ((str(args.weights), table),
+                                 (str(args.against), table_before))}
+    print("\n".join(summary_table(pooled, sources)))
 
 
 
@@ -792,6 +845,10 @@ def parser() -> argparse.ArgumentParser:
                          "(the val splits and the COCO photos without a VOC object), stratified "
                          "by source: each fold's setting is chosen on the other folds")
     ap.add_argument("--seed", type=int, default=0, help="--folds: the seed of the split")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="--folds: the weights file --weights would replace (e.g. the shipped "
+                         "one): the same grid and folds, each file choosing per fold; says "
+                         "whether --weights wins on every fold")
     ap.add_argument("--cache", type=Path, default=None,
                     help="--folds: a file keeping each photo's scores per setting (reused)")
     ap.add_argument("--save", type=Path, default=None,
@@ -801,6 +858,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.against is not None and args.folds is None:
+        print("tune_grouping: --against needs --folds (two files are compared fold by fold)",
+              file=sys.stderr)
+        return 2
     shared = find_shared_data()
     if shared is None:
         print("tune_grouping: the real data (../shared/data or $PFN_SHARED_DATA) was not found",

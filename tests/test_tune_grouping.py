@@ -250,3 +250,23 @@ def test_an_added_setting_stays_only_if_it_wins_on_every_fold() -> None:
         "| imagenet.check.enabled (simple: off) | on: +100.0 | on: +100.0 | on: +100.0 | no "
         "(it needs imagenet.enabled) |"]
     assert tune.decided(settings, table, sources, simple, stays, picks) == 0
+
+
+def test_a_weights_file_replaces_another_only_if_it_wins_on_every_fold(
+        capsys: pytest.CaptureFixture) -> None:
+    tune = load_script()
+    sources, folds = ["horses"] * 6, np.array([0, 0, 1, 1, 2, 2])
+    # each file has two settings (rows); each fold picks its file's best on the other folds
+    old = [[_photo(tune, r) for r in (True, False) * 3],  # half right under setting 0
+           [_photo(tune, False)] * 6]
+    new = [[_photo(tune, False)] * 6,
+           [_photo(tune, True)] * 6]  # every photo right, under its setting 1
+    held_new, held_old, wins = tune.weights_verdict(new, old, sources, folds)
+    assert held_new == [100.0, 100.0, 100.0] and held_old == [50.0, 50.0, 50.0] and wins
+    # right on the photos of folds 1 and 2 only: fold 3 is a loss, so it does not replace it
+    partial = [[_photo(tune, r) for r in (True,) * 4 + (False,) * 2], [_photo(tune, False)] * 6]
+    held_new, held_old, wins = tune.weights_verdict(partial, old, sources, folds)
+    assert held_new == [100.0, 100.0, 0.0] and not wins
+    assert tune.weights_verdict(old, old, sources, folds)[2] is False  # a tie keeps the old
+    assert tune.main(["--weights", "w.pt", "--against", "v.pt"]) == 2  # needs --folds
+    assert "--against needs --folds" in capsys.readouterr().err
