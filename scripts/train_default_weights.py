@@ -175,6 +175,56 @@ def evaluate_no_voc(weights: Path, shared: Path, out: Path) -> Path | None:
     return write_metrics(metrics, out, predictor.class_names)[0]
 
 
+#: A false object lies on a COCO thing when the thing covers at least this share of its pixels.
+ON_THING = 0.5
+
+
+def false_objects_on(weights: Path, shared: Path) -> list[tuple[str, str | None]]:
+    """What the weights show on the COCO photos without a VOC object (all of it false):
+    ``(class shown, the COCO category covering at least ON_THING of the object, or None)``
+    per object, photo by photo. The photos' own COCO annotations (80 categories) say what the
+    objects really lie on."""
+    from pfn_napari.predictor import Predictor
+
+    predictor = Predictor(weights, device="cpu")
+    ds = no_voc_photos(shared, predictor.class_names)
+    if ds is None:
+        return []
+    coco = ds.parent.coco  # pycocotools COCO of the whole file
+    ids = {Path(im["file_name"]).stem: im["id"] for im in coco.dataset["images"]}
+    names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    out = []
+    for i in range(len(ds)):
+        sample = ds[i]
+        predictor.set_image(sample.image)
+        inst = predictor.instances()
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[ids[Path(ds.source_of(i)).stem]]))
+        things = [(names[a["category_id"]], coco.annToMask(a).astype(bool)) for a in anns]
+        for cls, mask in zip(inst.classes, inst.masks):  # (H, W) bool each
+            covers = [((thing & mask).sum() / max(1, mask.sum()), name) for name, thing in things]
+            share, name = max(covers, default=(0.0, None))
+            out.append((predictor.class_names[cls - 1], name if share >= ON_THING else None))
+    return out
+
+
+def mistaken_words(objects: list[tuple[str, str | None]], photos: int) -> str:
+    """The card's sentence on what the shown classes are mistaken for, from
+    :func:`false_objects_on` (``photos``: how many photos it read)."""
+    if not objects:
+        return f"on the {photos} COCO photos without a VOC object it shows nothing"
+    parts = []
+    for cls in sorted({c for c, _ in objects}, key=lambda c: (-sum(o[0] == c for o in objects), c)):
+        things: dict[str, int] = {}
+        for c, thing in objects:
+            if c == cls:
+                key = thing or "unlabelled background"
+                things[key] = things.get(key, 0) + 1
+        parts.append(f"{cls} ({sum(things.values())}): " + ", ".join(
+            f"{name} {n}" for name, n in sorted(things.items(), key=lambda kv: (-kv[1], kv[0]))))
+    return (f"on the {photos} COCO photos without a VOC object it shows {len(objects)} "
+            f"objects, all false; what most of each lies on: {'; '.join(parts)}")
+
+
 def _shown_cell(d: dict | None) -> str:
     """``shown / right / precision`` of one class on one split (``-`` without the split)."""
     if d is None:
@@ -302,6 +352,11 @@ def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, repor
     real = [n for n in summary["datasets"] if n != "synthetic"]
     counts = counts or {}
     shown_text, unknown = shown_words(settings, counts)
+    mistaken = ("" if "no_voc_objects" not in summary else
+                "\n\nWhat it takes for its classes (`false_objects_on` in "
+                "scripts/train_default_weights.py): "
+                + mistaken_words([tuple(o) for o in summary["no_voc_objects"]],
+                                 summary["no_voc_photos"]) + ".")
     shown = settings.show.classes or tuple(settings.data.classes)
     columns = [*real, NO_VOC]
     t = summary["timing"]
@@ -349,7 +404,7 @@ test-time settings (below), so the numbers in this table and the next ones flatt
 
 {SETTINGS_CHOSEN}
 
-What it does not know: {unknown}.
+What it does not know: {unknown}.{mistaken}
 
 ## AP^r on the val splits (SDS protocol, percent)
 
@@ -658,12 +713,15 @@ def evaluate_and_card(path: Path, out: Path, meta: dict, baseline: dict | None) 
     shared = find_shared_data()
     data = run_demo(out / "eval", weights=path)
     evaluate_no_voc(path, shared, out / "eval" / NO_VOC)
+    negatives = no_voc_photos(shared, load_checkpoint(path)[1].data.classes)
     counts = training_counts(shared, load_checkpoint(path)[1].data.classes)
     summary = {"train_minutes": meta["train_minutes"],
                "overall": {k: data[k] for k in ("ap_r", "ap_r_vol", "miou", "num_pred",
                                                 "num_right", "precision", "false_per_image")},
                "datasets": data["datasets"], "timing": data["timing"],
-               "training_instances": counts}
+               "training_instances": counts,
+               "no_voc_photos": 0 if negatives is None else len(negatives),
+               "no_voc_objects": false_objects_on(path, shared)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_model_card(path.parent / "README.md", path, summary, meta, out / "eval", baseline,
                      counts)

@@ -115,7 +115,7 @@ def test_missing_truncated_foreign_and_other_version_files(tmp_path, cfg, system
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
-    with pytest.raises(CheckpointError, match=f"foreign.pt: not a pfn-napari checkpoint"):
+    with pytest.raises(CheckpointError, match="foreign.pt: not a pfn-napari checkpoint"):
         load_checkpoint(foreign)
 
     obj = torch.load(good, weights_only=True)
@@ -337,6 +337,16 @@ def test_the_shown_class_rule_counts_training_instances_of_real_photos():
     classes = ("car", "dog", "horse", "person", "disc")
     assert script.shown_by_rule(counts, classes) == ("horse", "person")  # dog: 99
     assert script.shown_by_rule(counts, classes, minimum=99) == ("dog", "horse", "person")
+
+
+def test_the_card_says_what_the_shown_classes_are_taken_for():
+    script = _card_script()
+    objects = [("horse", "giraffe"), ("person", None), ("horse", "zebra"), ("horse", "giraffe")]
+    assert script.mistaken_words(objects, 23) == (
+        "on the 23 COCO photos without a VOC object it shows 4 objects, all false; what most "
+        "of each lies on: horse (3): giraffe 2, zebra 1; person (1): unlabelled background 1")
+    assert script.mistaken_words([], 5) == \
+        "on the 5 COCO photos without a VOC object it shows nothing"
 
 
 def test_write_shown_classes_keeps_the_networks_and_writes_the_yaml(tmp_path, cfg, system):
