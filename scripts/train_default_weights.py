@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from pfn_napari.demo import (SHAPE_CLASSES, demo_train_spec, find_shared_data, n
 from pfn_napari.errors import PFNError
 from pfn_napari.inference import default_weights_path
 from pfn_napari.model import PFNSystem
+from pfn_napari.structures import Instances
 from pfn_napari.train import train
 
 
@@ -160,9 +162,12 @@ def write_shown_classes(weights: Path, shown: tuple[str, ...]) -> None:
     write_test_time_settings(weights, [f"show.classes=[{','.join(shown)}]"])
 
 
-def evaluate_no_voc(weights: Path, shared: Path, out: Path) -> Path | None:
+def evaluate_no_voc(weights: Path, shared: Path, out: Path
+                    ) -> tuple[Path | None, int, list[tuple[str, str | None]]]:
     """The shipped settings on the COCO photos without a VOC object (every object shown there
-    is false): ``out/metrics.json``; None without the photos."""
+    is false): ``(out/metrics.json, photos, objects)``, ``objects`` what
+    :func:`things_under` finds beneath each object shown, photo by photo (one pass of the
+    networks for both); ``(None, 0, [])`` without the photos."""
     from pfn_napari.evaluate import write_metrics
     from pfn_napari.predictor import Predictor
     from pfn_napari.producers import evaluate_dataset, model_producer
@@ -170,46 +175,43 @@ def evaluate_no_voc(weights: Path, shared: Path, out: Path) -> Path | None:
     predictor = Predictor(weights, device="cpu")
     ds = no_voc_photos(shared, predictor.class_names)
     if ds is None:
-        return None
-    metrics = evaluate_dataset(ds, model_producer(predictor, ds), desc=NO_VOC)
-    return write_metrics(metrics, out, predictor.class_names)[0]
+        return None, 0, []
+    objects: list[tuple[str, str | None]] = []
+    under = things_under(ds)
+    metrics = evaluate_dataset(ds, model_producer(predictor, ds), desc=NO_VOC,
+                               on_image=lambda i, _, inst: objects.extend(under(i, inst)))
+    return write_metrics(metrics, out, predictor.class_names)[0], len(ds), objects
 
 
 #: A false object lies on a COCO thing when the thing covers at least this share of its pixels.
 ON_THING = 0.5
 
 
-def false_objects_on(weights: Path, shared: Path) -> list[tuple[str, str | None]]:
-    """What the weights show on the COCO photos without a VOC object (all of it false):
-    ``(class shown, the COCO category covering at least ON_THING of the object, or None)``
-    per object, photo by photo. The photos' own COCO annotations (80 categories) say what the
-    objects really lie on."""
-    from pfn_napari.predictor import Predictor
-
-    predictor = Predictor(weights, device="cpu")
-    ds = no_voc_photos(shared, predictor.class_names)
-    if ds is None:
-        return []
+def things_under(ds) -> Callable[[int, Instances], list[tuple[str, str | None]]]:
+    """For the COCO photos without a VOC object (:func:`no_voc_photos`): a function of a
+    photo's index and the objects shown on it (on ``ds.classes``) giving, per object,
+    ``(class shown, the COCO category covering at least ON_THING of it, or None)``. The
+    photos' own COCO annotations (80 categories) say what the objects really lie on."""
     coco = ds.parent.coco  # pycocotools COCO of the whole file
     ids = {Path(im["file_name"]).stem: im["id"] for im in coco.dataset["images"]}
     names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
-    out = []
-    for i in range(len(ds)):
-        sample = ds[i]
-        predictor.set_image(sample.image)
-        inst = predictor.instances()
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[ids[Path(ds.source_of(i)).stem]]))
+
+    def under(index: int, inst: Instances) -> list[tuple[str, str | None]]:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[ids[Path(ds.source_of(index)).stem]]))
         things = [(names[a["category_id"]], coco.annToMask(a).astype(bool)) for a in anns]
+        out = []
         for cls, mask in zip(inst.classes, inst.masks):  # (H, W) bool each
             covers = [((thing & mask).sum() / max(1, mask.sum()), name) for name, thing in things]
             share, name = max(covers, default=(0.0, None))
-            out.append((predictor.class_names[cls - 1], name if share >= ON_THING else None))
-    return out
+            out.append((ds.classes[cls - 1], name if share >= ON_THING else None))
+        return out
+
+    return under
 
 
 def mistaken_words(objects: list[tuple[str, str | None]], photos: int) -> str:
     """The card's sentence on what the shown classes are mistaken for, from
-    :func:`false_objects_on` (``photos``: how many photos it read)."""
+    :func:`evaluate_no_voc` (``photos``: how many photos it read)."""
     if not objects:
         return f"on the {photos} COCO photos without a VOC object it shows nothing"
     parts = []
@@ -353,7 +355,7 @@ def write_model_card(card: Path, weights: Path, summary: dict, meta: dict, repor
     counts = counts or {}
     shown_text, unknown = shown_words(settings, counts)
     mistaken = ("" if "no_voc_objects" not in summary else
-                "\n\nWhat it takes for its classes (`false_objects_on` in "
+                "\n\nWhat it takes for its classes (`things_under` in "
                 "scripts/train_default_weights.py): "
                 + mistaken_words([tuple(o) for o in summary["no_voc_objects"]],
                                  summary["no_voc_photos"]) + ".")
@@ -600,15 +602,23 @@ def _lr(pair: str) -> list[str]:
     return [f"train.lr={old}", f"train.lr_new={new}"]
 
 
+def finished_stage(folder: Path) -> tuple[Path, float] | None:
+    """A stage of this script that finished before in ``folder`` (run on its own, or before a
+    later stage failed): its ``final.pt`` and its minutes (``config.yaml`` is written when it
+    starts); None when there is no ``final.pt``."""
+    done = folder / "final.pt"
+    if not done.is_file():
+        return None
+    return done, (done.stat().st_mtime - (folder / "config.yaml").stat().st_mtime) / 60
+
+
 def continue_run(args, argv, out: Path, spec: str, decay, baseline: dict | None) -> int:
     """More of stage 2 from ``--continue-from`` (its category network stays), then stage 3;
     the weights' ``meta`` adds this run's steps, minutes and logs to the continued run's."""
     _, _, old = load_checkpoint(args.continue_meta or default_weights_path())
-    done = out / "instance" / "final.pt"
-    if done.is_file():  # stage 2 of this continuation finished before (e.g. stage 3 failed)
-        ckpt, logs = done, {"instance": out / "instance" / "log.csv"}
-        minutes = (done.stat().st_mtime - (out / "instance" / "config.yaml").stat().st_mtime) / 60
-        print(f"stage 2 already done: {done} ({minutes:.0f} min); going on with stage 3")
+    if (finished := finished_stage(out / "instance")) is not None:
+        (ckpt, minutes), logs = finished, {"instance": out / "instance" / "log.csv"}
+        print(f"stage 2 already done: {ckpt} ({minutes:.0f} min); going on with stage 3")
     else:
         t0 = time.perf_counter()
         ckpt, logs = train_stages(out, spec, instance_steps=args.instance_steps,
@@ -643,9 +653,8 @@ def continue_category(args, argv, out: Path, spec: str, decay, baseline: dict | 
     """Stage 1 again from the category network of ``--category-from`` (with
     ``--category-overrides``), joined with that file's instance network, then stage 3."""
     system, cfg, old = load_checkpoint(args.category_from)
-    done = out / "category" / "final.pt"
-    if done.is_file():  # stage 1 of this continuation finished before (e.g. run on its own)
-        minutes = (done.stat().st_mtime - (out / "category" / "config.yaml").stat().st_mtime) / 60
+    if (finished := finished_stage(out / "category")) is not None:
+        done, minutes = finished
         print(f"stage 1 already done: {done} ({minutes:.0f} min); joining it")
     else:
         t0 = time.perf_counter()
@@ -712,16 +721,14 @@ def evaluate_and_card(path: Path, out: Path, meta: dict, baseline: dict | None) 
     ``OUT/summary.json``, and the model card beside them."""
     shared = find_shared_data()
     data = run_demo(out / "eval", weights=path)
-    evaluate_no_voc(path, shared, out / "eval" / NO_VOC)
-    negatives = no_voc_photos(shared, load_checkpoint(path)[1].data.classes)
+    _, photos, objects = evaluate_no_voc(path, shared, out / "eval" / NO_VOC)
     counts = training_counts(shared, load_checkpoint(path)[1].data.classes)
     summary = {"train_minutes": meta["train_minutes"],
                "overall": {k: data[k] for k in ("ap_r", "ap_r_vol", "miou", "num_pred",
                                                 "num_right", "precision", "false_per_image")},
                "datasets": data["datasets"], "timing": data["timing"],
                "training_instances": counts,
-               "no_voc_photos": 0 if negatives is None else len(negatives),
-               "no_voc_objects": false_objects_on(path, shared)}
+               "no_voc_photos": photos, "no_voc_objects": objects}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_model_card(path.parent / "README.md", path, summary, meta, out / "eval", baseline,
                      counts)

@@ -349,6 +349,16 @@ def test_the_card_says_what_the_shown_classes_are_taken_for():
         "on the 5 COCO photos without a VOC object it shows nothing"
 
 
+def test_a_stage_that_finished_before_is_found_with_its_minutes(tmp_path):
+    script = _card_script()
+    assert script.finished_stage(tmp_path) is None  # nothing there: the stage runs
+    (tmp_path / "config.yaml").write_text("train: {}\n")
+    (tmp_path / "final.pt").write_bytes(b"")
+    os.utime(tmp_path / "config.yaml", (1000.0, 1000.0))
+    os.utime(tmp_path / "final.pt", (1000.0, 1000.0 + 90 * 60))
+    assert script.finished_stage(tmp_path) == (tmp_path / "final.pt", 90.0)
+
+
 def test_write_shown_classes_keeps_the_networks_and_writes_the_yaml(tmp_path, cfg, system):
     script = _card_script()
     path = save_weights(tmp_path / "w.pt", system, cfg, {"note": "kept"})
