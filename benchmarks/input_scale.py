@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import tune_grouping as tg  # noqa: E402
 
 from pfn_napari.demo import find_shared_data  # noqa: E402
+from pfn_napari.errors import PFNError  # noqa: E402
 from pfn_napari.predictor import Predictor  # noqa: E402
 from pfn_napari.producers import class_lut, to_data_classes  # noqa: E402
 from pfn_napari.structures import Instances  # noqa: E402
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    predictor = Predictor(args.weights)
+    try:
+        predictor = Predictor(args.weights)
+    except PFNError as exc:  # a missing, truncated or foreign file: one line naming it
+        print(f"input_scale: {exc}", file=sys.stderr)
+        return 2
     classes = tuple(predictor.class_names)
     person, horse = classes.index("person") + 1, classes.index("horse") + 1
     sets = tg.pooled_sets(find_shared_data(), classes)

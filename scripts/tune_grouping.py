@@ -48,7 +48,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from pfn_napari.checkpoint import load_checkpoint, run_meta, save_weights
+from pfn_napari.checkpoint import (config_of, load_checkpoint, read_checkpoint, run_meta,
+                                   save_weights)
 from pfn_napari.config import VOID, GroupingConfig, ImageNetConfig
 from pfn_napari.data import SubsetDataset
 from pfn_napari.demo import find_shared_data, no_voc_photos, open_set, real_specs
@@ -745,20 +746,16 @@ def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
           f"objective {m['objective']:.1f}): {short(settings[best], fields)}")
     print("\n".join(dotted_values(settings[best], fields)))
     if args.against is not None:
-        against_weights(args, tuple(predictor.class_names), settings, sets, cache, save, table,
-                        sources, folds)
+        against_weights(args, settings, sets, cache, save, table, sources, folds)
     return 0
 
 
-def against_weights(args, classes: tuple[str, ...], settings: list, sets: list, cache: dict,
-                    save, table, sources, folds) -> None:
+def against_weights(args, settings: list, sets: list, cache: dict, save, table, sources,
+                    folds) -> None:
     """``--against W0``: the same grid on the same photos with the networks of ``W0`` (the
     file ``--weights`` would replace), each file choosing its setting per fold; prints the held
     objective of both per fold and whether ``--weights`` wins on every fold."""
-    before = Predictor(str(args.against))
-    if tuple(before.class_names) != classes:
-        raise PFNError(f"--against {args.against}: its classes {list(before.class_names)} are "
-                       f"not those of --weights {args.weights}; compare files of one model")
+    before = Predictor(str(args.against))  # its file and classes were checked by main()
     table_before, _, _ = score_pool(before, settings, sets, cache, file_digest(args.against),
                                     save)
     new, old, wins = weights_verdict(table, table_before, sources, folds, args.objective)
@@ -883,6 +880,22 @@ def main(argv: list[str] | None = None) -> int:
     except PFNError as exc:  # missing, truncated or foreign file: one line naming it
         print(f"tune_grouping: {exc}", file=sys.stderr)
         return 2
+    if args.against is not None:  # before the networks run over every photo
+        try:
+            stored = read_checkpoint(args.against)
+            against = config_of(stored, args.against).data.classes
+        except PFNError as exc:
+            print(f"tune_grouping: --against {exc}", file=sys.stderr)
+            return 2
+        if set(stored.get("networks") or {}) == {"category"}:
+            print(f"tune_grouping: --against {args.against}: holds only the category network "
+                  "(stage 1); compare files that make instances", file=sys.stderr)
+            return 2
+        if tuple(against) != tuple(cfg.data.classes):
+            print(f"tune_grouping: --against {args.against}: its classes {list(against)} are not "
+                  f"those of --weights {args.weights}; compare files of one model",
+                  file=sys.stderr)
+            return 2
     if args.folds is not None:
         try:
             return run_folds(args, Predictor(str(args.weights)), cfg, shared)

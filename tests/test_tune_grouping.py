@@ -270,3 +270,26 @@ def test_a_weights_file_replaces_another_only_if_it_wins_on_every_fold(
     assert tune.weights_verdict(old, old, sources, folds)[2] is False  # a tie keeps the old
     assert tune.main(["--weights", "w.pt", "--against", "v.pt"]) == 2  # needs --folds
     assert "--against needs --folds" in capsys.readouterr().err
+
+
+def test_against_a_file_that_cannot_be_compared_is_one_line_before_any_photo(
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from pfn_napari.checkpoint import save_weights
+    from pfn_napari.config import load_config
+    from pfn_napari.model import build_system
+
+    tune = load_script()
+    monkeypatch.setenv("PFN_SHARED_DATA", str(shared_data))
+    monkeypatch.setattr(tune, "run_folds", lambda *a: pytest.fail("the photos were read"))
+    argv = ["--weights", str(default_weights_path()), "--folds", "5", "--against"]
+    assert tune.main([*argv, str(tmp_path / "nope.pt")]) == 2
+    assert "--against " in capsys.readouterr().err
+    cfg = load_config("cpu-lite0", ["model.backbone=alexnet", "model.fc7_channels=32",
+                                    "model.count_hidden=16"])
+    stage1 = save_weights(tmp_path / "cat.pt", build_system(cfg.model, "category"), cfg, {})
+    assert tune.main([*argv, str(stage1)]) == 2
+    assert "holds only the category network" in capsys.readouterr().err
+    other = save_weights(tmp_path / "other.pt", build_system(cfg.model, "instance"), cfg, {})
+    assert tune.main([*argv, str(other)]) == 2
+    assert "are not those of --weights" in capsys.readouterr().err
