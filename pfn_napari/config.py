@@ -337,6 +337,8 @@ class LossConfig:
 TRAIN_STAGES = ("category", "instance", "unified", "counts")
 #: Learning-rate policies of ``train.lr_policy`` (``train.lr_factor``, ``train.poly_factor``).
 LR_POLICIES = ("step", "poly")
+#: Optimisers of ``train.optimizer`` (``train.make_optimizer``).
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,9 @@ class TrainConfig:
     lr_new: float = 1e-2  # new layers
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # 'sgd' (the paper's: SGD with momentum) or 'adamw' (beyond the paper: AdamW with betas
+    # (momentum, 0.999) and decoupled weight decay; lr / lr_new are then AdamW's step sizes).
+    optimizer: str = "sgd"
     # 'step' (the paper's Caffe recipe): both rates times lr_gamma every lr_step_epochs epochs
     # (constant when lr_step_epochs = 0); 'poly' (DeepLab's): times (1 - p) ** 0.9, p the share
     # of the run done (steps of the plan, or of train.max_minutes when that is used up faster).
@@ -385,6 +390,8 @@ class TrainConfig:
              f"train.stage={self.stage!r}: choose one of {TRAIN_STAGES}"),
             (self.count_finetune in ("joint", "separate"),
              f"train.count_finetune={self.count_finetune!r}: 'joint' or 'separate'"),
+            (self.optimizer in OPTIMIZERS,
+             f"train.optimizer={self.optimizer!r}: choose one of {OPTIMIZERS}"),
             (self.lr_policy in LR_POLICIES,
              f"train.lr_policy={self.lr_policy!r}: choose one of {LR_POLICIES}"),
             (self.separate_schedule in ("split", "full"),

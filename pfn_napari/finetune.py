@@ -59,7 +59,8 @@ from .model import PFNSystem
 from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries
 from .run_folder import out_dir_lock
-from .train import dataset_metrics, poly_factor, run_progress, seed_everything
+from .train import (dataset_metrics, make_optimizer, poly_factor, run_progress,
+                    seed_everything)
 from .train_data import check_labels, data_classes, held_back_indices
 
 #: The shipped fine-tuning recipe (``configs/finetune-cpu.yaml``).
@@ -328,7 +329,7 @@ class _Run:
     train_set: TrainingSet
     sampler: EpochSampler
     steps_per_epoch: int
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     device: torch.device
     budget_s: float
     max_steps: int
@@ -523,8 +524,8 @@ def _loader(dataset, cfg: PFNConfig) -> tuple[TrainingSet, EpochSampler, DataLoa
     return train_set, sampler, loader, len(sampler) // batch
 
 
-def _optimizer(system: PFNSystem, cfg: PFNConfig) -> torch.optim.SGD:
-    """SGD over every network: ``train.lr`` for the backbones, ``train.lr_new`` for the heads;
+def _optimizer(system: PFNSystem, cfg: PFNConfig) -> torch.optim.Optimizer:
+    """``train.optimizer`` over every network: ``train.lr`` for the backbones, ``train.lr_new`` for the heads;
     parameters named by ``train.frozen`` do not train: a prefix of a name inside each network
     (``backbone._blocks.0.``: in both), or of the name under the network's role
     (``instance.location_head.``: only there)."""
@@ -543,7 +544,7 @@ def _optimizer(system: PFNSystem, cfg: PFNConfig) -> torch.optim.SGD:
     if not groups:
         raise ConfigError(f"train.frozen={list(t.frozen)}: the recipe freezes every parameter "
                           "of the model; nothing would learn")
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return make_optimizer(groups, t)
 
 
 def _restore(run: _Run, ckpt: Mapping[str, Any], last: Path) -> None:

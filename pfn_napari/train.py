@@ -423,13 +423,33 @@ def _continue_instance(net: nn.Module, previous: nn.Module, where: str) -> None:
     net.load_state_dict(theirs, strict=False)
 
 
-def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.SGD:
+def make_optimizer(groups: list[dict[str, Any]], t: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``t.optimizer`` over parameter ``groups`` (each with its ``lr``):
+    SGD with ``t.momentum`` (the paper's), or AdamW with betas ``(t.momentum, 0.999)``, both
+    with weight decay ``t.weight_decay`` (AdamW's decoupled: each step shrinks a weight by
+    ``lr * weight_decay``)."""
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999),
+                                 weight_decay=t.weight_decay)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def check_optimizer(saved: Mapping[str, Any] | None, t: TrainConfig, where: Path | str) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint ``where`` (its config dict ``saved``)
+    was trained with another ``train.optimizer`` than ``t``: its optimiser state cannot go on
+    (a checkpoint from before the setting existed was trained with SGD)."""
+    theirs = ((saved or {}).get("train") or {}).get("optimizer", "sgd")
+    if theirs != t.optimizer:
+        raise CheckpointError(f"{where}: trained with train.optimizer={theirs!r}, this run has "
+                              f"{t.optimizer!r}; resume with the same optimiser")
+
+
+def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.Optimizer:
     pretrained, new = net.param_groups()
     t = cfg.train
     groups = [{"params": list(pretrained), "lr": t.lr, "name": "pretrained"},
               {"params": list(new), "lr": t.lr_new, "name": "new"}]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return make_optimizer([g for g in groups if g["params"]], t)
 
 
 # --------------------------------------------------------------------------- validation
@@ -576,7 +596,7 @@ class _Run:
     system: nn.Module  # PFNSystem: what the checkpoints hold
     net: nn.Module  # the network being trained (a part of ``system``)
     kind: str  # its kind: category, instance or unified
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     use_amp: bool
@@ -733,6 +753,7 @@ def _freeze(net: nn.Module, frozen: tuple[str, ...], kind: str, note) -> None:
 def _restore_training_state(run: _Run, ckpt: Mapping[str, Any], resume) -> None:
     """Weights, optimiser, scheduler, scaler and step of the checkpoint we resume from."""
     check_dtypes(ckpt["model"], run.system.state_dict(), resume)
+    check_optimizer(ckpt.get("config"), run.cfg.train, resume)
     try:
         run.system.load_state_dict(ckpt["model"], strict=True)
         run.optimizer.load_state_dict(ckpt["optimizer"])

@@ -54,6 +54,8 @@ from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, Data
     (TrainConfig(weight_decay=-1e-4), "train.weight_decay=-0.0001: must be >= 0"),
     (TrainConfig(lr_step_epochs=-1), "train.lr_step_epochs=-1: must be >= 0"),
     (TrainConfig(lr_gamma=0.0), r"train.lr_gamma=0.0: in \(0, 1\]"),
+    (TrainConfig(optimizer="adam"),
+     r"train.optimizer='adam': choose one of \('sgd', 'adamw'\)"),
     (TrainConfig(lr_policy="cosine"),
      r"train.lr_policy='cosine': choose one of \('step', 'poly'\)"),
     (TrainConfig(max_minutes=-1.0), "train.max_minutes=-1.0: must be >= 0"),

@@ -291,6 +291,27 @@ def test_a_poly_recipe_lowers_the_rates_to_the_end_and_resumes_exactly(tiny, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_an_adamw_recipe_fine_tunes_with_adamw_and_resumes_exactly(tiny, tmp_path) -> None:
+    weights, _ = tiny
+    adamw = tmp_path / "adamw.yaml"
+    adamw.write_text(RECIPE.replace("grad_clip: 10.0}", "grad_clip: 10.0, optimizer: adamw}"))
+    spec = blob_set(tmp_path / "set", n=3)
+    whole = finetune(weights, spec, tmp_path / "whole", 0, max_steps=3, recipe=adamw)
+    last = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(last["optimizer"]["state"].values())))
+    assert [g["lr"] for g in last["optimizer"]["param_groups"]] == [0.002, 0.02]
+    cut = finetune(weights, spec, tmp_path / "cut", 0, max_steps=3, recipe=adamw,
+                   should_stop=lambda: True)
+    assert cut.steps == 1
+    done = finetune(weights, spec, tmp_path / "cut", 0, max_steps=3, recipe=adamw, resume=True)
+    a = load_checkpoint(whole.weights)[0].state_dict()
+    b = load_checkpoint(done.weights)[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sgd = load_checkpoint(finetune(weights, spec, tmp_path / "sgd", 0, max_steps=3,
+                                   recipe=tiny[1]).weights)[0].state_dict()
+    assert any(not torch.equal(a[k], sgd[k]) for k in a)  # another optimiser, other weights
+
+
 def test_held_back_images_are_measured_before_and_after(tiny, tmp_path) -> None:
     weights, recipe = tiny
     spec = blob_set(tmp_path / "set", n=15)

@@ -74,6 +74,42 @@ def test_a_poly_run_logs_rates_that_fall_to_the_last_step(tmp_path):
     assert [float(r["lr_new"]) for r in rows] == pytest.approx([0.05 * f for f in want], rel=1e-4)
 
 
+def test_adamw_steps_every_weight_by_about_its_rate_and_resumes_exactly(tmp_path):
+    """``train.optimizer=adamw``: AdamW with betas (momentum, 0.999); its first step moves each
+    trained weight by about its group's rate whatever the gradient's size (Adam's first step
+    is ``lr * g / (|g| + eps)``), where SGD moves it by ``lr * g``; resume is exact."""
+    base = ["train.optimizer=adamw", "train.lr=0.001", "train.lr_new=0.004",
+            "train.weight_decay=0", "train.lr_step_epochs=0"]
+    one = train(tiny_cfg(tmp_path, "one", *base, "train.max_steps=1"), progress=False)
+    ckpt = read_checkpoint(one.parent / "last.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [(g["name"], g["lr"], g["betas"]) for g in groups] == \
+        [("pretrained", 0.001, (0.9, 0.999)), ("new", 0.004, (0.9, 0.999))]
+    assert {"exp_avg", "exp_avg_sq"} <= set(ckpt["optimizer"]["state"][0])
+    start = read_checkpoint(train(tiny_cfg(tmp_path, "zero", *base, "train.lr=0",
+                                           "train.lr_new=0", "train.max_steps=1"),
+                                  progress=False))["model"]
+    # how far each trained tensor moved (median over its weights that moved; a weight with a
+    # near-zero gradient moves less): the rate of its group, to 1 %
+    step = {k: (ckpt["model"][k] - start[k]).abs() for k in start
+            if start[k].is_floating_point() and not torch.equal(ckpt["model"][k], start[k])}
+    moved = {k: float(d[d > 0].median()) for k, d in step.items()}
+    assert len(moved) > 40
+    assert all(v == pytest.approx(0.001, rel=0.01) or v == pytest.approx(0.004, rel=0.01)
+               for v in moved.values())
+    assert moved["category.backbone._conv_stem.weight"] == pytest.approx(0.001, rel=0.01)
+    assert moved["category.category_head.fc8.weight"] == pytest.approx(0.004, rel=0.01)
+    straight = train(tiny_cfg(tmp_path, "straight", *base, "train.max_steps=4"), progress=False)
+    half = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=2"), progress=False)
+    resumed = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=4"),
+                    resume=half.parent / "last.pt", progress=False)
+    assert_same_weights(straight, resumed)
+    with pytest.raises(CheckpointError, match=r"trained with train.optimizer='adamw', this run "
+                                              r"has 'sgd'; resume with the same optimiser"):
+        train(tiny_cfg(tmp_path, "other", "train.max_steps=4"), resume=half.parent / "last.pt",
+              progress=False)
+
+
 @pytest.fixture(scope="module")
 def category_run(tmp_path_factory):
     """Stage 1, 4 steps (epoch 0: steps 1-3, epoch 1: step 4)."""
