@@ -862,6 +862,30 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
+def _with_stage_section(values: dict[str, Any], overrides: list[str],
+                        where: str) -> dict[str, Any]:
+    """``values`` of a config file with its ``stages`` section resolved: the settings a recipe
+    gives one stage only (``stages: {counts: {train: {batch_size: 2}}}``) merged over the
+    file's own sections for the run's ``train.stage`` (after ``overrides``, which still win),
+    the section dropped for the other stages."""
+    values = dict(values)
+    stages = values.pop("stages", None)
+    if stages is None:
+        return values
+    if not isinstance(stages, dict) or any(
+            name not in TRAIN_STAGES or not isinstance(sections, dict) or
+            not all(isinstance(f, dict) for f in sections.values())
+            for name, sections in stages.items()):
+        raise ConfigError(f"{where}: stages: expected sections of settings under stage names "
+                          f"{TRAIN_STAGES}, e.g. stages: {{counts: {{train: {{batch_size: 2}}}}}}")
+    stage = (migrate(apply_overrides(values, overrides), where).get("train") or {}).get(
+        "stage", TrainConfig.stage)
+    merged = copy.deepcopy(values)
+    for section, fields in migrate(stages.get(stage) or {}, f"{where} (stages.{stage})").items():
+        merged.setdefault(section, {}).update(fields)
+    return merged
+
+
 #: Configs shipped with the package, by short name (``pfn train --config paper-vgg16``).
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -897,6 +921,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{file}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+    values = _with_stage_section(values, overrides or [], where)
     values = apply_overrides(migrate(values, where), overrides or [])  # old file, new --set
     cfg = config_from_dict(values, where)
     cfg.validate()

@@ -124,12 +124,6 @@ def demo_train_spec(shared: Path | None, synthetic: int = 300,
     return "+".join(parts)
 
 
-#: The ``cpu-demo`` recipe's settings of stage 'counts' (the count head alone on whole photos):
-#: two photos a step at a tenth of the heads' rate (docs/experiments/training.md, "The counts
-#: on whole photos").
-COUNT_STAGE_SETTINGS = ("train.batch_size=2", "train.lr_new=0.001")
-
-
 def train_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
                  category_steps: int | None = None, instance_steps: int | None = None,
                  device: str = "auto", config: str = "cpu-demo",
@@ -139,8 +133,8 @@ def train_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
                  counts_steps: int | None = None, counts_minutes: float | None = None,
                  ) -> tuple[Path, dict[str, Path]]:
     """Stage 1 (category), stage 2 (instance), then, when ``counts_steps`` or
-    ``counts_minutes`` is given, stage 'counts' (with :data:`COUNT_STAGE_SETTINGS`) of
-    ``config`` on ``train_spec``, each in ``out/STAGE``.
+    ``counts_minutes`` is given, stage 'counts' of ``config`` on ``train_spec`` (with the
+    config's ``stages: counts`` settings), each in ``out/STAGE``.
 
     ``*_steps`` / ``*_minutes`` bound each stage (steps, wall clock; the first reached stops
     it); ``stage_overrides`` adds settings to one stage only. ``init`` skips stage 1 and starts
@@ -160,7 +154,6 @@ def train_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
             continue
         settings = [f"train.stage={stage}", f"data.train={train_spec}",
                     f"train.out_dir={out / stage}", f"train.device={device}",
-                    *(COUNT_STAGE_SETTINGS if stage == "counts" else ()),
                     *(overrides or []), *((stage_overrides or {}).get(stage, []))]
         if steps:
             settings.append(f"train.max_steps={steps}")

@@ -261,3 +261,33 @@ def test_the_paper_recipes_take_k_from_the_count_head_and_cpu_demo_from_the_mean
         assert load_config(name).grouping.count_source == "head", name
     demo = load_config("cpu-demo").grouping
     assert (demo.method, demo.count_source) == ("vote", "mean")
+
+
+def test_a_stage_section_applies_to_its_stage_only_and_set_still_wins(tmp_path) -> None:
+    """cpu-demo's ``stages: counts`` gives stage 'counts' its measured settings (150 steps of
+    2 photos at 0.001); every other stage keeps the file's own."""
+    counts = load_config("cpu-demo", ["train.stage=counts"]).train
+    assert (counts.max_steps, counts.batch_size, counts.lr_new, counts.lr) == (150, 2, 0.001, 0.002)
+    for stage in ("category", "instance"):
+        t = load_config("cpu-demo", [f"train.stage={stage}"]).train
+        assert (t.max_steps, t.batch_size, t.lr_new) == (400, 4, 0.01), stage
+    assert load_config("cpu-demo").train.batch_size == 4  # the file's stage: category
+    mine = load_config("cpu-demo", ["train.stage=counts", "train.batch_size=3"]).train
+    assert (mine.batch_size, mine.lr_new) == (3, 0.001)
+    own = tmp_path / "own.yaml"
+    own.write_text("train: {stage: instance, lr: 0.5}\n"
+                   "stages: {instance: {train: {lr: 0.25}, data: {crop_size: 65}}}\n")
+    cfg = load_config(own)
+    assert (cfg.train.lr, cfg.data.crop_size) == (0.25, 65)
+    assert load_config(own, ["train.stage=category"]).train.lr == 0.5
+
+
+@pytest.mark.parametrize("text", ["stages: {count: {train: {lr: 0.1}}}\n",
+                                  "stages: {counts: {train: 5}}\n",
+                                  "stages: [counts]\n"])
+def test_a_bad_stage_section_is_one_line_naming_the_file(tmp_path, text: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{bad}: stages: expected sections of settings "
+                                          r"under stage names \('category', 'instance', "):
+        load_config(bad)

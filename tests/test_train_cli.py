@@ -27,6 +27,9 @@ def test_flags_and_overrides_reach_the_config(tmp_path):
     assert cfg.data.train_exclude == ""  # off unless asked (or in the paper recipes)
     got = build_config(_args("--config", "paper-vgg16", "--train-exclude", "/data/VOC2012"))
     assert got.data.train_exclude == "/data/VOC2012"
+    counts = build_config(_args("--stage", "counts", "--config", "cpu-demo")).train
+    assert (counts.stage, counts.max_steps, counts.batch_size, counts.lr_new) == \
+        ("counts", 150, 2, 0.001)  # --stage picks the recipe's section of that stage
     off = build_config(_args("--config", "paper-vgg16", "--train-exclude", ""))
     assert off.data.train_exclude == ""
 

@@ -4,9 +4,7 @@ Examples::
 
     pfn train --stage category --config cpu-lite0 --out runs/lite0-cat
     pfn train --stage instance --config cpu-lite0 --init runs/lite0-cat/final.pt --out runs/lite0-inst
-    pfn train --stage counts --config cpu-demo --init runs/demo-inst/final.pt \\
-        --set train.max_steps=150 --set train.batch_size=2 --set train.lr_new=0.001 \\
-        --out runs/demo-counts
+    pfn train --stage counts --config cpu-demo --init runs/demo-inst/final.pt --out runs/demo-counts
     pfn train --resume runs/lite0-inst/last.pt            # continue exactly (stored config)
     pfn train --stage category --config paper-vgg16 --backbone-weights vgg16-397923af.pth \\
         --set data.train=sbd:/data/SBD --set data.val=voc:/data/VOC2012
@@ -66,7 +64,8 @@ def build_config(args: argparse.Namespace):
     from ..checkpoint import read_checkpoint
     from ..config import apply_overrides, config_from_dict, config_to_dict, load_config
 
-    overrides = list(args.overrides)
+    # the stage goes in with the overrides too: it picks the config file's stage section
+    overrides = list(args.overrides) + ([f"train.stage={args.stage}"] if args.stage else [])
     flags = {"train.stage": args.stage, "train.out_dir": args.out,
              "train.backbone_weights": args.backbone_weights, "train.init": args.init,
              "train.device": args.device, "data.train_exclude": args.train_exclude}
