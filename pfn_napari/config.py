@@ -881,8 +881,8 @@ def _with_stage_section(values: dict[str, Any], overrides: list[str],
     stage = (migrate(apply_overrides(values, overrides), where).get("train") or {}).get(
         "stage", TrainConfig.stage)
     merged = copy.deepcopy(values)
-    for section, fields in migrate(stages.get(stage) or {}, f"{where} (stages.{stage})").items():
-        merged.setdefault(section, {}).update(fields)
+    for section, given in migrate(stages.get(stage) or {}, f"{where} (stages.{stage})").items():
+        merged.setdefault(section, {}).update(given)
     return merged
 
 
