@@ -279,7 +279,7 @@ def test_a_poly_recipe_lowers_the_rates_to_the_end_and_resumes_exactly(tiny, tmp
     assert [float(r["lr_pretrained"]) for r in rows] == pytest.approx([0.002 * f for f in want],
                                                                       rel=1e-4)
     assert [float(r["lr_new"]) for r in rows] == pytest.approx([0.02 * f for f in want], rel=1e-4)
-    constant = finetune(weights, spec, tmp_path / "constant", 0, max_steps=2, recipe=recipe)
+    finetune(weights, spec, tmp_path / "constant", 0, max_steps=2, recipe=recipe)
     with (tmp_path / "constant" / "log.csv").open(newline="") as fh:
         assert [float(r["lr_new"]) for r in csv.DictReader(fh)] == [0.02, 0.02]
     cut = finetune(weights, spec, tmp_path / "cut", 0, max_steps=4, recipe=poly,
