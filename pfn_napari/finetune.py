@@ -526,8 +526,8 @@ def _loader(dataset, cfg: PFNConfig) -> tuple[TrainingSet, EpochSampler, DataLoa
 
 def _optimizer(system: PFNSystem, cfg: PFNConfig) -> torch.optim.Optimizer:
     """``train.optimizer`` over every network: ``train.lr`` for the backbones, ``train.lr_new``
-    for the heads; parameters named by ``train.frozen`` do not train: a prefix of a name inside each network
-    (``backbone._blocks.0.``: in both), or of the name under the network's role
+    for the heads; parameters named by ``train.frozen`` do not train: a prefix of a name inside
+    each network (``backbone._blocks.0.``: in both), or of the name under the network's role
     (``instance.location_head.``: only there)."""
     t = cfg.train
     prefixes = tuple(t.frozen)

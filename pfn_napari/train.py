@@ -23,8 +23,9 @@ Four stages (``cfg.train.stage``): the paper's two of section 3, one ablation an
   head on crops; this teaches it the whole photos it is asked about
   (docs/experiments/training.md, "The counts on whole photos").
 
-Recipe: SGD, momentum 0.9, weight decay 5e-4, ``lr`` for pre-trained layers and ``lr_new`` for
-new ones (``PFNNet.param_groups()``), both multiplied by ``lr_gamma`` every ``lr_step_epochs``
+Recipe: SGD, momentum 0.9, weight decay 5e-4 (``optimizer='adamw'``, beyond the paper: AdamW,
+:func:`make_optimizer`), ``lr`` for pre-trained layers and ``lr_new`` for new ones
+(``PFNNet.param_groups()``), both multiplied by ``lr_gamma`` every ``lr_step_epochs``
 epochs (``lr_policy='step'``, the paper's) or by DeepLab's ``(1 - p) ** 0.9``, ``p`` the share of
 the run done (``lr_policy='poly'``: of the steps, or of ``max_minutes`` when the clock runs out
 first); ``max_steps > 0`` stops after that many optimiser steps instead of ``epochs``. With
