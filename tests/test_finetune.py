@@ -267,10 +267,16 @@ def test_resume_is_exact(tiny, tmp_path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def recipe_with(folder: Path, setting: str) -> Path:
+    """The tiny recipe with one more ``train`` setting (e.g. ``lr_policy: poly``), as a file."""
+    path = folder / f"{setting.split(':')[0]}.yaml"
+    path.write_text(RECIPE.replace("grad_clip: 10.0}", f"grad_clip: 10.0, {setting}}}"))
+    return path
+
+
 def test_a_poly_recipe_lowers_the_rates_to_the_end_and_resumes_exactly(tiny, tmp_path) -> None:
     weights, recipe = tiny
-    poly = tmp_path / "poly.yaml"
-    poly.write_text(RECIPE.replace("grad_clip: 10.0}", "grad_clip: 10.0, lr_policy: poly}"))
+    poly = recipe_with(tmp_path, "lr_policy: poly")
     spec = blob_set(tmp_path / "set", n=3)
     whole = finetune(weights, spec, tmp_path / "whole", 0, max_steps=4, recipe=poly)
     with (tmp_path / "whole" / "log.csv").open(newline="") as fh:
@@ -282,31 +288,32 @@ def test_a_poly_recipe_lowers_the_rates_to_the_end_and_resumes_exactly(tiny, tmp
     finetune(weights, spec, tmp_path / "constant", 0, max_steps=2, recipe=recipe)
     with (tmp_path / "constant" / "log.csv").open(newline="") as fh:
         assert [float(r["lr_new"]) for r in csv.DictReader(fh)] == [0.02, 0.02]
-    cut = finetune(weights, spec, tmp_path / "cut", 0, max_steps=4, recipe=poly,
+    assert_cut_and_resumed_is_straight(weights, spec, tmp_path / "cut", poly, 4, whole.weights)
+
+
+def assert_cut_and_resumed_is_straight(weights: Path, spec: str, folder: Path, recipe: Path,
+                                       steps: int, straight: Path) -> None:
+    """A fine-tune of ``steps`` stopped after its first step and resumed in ``folder`` ends
+    with the weights of the straight run's ``straight`` file, bit for bit."""
+    cut = finetune(weights, spec, folder, 0, max_steps=steps, recipe=recipe,
                    should_stop=lambda: True)
     assert cut.steps == 1
-    done = finetune(weights, spec, tmp_path / "cut", 0, max_steps=4, recipe=poly, resume=True)
-    a = load_checkpoint(whole.weights)[0].state_dict()
+    done = finetune(weights, spec, folder, 0, max_steps=steps, recipe=recipe, resume=True)
+    a = load_checkpoint(straight)[0].state_dict()
     b = load_checkpoint(done.weights)[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_adamw_recipe_fine_tunes_with_adamw_and_resumes_exactly(tiny, tmp_path) -> None:
     weights, _ = tiny
-    adamw = tmp_path / "adamw.yaml"
-    adamw.write_text(RECIPE.replace("grad_clip: 10.0}", "grad_clip: 10.0, optimizer: adamw}"))
+    adamw = recipe_with(tmp_path, "optimizer: adamw")
     spec = blob_set(tmp_path / "set", n=3)
     whole = finetune(weights, spec, tmp_path / "whole", 0, max_steps=3, recipe=adamw)
     last = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(last["optimizer"]["state"].values())))
     assert [g["lr"] for g in last["optimizer"]["param_groups"]] == [0.002, 0.02]
-    cut = finetune(weights, spec, tmp_path / "cut", 0, max_steps=3, recipe=adamw,
-                   should_stop=lambda: True)
-    assert cut.steps == 1
-    done = finetune(weights, spec, tmp_path / "cut", 0, max_steps=3, recipe=adamw, resume=True)
+    assert_cut_and_resumed_is_straight(weights, spec, tmp_path / "cut", adamw, 3, whole.weights)
     a = load_checkpoint(whole.weights)[0].state_dict()
-    b = load_checkpoint(done.weights)[0].state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sgd = load_checkpoint(finetune(weights, spec, tmp_path / "sgd", 0, max_steps=3,
                                    recipe=tiny[1]).weights)[0].state_dict()
     assert any(not torch.equal(a[k], sgd[k]) for k in a)  # another optimiser, other weights
