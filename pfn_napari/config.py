@@ -868,6 +868,11 @@ def _with_stage_section(values: dict[str, Any], overrides: list[str],
     gives one stage only (``stages: {counts: {train: {batch_size: 2}}}``) merged over the
     file's own sections for the run's ``train.stage`` (after ``overrides``, which still win),
     the section dropped for the other stages."""
+    given = next((o for o in overrides if o.split("=", 1)[0].strip().startswith("stages.")),
+                 None)
+    if given is not None:
+        raise ConfigError(f"override {given!r}: stage sections live in a config file; for this "
+                          "run set the field itself (e.g. train.lr=...) with the stage it runs")
     values = dict(values)
     stages = values.pop("stages", None)
     if stages is None:

@@ -282,6 +282,12 @@ def test_a_stage_section_applies_to_its_stage_only_and_set_still_wins(tmp_path) 
     assert load_config(own, ["train.stage=category"]).train.lr == 0.5
 
 
+def test_a_stage_section_cannot_be_set_from_the_command_line() -> None:
+    with pytest.raises(ConfigError, match=r"^override 'stages.counts.train.lr=0.1': stage "
+                                          r"sections live in a config file"):
+        load_config("cpu-demo", ["stages.counts.train.lr=0.1"])
+
+
 @pytest.mark.parametrize("text", ["stages: {count: {train: {lr: 0.1}}}\n",
                                   "stages: {counts: {train: 5}}\n",
                                   "stages: [counts]\n"])
