@@ -873,7 +873,7 @@ def _with_stage_section(values: dict[str, Any], overrides: list[str],
     if given is not None:
         raise ConfigError(f"override {given!r}: stage sections live in a config file; for this "
                           "run set the field itself (e.g. train.lr=...) with the stage it runs")
-    values = dict(values)
+    values = copy.deepcopy(values)  # the stage's sections are merged into it
     stages = values.pop("stages", None)
     if stages is None:
         return values
@@ -885,10 +885,9 @@ def _with_stage_section(values: dict[str, Any], overrides: list[str],
                           f"{TRAIN_STAGES}, e.g. stages: {{counts: {{train: {{batch_size: 2}}}}}}")
     stage = (migrate(apply_overrides(values, overrides), where).get("train") or {}).get(
         "stage", TrainConfig.stage)
-    merged = copy.deepcopy(values)
     for section, given in migrate(stages.get(stage) or {}, f"{where} (stages.{stage})").items():
-        merged.setdefault(section, {}).update(given)
-    return merged
+        values.setdefault(section, {}).update(given)
+    return values
 
 
 #: Configs shipped with the package, by short name (``pfn train --config paper-vgg16``).

@@ -435,16 +435,6 @@ def make_optimizer(groups: list[dict[str, Any]], t: TrainConfig) -> torch.optim.
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
-def check_optimizer(saved: Mapping[str, Any] | None, t: TrainConfig, where: Path | str) -> None:
-    """Raise :class:`CheckpointError` when the checkpoint ``where`` (its config dict ``saved``)
-    was trained with another ``train.optimizer`` than ``t``: its optimiser state cannot go on
-    (a checkpoint from before the setting existed was trained with SGD)."""
-    theirs = ((saved or {}).get("train") or {}).get("optimizer", "sgd")
-    if theirs != t.optimizer:
-        raise CheckpointError(f"{where}: trained with train.optimizer={theirs!r}, this run has "
-                              f"{t.optimizer!r}; resume with the same optimiser")
-
-
 def _optimizer(net: nn.Module, cfg: PFNConfig) -> torch.optim.Optimizer:
     pretrained, new = net.param_groups()
     t = cfg.train
@@ -686,7 +676,8 @@ def _note_function(main: bool) -> Callable[[str], None]:
 
 def _read_resume_checkpoint(resume: str | os.PathLike, cfg: PFNConfig) -> dict[str, Any]:
     """The training checkpoint to resume from, checked against this run before anything is
-    built: same stage, same model and classes, finite weights."""
+    built: same stage, model, classes and optimiser (a file from before ``train.optimizer``
+    existed reads as SGD, which trained it), finite weights."""
     t = cfg.train
     ckpt = read_checkpoint(resume)
     if ckpt["kind"] != "training":
@@ -698,6 +689,10 @@ def _read_resume_checkpoint(resume: str | os.PathLike, cfg: PFNConfig) -> dict[s
     if stored.model != cfg.model or stored.data.classes != cfg.data.classes:
         raise CheckpointError(f"{resume}: stored model config differs from this run's; resume "
                               "without --config (the stored config is used) or with the same one")
+    if stored.train.optimizer != t.optimizer:  # its optimiser state cannot go on in another
+        raise CheckpointError(f"{resume}: trained with train.optimizer="
+                              f"{stored.train.optimizer!r}, this run has {t.optimizer!r}; resume "
+                              "with the same optimiser")
     check_finite(ckpt["model"], resume)
     return ckpt
 
@@ -754,7 +749,6 @@ def _freeze(net: nn.Module, frozen: tuple[str, ...], kind: str, note) -> None:
 def _restore_training_state(run: _Run, ckpt: Mapping[str, Any], resume) -> None:
     """Weights, optimiser, scheduler, scaler and step of the checkpoint we resume from."""
     check_dtypes(ckpt["model"], run.system.state_dict(), resume)
-    check_optimizer(ckpt.get("config"), run.cfg.train, resume)
     try:
         run.system.load_state_dict(ckpt["model"], strict=True)
         run.optimizer.load_state_dict(ckpt["optimizer"])
