@@ -46,6 +46,7 @@ VARIANTS = {
     "the category network alone, crop 129": {"data": {"crop_size": 129}},
     "the category network alone, first five stages frozen, crop 193": {
         "train": {"frozen": EARLY + ["backbone._blocks.3.", "backbone._blocks.4."] + INSTANCE}},
+    "the category network alone, crop 193, bfloat16 (`amp: true`)": {"train": {"amp": True}},
 }
 
 

@@ -34,7 +34,9 @@ import csv
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +61,8 @@ from .model import PFNSystem
 from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries
 from .run_folder import out_dir_lock
-from .train import (dataset_metrics, make_optimizer, poly_factor, run_progress,
-                    seed_everything)
+from .train import (autocast_dtype, dataset_metrics, make_optimizer, poly_factor,
+                    run_progress, seed_everything)
 from .train_data import check_labels, data_classes, held_back_indices
 
 #: The shipped fine-tuning recipe (``configs/finetune-cpu.yaml``).
@@ -335,6 +337,8 @@ class _Run:
     max_steps: int
     unlabelled: torch.Tensor  # (C,) bool: classes the data does not label
     held: list[tuple[torch.Tensor, torch.Tensor]]  # (parameter, rows kept): count_rows_held
+    # train.amp: the forward pass in bfloat16 where the device has it (no GradScaler here)
+    amp_dtype: torch.dtype | None = None
     step: int = 0
     elapsed_s: float = 0.0  # training time of earlier calls (resume)
     loss: float = float("nan")
@@ -386,7 +390,11 @@ def _setup(weights, data, out_dir, minutes, classes, val, resume, seed, split, r
                train_set=train_set, sampler=sampler, steps_per_epoch=spe, optimizer=optimizer,
                device=dev, budget_s=max(0.0, float(minutes)) * 60.0, max_steps=int(max_steps),
                unlabelled=unlabelled,
-               held=count_rows_held(system, len(cfg.data.classes) - len(new)))
+               held=count_rows_held(system, len(cfg.data.classes) - len(new)),
+               amp_dtype=autocast_dtype(dev, float16=False) if cfg.train.amp else None)
+    if cfg.train.amp and run.amp_dtype is None:
+        warnings.warn(f"train.amp ignored: no native bfloat16 on {dev} (on a CPU: AVX512-BF16 or "
+                      "AMX), where mixed precision would be slower than float32", stacklevel=2)
     if ckpt is not None:
         _restore(run, ckpt, last)
     else:
@@ -596,7 +604,7 @@ def _objective(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         out = system.category(batch["image"])  # NetOutputs: seg_logits (B, C+1, h, w)
         batch["class_map"] = keep_unlabelled(batch["class_map"], out.seg_logits.detach(),
                                              run.unlabelled)
-        return total_loss(out, batch, cfg.loss, "category")
+        return _full_precision_loss(out, batch, cfg, "category")
     out = system.instance(batch["image"])  # NetOutputs (locations, counts) on the stride-8 grid
     if system.category is not None:
         out.seg_logits = system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
@@ -607,7 +615,14 @@ def _objective(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     labelled = ~run.unlabelled
     out.counts = out.counts[:, labelled]  # (B, C')
     batch["counts"] = batch["counts"][:, labelled]  # (B, C')
-    return total_loss(out, batch, cfg.loss, "unified")
+    return _full_precision_loss(out, batch, cfg, "unified")
+
+
+def _full_precision_loss(out, batch: dict[str, torch.Tensor], cfg: PFNConfig, kind: str
+                         ) -> tuple[torch.Tensor, dict]:
+    """``total_loss`` in float32, also after a mixed-precision forward pass (``train.amp``)."""
+    with torch.autocast(batch["image"].device.type, enabled=False):
+        return total_loss(out.float(), batch, cfg.loss, kind)
 
 
 def _learns(net: nn.Module) -> bool:
@@ -619,7 +634,9 @@ def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
     for net in _nets(run.system):
         net.train()
     batch = dict(batch_to(dict(batch), run.device))
-    loss, parts = _objective(run, batch)
+    with (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
+          else nullcontext()):
+        loss, parts = _objective(run, batch)
     if not torch.isfinite(loss):
         raise PFNError(f"non-finite loss at fine-tuning step {run.step + 1} "
                        f"({', '.join(f'{k} {v:.4g}' for k, v in parts.items() if '/' not in k)}); "

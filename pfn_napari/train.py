@@ -136,6 +136,29 @@ def rank_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bfloat16() -> bool:
+    """True when this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX tiles); on
+    others torch emulates it, and mixed precision is slower than float32."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and bool(check()) for check in checks)
+
+
+def autocast_dtype(device: torch.device, *, float16: bool = True) -> torch.dtype | None:
+    """The dtype of ``train.amp``'s mixed precision on ``device``: on CUDA float16 (with a
+    GradScaler; ``float16=False``: bfloat16 where the GPU has it, for a loop without a scaler),
+    bfloat16 on a CPU that has it natively (:func:`cpu_has_bfloat16`; no scaler: bfloat16 has
+    float32's range), else None. Weights, optimiser state and losses stay float32; the forward
+    pass (and so the backward) runs its convolutions in the lower precision."""
+    if device.type == "cuda":
+        if float16:
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu" and cpu_has_bfloat16():
+        return torch.bfloat16
+    return None
+
+
 def lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -> float:
     """Step decay: ``gamma ** (epoch // step_epochs)`` with ``epoch = step // steps_per_epoch``
     (``step_epochs <= 0``: constant)."""
@@ -589,8 +612,8 @@ class _Run:
     kind: str  # its kind: category, instance or unified
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    use_amp: bool
+    scaler: torch.amp.GradScaler  # enabled with float16 autocast (CUDA) only
+    amp_dtype: torch.dtype | None  # the autocast dtype of train.amp on this device, or None
     base_lrs: list[float]
     clock: _Clock = dataclasses.field(default_factory=_Clock)
     logger: _Logger | None = None
@@ -629,17 +652,18 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     clock = _Clock()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(
         t, plan, step, clock.share))
-    use_amp = bool(t.amp) and device.type == "cuda"
-    if t.amp and not use_amp:
-        note("train.amp ignored: mixed precision is used on CUDA only")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    dtype = autocast_dtype(device) if t.amp else None
+    if t.amp and dtype is None:
+        note("train.amp ignored: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or "
+             "AMX), where mixed precision would be slower than float32")
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     if t.count_finetune == "separate" and kind != "instance":
         note(f"train.count_finetune=separate applies to stage 'instance' only; stage {kind!r} "
              + ("trains the count head alone" if kind == "counts" else "trains jointly"))
     run = _Run(cfg=cfg, info=info, device=device, out_dir=out_dir, note=note, plan=plan,
                train_set=train_set, sampler=sampler, loader=loader, system=system, net=net,
                kind=kind, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-               use_amp=use_amp, base_lrs=base_lrs, clock=clock)
+               amp_dtype=dtype, base_lrs=base_lrs, clock=clock)
     if ckpt is not None:
         _restore_training_state(run, ckpt, resume)
     if t.ema > 0:
@@ -904,13 +928,14 @@ def _train_step(run: _Run, model: nn.Module, batch: dict[str, torch.Tensor], pha
     batch = batch_to(batch, run.device)
     loss_cfg = (dataclasses.replace(run.cfg.loss, count_weight=0.0) if phase == "locations"
                 else run.cfg.loss)
-    with torch.autocast("cuda", dtype=torch.float16) if run.use_amp else nullcontext():
+    with (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
+          else nullcontext()):
         out = model(batch["image"])  # NetOutputs on the stride-8 grid
         if run.gate_counts:  # counts where the frozen category network sees the class
             with torch.no_grad():
                 seg = run.system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
             out.counts = gated_counts(out.count_density, seg)  # (B, C)
-        loss, parts = total_loss(out, batch, loss_cfg, run.kind)
+    loss, parts = total_loss(out.float(), batch, loss_cfg, run.kind)  # in float32
     _stop_unless_finite(run, loss, parts, epoch, flag)
     lrs = [g["lr"] for g in run.optimizer.param_groups]  # the lr of this step
     run.optimizer.zero_grad(set_to_none=True)
@@ -981,7 +1006,7 @@ def _save(run: _Run, name: str, epoch: int, extra: dict[str, Any] | None = None)
         run.out_dir / name, system_state=run.system.state_dict(), config=run.cfg,
         networks=networks_of(run.system), optimizer=run.optimizer.state_dict(),
         scheduler=run.scheduler.state_dict(),
-        scaler=run.scaler.state_dict() if run.use_amp else None,
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
         step=run.step, epoch=epoch, rng=rng,
         extra={"rng_per_rank": states, "world_size": run.info.world,
                **({"ema": _cpu(run.average)} if run.average is not None else {}),

@@ -66,6 +66,29 @@ def voc_coco_root(shared_data: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def bfloat16_cpu(monkeypatch) -> set:
+    """A CPU with native bfloat16 for ``train.amp`` (forced, so the test runs on any CPU);
+    returns the set that collects the output dtypes of every 2-d convolution run with
+    gradients on (training steps, not the validations after them)."""
+    import torch
+
+    import pfn_napari.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: True)
+    seen: set = set()
+    conv_forward = torch.nn.Conv2d.forward
+
+    def recording_forward(self, x):
+        y = conv_forward(self, x)
+        if torch.is_grad_enabled():
+            seen.add(y.dtype)
+        return y
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording_forward)
+    return seen
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that needs the real data (the ``shared_data`` fixture, directly or through

@@ -319,6 +319,35 @@ def test_an_adamw_recipe_fine_tunes_with_adamw_and_resumes_exactly(tiny, tmp_pat
     assert any(not torch.equal(a[k], sgd[k]) for k in a)  # another optimiser, other weights
 
 
+def test_an_amp_recipe_runs_the_networks_in_bfloat16_and_resumes_exactly(
+        tiny, tmp_path, bfloat16_cpu, monkeypatch) -> None:
+    """``amp: true`` in a recipe on a CPU with bfloat16 (forced, so it runs on any CPU): the
+    training steps' convolutions run in bfloat16, the weights stay float32, the losses are
+    the float32 run's to a percent, and a cut run resumed is the straight run bit for bit; on
+    a CPU without it the setting is ignored with a warning."""
+    import pfn_napari.train as train_module
+
+    weights, recipe = tiny
+    amp = recipe_with(tmp_path, "amp: true")
+    spec = blob_set(tmp_path / "set", n=3)
+    whole = finetune(weights, spec, tmp_path / "whole", 0, max_steps=3, recipe=amp)
+    assert bfloat16_cpu == {torch.bfloat16}
+    state = load_checkpoint(whole.weights)[0].state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    full = finetune(weights, spec, tmp_path / "float32", 0, max_steps=3, recipe=recipe)
+
+    def losses(folder: Path) -> list[float]:
+        with (folder / "log.csv").open(newline="") as fh:
+            return [float(r["total"]) for r in csv.DictReader(fh)]
+
+    low, high = losses(tmp_path / "whole"), losses(full.weights.parent)
+    assert low != high and low == pytest.approx(high, rel=0.01)
+    assert_cut_and_resumed_is_straight(weights, spec, tmp_path / "cut", amp, 3, whole.weights)
+    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match=r"train.amp ignored: no native bfloat16 on cpu"):
+        finetune(weights, spec, tmp_path / "plain", 0, max_steps=1, recipe=amp)
+
+
 def test_held_back_images_are_measured_before_and_after(tiny, tmp_path) -> None:
     weights, recipe = tiny
     spec = blob_set(tmp_path / "set", n=15)

@@ -12,6 +12,7 @@ import torch
 from pfn_napari.checkpoint import load_checkpoint, read_checkpoint
 from pfn_napari.config import load_config
 from pfn_napari.errors import CheckpointError, PFNError
+import pfn_napari.train as train_module
 from pfn_napari.train import (COUNT_PHASE_SPLIT, POLY_POWER, _Plan, _schedule, _set_phase,
                               ema_decay, lr_factor, phase_plan, poly_factor, run_progress,
                               schedule_step, train)
@@ -241,7 +242,6 @@ def test_instance_stage_separate_count_finetune(category_run, tmp_path, monkeypa
     touches only the count head; resuming across the switch is exact."""
     import shutil
 
-    import pfn_napari.train as train_module
 
     _, cat_final = category_run
     base = ["train.stage=instance", f"train.init={cat_final}", "train.count_finetune=separate",
@@ -389,14 +389,41 @@ def test_non_finite_loss_stops_with_the_step_and_the_part(tmp_path, monkeypatch)
     assert poisoned.key in str(info.value)
 
 
-def test_unified_stage_runs_and_amp_is_ignored_on_cpu(tmp_path, capsys):
+def test_unified_stage_runs_and_amp_is_ignored_on_a_cpu_without_bfloat16(tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: False)
     cfg = tiny_cfg(tmp_path, "uni", "train.stage=unified", "train.max_steps=2", "train.amp=true")
     final = train(cfg, progress=False)
-    assert "train.amp ignored" in capsys.readouterr().err
+    assert "train.amp ignored: this CPU has no native bfloat16" in capsys.readouterr().err
     system, _, meta = load_checkpoint(final)
     assert system.category is None and system.instance.kind == "unified"
     rows = read_log(final.parent / "log.csv")
     assert len(rows) == 2 and float(rows[-1]["loss"]) > 0
+
+
+def test_amp_on_a_bfloat16_cpu_runs_the_convolutions_in_bfloat16_and_resumes_exactly(
+        tmp_path, bfloat16_cpu):
+    """``train.amp`` on a CPU with bfloat16 (forced here, so the test runs on any CPU):
+    the forward pass's convolutions run in bfloat16, the weights, optimiser state and losses
+    stay float32, no GradScaler state is stored, the losses are those of a float32 run to a
+    percent, and a cut run resumed is the straight run bit for bit."""
+    stable = ["train.stage=unified", "train.lr=0.001", "train.lr_new=0.002", "train.grad_clip=1"]
+    base = [*stable, "train.amp=true"]
+    straight = train(tiny_cfg(tmp_path, "straight", *base, "train.max_steps=4"), progress=False)
+    assert bfloat16_cpu == {torch.bfloat16}
+    ckpt = read_checkpoint(straight.parent / "last.pt")
+    assert ckpt.get("scaler") is None
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for state in ckpt["optimizer"]["state"].values()
+               for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+    full = train(tiny_cfg(tmp_path, "float32", *stable, "train.max_steps=4"), progress=False)
+    low = [float(r["loss"]) for r in read_log(straight.parent / "log.csv")]
+    high = [float(r["loss"]) for r in read_log(full.parent / "log.csv")]
+    assert low != high and low == pytest.approx(high, rel=0.01)
+    half = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=2"), progress=False)
+    resumed = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=4"),
+                    resume=half.parent / "last.pt", progress=False)
+    assert_same_weights(straight, resumed)
 
 
 def test_instance_stage_with_size_consistent_heads_and_gated_counts(category_run, tmp_path,

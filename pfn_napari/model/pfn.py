@@ -44,6 +44,15 @@ class NetOutputs:
     counts: Tensor | None = None
     count_density: Tensor | None = None
 
+    def float(self) -> NetOutputs:
+        """The same outputs in float32 (the losses after a mixed-precision forward pass)."""
+        def f(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.float()
+
+        return NetOutputs(seg_logits=f(self.seg_logits), locations=f(self.locations),
+                          stream_locations={k: v.float() for k, v in self.stream_locations.items()},
+                          counts=f(self.counts), count_density=f(self.count_density))
+
 
 class PFNNet(nn.Module):
     """A backbone with the heads of one kind.
@@ -232,7 +241,7 @@ def gated_counts(density: Tensor, seg_logits: Tensor) -> Tensor:
     """
     probs = torch.softmax(seg_logits.float(), dim=1)[:, 1:, ::2, ::2]  # (B, C, h2, w2)
     h2, w2 = density.shape[-2:]
-    return (density * probs[:, :, :h2, :w2].to(density.dtype)).sum(dim=(2, 3))  # (B, C)
+    return (density.float() * probs[:, :, :h2, :w2]).sum(dim=(2, 3))  # (B, C) float32
 
 
 def build_system(cfg: ModelConfig, stage: str) -> PFNSystem:

@@ -1,0 +1,80 @@
+"""What ``train.amp`` (bfloat16 autocast) buys on this CPU: images per second of ``pfn train``
+for the two stages of the ``cpu-demo`` recipe, in float32 and in mixed precision, in one
+process.
+
+    python benchmarks/mixed_precision.py --steps 40 --threads 2 [--init CATEGORY.pt]
+
+Each row trains ``--steps`` steps of the recipe (batch 4, 257-pixel crops, its frozen layers)
+on its real training data (``../shared/data``; the synthetic shapes without it) and reads the
+images per second of its ``log.csv`` (the first ``--skip`` steps, which warm the caches and
+the loader, left out). The stage-2 rows start from ``--init`` (a stage-1 checkpoint; without
+one the category network is the untrained one, which costs the same). The ratio is float32's
+seconds per step over mixed precision's, per stage. Run it on an idle machine: the rates are
+wall clock. On a CPU without native bfloat16 (AVX512-BF16 or AMX) ``train.amp`` is ignored
+and the rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pfn_napari.config import load_config  # noqa: E402
+from pfn_napari.demo import demo_train_spec, find_shared_data  # noqa: E402
+from pfn_napari.train import cpu_has_bfloat16, train  # noqa: E402
+
+
+def images_per_second(log: Path, skip: int) -> float:
+    """Mean of the ``images_per_s`` column over the logged steps after the first ``skip``."""
+    with log.open(newline="") as fh:
+        rates = [float(r["images_per_s"]) for r in csv.DictReader(fh) if int(r["step"]) > skip]
+    if not rates:
+        raise SystemExit(f"{log}: no logged step after step {skip}; raise --steps")
+    return sum(rates) / len(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--skip", type=int, default=10, help="warm-up steps left out")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--init", default="", help="a stage-1 checkpoint for the stage-2 rows")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = find_shared_data()
+    spec = demo_train_spec(root, 300) if root is not None else "synthetic:300"
+    work = Path(tempfile.mkdtemp(prefix="mixed-precision-"))
+    native = cpu_has_bfloat16()
+    print(f"cpu-demo recipe, {args.steps} steps per row (first {args.skip} left out), "
+          f"{args.threads} threads, data {'../shared/data' if root else 'synthetic'}; "
+          f"native bfloat16: {'yes' if native else 'no (train.amp is ignored)'}\n")
+    print("| stage | precision | images / s | s / step | float32 / this |\n|---|---|---:|---:|---:|")
+    for stage in ("category", "instance"):
+        base = None
+        for amp in (False, True):
+            out = work / f"{stage}-{'amp' if amp else 'fp32'}"
+            cfg = load_config("cpu-demo", [
+                f"train.stage={stage}", f"data.train={spec}", "data.val=synthetic:2@1",
+                f"train.out_dir={out}", "train.device=cpu", f"train.max_steps={args.steps}",
+                "train.log_every=1", "train.checkpoint_every=0", f"train.amp={amp}",
+                *([f"train.init={args.init}"] if stage == "instance" and args.init else [])])
+            train(cfg, progress=False)
+            rate = images_per_second(out / "log.csv", args.skip)
+            per_step = cfg.train.batch_size / rate
+            base = base or per_step
+            name = "bfloat16 (train.amp)" if amp else "float32"
+            print(f"| {stage} | {name} | {rate:.2f} | {per_step:.3f} | {base / per_step:.2f} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
