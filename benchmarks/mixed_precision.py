@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpu-demo recipe, {args.steps} steps per row (first {args.skip} left out), "
           f"{args.threads} threads, data {'../shared/data' if root else 'synthetic'}; "
           f"native bfloat16: {'yes' if native else 'no (train.amp is ignored)'}\n")
-    print("| stage | precision | images / s | s / step | float32 / this |\n|---|---|---:|---:|---:|")
+    print("| stage | precision | images / s | s / step | float32 / this |\n"
+          "|---|---|---:|---:|---:|")
     for stage in ("category", "instance"):
         base = None
         for amp in (False, True):
