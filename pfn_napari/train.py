@@ -656,6 +656,9 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     if t.amp and dtype is None:
         note("train.amp ignored: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or "
              "AMX), where mixed precision would be slower than float32")
+    elif dtype is not None:
+        note(f"mixed precision: the forward pass in {str(dtype).replace('torch.', '')} on "
+             f"{device.type} (weights and losses in float32)")
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     if t.count_finetune == "separate" and kind != "instance":
         note(f"train.count_finetune=separate applies to stage 'instance' only; stage {kind!r} "

@@ -402,7 +402,7 @@ def test_unified_stage_runs_and_amp_is_ignored_on_a_cpu_without_bfloat16(tmp_pat
 
 
 def test_amp_on_a_bfloat16_cpu_runs_the_convolutions_in_bfloat16_and_resumes_exactly(
-        tmp_path, bfloat16_cpu):
+        tmp_path, bfloat16_cpu, capsys):
     """``train.amp`` on a CPU with bfloat16 (forced here, so the test runs on any CPU):
     the forward pass's convolutions run in bfloat16, the weights, optimiser state and losses
     stay float32, no GradScaler state is stored, the losses are those of a float32 run to a
@@ -411,6 +411,8 @@ def test_amp_on_a_bfloat16_cpu_runs_the_convolutions_in_bfloat16_and_resumes_exa
     base = [*stable, "train.amp=true"]
     straight = train(tiny_cfg(tmp_path, "straight", *base, "train.max_steps=4"), progress=False)
     assert bfloat16_cpu == {torch.bfloat16}
+    assert ("mixed precision: the forward pass in bfloat16 on cpu (weights and losses in "
+            "float32)") in capsys.readouterr().err
     ckpt = read_checkpoint(straight.parent / "last.pt")
     assert ckpt.get("scaler") is None
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
