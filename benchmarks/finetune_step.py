@@ -47,6 +47,8 @@ VARIANTS = {
     "the category network alone, first five stages frozen, crop 193": {
         "train": {"frozen": EARLY + ["backbone._blocks.3.", "backbone._blocks.4."] + INSTANCE}},
     "the category network alone, crop 193, bfloat16 (`amp: true`)": {"train": {"amp": True}},
+    "the category network alone, crop 193, channels-last (`channels_last: true`)": {
+        "train": {"channels_last": True}},
 }
 
 

@@ -374,6 +374,10 @@ class TrainConfig:
     # layers of a light backbone: no backward pass through them, a faster CPU step).
     frozen: tuple[str, ...] = ()
     amp: bool = False
+    # The networks' 4-d weights, and so their activations, in channels-last memory order: the
+    # same float32 arithmetic in another order, a shorter CPU step for the Lite backbones
+    # (docs/experiments/training.md, "Channels-last memory order"); False is PyTorch's default.
+    channels_last: bool = False
     seed: int = 0
     log_every: int = 10
     val_every: int = 0  # epochs between validations (0: only at the end)

@@ -380,6 +380,8 @@ def _setup(weights, data, out_dir, minutes, classes, val, resume, seed, split, r
     seed_everything(cfg.train.seed)
     train_set, sampler, loader, spe = _loader(train_data, cfg)
     system.to(dev)
+    if cfg.train.channels_last:
+        system.to(memory_format=torch.channels_last)
     optimizer = _optimizer(system, cfg)
     idx = {normalise_class_name(c) for c in taught}
     unlabelled = torch.tensor([normalise_class_name(c) not in idx for c in cfg.data.classes],

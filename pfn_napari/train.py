@@ -645,6 +645,8 @@ def _setup_run(cfg: PFNConfig, resume: str | os.PathLike | None, info: DistInfo,
     check_val_labels(cfg)
     system, net, kind = _build_networks(cfg, note, resuming=ckpt is not None)
     system.to(device)
+    if t.channels_last:
+        system.to(memory_format=torch.channels_last)
     if t.frozen:
         _freeze(net, t.frozen, kind, note)
     optimizer = _optimizer(net, cfg)

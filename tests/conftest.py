@@ -89,6 +89,27 @@ def bfloat16_cpu(monkeypatch) -> set:
     return seen
 
 
+@pytest.fixture
+def conv_weight_layouts(monkeypatch) -> set:
+    """The set that collects, for every 2-d convolution run with gradients on, whether its
+    weight is in channels-last order (only weights whose two orders differ: Cin > 1 and a
+    kernel larger than 1 x 1)."""
+    import torch
+
+    layouts: set = set()
+    conv_forward = torch.nn.Conv2d.forward
+
+    def recording_forward(self, x):
+        w = self.weight  # (Cout, Cin, kh, kw)
+        if torch.is_grad_enabled() and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1:
+            layouts.add(w.is_contiguous(memory_format=torch.channels_last)
+                        and not w.is_contiguous())
+        return conv_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording_forward)
+    return layouts
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that needs the real data (the ``shared_data`` fixture, directly or through

@@ -4,8 +4,8 @@ falling, exact resume, final.pt loading everywhere, the card."""
 from __future__ import annotations
 
 import csv
-
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -346,6 +346,24 @@ def test_an_amp_recipe_runs_the_networks_in_bfloat16_and_resumes_exactly(
     monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: False)
     with pytest.warns(UserWarning, match=r"train.amp ignored: no native bfloat16 on cpu"):
         finetune(weights, spec, tmp_path / "plain", 0, max_steps=1, recipe=amp)
+
+
+def test_a_channels_last_recipe_fine_tunes_and_resumes_exactly(tiny, tmp_path,
+                                                               conv_weight_layouts) -> None:
+    """``channels_last: true`` in a recipe: the fine-tune runs in that order (this AlexNet's
+    dropout then draws its masks in memory order: other masks than the default order's, so
+    the losses are another draw, not equal), writes weights that load into a plain model,
+    and resumes exactly."""
+    weights, recipe = tiny
+    fast = recipe_with(tmp_path, "channels_last: true")
+    spec = blob_set(tmp_path / "set", n=3)
+    whole = finetune(weights, spec, tmp_path / "whole", 0, max_steps=3, recipe=fast)
+    assert conv_weight_layouts == {True}
+    with (tmp_path / "whole" / "log.csv").open(newline="") as fh:
+        assert all(math.isfinite(float(r["total"])) for r in csv.DictReader(fh))
+    system = load_checkpoint(whole.weights)[0]
+    assert all(p.is_contiguous() for p in system.parameters())
+    assert_cut_and_resumed_is_straight(weights, spec, tmp_path / "cut", fast, 3, whole.weights)
 
 
 def test_held_back_images_are_measured_before_and_after(tiny, tmp_path) -> None:

@@ -428,6 +428,32 @@ def test_amp_on_a_bfloat16_cpu_runs_the_convolutions_in_bfloat16_and_resumes_exa
     assert_same_weights(straight, resumed)
 
 
+def test_channels_last_trains_the_same_float32_arithmetic_and_resumes_exactly(
+        tmp_path, conv_weight_layouts):
+    """``train.channels_last``: every convolution of the training steps sees its weight in
+    channels-last order, the losses are the default order's to float32 rounding (Lite0 has no
+    dropout), the final checkpoint loads into a plain model, and a cut run resumed is the
+    straight run bit for bit."""
+    layouts = conv_weight_layouts
+    stable = ["train.stage=unified", "train.lr=0.001", "train.lr_new=0.002", "train.grad_clip=1"]
+    base = [*stable, "train.channels_last=true"]
+    straight = train(tiny_cfg(tmp_path, "straight", *base, "train.max_steps=4"), progress=False)
+    assert layouts == {True}
+    layouts.clear()
+    plain = train(tiny_cfg(tmp_path, "plain", *stable, "train.max_steps=4"), progress=False)
+    assert layouts == {False}
+    fast = [float(r["loss"]) for r in read_log(straight.parent / "log.csv")]
+    slow = [float(r["loss"]) for r in read_log(plain.parent / "log.csv")]
+    assert fast == pytest.approx(slow, rel=1e-4)
+    system, _, _ = load_checkpoint(straight)  # a model of the default order
+    weight = next(p for p in system.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert weight.is_contiguous()
+    half = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=2"), progress=False)
+    resumed = train(tiny_cfg(tmp_path, "cut", *base, "train.max_steps=4"),
+                    resume=half.parent / "last.pt", progress=False)
+    assert_same_weights(straight, resumed)
+
+
 def test_instance_stage_with_size_consistent_heads_and_gated_counts(category_run, tmp_path,
                                                                      monkeypatch):
     """The shipped recipe's instance settings: unit locations, density counts gated by the

@@ -1,17 +1,18 @@
-"""What ``train.amp`` (bfloat16 autocast) buys on this CPU: images per second of ``pfn train``
-for the two stages of the ``cpu-demo`` recipe, in float32 and in mixed precision, in one
-process.
+"""What a training step costs on this CPU: images per second of ``pfn train`` for the two
+stages of the ``cpu-demo`` recipe, as it is (float32, PyTorch's memory order), in channels-last
+memory order (``train.channels_last``), in mixed precision (``train.amp``: bfloat16 autocast)
+and with both, in one process.
 
-    python benchmarks/mixed_precision.py --steps 40 --threads 2 [--init CATEGORY.pt]
+    python benchmarks/train_step.py --steps 40 --threads 2 [--init CATEGORY.pt]
 
 Each row trains ``--steps`` steps of the recipe (batch 4, 257-pixel crops, its frozen layers)
 on its real training data (``../shared/data``; the synthetic shapes without it) and reads the
 images per second of its ``log.csv`` (the first ``--skip`` steps, which warm the caches and
 the loader, left out). The stage-2 rows start from ``--init`` (a stage-1 checkpoint; without
-one the category network is the untrained one, which costs the same). The ratio is float32's
-seconds per step over mixed precision's, per stage. Run it on an idle machine: the rates are
+one the category network is the untrained one, which costs the same). The ratio is the first
+row's seconds per step over each row's, per stage. Run it on an idle machine: the rates are
 wall clock. On a CPU without native bfloat16 (AVX512-BF16 or AMX) ``train.amp`` is ignored
-and the rows say so.
+and the header says so.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ sys.path.insert(0, str(ROOT))
 from pfn_napari.config import load_config  # noqa: E402
 from pfn_napari.demo import demo_train_spec, find_shared_data  # noqa: E402
 from pfn_napari.train import cpu_has_bfloat16, train  # noqa: E402
+
+
+#: row name -> the settings it adds to the recipe
+VARIANTS = {
+    "the recipe (float32)": [],
+    "channels-last (`train.channels_last`)": ["train.channels_last=true"],
+    "bfloat16 (`train.amp`)": ["train.amp=true"],
+    "both": ["train.channels_last=true", "train.amp=true"],
+}
 
 
 def images_per_second(log: Path, skip: int) -> float:
@@ -51,27 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     root = find_shared_data()
     spec = demo_train_spec(root, 300) if root is not None else "synthetic:300"
-    work = Path(tempfile.mkdtemp(prefix="mixed-precision-"))
+    work = Path(tempfile.mkdtemp(prefix="train-step-"))
     native = cpu_has_bfloat16()
     print(f"cpu-demo recipe, {args.steps} steps per row (first {args.skip} left out), "
           f"{args.threads} threads, data {'../shared/data' if root else 'synthetic'}; "
           f"native bfloat16: {'yes' if native else 'no (train.amp is ignored)'}\n")
-    print("| stage | precision | images / s | s / step | float32 / this |\n"
+    print("| stage | setting | images / s | s / step | first row / this |\n"
           "|---|---|---:|---:|---:|")
     for stage in ("category", "instance"):
         base = None
-        for amp in (False, True):
-            out = work / f"{stage}-{'amp' if amp else 'fp32'}"
+        for i, (name, settings) in enumerate(VARIANTS.items()):
+            out = work / f"{stage}-{i}"
             cfg = load_config("cpu-demo", [
                 f"train.stage={stage}", f"data.train={spec}", "data.val=synthetic:2@1",
                 f"train.out_dir={out}", "train.device=cpu", f"train.max_steps={args.steps}",
-                "train.log_every=1", "train.checkpoint_every=0", f"train.amp={amp}",
+                "train.log_every=1", "train.checkpoint_every=0", *settings,
                 *([f"train.init={args.init}"] if stage == "instance" and args.init else [])])
             train(cfg, progress=False)
             rate = images_per_second(out / "log.csv", args.skip)
             per_step = cfg.train.batch_size / rate
             base = base or per_step
-            name = "bfloat16 (train.amp)" if amp else "float32"
             print(f"| {stage} | {name} | {rate:.2f} | {per_step:.3f} | {base / per_step:.2f} |",
                   flush=True)
     return 0
