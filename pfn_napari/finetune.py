@@ -36,7 +36,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +60,8 @@ from .model import PFNSystem
 from .model.pfn import gated_counts
 from .output import atomic_write_text, check_output_dir, remove_stale_temporaries
 from .run_folder import out_dir_lock
-from .train import (autocast_dtype, dataset_metrics, make_optimizer, poly_factor,
-                    run_progress, seed_everything)
+from .train import (autocast_dtype, dataset_metrics, make_optimizer, mixed_precision,
+                    poly_factor, run_progress, seed_everything)
 from .train_data import check_labels, data_classes, held_back_indices
 
 #: The shipped fine-tuning recipe (``configs/finetune-cpu.yaml``).
@@ -606,7 +605,7 @@ def _objective(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
         out = system.category(batch["image"])  # NetOutputs: seg_logits (B, C+1, h, w)
         batch["class_map"] = keep_unlabelled(batch["class_map"], out.seg_logits.detach(),
                                              run.unlabelled)
-        return _full_precision_loss(out, batch, cfg, "category")
+        return total_loss(out, batch, cfg.loss, "category")
     out = system.instance(batch["image"])  # NetOutputs (locations, counts) on the stride-8 grid
     if system.category is not None:
         out.seg_logits = system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
@@ -617,14 +616,7 @@ def _objective(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     labelled = ~run.unlabelled
     out.counts = out.counts[:, labelled]  # (B, C')
     batch["counts"] = batch["counts"][:, labelled]  # (B, C')
-    return _full_precision_loss(out, batch, cfg, "unified")
-
-
-def _full_precision_loss(out, batch: dict[str, torch.Tensor], cfg: PFNConfig, kind: str
-                         ) -> tuple[torch.Tensor, dict]:
-    """``total_loss`` in float32, also after a mixed-precision forward pass (``train.amp``)."""
-    with torch.autocast(batch["image"].device.type, enabled=False):
-        return total_loss(out.float(), batch, cfg.loss, kind)
+    return total_loss(out, batch, cfg.loss, "unified")
 
 
 def _learns(net: nn.Module) -> bool:
@@ -636,8 +628,7 @@ def _step(run: _Run, batch: Mapping[str, torch.Tensor]) -> float:
     for net in _nets(run.system):
         net.train()
     batch = dict(batch_to(dict(batch), run.device))
-    with (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
-          else nullcontext()):
+    with mixed_precision(run.device, run.amp_dtype):
         loss, parts = _objective(run, batch)
     if not torch.isfinite(loss):
         raise PFNError(f"non-finite loss at fine-tuning step {run.step + 1} "

@@ -75,9 +75,12 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
     ``Lo`` sums the loss of every stream and of the fused output; with a single stream the
     fused output is that stream, counted once. Returns ``(loss, parts)`` with the float value
     of each term (``seg``, ``loc``, ``count``, ``loc/<stream>``, ``loc/fused``, ``total``).
+    The loss is computed in float32 whatever the dtype of ``out`` (a mixed-precision forward
+    pass, ``train.amp``, gives bfloat16 or float16 maps).
     """
     if kind not in ("category", "instance", "unified", "counts"):
         raise ValueError(f"kind {kind!r}: 'category', 'instance', 'unified' or 'counts'")
+    out = out.float()  # NetOutputs in float32 (no copy for float32 maps)
     parts: dict[str, float] = {}
     terms: list[Tensor] = []
     if kind in ("category", "unified"):

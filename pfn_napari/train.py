@@ -159,6 +159,12 @@ def autocast_dtype(device: torch.device, *, float16: bool = True) -> torch.dtype
     return None
 
 
+def mixed_precision(device: torch.device, dtype: torch.dtype | None):
+    """The autocast region of a training step's forward pass: ``torch.autocast`` to ``dtype``
+    (:func:`autocast_dtype`) on ``device``, or no region for None (float32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 def lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -> float:
     """Step decay: ``gamma ** (epoch // step_epochs)`` with ``epoch = step // steps_per_epoch``
     (``step_epochs <= 0``: constant)."""
@@ -933,14 +939,13 @@ def _train_step(run: _Run, model: nn.Module, batch: dict[str, torch.Tensor], pha
     batch = batch_to(batch, run.device)
     loss_cfg = (dataclasses.replace(run.cfg.loss, count_weight=0.0) if phase == "locations"
                 else run.cfg.loss)
-    with (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
-          else nullcontext()):
+    with mixed_precision(run.device, run.amp_dtype):
         out = model(batch["image"])  # NetOutputs on the stride-8 grid
         if run.gate_counts:  # counts where the frozen category network sees the class
             with torch.no_grad():
                 seg = run.system.category(batch["image"]).seg_logits  # (B, C+1, h, w)
             out.counts = gated_counts(out.count_density, seg)  # (B, C)
-    loss, parts = total_loss(out.float(), batch, loss_cfg, run.kind)  # in float32
+        loss, parts = total_loss(out, batch, loss_cfg, run.kind)  # in float32
     _stop_unless_finite(run, loss, parts, epoch, flag)
     lrs = [g["lr"] for g in run.optimizer.param_groups]  # the lr of this step
     run.optimizer.zero_grad(set_to_none=True)

@@ -116,6 +116,23 @@ def test_total_loss_single_stream_counted_once_and_unified_adds_seg() -> None:
         total_loss(NetOutputs(), _batch(), LossConfig(), "instance")
 
 
+def test_total_loss_is_float32_for_a_mixed_precision_forward_pass() -> None:
+    """Maps in bfloat16 (``train.amp``'s forward pass) give a float32 loss, equal to the loss
+    of the same values in float32, with gradients flowing back in bfloat16."""
+    torch.manual_seed(0)
+    maps = [torch.randn(1, 2, 1, 2), torch.randn(1, 2, 1, 2), torch.randn(1, 1) * 3]
+    low = [m.to(torch.bfloat16).requires_grad_() for m in maps]
+    out = NetOutputs(seg_logits=low[0], locations=low[1], stream_locations={"fc7": low[1]},
+                     counts=low[2])
+    loss, parts = total_loss(out, _batch(), LossConfig(), "unified")
+    assert loss.dtype == torch.float32
+    same = NetOutputs(seg_logits=low[0].float(), locations=low[1].float(),
+                      stream_locations={"fc7": low[1].float()}, counts=low[2].float())
+    assert loss.item() == total_loss(same, _batch(), LossConfig(), "unified")[0].item()
+    loss.backward()
+    assert all(m.grad is not None and m.grad.dtype == torch.bfloat16 for m in low)
+
+
 def test_count_loss_sum_is_caffe_euclidean_per_image() -> None:
     pred = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
     target = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 1.0]])
