@@ -67,22 +67,22 @@ def voc_coco_root(shared_data: Path) -> Path:
 
 
 @pytest.fixture
-def bfloat16_cpu(monkeypatch) -> set:
-    """A CPU with native bfloat16 for ``train.amp`` (forced, so the test runs on any CPU);
-    returns the set that collects the output dtypes of every 2-d convolution run with
-    gradients on (training steps, not the validations after them)."""
+def training_convs(monkeypatch) -> list:
+    """What every 2-d convolution run with gradients on (training steps, not the validations
+    after them) saw: ``(output dtype, weight in channels-last order)``, the order None where
+    the two orders are the same (one input channel or a 1 x 1 kernel)."""
     import torch
 
-    import pfn_napari.train as train_module
-
-    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: True)
-    seen: set = set()
+    seen: list = []
     conv_forward = torch.nn.Conv2d.forward
 
     def recording_forward(self, x):
         y = conv_forward(self, x)
         if torch.is_grad_enabled():
-            seen.add(y.dtype)
+            w = self.weight  # (Cout, Cin, kh, kw)
+            order = (w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                     if w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1 else None)
+            seen.append((y.dtype, order))
         return y
 
     monkeypatch.setattr(torch.nn.Conv2d, "forward", recording_forward)
@@ -90,24 +90,11 @@ def bfloat16_cpu(monkeypatch) -> set:
 
 
 @pytest.fixture
-def conv_weight_layouts(monkeypatch) -> set:
-    """The set that collects, for every 2-d convolution run with gradients on, whether its
-    weight is in channels-last order (only weights whose two orders differ: Cin > 1 and a
-    kernel larger than 1 x 1)."""
-    import torch
+def bfloat16_cpu(monkeypatch) -> None:
+    """A CPU with native bfloat16 for ``train.amp`` (forced, so the test runs on any CPU)."""
+    import pfn_napari.train as train_module
 
-    layouts: set = set()
-    conv_forward = torch.nn.Conv2d.forward
-
-    def recording_forward(self, x):
-        w = self.weight  # (Cout, Cin, kh, kw)
-        if torch.is_grad_enabled() and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1:
-            layouts.add(w.is_contiguous(memory_format=torch.channels_last)
-                        and not w.is_contiguous())
-        return conv_forward(self, x)
-
-    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording_forward)
-    return layouts
+    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: True)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -402,7 +402,7 @@ def test_unified_stage_runs_and_amp_is_ignored_on_a_cpu_without_bfloat16(tmp_pat
 
 
 def test_amp_on_a_bfloat16_cpu_runs_the_convolutions_in_bfloat16_and_resumes_exactly(
-        tmp_path, bfloat16_cpu, capsys):
+        tmp_path, bfloat16_cpu, training_convs, capsys):
     """``train.amp`` on a CPU with bfloat16 (forced here, so the test runs on any CPU):
     the forward pass's convolutions run in bfloat16, the weights, optimiser state and losses
     stay float32, no GradScaler state is stored, the losses are those of a float32 run to a
@@ -410,7 +410,7 @@ def test_amp_on_a_bfloat16_cpu_runs_the_convolutions_in_bfloat16_and_resumes_exa
     stable = ["train.stage=unified", "train.lr=0.001", "train.lr_new=0.002", "train.grad_clip=1"]
     base = [*stable, "train.amp=true"]
     straight = train(tiny_cfg(tmp_path, "straight", *base, "train.max_steps=4"), progress=False)
-    assert bfloat16_cpu == {torch.bfloat16}
+    assert {dtype for dtype, _ in training_convs} == {torch.bfloat16}
     assert ("mixed precision: the forward pass in bfloat16 on cpu (weights and losses in "
             "float32)") in capsys.readouterr().err
     ckpt = read_checkpoint(straight.parent / "last.pt")
@@ -429,19 +429,21 @@ def test_amp_on_a_bfloat16_cpu_runs_the_convolutions_in_bfloat16_and_resumes_exa
 
 
 def test_channels_last_trains_the_same_float32_arithmetic_and_resumes_exactly(
-        tmp_path, conv_weight_layouts):
+        tmp_path, training_convs):
     """``train.channels_last``: every convolution of the training steps sees its weight in
     channels-last order, the losses are the default order's to float32 rounding (Lite0 has no
     dropout), the final checkpoint loads into a plain model, and a cut run resumed is the
     straight run bit for bit."""
-    layouts = conv_weight_layouts
+    def layouts() -> set[bool]:
+        return {order for _, order in training_convs if order is not None}
+
     stable = ["train.stage=unified", "train.lr=0.001", "train.lr_new=0.002", "train.grad_clip=1"]
     base = [*stable, "train.channels_last=true"]
     straight = train(tiny_cfg(tmp_path, "straight", *base, "train.max_steps=4"), progress=False)
-    assert layouts == {True}
-    layouts.clear()
+    assert layouts() == {True}
+    training_convs.clear()
     plain = train(tiny_cfg(tmp_path, "plain", *stable, "train.max_steps=4"), progress=False)
-    assert layouts == {False}
+    assert layouts() == {False}
     fast = [float(r["loss"]) for r in read_log(straight.parent / "log.csv")]
     slow = [float(r["loss"]) for r in read_log(plain.parent / "log.csv")]
     assert fast == pytest.approx(slow, rel=1e-4)
