@@ -652,7 +652,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             if low in ("false", "no", "0", "off"):
                 return False
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return bool(value)
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+            return bool(value)
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = value.split(",")

@@ -139,6 +139,21 @@ def test_numbers_must_be_finite_numbers(override, message) -> None:
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize("text, shown", [("[1]", "[1]"), ("5", "5"), ("null", "None")])
+def test_a_switch_in_a_file_is_true_or_false_not_any_value(tmp_path, text, shown) -> None:
+    """A YAML value of a true/false field (``train.channels_last: [1]``) was read as
+    ``bool(value)``, so a list or 5 switched it on; only true/false, yes/no, on/off and 0/1
+    are."""
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text(f"train: {{channels_last: {text}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert str(info.value) == f"{bad}.train.channels_last: expected true/false, got {shown}"
+    for value, want in (("yes", True), ("0", False), ("1", True), ("off", False)):
+        bad.write_text(f"train: {{channels_last: {value}}}\n")
+        assert load_config(bad).train.channels_last is want
+
+
 def test_broken_yaml_in_a_config_file_is_one_line(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: [1\n  epochs: 3\n")
