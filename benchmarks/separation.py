@@ -7,6 +7,13 @@ low when the boxes of a crowd collapse towards one place and grouping merges the
 beside AP^r: it does not depend on the category map, the counts or the grouping settings, and
 it moves smoothly where AP^r on a 17-photo split jumps.
 
+Two more tables read the same people (``pfn_napari.grouping.box_agreement``): the *agreement*,
+the share of pairs of a person's cells whose boxes overlap by IoU > 0.6 (what the vote grouping
+needs: one object, one box voted for), and the *width ratio*, the mean width of the boxes its
+cells vote for over its true box's (1.0: the true width). Separation alone is not enough: a
+20-minute model trained with `loss.separation_weight` separated better on every set and grouped
+worse, its cells no longer agreeing (docs/experiments/training.md).
+
 Sets (``../shared/data`` or ``$PFN_SHARED_DATA``): the COCO photos in VOC layout (``train``,
 which the shipped weights were trained on, crowded; ``val``) and the Penn-Fudan val split.
 People are grouped by size on the grid: tiny (< 6 cells), small (6-29), large (30+).
@@ -29,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pfn_napari.data import open_dataset  # noqa: E402
 from pfn_napari.errors import PFNError  # noqa: E402
-from pfn_napari.grouping import own_box_share  # noqa: E402
+from pfn_napari.grouping import box_agreement, own_box_share  # noqa: E402
 from pfn_napari.inference import default_weights_path  # noqa: E402
 from pfn_napari.predictor import Predictor  # noqa: E402
 
@@ -51,9 +58,16 @@ def sets(root: Path) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
     return out
 
 
-def person_shares(predictor: Predictor, spec: str, split: str,
-                  classes: tuple[str, ...] | None) -> list[tuple[float, int]]:
-    """``(share, cells)`` of every person in the photos of the set with two or more people."""
+#: The tables: (title, index of the value in a person's row).
+MEASURES = (("Share of each person's cells nearer its own box than a neighbour's", 0),
+            ("Agreement: share of pairs of a person's cells whose boxes overlap by IoU > 0.6", 2),
+            ("Width ratio: mean width of the boxes a person's cells vote for / its true width", 3))
+
+
+def person_rows(predictor: Predictor, spec: str, split: str,
+                classes: tuple[str, ...] | None) -> list[tuple[float, int, float, float]]:
+    """``(share, cells, agreement, width ratio)`` of every person in the photos of the set with
+    two or more people."""
     data = open_dataset(spec, split, classes)
     person = list(data.classes).index("person") + 1
     out = []
@@ -63,17 +77,23 @@ def person_shares(predictor: Predictor, spec: str, split: str,
             continue
         predictor.set_image(sample.image, name=str(sample.image_id))
         shares = own_box_share(predictor.net, sample.instance_map, ids)
-        if len(shares) >= 2:
-            out += list(shares.values())
+        if len(shares) < 2:
+            continue
+        agreement = box_agreement(predictor.net, sample.instance_map, list(shares))
+        out += [(share, cells, agreement[k][0], agreement[k][1])
+                for k, (share, cells) in shares.items()]
     return out
 
 
-def summarise(rows: list[tuple[float, int]]) -> dict[str, tuple[float, int]]:
-    """Mean share and number of people, over all and per size bucket."""
-    out = {"all": (float(np.mean([s for s, _ in rows])) if rows else float("nan"), len(rows))}
+def summarise(rows: list[tuple], value: int = 0) -> dict[str, tuple[float, int]]:
+    """Mean of ``row[value]`` and the number of people, over all and per size bucket."""
+    def mean(part: list[tuple]) -> float:
+        return float(np.mean([r[value] for r in part])) if part else float("nan")
+
+    out = {"all": (mean(rows), len(rows))}
     for name, lo, hi in SIZES:
-        part = [s for s, n in rows if lo <= n < hi]
-        out[name] = (float(np.mean(part)) if part else float("nan"), len(part))
+        part = [r for r in rows if lo <= r[1] < hi]
+        out[name] = (mean(part), len(part))
     return out
 
 
@@ -91,24 +111,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for w in args.weights:
             predictor = Predictor(w, device="cpu")
-            results[w] = {name: summarise(person_shares(predictor, spec, split, classes))
+            results[w] = {name: person_rows(predictor, spec, split, classes)
                           for name, spec, split, classes in found}
     except PFNError as exc:
         print(f"separation.py: {exc}", file=sys.stderr)
         return 2
-    base = results[args.weights[0]]
     head = ["set", "people", *[f"{w.parent.name}/{w.name}" for w in args.weights]]
     head += [f"ratio {i}/0" for i in range(1, len(args.weights))]
-    print("Share of each person's cells nearer its own box than a neighbour's (mean over people)\n")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for name, *_ in found:
-        for bucket in ("all", *[s[0] for s in SIZES]):
-            b, n = base[name][bucket]
-            vals = [results[w][name][bucket][0] for w in args.weights]
-            cells = [f"{name} {bucket}", str(n), *[f"{v:.3f}" for v in vals]]
-            cells += [f"{v / b:.2f}" if b > 0 else "-" for v in vals[1:]]
-            print("| " + " | ".join(cells) + " |")
+    for title, value in MEASURES:
+        table = {w: {name: summarise(rows, value) for name, rows in results[w].items()}
+                 for w in args.weights}
+        base = table[args.weights[0]]
+        print(f"{title} (mean over people)\n")
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for name, *_ in found:
+            for bucket in ("all", *[s[0] for s in SIZES]):
+                b, n = base[name][bucket]
+                vals = [table[w][name][bucket][0] for w in args.weights]
+                cells = [f"{name} {bucket}", str(n), *[f"{v:.3f}" for v in vals]]
+                cells += [f"{v / b:.2f}" if b > 0 else "-" for v in vals[1:]]
+                print("| " + " | ".join(cells) + " |")
+        print()
     return 0
 
 

@@ -320,11 +320,29 @@ class LossConfig:
     # 'mean': mean over batch and classes of (g - g*)^2; 'sum': Caffe's EuclideanLoss, sum over
     # the classes of an image / 2, averaged over the batch.
     count_reduction: str = "mean"
+    # Beyond the paper (losses.separation_loss): > 0 adds this weight times a cross-entropy that
+    # asks each cell's fused box to lie nearer its own instance's box than any other instance's
+    # of its class in the image (0: the paper's regression alone). Needs loc_unit > 0.
+    separation_weight: float = 0.0
+    # Its temperature, as a fraction of the squared distance to the nearest rival box.
+    separation_temperature: float = 0.25
+    # Beyond the paper (losses.coherence_loss): > 0 adds this weight times the disagreement of an
+    # instance's cells on its box (each cell's fused box against the mean of its instance's).
+    coherence_weight: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a choice that does not exist or a value out of range."""
         _check([
             (self.loc_unit >= 0, f"loss.loc_unit={self.loc_unit}: 0 (normalised) or > 0 px"),
+            (self.separation_weight >= 0,
+             f"loss.separation_weight={self.separation_weight}: must be >= 0"),
+            (self.separation_weight == 0 or self.loc_unit > 0,
+             "loss.separation_weight > 0 needs loss.loc_unit > 0 (box distances in pixels / "
+             "loc_unit)"),
+            (self.coherence_weight >= 0,
+             f"loss.coherence_weight={self.coherence_weight}: must be >= 0"),
+            (self.separation_temperature > 0,
+             f"loss.separation_temperature={self.separation_temperature}: must be > 0"),
             (self.loc_weight >= 0, f"loss.loc_weight={self.loc_weight}: must be >= 0"),
             (self.count_weight >= 0, f"loss.count_weight={self.count_weight}: must be >= 0"),
             (self.seg_weight >= 0, f"loss.seg_weight={self.seg_weight}: must be >= 0"),

@@ -39,6 +39,10 @@ from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, Data
     (LossConfig(loc_weight=-1.0), "loss.loc_weight=-1.0: must be >= 0"),
     (LossConfig(count_weight=-1.0), "loss.count_weight=-1.0: must be >= 0"),
     (LossConfig(seg_weight=-1.0), "loss.seg_weight=-1.0: must be >= 0"),
+    (LossConfig(separation_weight=1.0), "loss.separation_weight > 0 needs loss.loc_unit > 0"),
+    (LossConfig(separation_weight=-1.0, loc_unit=32.0), "loss.separation_weight=-1.0: must be"),
+    (LossConfig(separation_temperature=0.0), "loss.separation_temperature=0.0: must be > 0"),
+    (LossConfig(coherence_weight=-0.5), "loss.coherence_weight=-0.5: must be >= 0"),
     (TrainConfig(separate_schedule="half"), "train.separate_schedule='half': 'split' or 'full'"),
     (TrainConfig(stage="count"), r"train.stage='count': choose one of \('category', 'instance', "
      r"'unified', 'counts'\)"),

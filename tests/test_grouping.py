@@ -11,7 +11,8 @@ import pytest
 
 from pfn_napari.config import VOC_CLASSES, ConfigError, GroupingConfig
 from pfn_napari.errors import PFNError
-from pfn_napari.grouping import (GROUPING_METHODS, Grouper, group, oracle_network_output,
+from pfn_napari.grouping import (GROUPING_METHODS, Grouper, box_agreement, group,
+                                 oracle_network_output,
                                  own_box_share, refine_class_map, with_true_locations)
 from pfn_napari.grouping.geometry import (infer_stride, nearest_cell_index, upsample_bilinear)
 from pfn_napari.grouping.kmeans import kmeans_runs
@@ -207,6 +208,35 @@ def test_own_box_share_scores_separation():
     half[:, 3, 6] = net.locations[:, 4, 7]  # ...and a third: 3 of 6
     shares = own_box_share(replace(net, locations=half), sample.instance_map, [1, 2])
     assert shares[2] == (0.5, 6)
+
+
+def test_box_agreement_scores_how_much_an_instances_cells_agree_and_their_box_size():
+    """The truth: every pair of each box's 6 cells agrees, at the true size. Every cell of A
+    voting for a box twice as wide (same center): they still agree, width ratio 2. Three of
+    A's six cells voting for a box twice as wide: 18 of the 36 pairs (each with itself
+    included) agree, the mean width is 1.5 times the true one."""
+    sample, net = two_box_output(full_classes=False)
+    assert box_agreement(net, sample.instance_map, [1, 2, 7]) == {
+        1: (1.0, pytest.approx(1.0), pytest.approx(1.0), 6),
+        2: (1.0, pytest.approx(1.0), pytest.approx(1.0), 6)}
+    cx, lx, rx = net.locations[0], net.locations[2], net.locations[4]  # box6: cx, cy, lx, ...
+    a_cells = np.isclose(net.locations, net.locations[:, 1, 2][:, None, None]).all(axis=0)
+    assert a_cells.sum() == 6  # (h, w) A's cells: those of the box at cell (1, 2)
+    wide = net.locations.copy()
+    wide[2][a_cells] = cx[a_cells] - (cx[a_cells] - lx[a_cells]) * 2
+    wide[4][a_cells] = cx[a_cells] + (rx[a_cells] - cx[a_cells]) * 2
+    agree, width, height, cells = box_agreement(replace(net, locations=wide),
+                                                sample.instance_map, [1])[1]
+    assert (agree, cells) == (1.0, 6) and width == pytest.approx(2.0)
+    assert height == pytest.approx(1.0)
+    half = net.locations.copy()
+    rows, cols = np.nonzero(a_cells)
+    half[:, rows[:3], cols[:3]] = wide[:, rows[:3], cols[:3]]
+    agree, width, _, _ = box_agreement(replace(net, locations=half), sample.instance_map, [1])[1]
+    assert agree == pytest.approx(18 / 36) and width == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="box encoding"):
+        box_agreement(replace(net, encoding="centers2", locations=net.locations[:2]),
+                      sample.instance_map, [1])
 
 
 # ------------------------------------------------------------------ grouping

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pfn_napari.config import LossConfig
-from pfn_napari.losses import count_loss, location_loss, segmentation_loss, total_loss
+from pfn_napari.losses import (coherence_loss, count_loss, location_loss, segmentation_loss,
+                               separation_loss, total_loss)
 from pfn_napari.model.pfn import NetOutputs
 
 
@@ -209,3 +210,103 @@ def test_single_stream_with_location_units_is_counted_once() -> None:
     assert set(k for k in parts if k.startswith("loc/")) == {"loc/fc7"}
     assert parts["loc"] == pytest.approx(parts["loc/fc7"]) and parts["loc"] > 0
     assert loss.item() == pytest.approx(parts["loc/fc7"])
+
+
+def _two_people_and_a_dog() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image of 5 cells: two of person A, two of person B (class 1; boxes 2 units apart on
+    each x channel), one of a dog (class 2). Returns ``target (1, 6, 1, 5)``, ``weight``,
+    ``class_map`` and the person boxes ``(2, 6)``."""
+    a = torch.zeros(6)
+    b = torch.tensor([2.0, 0.0, 2.0, 0.0, 2.0, 0.0])
+    dog = torch.full((6,), 1.0)
+    target = torch.stack([a, a, b, b, dog], dim=1).view(1, 6, 1, 5)
+    class_map = torch.tensor([[[1, 1, 1, 1, 2]]])
+    return target, torch.ones(1, 1, 5), class_map, torch.stack([a, b])
+
+
+def test_separation_loss_scores_each_cell_against_the_rival_boxes_of_its_class() -> None:
+    target, weight, class_map, (a, b) = _two_people_and_a_dog()
+    # every cell at its own box: log(1 + exp(-1 / 0.25)) per person cell; the dog has no rival
+    assert separation_loss(target, target, weight, class_map).item() == pytest.approx(
+        math.log(1 + math.exp(-4.0)), rel=1e-5)
+    # the person cells halfway between the two boxes: log 2 whatever the boxes' distance
+    for scale in (1.0, 5.0):
+        mid = (a + b) / 2 * scale
+        pred = torch.stack([mid] * 4 + [target[0, :, 0, 4]], dim=1).view(1, 6, 1, 5)
+        loss = separation_loss(pred, target * scale, weight, class_map)
+        assert loss.item() == pytest.approx(math.log(2.0), rel=1e-6)
+    # a cell that drifts towards the rival costs more than one that misses away from both
+    away, towards = target.clone(), target.clone()
+    away[0, 0, 0, 0] = -1.0  # person A's cell 1 unit off, away from B
+    towards[0, 0, 0, 0] = 1.0  # 1 unit off, towards B
+    assert (separation_loss(towards, target, weight, class_map)
+            > separation_loss(away, target, weight, class_map))
+    assert location_loss(towards, target, weight) == location_loss(away, target, weight)
+
+
+def test_separation_loss_pushes_each_cell_towards_its_own_box_and_ignores_lone_instances() -> None:
+    target, weight, class_map, (a, b) = _two_people_and_a_dog()
+    pred = torch.stack([(a + b) / 2] * 4 + [torch.full((6,), 9.0)], dim=1).view(1, 6, 1, 5)
+    pred.requires_grad_(True)
+    separation_loss(pred, target, weight, class_map).backward()
+    grad_x = pred.grad[0, 0, 0]  # (5,) on the cx channel; descent moves against it
+    assert (grad_x[:2] > 0).all() and (grad_x[2:4] < 0).all()  # A's cells left, B's right
+    assert grad_x[4] == 0 and (pred.grad[0, 1::2] == 0).all()  # the dog; the equal y channels
+    # only one person (B's cells are background): nothing to tell apart, a zero loss and gradient
+    lone = weight.clone()
+    lone[0, 0, 2:4] = 0
+    pred.grad = None
+    loss = separation_loss(pred, target, lone, class_map)
+    loss.backward()
+    assert loss.item() == 0.0 and (pred.grad == 0).all()
+
+
+def test_total_loss_adds_the_separation_term_on_the_fused_output_only_when_weighted() -> None:
+    target, weight, class_map, (a, b) = _two_people_and_a_dog()
+    fused = torch.stack([(a + b) / 2] * 4 + [target[0, :, 0, 4]], dim=1).view(1, 6, 1, 5)
+    size = 32  # a 32-pixel input: with loc_unit 32, one normalised unit is one loss unit
+    out = NetOutputs(locations=fused, stream_locations={"fc7": target, "pool3": target},
+                     counts=torch.zeros(1, 2))
+    batch = {"image": torch.zeros(1, 3, size, size), "locations": target,
+             "location_weight": weight, "class_map": class_map, "counts": torch.zeros(1, 2)}
+    plain, parts0 = total_loss(out, batch, LossConfig(loc_weight=1.0, loc_unit=32.0), "instance")
+    assert "sep" not in parts0
+    cfg = LossConfig(loc_weight=1.0, loc_unit=32.0, separation_weight=2.0)
+    loss, parts = total_loss(out, batch, cfg, "instance")
+    assert parts["sep"] == pytest.approx(math.log(2.0), rel=1e-6)  # the fused output's cells
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * math.log(2.0), rel=1e-6)
+
+
+def test_coherence_loss_charges_the_cells_of_an_instance_for_disagreeing_not_for_missing() -> None:
+    target, weight, class_map, (a, b) = _two_people_and_a_dog()
+    # every cell of an instance off by the same amount: they agree, nothing to pay
+    assert coherence_loss(target + 3.0, target, weight, class_map).item() == 0.0
+    # person A's two cells 1 unit apart on cx (mean halfway): 0.5 * 0.5^2 each, over 5 cells
+    pred = target.clone()
+    pred[0, 0, 0, 0] += 0.5
+    pred[0, 0, 0, 1] -= 0.5
+    assert coherence_loss(pred, target, weight, class_map).item() == pytest.approx(
+        2 * 0.125 / 5, rel=1e-6)
+    # its gradient draws the two cells together (descent moves against it)
+    pred.requires_grad_(True)
+    coherence_loss(pred, target, weight, class_map).backward()
+    assert pred.grad[0, 0, 0, 0] > 0 > pred.grad[0, 0, 0, 1]
+    assert (pred.grad[0, :, 0, 2:] == 0).all()  # B and the dog agree already
+    empty = torch.zeros_like(weight)
+    assert coherence_loss(pred, target, empty, class_map).item() == 0.0
+
+
+def test_total_loss_adds_the_coherence_term_when_weighted() -> None:
+    target, weight, class_map, _ = _two_people_and_a_dog()
+    fused = target.clone()
+    fused[0, 0, 0, 0] += 0.5
+    fused[0, 0, 0, 1] -= 0.5
+    out = NetOutputs(locations=fused, stream_locations={"fc7": target, "pool3": target},
+                     counts=torch.zeros(1, 2))
+    batch = {"image": torch.zeros(1, 3, 32, 32), "locations": target,
+             "location_weight": weight, "class_map": class_map, "counts": torch.zeros(1, 2)}
+    plain, _ = total_loss(out, batch, LossConfig(loc_weight=1.0, loc_unit=32.0), "instance")
+    cfg = LossConfig(loc_weight=1.0, loc_unit=32.0, coherence_weight=4.0)
+    loss, parts = total_loss(out, batch, cfg, "instance")
+    assert parts["coh"] == pytest.approx(0.05, rel=1e-6) and "sep" not in parts
+    assert loss.item() == pytest.approx(plain.item() + 4.0 * 0.05, rel=1e-6)

@@ -483,6 +483,43 @@ def test_instance_stage_with_size_consistent_heads_and_gated_counts(category_run
     assert stored.model.count_gate and stored.model.location_unit == 32
 
 
+def test_instance_stage_logs_the_grouping_terms_and_trains_with_them(category_run, tmp_path,
+                                                                     monkeypatch):
+    """``loss.coherence_weight`` / ``loss.separation_weight`` reach the stage's loss: logged as
+    ``coh`` and ``sep``, finite, each term computed on the fused output of every step, and
+    the stored config keeps them."""
+    import pfn_napari.losses as losses_module
+
+    seen = {"coh": 0, "sep": 0}
+    real_coh, real_sep = losses_module.coherence_loss, losses_module.separation_loss
+
+    def coh(pred, *args, **kwargs):
+        seen["coh"] += 1
+        return real_coh(pred, *args, **kwargs)
+
+    def sep(pred, *args, **kwargs):
+        seen["sep"] += 1
+        return real_sep(pred, *args, **kwargs)
+
+    monkeypatch.setattr(losses_module, "coherence_loss", coh)
+    monkeypatch.setattr(losses_module, "separation_loss", sep)
+    _, cat_final = category_run
+    cfg = tiny_cfg(tmp_path, "terms", "train.stage=instance", "train.max_steps=3",
+                   f"train.init={cat_final}", "model.location_unit=32", "loss.loc_unit=32",
+                   "loss.loc_weight=1", "loss.coherence_weight=1", "loss.separation_weight=0.5")
+    final = train(cfg, progress=False)
+    rows = read_log(final.parent / "log.csv")
+    assert len(rows) == 3 and seen == {"coh": 3, "sep": 3}
+    for r in rows:
+        assert float(r["coh"]) >= 0 and float(r["sep"]) >= 0
+        assert math.isfinite(float(r["coh"])) and math.isfinite(float(r["sep"]))
+    _, stored, _ = load_checkpoint(final)
+    assert (stored.loss.coherence_weight, stored.loss.separation_weight) == (1.0, 0.5)
+    plain = tiny_cfg(tmp_path, "plain", "train.stage=instance", "train.max_steps=1",
+                     f"train.init={cat_final}")
+    assert "coh" not in read_log(train(plain, progress=False).parent / "log.csv")[0]
+
+
 def test_instance_stage_refuses_a_category_network_of_another_backbone(category_run, tmp_path):
     """Both networks share model.backbone (model.category_backbone left the code): a Lite2
     category network under a Lite0 instance run is one line naming both backbones."""

@@ -11,7 +11,7 @@ model. See ``docs/grouping.md``.
 from .grouper import Grouper, GroupingResult, Objects, group
 from .methods import (GROUPING_METHODS, KNOBS, ClassData, Clustering, GroupingMethod, Knob,
                       grouping_method, method_knobs, register_grouping_method)
-from .oracle import oracle_network_output, own_box_share, with_true_locations
+from .oracle import box_agreement, oracle_network_output, own_box_share, with_true_locations
 from .refine import present_classes, refine_class_map
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "method_knobs",
     "oracle_network_output",
     "own_box_share",
+    "box_agreement",
     "present_classes",
     "refine_class_map",
     "register_grouping_method",

@@ -159,3 +159,48 @@ def own_box_share(net: NetworkOutput, instance_map: np.ndarray,
         dist = ((pred[:, None, :] - boxes[None]) ** 2).sum(-1)  # (n, P)
         out[k] = (float(np.mean(dist.argmin(1) == j)), int(pred.shape[0]))
     return out
+
+
+def box_agreement(net: NetworkOutput, instance_map: np.ndarray, ids: np.ndarray | list[int],
+                  iou: float = 0.6) -> dict[int, tuple[float, float, float, int]]:
+    """How much the cells of each instance agree on its box, and how large that box is.
+
+    The vote grouping clusters the boxes the cells vote for (:mod:`.votes`); what it needs is
+    that the cells of one object vote for one box, more than that the box be the true one.
+    For each instance of ``ids`` with a grid cell: the share of pairs of its cells whose
+    decoded boxes overlap by IoU > ``iou`` (the agreement of ``grouping.votes.iou``, every
+    pair with itself included), and the mean width and height of its cells' boxes over its
+    true box's (1.0: the true size). ``net.encoding`` must hold boxes
+    (:data:`~pfn_napari.targets.BOX_ENCODINGS`); ``instance_map`` as in :func:`own_box_share`.
+
+    Returns:
+        ``{id: (agreement, width ratio, height ratio, cells)}``.
+    """
+    from ..targets import BOX_ENCODINGS, decode_locations
+    from .votes import box_iou_matrix
+
+    if net.encoding not in BOX_ENCODINGS:
+        raise ValueError(f"box_agreement needs a box encoding {BOX_ENCODINGS}, "
+                         f"not {net.encoding!r}")
+    truth = with_true_locations(net, instance_map)
+    stride = infer_stride(net.locations.shape[1:], net.image_size)
+    full = np.asarray(instance_map)
+    if full.shape != tuple(net.image_size):
+        full = _resize_nearest(full, net.image_size)
+    cell_ids = full[np.ix_(grid_sample_indices(full.shape[0], stride),
+                           grid_sample_indices(full.shape[1], stride))]  # (h, w)
+    corners = ("x1", "y1", "x2", "y2")
+    pred = np.stack([decode_locations(net.locations, net.encoding)[k] for k in corners])
+    true = np.stack([decode_locations(truth.locations, net.encoding)[k] for k in corners])
+    out = {}
+    for k in ids:
+        cells = cell_ids == int(k)
+        if not cells.any():
+            continue
+        boxes, box = pred[:, cells].T, true[:, cells][:, 0]  # (n, 4), (4,)
+        size = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).mean(axis=0)  # (2,) w, h
+        true_size = np.maximum(box[2:] - box[:2], 1e-9)
+        ratio = size / true_size
+        agree = float(np.mean(box_iou_matrix(boxes) > iou))
+        out[int(k)] = (agree, float(ratio[0]), float(ratio[1]), int(cells.sum()))
+    return out
