@@ -11,7 +11,8 @@
   rather than in fractions of the input's size (``loss.loc_unit > 0``);
 * :func:`separation_loss` (beyond the paper, ``loss.separation_weight``): a cross-entropy over
   the instances of a cell's class in its image, asking its predicted box to be nearer its own
-  instance's box than a rival's;
+  instance's box than a rival's; :func:`coherence_loss` (``loss.coherence_weight``): how far
+  each cell's box is from the mean of its instance's cells';
 * :func:`total_loss`: ``L = loc_weight * Lo + count_weight * Ln (+ seg_weight * Lseg)
   (+ separation_weight * Lsep + coherence_weight * Lcoh)``, with ``Lo`` summed over every
   stream and the fused output (deep supervision).
