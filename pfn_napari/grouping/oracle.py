@@ -18,8 +18,9 @@ from dataclasses import replace
 
 from ..config import VOID
 from ..structures import STRIDE, NetworkOutput, Sample, grid_sample_indices
-from ..targets import build_targets, encode_locations
+from ..targets import BOX_ENCODINGS, build_targets, decode_locations, encode_locations
 from .geometry import infer_stride
+from .votes import box_iou_matrix
 
 
 def _one_hot(class_map: np.ndarray, num_classes: int) -> np.ndarray:
@@ -127,6 +128,21 @@ def with_true_locations(net: NetworkOutput, instance_map: np.ndarray, noise: flo
     return replace(net, locations=np.where(inside[None], truth, locations).astype(np.float32))
 
 
+def _truth_and_cell_ids(net: NetworkOutput, instance_map: np.ndarray
+                        ) -> tuple[NetworkOutput, np.ndarray]:
+    """``net`` with the true location at every instance cell (:func:`with_true_locations`),
+    and the instance id of each of its grid cells ``(h, w)`` (``instance_map`` resized nearest
+    to the network's input first when the network saw a resized image)."""
+    truth = with_true_locations(net, instance_map)
+    stride = infer_stride(net.locations.shape[1:], net.image_size)
+    full = np.asarray(instance_map)
+    if full.shape != tuple(net.image_size):
+        full = _resize_nearest(full, net.image_size)
+    rows = grid_sample_indices(full.shape[0], stride)  # (h,)
+    cols = grid_sample_indices(full.shape[1], stride)  # (w,)
+    return truth, full[np.ix_(rows, cols)]
+
+
 def own_box_share(net: NetworkOutput, instance_map: np.ndarray,
                   ids: np.ndarray | list[int]) -> dict[int, tuple[float, int]]:
     """How well the predicted locations separate instances: for each instance of ``ids``, the
@@ -141,14 +157,7 @@ def own_box_share(net: NetworkOutput, instance_map: np.ndarray,
     Returns:
         ``{id: (share, cells)}`` for each id with at least one grid cell (``cells`` > 0).
     """
-    truth = with_true_locations(net, instance_map)  # truth at every instance cell
-    stride = infer_stride(net.locations.shape[1:], net.image_size)
-    full = np.asarray(instance_map)
-    if full.shape != tuple(net.image_size):
-        full = _resize_nearest(full, net.image_size)
-    rows = grid_sample_indices(full.shape[0], stride)  # (h,)
-    cols = grid_sample_indices(full.shape[1], stride)  # (w,)
-    cell_ids = full[np.ix_(rows, cols)]  # (h, w)
+    truth, cell_ids = _truth_and_cell_ids(net, instance_map)
     present = [int(k) for k in ids if (cell_ids == k).any()]
     if not present:
         return {}
@@ -176,22 +185,16 @@ def box_agreement(net: NetworkOutput, instance_map: np.ndarray, ids: np.ndarray 
     Returns:
         ``{id: (agreement, width ratio, height ratio, cells)}``.
     """
-    from ..targets import BOX_ENCODINGS, decode_locations
-    from .votes import box_iou_matrix
-
     if net.encoding not in BOX_ENCODINGS:
         raise ValueError(f"box_agreement needs a box encoding {BOX_ENCODINGS}, "
                          f"not {net.encoding!r}")
-    truth = with_true_locations(net, instance_map)
-    stride = infer_stride(net.locations.shape[1:], net.image_size)
-    full = np.asarray(instance_map)
-    if full.shape != tuple(net.image_size):
-        full = _resize_nearest(full, net.image_size)
-    cell_ids = full[np.ix_(grid_sample_indices(full.shape[0], stride),
-                           grid_sample_indices(full.shape[1], stride))]  # (h, w)
-    corners = ("x1", "y1", "x2", "y2")
-    pred = np.stack([decode_locations(net.locations, net.encoding)[k] for k in corners])
-    true = np.stack([decode_locations(truth.locations, net.encoding)[k] for k in corners])
+    truth, cell_ids = _truth_and_cell_ids(net, instance_map)
+
+    def corners(locations: np.ndarray) -> np.ndarray:  # (4, h, w) x1, y1, x2, y2
+        box = decode_locations(locations, net.encoding)
+        return np.stack([box[k] for k in ("x1", "y1", "x2", "y2")])
+
+    pred, true = corners(net.locations), corners(truth.locations)
     out = {}
     for k in ids:
         cells = cell_ids == int(k)
