@@ -886,6 +886,30 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """Check each ``section.field=value`` override on its own: its form, its field and its
+    value's type, reported as the item the user typed (``--set loss.loc_weight=abc: expected
+    a number, got 'abc'``), not under the name of the file it is merged into. Cross-field
+    rules are left to :meth:`PFNConfig.validate`, which sees the whole config."""
+    for item in overrides:
+        label = f"--set {item}"
+        flat = _flatten(migrate(apply_overrides({}, [item]), "--set"))  # {}: a retired field
+        for key, value in flat.items():
+            node: Any = PFNConfig()
+            parts = key.split(".")
+            for i, part in enumerate(parts):
+                known = [f.name for f in fields(node)] if is_dataclass(node) else []
+                if part not in known:
+                    what = f"{'.'.join(parts[:i])} has no field" if i else "no section"
+                    raise ConfigError(f"{label}: {what} {part!r}" +
+                                      (f" (known: {', '.join(known)})" if known else ""))
+                node = getattr(node, part)
+            if is_dataclass(node):
+                raise ConfigError(f"{label}: {key} is a section; set one of its fields "
+                                  f"({', '.join(f.name for f in fields(node))})")
+            _coerce(value, node, label)
+
+
 def _with_stage_section(values: dict[str, Any], overrides: list[str],
                         where: str) -> dict[str, Any]:
     """``values`` of a config file with its ``stages`` section resolved: the settings a recipe
@@ -950,6 +974,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
     values = _with_stage_section(values, overrides or [], where)
+    check_overrides(overrides or [])  # a wrong --set value is named as the --set item
     values = apply_overrides(migrate(values, where), overrides or [])  # old file, new --set
     cfg = config_from_dict(values, where)
     cfg.validate()

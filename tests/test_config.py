@@ -130,17 +130,47 @@ def test_broken_yaml_in_an_override_is_one_line(override, message) -> None:
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lr=.nan", "config.train.lr: expected a finite number, got nan"),
-    ("grouping.sigma=.inf", "config.grouping.sigma: expected a finite number, got inf"),
-    ("train.batch_size=1e400", "config.train.batch_size: expected a finite number, got '1e400'"),
-    ("train.batch_size=true", "config.train.batch_size: expected a whole number, got True"),
-    ("train.batch_size=2.5", "config.train.batch_size: expected a whole number, got 2.5"),
-    ("crf.bi_xy=[1, 2]", "config.crf.bi_xy: expected a number, got [1, 2]"),
+    ("train.lr=.nan", "--set train.lr=.nan: expected a finite number, got nan"),
+    ("grouping.sigma=.inf", "--set grouping.sigma=.inf: expected a finite number, got inf"),
+    ("train.batch_size=1e400",
+     "--set train.batch_size=1e400: expected a finite number, got '1e400'"),
+    ("train.batch_size=true", "--set train.batch_size=true: expected a whole number, got True"),
+    ("train.batch_size=2.5", "--set train.batch_size=2.5: expected a whole number, got 2.5"),
+    ("crf.bi_xy=[1, 2]", "--set crf.bi_xy=[1, 2]: expected a number, got [1, 2]"),
 ])
 def test_numbers_must_be_finite_numbers(override, message) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert str(info.value) == message
+
+
+def test_a_wrong_set_value_is_named_as_the_set_item_not_as_the_file(tmp_path) -> None:
+    """An override of the wrong type was reported under the config file's name
+    (``.../cpu-demo.yaml.loss.loc_weight: expected a number``), though the file held a good
+    value; it is named as the ``--set`` item the user typed, for every field and section."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("loss: {loc_weight: 2.0}\n")
+    cases = {
+        "loss.loc_weight=abc": "--set loss.loc_weight=abc: expected a number, got 'abc'",
+        "train.channels_last=maybe": ("--set train.channels_last=maybe: expected true/false, "
+                                      "got 'maybe'"),
+        "loss.nope=1": "--set loss.nope=1: loss has no field 'nope' (known: loc_weight, ",
+        "nope.x=1": "--set nope.x=1: no section 'nope' (known: data, model, loss, train, ",
+        "grouping.tau.x=1": "--set grouping.tau.x=1: grouping.tau has no field 'x'",
+        "grouping.votes={}": ("--set grouping.votes={}: grouping.votes is a section; set one "
+                              "of its fields (iou, min_frac, merge_iou)"),
+    }
+    for path in (recipe, "cpu-demo", None):
+        for override, message in cases.items():
+            with pytest.raises(ConfigError) as info:
+                load_config(path, [override])
+            assert str(info.value).startswith(message), (path, str(info.value))
+    # the good overrides still merge over the file; a bad value in the file keeps its name
+    assert load_config(recipe, ["loss.loc_weight=3"]).loss.loc_weight == 3.0
+    recipe.write_text("loss: {loc_weight: abc}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe, ["loss.count_weight=1"])
+    assert str(info.value) == f"{recipe}.loss.loc_weight: expected a number, got 'abc'"
 
 
 @pytest.mark.parametrize("text, shown", [("[1]", "[1]"), ("5", "5"), ("null", "None")])
@@ -199,7 +229,7 @@ def test_a_removed_field_with_another_value_than_the_code_uses_is_refused() -> N
         config_from_dict(stored, "old.pt (stored config)")
     assert str(info.value) == ("old.pt (stored config): model.pool5_avg=True is no longer "
                                "supported (the field was removed; the code now always uses False)")
-    with pytest.raises(ConfigError, match=r"^config: loss.seg_top_k=0.5 is no longer"):
+    with pytest.raises(ConfigError, match=r"^--set: loss.seg_top_k=0.5 is no longer"):
         load_config(None, ["loss.seg_top_k=0.5"])
 
 
@@ -246,7 +276,7 @@ def test_category_backbone_left_the_code() -> None:
     assert config_from_dict(stored, "old.pt") == PFNConfig()
     with pytest.raises(ConfigError) as info:
         load_config(None, ["model.category_backbone=efficientnet_lite2"])
-    assert str(info.value) == ("config: model.category_backbone='efficientnet_lite2' is no "
+    assert str(info.value) == ("--set: model.category_backbone='efficientnet_lite2' is no "
                                "longer supported (the field was removed; the code now always "
                                "uses '')")
     assert not hasattr(PFNConfig().model, "backbone_of")

@@ -165,6 +165,8 @@ def _train_error(capsys, *argv: str) -> str:
     ("grouping.sigma=[1", "override 'grouping.sigma=[1': the value is not valid YAML (while "
                           "parsing a flow sequence expected ',' or ']', but got '<stream end>')"),
     ("crf.bi_xy=0", "crf.bi_xy=0.0: in [0.1, 10000] px"),
+    ("loss.loc_weight=abc", "--set loss.loc_weight=abc: expected a number, got 'abc'"),
+    ("train.amp=maybe", "--set train.amp=maybe: expected true/false, got 'maybe'"),
 ])
 def test_bad_settings_stop_train_with_one_line(tmp_path, capsys, override, message):
     out = tmp_path / "run"
@@ -185,6 +187,8 @@ def test_a_stored_bad_setting_stops_resume_with_one_line(tmp_path, capsys):
         "pfn: error: train.batch_size=0: in [1, 4096]"
     assert _train_error(capsys, "--resume", str(path), "--set", "grouping.n_init=[") \
         .startswith("pfn: error: override 'grouping.n_init=[': the value is not valid YAML")
+    assert _train_error(capsys, "--resume", str(path), "--set", "train.lr=abc") == \
+        "pfn: error: --set train.lr=abc: expected a number, got 'abc'"
 
 
 def test_data_whose_classes_are_none_of_the_config_is_refused_before_training(tmp_path, capsys):
