@@ -295,21 +295,22 @@ def finetune(weights: str | Path, data: str, out: str | Path, minutes: float, *,
             if run.before is None and run.val is not None and run.step == 0:
                 report("evaluate before")
                 run.before = _measure(run)
-            _train(run, report, should_stop)
-        except KeyboardInterrupt:
+            try:
+                _train(run, report, should_stop)
+            except KeyboardInterrupt:
+                _save_last(run)
+                raise
             _save_last(run)
-            raise
+            if run.val is not None:
+                report("evaluate after")
+                run.after = _measure(run)
+                if start_was_better(run.before, run.after):
+                    run.system, run.kept_start = _start_system(run), True
+            report("saving")
+            result = _finish(run)
+            report("done")
         finally:
-            report.close()
-        _save_last(run)
-        if run.val is not None:
-            report("evaluate after")
-            run.after = _measure(run)
-            if start_was_better(run.before, run.after):
-                run.system, run.kept_start = _start_system(run), True
-        report("saving")
-        result = _finish(run)
-        report("done")
+            report.close()  # the bar names each stage until the end
         return result
 
 
@@ -716,13 +717,12 @@ class _Report:
 
     def __call__(self, stage: str) -> None:
         run = self.run
+        self.bar.set_description(f"pfn finetune: {stage}", refresh=stage != "train")
         if stage == "train":
             self.bar.update(1)
             self.bar.set_postfix({"loss": f"{run.loss:.4g}",
                                   "min": f"{run.elapsed_s / 60:.1f}/{run.budget_s / 60:g}"},
                                  refresh=False)
-        else:
-            self.bar.set_description(f"pfn finetune: {stage}")
         if self.progress is not None:
             self.progress(FinetuneProgress(run.step, run.max_steps or None, run.elapsed_s,
                                            run.budget_s, run.loss, stage))

@@ -383,6 +383,29 @@ def test_held_back_images_are_measured_before_and_after(tiny, tmp_path) -> None:
             "read a difference of that size as noise:") in card
 
 
+def test_the_bar_names_each_stage_until_the_end(tiny, tmp_path, capsys) -> None:
+    """The bar kept saying 'evaluate before' while it counted the training steps, and it was
+    closed before the held-back images were measured again (a minute or two without a word on
+    real photos); it now names each stage, the last ones included, and the progress callback
+    gets them in order."""
+    weights, recipe = tiny
+    spec = blob_set(tmp_path / "set", n=15)
+    stages: list[str] = []
+    finetune(weights, spec, tmp_path / "out", 0, max_steps=3, recipe=recipe, bar=True,
+             progress=lambda p: stages.append(p.stage))
+    assert stages == ["evaluate before", "train", "train", "train", "evaluate after",
+                      "saving", "done"]
+    err = capsys.readouterr().err
+    lines = err.replace("\r", "\n").splitlines()
+    shown = [line.split(":")[1].strip() for line in lines
+             if line.startswith("pfn finetune: ")
+             and line.split(":")[1].replace(" ", "").isalpha()]
+    assert shown[0] == "evaluate before" and shown[-1] == "done"
+    assert "train" in shown and "evaluate after" in shown and "saving" in shown
+    assert all("loss=" not in line for line in lines if "evaluate before" in line)
+    assert any("3/3" in line and "loss=" in line for line in lines if "train" in line)
+
+
 def test_measured_size_counts_the_objects_of_the_taught_classes_only(tmp_path) -> None:
     from pfn_napari.data import open_dataset
 
