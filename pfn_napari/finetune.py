@@ -115,6 +115,8 @@ class FinetuneResult:
     before: dict | None
     after: dict | None
     kept_start: bool = False  # the held-back images scored the start better: final.pt is it
+    taught: tuple[str, ...] = ()  # the classes the data taught
+    new_classes: tuple[str, ...] = ()  # of those, the ones the model did not have before
 
 
 # --------------------------------------------------------------------------- classes
@@ -759,7 +761,8 @@ def _finish(run: _Run) -> FinetuneResult:
     atomic_write_text(run.out_dir / "README.md", card_markdown(card))
     return FinetuneResult(out_dir=run.out_dir, weights=final, classes=tuple(run.cfg.data.classes),
                           steps=run.step, minutes=run.elapsed_s / 60.0, before=run.before,
-                          after=run.after, kept_start=run.kept_start)
+                          after=run.after, kept_start=run.kept_start,
+                          taught=tuple(run.taught), new_classes=tuple(run.new_classes))
 
 
 def card_meta(run: _Run) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def test_pfn_finetune_writes_final_and_card(setup, tmp_path, capsys) -> None:
                  "--out", str(out), "--recipe", str(recipe), "--no-progress"])
     printed = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert printed[-2] == "3 steps in 0.0 min; classes disc, square, triangle, kayak"
+    assert printed[-2] == "3 steps in 0.0 min; taught kayak (new: kayak); the model has 4 classes"
     assert printed[-1] == str(out / "final.pt")
     assert "| new classes | kayak |" in (out / "README.md").read_text()
     assert main(["predict", str(out / "final.pt"), str(tmp_path / "set" / "images" / "k1.png"),

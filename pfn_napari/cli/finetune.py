@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"measured on {measured.get('images', 0)} images with {note}")
     if result.kept_start:
         print(KEPT_START_NOTE)
-    print(f"{result.steps} steps in {result.minutes:.1f} min; classes "
-          f"{', '.join(result.classes)}")
+    new = f" (new: {', '.join(result.new_classes)})" if result.new_classes else ""
+    print(f"{result.steps} steps in {result.minutes:.1f} min; taught "
+          f"{', '.join(result.taught)}{new}; the model has {len(result.classes)} classes")
     print(result.weights)
     return 0
