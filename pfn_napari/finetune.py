@@ -294,10 +294,10 @@ def finetune(weights: str | Path, data: str, out: str | Path, minutes: float, *,
                      max_steps, device)
         report = _reporter(run, progress, bar)
         try:
-            if run.before is None and run.val is not None and run.step == 0:
-                report("evaluate before")
-                run.before = _measure(run)
             try:
+                if run.before is None and run.val is not None and run.step == 0:
+                    report("evaluate before")
+                    run.before = _measure(run)
                 _train(run, report, should_stop)
             except KeyboardInterrupt:
                 _save_last(run)
