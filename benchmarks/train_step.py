@@ -13,6 +13,10 @@ one the category network is the untrained one, which costs the same). The ratio 
 row's seconds per step over each row's, per stage. Run it on an idle machine: the rates are
 wall clock. On a CPU without native bfloat16 (AVX512-BF16 or AMX) ``train.amp`` is ignored
 and the header says so.
+
+``--maskrcnn SECONDS`` adds the peer of docs/RESULTS.md (``benchmarks/maskrcnn_peer.py``,
+torchvision's Mask R-CNN on Lite0 + FPN, batch 2) in both memory orders, each trained for
+SECONDS of wall clock on the same data; its seconds per step include its warm-up steps.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", type=int, default=10, help="warm-up steps left out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--init", default="", help="a stage-1 checkpoint for the stage-2 rows")
+    p.add_argument("--maskrcnn", type=float, default=0, metavar="SECONDS",
+                   help="also time Mask R-CNN (both memory orders) for SECONDS each")
+    p.add_argument("--no-pfn", action="store_true", help="leave out PFN's rows")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = find_shared_data()
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
           f"native bfloat16: {'yes' if native else 'no (train.amp is ignored)'}\n")
     print("| stage | setting | images / s | s / step | first row / this |\n"
           "|---|---|---:|---:|---:|")
-    for stage in ("category", "instance"):
+    for stage in () if args.no_pfn else ("category", "instance"):
         base = None
         for i, (name, settings) in enumerate(VARIANTS.items()):
             out = work / f"{stage}-{i}"
@@ -83,7 +90,30 @@ def main(argv: list[str] | None = None) -> int:
             base = base or per_step
             print(f"| {stage} | {name} | {rate:.2f} | {per_step:.3f} | {base / per_step:.2f} |",
                   flush=True)
+    if args.maskrcnn > 0:
+        maskrcnn_rows(spec, args.maskrcnn)
     return 0
+
+
+def maskrcnn_rows(spec: str, seconds: float) -> None:
+    """The peer's rows: default and channels-last order, ``seconds`` of training each."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from maskrcnn_peer import build_maskrcnn, train_maskrcnn
+
+    from pfn_napari.data import open_dataset
+    from pfn_napari.demo import DEMO_CLASSES
+
+    data = open_dataset(spec, "train", DEMO_CLASSES)
+    samples = [data[i] for i in range(len(data))]
+    base = None
+    for name, order in (("Mask R-CNN (float32)", False), ("Mask R-CNN, channels-last", True)):
+        torch.manual_seed(0)
+        model = build_maskrcnn(len(DEMO_CLASSES))
+        stats = train_maskrcnn(model, samples, seconds, channels_last=order, log=lambda _: None)
+        per_step = stats["seconds"] / max(1, stats["steps"])
+        base = base or per_step
+        print(f"| Mask R-CNN | {name} | {stats['images'] / stats['seconds']:.2f} | "
+              f"{per_step:.3f} | {base / per_step:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
