@@ -117,15 +117,18 @@ def memory_order(args) -> list[str]:
 
 def centers2_trained(out: Path, shared: Path, args, run: Path) -> Path:
     """Stage 2 retrained with the centers(2) encoding from the PFN run's stage-1 checkpoint,
-    for the stage-2 budget (cached in OUT/centers2)."""
-    final = out / "centers2" / "instance" / "final.pt"
+    for PFN's stage-2 steps (``--pfn-steps``, then ``--count-steps`` of stage 'counts') or
+    else its share of the budget (cached in OUT/centers2)."""
+    stage = "counts" if args.pfn_steps and args.count_steps else "instance"
+    final = out / "centers2" / stage / "final.pt"
     if final.is_file():
         return final
+    bounds = (dict(instance_steps=args.pfn_steps[1], counts_steps=args.count_steps or None)
+              if args.pfn_steps else
+              dict(instance_steps=100000, instance_minutes=0.6 * args.budget_min))
     ckpt, _ = train_stages(out / "centers2", demo_train_spec(shared, args.synthetic),
                            ["model.encoding=centers2", *memory_order(args)],
-                           instance_steps=100000,
-                           init=run / "category" / "final.pt",
-                           instance_minutes=0.6 * args.budget_min)
+                           init=run / "category" / "final.pt", **bounds)
     return ckpt
 
 
