@@ -440,7 +440,8 @@ def write_markdown(path: Path, res: dict, args, argv: list[str] | None = None) -
         dv = (row["ap_vol"] or 0) - (base["ap_vol"] or 0)
         lines.append(f"| {name} | {f1(row['ap50'])} | {d50:+.1f} | {f1(row['ap70'])} | "
                      f"{f1(row['ap_vol'])} | {dv:+.1f} |")
-    lines += ["", "Raw numbers: `runs/results/results.json` after the command. The oracle study of the "
+    lines += ["", f"Raw numbers: `{args.out}/results.json` after the command. The oracle study "
+              "of the "
               "grouping (noise levels, grid resolution, sigma) is in docs/grouping.md; GPU numbers: none "
               "(no GPU was lent to the session that ran this).", ""]
     tmp = path.with_name(f".{path.name}.tmp")
