@@ -441,9 +441,8 @@ def write_markdown(path: Path, res: dict, args, argv: list[str] | None = None) -
         lines.append(f"| {name} | {f1(row['ap50'])} | {d50:+.1f} | {f1(row['ap70'])} | "
                      f"{f1(row['ap_vol'])} | {dv:+.1f} |")
     lines += ["", f"Raw numbers: `{args.out}/results.json` after the command. The oracle study "
-              "of the "
-              "grouping (noise levels, grid resolution, sigma) is in docs/grouping.md; GPU numbers: none "
-              "(no GPU was lent to the session that ran this).", ""]
+              "of the grouping (noise levels, grid resolution, sigma) is in docs/grouping.md; GPU "
+              "numbers: none (no GPU was lent to the session that ran this).", ""]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
