@@ -860,22 +860,59 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(text.split())
 
 
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    """The dotted field (old names renamed by :data:`MIGRATIONS`) and the YAML-parsed value of
+    one ``section.field=value`` override; a malformed item is a :class:`ConfigError`."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected section.field=value")
+    key, raw = item.split("=", 1)
+    parts = migrate_key(key.strip()).split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override {item!r}: expected section.field=value, e.g. train.epochs=5")
+    try:
+        return parts, (yaml.safe_load(raw) if raw.strip() else "")
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                          f"({_yaml_problem(exc)})") from None
+
+
+def _check_override(item: str, parts: list[str], value: Any) -> None:
+    """Check one parsed override alone: its field exists and its value has the field's type,
+    reported as the item the user typed (``--set loss.loc_weight=abc: expected a number, got
+    'abc'``), not under the name of the file it is merged into. Cross-field rules are left to
+    :meth:`PFNConfig.validate`, which sees the whole config."""
+    label = f"--set {item}"
+    nested: dict[str, Any] = {}
+    node_dict = nested
+    for part in parts[:-1]:
+        node_dict = node_dict.setdefault(part, {})
+    node_dict[parts[-1]] = value
+    for key, field_value in _flatten(migrate(nested, "--set")).items():  # a retired field: {}
+        node: Any = PFNConfig()
+        names = key.split(".")
+        for i, part in enumerate(names):
+            known = [f.name for f in fields(node)] if is_dataclass(node) else []
+            if part not in known:
+                what = f"{'.'.join(names[:i])} has no field" if i else "no section"
+                raise ConfigError(f"{label}: {what} {part!r}" +
+                                  (f" (known: {', '.join(known)})" if known else ""))
+            node = getattr(node, part)
+        if is_dataclass(node):
+            raise ConfigError(f"{label}: {key} is a section; set one of its fields "
+                              f"({', '.join(f.name for f in fields(node))})")
+        _coerce(field_value, node, label)
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.field=value`` strings (``section.sub.field=value`` for a nested field;
-    an old name is renamed by :data:`MIGRATIONS`) to a nested dict (values parsed as YAML)."""
+    an old name is renamed by :data:`MIGRATIONS`) to a nested dict of :class:`PFNConfig`
+    values (values parsed as YAML). Each item is checked on its own first (its form, its field
+    and its value's type), so a wrong one is named as typed: ``--set loss.nope=1: loss has no
+    field 'nope' (known: ...)``."""
     out = copy.deepcopy(dict(values or {}))
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected section.field=value")
-        key, raw = item.split("=", 1)
-        parts = migrate_key(key.strip()).split(".")
-        if len(parts) < 2 or not all(parts):
-            raise ConfigError(f"override {item!r}: expected section.field=value, e.g. train.epochs=5")
-        try:
-            parsed = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML "
-                              f"({_yaml_problem(exc)})") from None
+        parts, parsed = _parse_override(item)
+        _check_override(item, parts, parsed)
         node = out
         for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
@@ -884,30 +921,6 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
                                   "section")
         node[parts[-1]] = parsed
     return out
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Check each ``section.field=value`` override on its own: its form, its field and its
-    value's type, reported as the item the user typed (``--set loss.loc_weight=abc: expected
-    a number, got 'abc'``), not under the name of the file it is merged into. Cross-field
-    rules are left to :meth:`PFNConfig.validate`, which sees the whole config."""
-    for item in overrides:
-        label = f"--set {item}"
-        flat = _flatten(migrate(apply_overrides({}, [item]), "--set"))  # {}: a retired field
-        for key, value in flat.items():
-            node: Any = PFNConfig()
-            parts = key.split(".")
-            for i, part in enumerate(parts):
-                known = [f.name for f in fields(node)] if is_dataclass(node) else []
-                if part not in known:
-                    what = f"{'.'.join(parts[:i])} has no field" if i else "no section"
-                    raise ConfigError(f"{label}: {what} {part!r}" +
-                                      (f" (known: {', '.join(known)})" if known else ""))
-                node = getattr(node, part)
-            if is_dataclass(node):
-                raise ConfigError(f"{label}: {key} is a section; set one of its fields "
-                                  f"({', '.join(f.name for f in fields(node))})")
-            _coerce(value, node, label)
 
 
 def _with_stage_section(values: dict[str, Any], overrides: list[str],
@@ -974,7 +987,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
     values = _with_stage_section(values, overrides or [], where)
-    check_overrides(overrides or [])  # a wrong --set value is named as the --set item
     values = apply_overrides(migrate(values, where), overrides or [])  # old file, new --set
     cfg = config_from_dict(values, where)
     cfg.validate()

@@ -7,7 +7,8 @@ import pytest
 import pfn_napari.config as config_module
 from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, DataConfig,
                                GroupingConfig, LossConfig, ModelConfig, PFNConfig, TrainConfig,
-                               config_from_dict, config_to_dict, load_config)
+                               apply_overrides, config_from_dict, config_to_dict,
+                               load_config)
 
 
 @pytest.mark.parametrize("section, message", [
@@ -165,6 +166,13 @@ def test_a_wrong_set_value_is_named_as_the_set_item_not_as_the_file(tmp_path) ->
             with pytest.raises(ConfigError) as info:
                 load_config(path, [override])
             assert str(info.value).startswith(message), (path, str(info.value))
+    # the same check in apply_overrides itself, which scripts call on a stored config
+    stored = config_to_dict(PFNConfig())
+    for override, message in cases.items():
+        with pytest.raises(ConfigError) as info:
+            apply_overrides(stored, ["grouping.tau=0.3", override])
+        assert str(info.value).startswith(message), str(info.value)
+    assert apply_overrides(stored, ["grouping.tau=0.3"])["grouping"]["tau"] == 0.3
     # the good overrides still merge over the file; a bad value in the file keeps its name
     assert load_config(recipe, ["loss.loc_weight=3"]).loss.loc_weight == 3.0
     recipe.write_text("loss: {loc_weight: abc}\n")

@@ -8,8 +8,8 @@ new :class:`~pfn_napari.config.PFNConfig`; the loaded model's config is never ch
 
 from __future__ import annotations
 
-from ..config import (ConfigError, PFNConfig, apply_overrides, check_overrides,
-                      config_from_dict, config_to_dict, migrate_key)
+from ..config import (ConfigError, PFNConfig, apply_overrides, config_from_dict, config_to_dict,
+                      migrate_key)
 
 #: The sections a command that runs a loaded model reads at test time.
 TEST_TIME_SECTIONS = ("grouping", "crf", "imagenet", "show")
@@ -38,7 +38,6 @@ def test_time_config(base: PFNConfig, overrides: list[str], command: str,
     if not overrides:
         return base
     check_sections(overrides, sections, command)
-    check_overrides(overrides)  # form, field and type, named as the --set item
     values = apply_overrides(config_to_dict(base), overrides)
     cfg = config_from_dict(values)
     cfg.validate()

@@ -62,8 +62,7 @@ def build_config(args: argparse.Namespace):
     """The run's :class:`PFNConfig`: config file (or the resumed checkpoint's stored config),
     then ``--set`` overrides, then the dedicated flags."""
     from ..checkpoint import read_checkpoint
-    from ..config import (apply_overrides, check_overrides, config_from_dict, config_to_dict,
-                          load_config)
+    from ..config import apply_overrides, config_from_dict, config_to_dict, load_config
 
     # the stage goes in with the overrides too: it picks the config file's stage section
     overrides = list(args.overrides) + ([f"train.stage={args.stage}"] if args.stage else [])
@@ -73,7 +72,6 @@ def build_config(args: argparse.Namespace):
     # flags are applied as strings, not YAML-parsed (paths like 'on' or '1e3' stay paths)
     if args.config is None and args.resume:
         stored = read_checkpoint(args.resume)["config"]
-        check_overrides(overrides)
         values = apply_overrides(stored, overrides)
         cfg = config_from_dict(values, where=f"{args.resume} (stored config)")
     else:
