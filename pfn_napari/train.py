@@ -46,8 +46,9 @@ reads its share of every epoch, and only rank 0 writes logs and checkpoints; at 
 rank's parameter hash is gathered into the final checkpoint (``extra['rank_param_sha256']``).
 
 Outputs in ``cfg.train.out_dir``: ``config.yaml`` (resolved config), ``log.csv`` (step, epoch,
-lr, loss parts, images/s), ``val.csv`` (validation metrics), ``tb/`` (TensorBoard, when
-installed), ``last.pt`` (every epoch or ``checkpoint_every`` steps, atomic) and ``final.pt``.
+lr, loss parts, the global gradient norm before clipping ``grad/norm``, images/s), ``val.csv``
+(validation metrics), ``tb/`` (TensorBoard, when installed), ``last.pt`` (every epoch or
+``checkpoint_every`` steps, atomic) and ``final.pt``.
 """
 
 from __future__ import annotations
@@ -626,6 +627,8 @@ class _Run:
     step: int = 0
     # train.ema > 0: the moving average of ``net.state_dict()`` (its floating tensors)
     average: dict[str, torch.Tensor] | None = None
+    # the global gradient norm of each step of this process, before clipping (grad_note)
+    grad_norms: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def gate_counts(self) -> bool:
@@ -950,10 +953,13 @@ def _train_step(run: _Run, model: nn.Module, batch: dict[str, torch.Tensor], pha
     lrs = [g["lr"] for g in run.optimizer.param_groups]  # the lr of this step
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
-    if t.grad_clip > 0:  # global norm over the trained parameters
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in run.optimizer.param_groups for p in g["params"]], t.grad_clip)
+    run.scaler.unscale_(run.optimizer)  # true gradients for the norm (a no-op unless float16)
+    params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # global, before clipping
+    if t.grad_clip > 0:  # the same arithmetic as clip_grad_norm_
+        torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, norm)
+    run.grad_norms.append(float(norm))
+    parts = {**parts, "grad/norm": norm}
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
@@ -1070,5 +1076,24 @@ def _finish(run: _Run, last_parts: dict[str, float]) -> Path:
     _validate_and_log(run, epoch)
     run.logger.close()
     if run.info.main:
+        line = grad_note(run.grad_norms, run.cfg.train.grad_clip)
+        if line:
+            run.note(line)
         run.note(f"done: {run.step} steps; final checkpoint {final}")
     return final
+
+
+def grad_note(norms: list[float], clip: float) -> str:
+    """One line when ``train.grad_clip`` cut most steps' gradients (``norms``: each step's
+    global norm before clipping), or ``""``: then the clip, not the learning rate, sets how far
+    a step goes (a step moves the weights by ``lr * clip / norm`` of the gradient), so the
+    rates in the config overstate the step (docs/training.md)."""
+    if clip <= 0 or not norms:
+        return ""
+    clipped = sum(n > clip for n in norms)
+    if clipped * 2 <= len(norms):
+        return ""
+    median = float(np.median(norms))
+    return (f"the gradient norm was above train.grad_clip={clip:g} on {clipped} of "
+            f"{len(norms)} steps (median {median:.3g}): those steps were scaled down to norm "
+            f"{clip:g}, about {clip / median:.2g}x the rates' step (log.csv column grad/norm)")

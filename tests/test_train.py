@@ -14,8 +14,8 @@ from pfn_napari.config import load_config
 from pfn_napari.errors import CheckpointError, PFNError
 import pfn_napari.train as train_module
 from pfn_napari.train import (COUNT_PHASE_SPLIT, POLY_POWER, _Plan, _schedule, _set_phase,
-                              ema_decay, lr_factor, phase_plan, poly_factor, run_progress,
-                              schedule_step, train)
+                              ema_decay, grad_note, lr_factor, phase_plan, poly_factor,
+                              run_progress, schedule_step, train)
 
 #: A model and data small enough for a few CPU steps per second: EfficientNet-Lite0 (its
 #: packaged ImageNet weights), thin heads, 65x65 crops of 6 synthetic images, batch 2 -> 3 steps/epoch.
@@ -73,6 +73,28 @@ def test_a_poly_run_logs_rates_that_fall_to_the_last_step(tmp_path):
     want = [(1 - k / 4) ** 0.9 for k in range(4)]  # the rate each step ran at
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.01 * f for f in want], rel=1e-4)
     assert [float(r["lr_new"]) for r in rows] == pytest.approx([0.05 * f for f in want], rel=1e-4)
+
+
+def test_the_gradient_norm_is_logged_and_a_run_the_clip_decides_says_so(tmp_path, capsys):
+    """Stage 2 of the recipe had every step's gradient norm (median 50-70) above its clip (10),
+    which nothing showed: log.csv now holds each step's global norm before clipping, and a run
+    whose clip cut most steps ends with one line saying by how much."""
+    assert grad_note([5.0, 20.0, 30.0], 10.0) == (
+        "the gradient norm was above train.grad_clip=10 on 2 of 3 steps (median 20): those "
+        "steps were scaled down to norm 10, about 0.5x the rates' step (log.csv column "
+        "grad/norm)")
+    assert grad_note([5.0, 5.0, 30.0], 10.0) == ""  # most steps not clipped
+    assert grad_note([5.0, 20.0], 0.0) == ""  # no clip
+    free = read_log(train(tiny_cfg(tmp_path, "free", "train.max_steps=2", "train.grad_clip=0"),
+                          progress=False).parent / "log.csv")
+    assert "above train.grad_clip" not in capsys.readouterr().err
+    clipped = read_log(train(tiny_cfg(tmp_path, "clip", "train.max_steps=2",
+                                      "train.grad_clip=0.001"), progress=False).parent / "log.csv")
+    assert "above train.grad_clip=0.001 on 2 of 2 steps" in capsys.readouterr().err
+    norms = [float(r["grad/norm"]) for r in free]
+    assert all(n > 0.001 for n in norms)
+    assert float(clipped[0]["grad/norm"]) == pytest.approx(norms[0], rel=1e-5)  # same 1st step
+    assert float(clipped[1]["grad/norm"]) != pytest.approx(norms[1], rel=1e-3)  # clipped step
 
 
 def test_adamw_steps_every_weight_by_about_its_rate_and_resumes_exactly(tmp_path):
