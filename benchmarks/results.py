@@ -9,7 +9,8 @@ Penn-Fudan and the Weizmann horses; val: 17 COCO-VOC + 34 Penn-Fudan + 55 horse 
 
 1. trains PFN (EfficientNet-Lite0, recipe ``cpu-demo``, both stages) for ``--budget-min``
    minutes of wall clock (40 % / 60 %) or for ``--pfn-steps CATEGORY INSTANCE`` steps (then,
-   with ``--count-steps N``, stage 'counts': the count head alone on whole photos), or reuses
+   with ``--count-steps N``, stage 'counts': the count head alone on whole photos;
+   ``--stage2-set KEY=VALUE`` adds a setting to stage 2 alone), or reuses
    a run folder (``--pfn-run``: a ``scripts/train_default_weights.py`` run, or a
    ``demo.train_stages`` one, whose ``counts/final.pt`` is read when it has one);
 2. trains torchvision's Mask R-CNN on the same backbone (Lite0 + FPN, same ImageNet weights)
@@ -115,6 +116,12 @@ def memory_order(args) -> list[str]:
     return ["train.channels_last=true"] if args.channels_last else []
 
 
+def stage2_settings(args) -> dict[str, list[str]]:
+    """The settings of PFN's stage 2 alone (``--stage2-set``), as ``train_stages`` takes
+    them."""
+    return {"instance": list(args.stage2_set)} if args.stage2_set else {}
+
+
 def centers2_trained(out: Path, shared: Path, args, run: Path) -> Path:
     """Stage 2 retrained with the centers(2) encoding from the PFN run's stage-1 checkpoint,
     for PFN's stage-2 steps (``--pfn-steps``, then ``--count-steps`` of stage 'counts') or
@@ -128,7 +135,8 @@ def centers2_trained(out: Path, shared: Path, args, run: Path) -> Path:
               dict(instance_steps=100000, instance_minutes=0.6 * args.budget_min))
     ckpt, _ = train_stages(out / "centers2", demo_train_spec(shared, args.synthetic),
                            ["model.encoding=centers2", *memory_order(args)],
-                           init=run / "category" / "final.pt", **bounds)
+                           init=run / "category" / "final.pt",
+                           stage_overrides=stage2_settings(args), **bounds)
     return ckpt
 
 
@@ -171,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels-last", action="store_true",
                     help="train PFN (every stage, train.channels_last) and Mask R-CNN with their "
                          "weights in channels-last memory order (faster convolutions on the CPU)")
+    ap.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of PFN's stage 2 only (its instance network; also the "
+                         "centers(2) ablation's), e.g. train.grad_clip=5; repeatable")
     ap.add_argument("--synthetic", type=int, default=300)
     ap.add_argument("--out", default="runs/results")
     ap.add_argument("--results-md", default=str(REPO / "docs" / "RESULTS.md"))
@@ -234,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt, _ = train_stages(run, demo_train_spec(shared, args.synthetic), memory_order(args),
                                category_steps=steps[0], instance_steps=steps[1],
                                counts_steps=args.count_steps or None,
-                               category_minutes=minutes[0], instance_minutes=minutes[1])
+                               category_minutes=minutes[0], instance_minutes=minutes[1],
+                               stage_overrides=stage2_settings(args))
         pfn_minutes = (time.perf_counter() - t0) / 60
         (run / "summary.json").write_text(json.dumps({"train_minutes": round(pfn_minutes, 1)}))
     res["pfn_train_minutes"] = pfn_minutes

@@ -131,15 +131,16 @@ def train_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
                  category_minutes: float | None = None, instance_minutes: float | None = None,
                  stage_overrides: dict[str, list[str]] | None = None,
                  counts_steps: int | None = None, counts_minutes: float | None = None,
-                 ) -> tuple[Path, dict[str, Path]]:
+                 reuse: bool = False) -> tuple[Path, dict[str, Path]]:
     """Stage 1 (category), stage 2 (instance), then, when ``counts_steps`` or
     ``counts_minutes`` is given, stage 'counts' of ``config`` on ``train_spec`` (with the
     config's ``stages: counts`` settings), each in ``out/STAGE``.
 
     ``*_steps`` / ``*_minutes`` bound each stage (steps, wall clock; the first reached stops
     it); ``stage_overrides`` adds settings to one stage only. ``init`` skips stage 1 and starts
-    stage 2 from that category checkpoint. Returns the final checkpoint of the last stage and
-    the CSV logs of the stages that ran.
+    stage 2 from that category checkpoint. ``reuse``: a stage whose ``out/STAGE/final.pt``
+    exists is not trained again (a study stopped half-way goes on). Returns the final
+    checkpoint of the last stage and the CSV logs of the stages that ran.
     """
     from .train import train
 
@@ -161,6 +162,9 @@ def train_stages(out: Path, train_spec: str, overrides: list[str] | None = None,
             settings.append(f"train.max_minutes={minutes}")
         if stage != "category":
             settings.append(f"train.init={ckpt}")
+        if reuse and (out / stage / "final.pt").is_file():
+            ckpt = out / stage / "final.pt"
+            continue
         ckpt = train(load_config(config, settings), progress=progress)
         logs[stage] = out / stage / "log.csv"
     assert ckpt is not None

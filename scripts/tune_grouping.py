@@ -690,13 +690,20 @@ def dotted_values(setting: Setting, fields) -> list[str]:
     return out
 
 
-def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
-    """``--folds K``: score the grid on the pooled photos (cached), choose per fold, report."""
+def fold_settings(args, cfg) -> tuple[list, Setting, tuple]:
+    """The settings ``--folds`` scores on the weights' config ``cfg``: the simple one first,
+    the weights' own second, then the grid (duplicates dropped); with the simple setting and
+    the base its settings are written over."""
     simple = simple_setting(cfg)
     base = (cfg.grouping, simple.imagenet)
     shipped = canonical(Setting(cfg.grouping, cfg.imagenet), *base)
     grid = grid_of(args, cfg, simple.imagenet)
-    settings = list(dict.fromkeys([canonical(simple, *base), shipped, *grid]))
+    return list(dict.fromkeys([canonical(simple, *base), shipped, *grid])), simple, base
+
+
+def run_folds(args, predictor: Predictor, cfg, shared: Path) -> int:
+    """``--folds K``: score the grid on the pooled photos (cached), choose per fold, report."""
+    settings, simple, base = fold_settings(args, cfg)
     cache = read_cache(args.cache)
     weights_id = file_digest(args.weights)
     sets = pooled_sets(shared, tuple(predictor.class_names), args.limit)

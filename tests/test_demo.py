@@ -4,6 +4,7 @@ the README's command; here the report's shape and its numbers' origin are checke
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -26,6 +27,24 @@ def tiny_weights(tmp_path_factory):
     assert (stored.train.stage, stored.train.batch_size, stored.train.lr_new,
             stored.train.init) == ("counts", 2, 0.001, str(out / "instance" / "final.pt"))
     return ckpt
+
+
+def test_train_stages_reuse_goes_on_from_the_stages_already_finished(tiny_weights, tmp_path):
+    """``reuse=True`` (a study stopped half-way, ``benchmarks/seed_study.py``) trains only
+    the stages without a ``final.pt``, each from the checkpoint of the stage before."""
+    out = tiny_weights.parent.parent
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/final.pt")}
+    kwargs = dict(category_steps=2, instance_steps=2, counts_steps=2, device="cpu",
+                  progress=False, stage_overrides={"counts": ["data.whole_size=129"]},
+                  reuse=True)
+    assert train_stages(out, "synthetic:6", TINY, **kwargs) == (tiny_weights, {})
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/final.pt")} == stamps
+    for stage in ("category", "instance"):  # a study stopped before stage 'counts'
+        shutil.copytree(out / stage, tmp_path / stage)
+    ckpt, logs = train_stages(tmp_path, "synthetic:6", TINY, **kwargs)
+    assert ckpt == tmp_path / "counts" / "final.pt" and set(logs) == {"counts"}
+    assert load_config(tmp_path / "counts" / "config.yaml").train.init == \
+        str(tmp_path / "instance" / "final.pt")
 
 
 @pytest.mark.slow
