@@ -944,8 +944,11 @@ def _with_stage_section(values: dict[str, Any], overrides: list[str],
             for name, sections in stages.items()):
         raise ConfigError(f"{where}: stages: expected sections of settings under stage names "
                           f"{TRAIN_STAGES}, e.g. stages: {{counts: {{train: {{batch_size: 2}}}}}}")
-    stage = (migrate(apply_overrides(values, overrides), where).get("train") or {}).get(
-        "stage", TrainConfig.stage)
+    stage = (migrate(values, where).get("train") or {}).get("stage", TrainConfig.stage)
+    for item in overrides:  # the run's stage: the last --set of it wins over the file's
+        parts, value = _parse_override(item)
+        if parts == ["train", "stage"]:
+            stage = value
     for section, given in migrate(stages.get(stage) or {}, f"{where} (stages.{stage})").items():
         values.setdefault(section, {}).update(given)
     return values
