@@ -104,7 +104,20 @@ def read_pair(new: Path, old: Path, shared: Path, cache: dict, save, folds: int)
                                                args.objective)
     pooled = {str(p): tg.pooled_held(t, tg.chosen_per_fold(t, sources, fold_of, args.objective),
                                      fold_of) for p, t in zip((new, old), tables)}
-    return held_new, held_old, tg.summary_table(pooled, sources)
+    metrics = [tg.photo_metrics(photos, sources) for photos in pooled.values()]
+    return held_new, held_old, tg.summary_table(pooled, sources), metrics
+
+
+#: The pooled numbers averaged over the seeds: (photo_metrics key, label, digits).
+MEAN_COLUMNS = (("coco", "COCO AP", 1), ("pennfudan", "Penn-Fudan AP", 1),
+                ("horses", "horses AP", 1), ("mean", "mean AP", 1),
+                ("precision", "precision %", 1), ("false", "false / photo", 2))
+
+
+def seed_means(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Each :data:`MEAN_COLUMNS` number averaged over the seeds' pooled metrics."""
+    return {key: float(np.mean([m.get(key, np.nan) for m in metrics]))
+            for key, _, _ in MEAN_COLUMNS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,11 +176,13 @@ def run_study(args, arms: dict[str, dict[str, list[str]]], shared: Path) -> int:
     baseline = next(iter(arms))
     report: dict = {"argv": sys.argv[1:], "arms": {}}
     for name in list(arms)[1:]:
-        per_seed = {}
+        per_seed, pooled_metrics = {}, {name: [], baseline: []}
         for seed in args.seeds:
-            new, old, pooled = read_pair(finals[name][seed], finals[baseline][seed], shared,
-                                         cache, save, args.folds)
+            new, old, pooled, metrics = read_pair(finals[name][seed], finals[baseline][seed],
+                                                  shared, cache, save, args.folds)
             per_seed[seed] = (new, old)
+            pooled_metrics[name].append(metrics[0])
+            pooled_metrics[baseline].append(metrics[1])
             print(f"\n{name} against {baseline}, seed {seed}: held objective per fold "
                   + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(new, old)) + "\n")
             print("\n".join(pooled))
@@ -175,9 +190,16 @@ def run_study(args, arms: dict[str, dict[str, list[str]]], shared: Path) -> int:
         print(f"\n{name} against {baseline}, mean over seeds {args.seeds}, per fold: "
               + ", ".join(f"{a:.1f} / {b:.1f} ({a - b:+.1f})"
                           for a, b in zip(arm_mean, base_mean))
-              + f"; higher on every fold: {'yes' if wins else 'no'}")
+              + f"; higher on every fold: {'yes' if wins else 'no'}\n")
+        means = {arm: seed_means(rows) for arm, rows in pooled_metrics.items()}
+        print("| pooled, mean of the seeds | " + " | ".join(c[1] for c in MEAN_COLUMNS) + " |")
+        print("|---|" + "---:|" * len(MEAN_COLUMNS))
+        for arm, row in means.items():
+            print(f"| {arm} | " + " | ".join(f"{row[k]:.{d}f}" for k, _, d in MEAN_COLUMNS)
+                  + " |")
         report["arms"][name] = {"per_seed": {str(s): v for s, v in per_seed.items()},
-                                "mean": arm_mean, "baseline_mean": base_mean, "wins": wins}
+                                "mean": arm_mean, "baseline_mean": base_mean, "wins": wins,
+                                "pooled_seed_means": means}
     atomic_write_text(args.out / "study.json", json.dumps(report, indent=1))
     print(f"\nwrote {args.out / 'study.json'}")
     return 0

@@ -55,3 +55,14 @@ def test_an_arm_wins_only_when_the_seeds_mean_is_higher_on_every_fold(study) -> 
     assert study.seed_verdict({0: three[0]})[2] is False  # seed 0 alone loses folds 2-4
     tie = {0: ([50.0, 50.0], [50.0, 40.0])}
     assert study.seed_verdict(tie)[2] is False  # a tie keeps the baseline
+
+
+def test_the_pooled_numbers_are_averaged_over_the_seeds(study) -> None:
+    rows = [{"coco": 0.9, "pennfudan": 52.9, "horses": 98.5, "mean": 50.8, "precision": 57.8,
+             "false": 0.65},
+            {"coco": 8.3, "pennfudan": 25.1, "horses": 100.0, "mean": 44.5, "precision": 42.5,
+             "false": 1.07}]
+    means = study.seed_means(rows)
+    assert means == pytest.approx({"coco": 4.6, "pennfudan": 39.0, "horses": 99.25,
+                                   "mean": 47.65, "precision": 50.15, "false": 0.86})
+    assert [c[0] for c in study.MEAN_COLUMNS] == list(means)
