@@ -882,11 +882,7 @@ def _check_override(item: str, parts: list[str], value: Any) -> None:
     'abc'``), not under the name of the file it is merged into. Cross-field rules are left to
     :meth:`PFNConfig.validate`, which sees the whole config."""
     label = f"--set {item}"
-    nested: dict[str, Any] = {}
-    node_dict = nested
-    for part in parts[:-1]:
-        node_dict = node_dict.setdefault(part, {})
-    node_dict[parts[-1]] = value
+    nested = _unflatten({".".join(parts): value}, label)
     for key, field_value in _flatten(migrate(nested, "--set")).items():  # a retired field: {}
         node: Any = PFNConfig()
         names = key.split(".")
