@@ -329,10 +329,16 @@ class LossConfig:
     # Beyond the paper (losses.coherence_loss): > 0 adds this weight times the disagreement of an
     # instance's cells on its box (each cell's fused box against the mean of its instance's).
     coherence_weight: float = 0.0
+    # Beyond the paper (losses.box_giou_loss): > 0 adds this weight times 1 - GIoU between each
+    # foreground cell's predicted box (top-left, bottom-right) and its instance's, on every
+    # stream and the fused output: an error relative to the object's size, as the vote
+    # grouping's IoU test reads the boxes. Needs model.encoding box6 or box10.
+    giou_weight: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a choice that does not exist or a value out of range."""
         _check([
+            (self.giou_weight >= 0, f"loss.giou_weight={self.giou_weight}: must be >= 0"),
             (self.loc_unit >= 0, f"loss.loc_unit={self.loc_unit}: 0 (normalised) or > 0 px"),
             (self.separation_weight >= 0,
              f"loss.separation_weight={self.separation_weight}: must be >= 0"),
@@ -657,6 +663,9 @@ class PFNConfig:
             (len(self.data.classes) == self.model.num_classes,
              (f"data.classes has {len(self.data.classes)} names but "
               f"model.num_classes={self.model.num_classes}")),
+            (self.loss.giou_weight == 0 or self.model.encoding in ("box6", "box10"),
+             (f"loss.giou_weight > 0 needs the corners of a box: model.encoding box6 or box10, "
+              f"not {self.model.encoding!r}")),
         ])
 
 

@@ -12,10 +12,12 @@
 * :func:`separation_loss` (beyond the paper, ``loss.separation_weight``): a cross-entropy over
   the instances of a cell's class in its image, asking its predicted box to be nearer its own
   instance's box than a rival's; :func:`coherence_loss` (``loss.coherence_weight``): how far
-  each cell's box is from the mean of its instance's cells';
+  each cell's box is from the mean of its instance's cells'; :func:`box_giou_loss`
+  (``loss.giou_weight``): ``1 - GIoU`` of each cell's predicted box and its instance's, an
+  error relative to the object's size;
 * :func:`total_loss`: ``L = loc_weight * Lo + count_weight * Ln (+ seg_weight * Lseg)
-  (+ separation_weight * Lsep + coherence_weight * Lcoh)``, with ``Lo`` summed over every
-  stream and the fused output (deep supervision).
+  (+ separation_weight * Lsep + coherence_weight * Lcoh + giou_weight * Lgiou)``, with ``Lo``
+  and ``Lgiou`` summed over every stream and the fused output (deep supervision).
 """
 
 from __future__ import annotations
@@ -139,6 +141,42 @@ def coherence_loss(pred: Tensor, target: Tensor, weight: Tensor, class_map: Tens
     return total / max(cells, 1)
 
 
+#: The channels of the top-left and bottom-right corners ``(lx, ly, rx, ry)`` in the box6 and
+#: box10 encodings (``targets.ENCODINGS``).
+BOX_CORNERS = slice(2, 6)
+
+
+def box_giou_loss(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """``1 - GIoU`` (Rezatofighi et al., 2019) between each foreground cell's predicted box and
+    its instance's, averaged over the foreground cells (beyond the paper).
+
+    The smooth-L1 of :func:`location_loss` charges a 30-pixel error as much on a 60-pixel
+    pedestrian as on a 400-pixel horse; the vote grouping asks whether the boxes of a cell
+    and its neighbours overlap by IoU > 0.6, an error relative to the object's size, and this
+    term measures exactly that. ``pred``, ``target`` ``(B, L, h, w)`` in the box6 / box10
+    layout (corners in channels 2-5, any units: IoU does not change when an axis is scaled),
+    ``weight (B, h, w)`` as in :func:`location_loss`. A predicted box whose corners have
+    crossed counts as empty (IoU 0, finite gradients); the smooth-L1 term this one is added
+    to puts its corners back in order. Written out because
+    ``torchvision.ops.generalized_box_iou_loss`` requires ordered corners, which a network's
+    raw output does not guarantee.
+    """
+    p = pred[:, BOX_CORNERS]  # (B, 4, h, w): lx, ly, rx, ry
+    t = target[:, BOX_CORNERS].to(p.dtype)
+    area_p = (p[:, 2] - p[:, 0]).clamp(min=0) * (p[:, 3] - p[:, 1]).clamp(min=0)  # (B, h, w)
+    area_t = (t[:, 2] - t[:, 0]).clamp(min=0) * (t[:, 3] - t[:, 1]).clamp(min=0)
+    iw = (torch.minimum(p[:, 2], t[:, 2]) - torch.maximum(p[:, 0], t[:, 0])).clamp(min=0)
+    ih = (torch.minimum(p[:, 3], t[:, 3]) - torch.maximum(p[:, 1], t[:, 1])).clamp(min=0)
+    inter = iw * ih
+    union = area_p + area_t - inter
+    hull = ((torch.maximum(p[:, 2], t[:, 2]) - torch.minimum(p[:, 0], t[:, 0])) *
+            (torch.maximum(p[:, 3], t[:, 3]) - torch.minimum(p[:, 1], t[:, 1])))
+    eps = 1e-7
+    giou = inter / (union + eps) - (hull - union) / (hull + eps)  # (B, h, w)
+    omega = (weight > 0).sum().clamp(min=1).to(giou.dtype)
+    return ((1.0 - giou) * weight).sum() / omega
+
+
 def location_units(num_channels: int, image_size: tuple[int, int], unit: float,
                    like: Tensor) -> Tensor:
     """``(1, L, 1, 1)`` factors taking normalised locations (x / W, y / H of an input of
@@ -161,7 +199,7 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
     ``Lo`` sums the loss of every stream and of the fused output; with a single stream the
     fused output is that stream, counted once. Returns ``(loss, parts)`` with the float value
     of each term (``seg``, ``loc``, ``count``, ``loc/<stream>``, ``loc/fused``, ``sep`` / ``coh``
-    when their weight is > 0, ``total``).
+    / ``giou`` when their weight is > 0, ``total``).
     The loss is computed in float32 whatever the dtype of ``out`` (a mixed-precision forward
     pass, ``train.amp``, gives bfloat16 or float16 maps).
     """
@@ -189,13 +227,19 @@ def total_loss(out: Any, batch: Mapping[str, Tensor], cfg: LossConfig,
                                    cfg.loc_unit, target)
             target = target * units
         lo = out.locations.new_zeros(())
+        lg = out.locations.new_zeros(())
         for name, p in preds.items():
             p = p * units if units is not None else p
             term = location_loss(p, target, weight)
             parts[f"loc/{name}"] = float(term.detach())
             lo = lo + term
+            if cfg.giou_weight > 0:
+                lg = lg + box_giou_loss(p, target, weight)
         terms.append(cfg.loc_weight * lo)
         parts["loc"] = float(lo.detach())
+        if cfg.giou_weight > 0:
+            terms.append(cfg.giou_weight * lg)
+            parts["giou"] = float(lg.detach())
         # the grouping reads the fused output: the two grouping terms score it alone
         fused = out.locations * units if units is not None else out.locations
         if cfg.separation_weight > 0:

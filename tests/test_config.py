@@ -44,6 +44,7 @@ from pfn_napari.config import (MIGRATIONS, RETIRED, ConfigError, CRFConfig, Data
     (LossConfig(separation_weight=-1.0, loc_unit=32.0), "loss.separation_weight=-1.0: must be"),
     (LossConfig(separation_temperature=0.0), "loss.separation_temperature=0.0: must be > 0"),
     (LossConfig(coherence_weight=-0.5), "loss.coherence_weight=-0.5: must be >= 0"),
+    (LossConfig(giou_weight=-1.0), "loss.giou_weight=-1.0: must be >= 0"),
     (TrainConfig(separate_schedule="half"), "train.separate_schedule='half': 'split' or 'full'"),
     (TrainConfig(stage="count"), r"train.stage='count': choose one of \('category', 'instance', "
      r"'unified', 'counts'\)"),
@@ -99,6 +100,10 @@ def test_the_whole_config_validates_its_sections_and_across_them() -> None:
         PFNConfig(grouping=GroupingConfig(method="nope")).validate()
     with pytest.raises(ConfigError, match="data.classes has 20 names but model.num_classes=3"):
         PFNConfig(model=ModelConfig(num_classes=3)).validate()
+    with pytest.raises(ConfigError, match="loss.giou_weight > 0 needs the corners of a box: "
+                       "model.encoding box6 or box10, not 'center_wh4'"):
+        load_config(None, ["model.encoding=center_wh4", "loss.giou_weight=1"])
+    load_config(None, ["model.encoding=box10", "loss.giou_weight=1"])
     with pytest.raises(ConfigError, match="grouping.min_size_frac=1.0"):
         load_config(None, ["grouping.min_size_frac=1"])
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pfn_napari.config import LossConfig
-from pfn_napari.losses import (coherence_loss, count_loss, location_loss, segmentation_loss,
-                               separation_loss, total_loss)
+from pfn_napari.losses import (box_giou_loss, coherence_loss, count_loss, location_loss,
+                               segmentation_loss, separation_loss, total_loss)
 from pfn_napari.model.pfn import NetOutputs
 
 
@@ -310,3 +310,60 @@ def test_total_loss_adds_the_coherence_term_when_weighted() -> None:
     loss, parts = total_loss(out, batch, cfg, "instance")
     assert parts["coh"] == pytest.approx(0.05, rel=1e-6) and "sep" not in parts
     assert loss.item() == pytest.approx(plain.item() + 4.0 * 0.05, rel=1e-6)
+
+
+def _box_cells(boxes: list[list[float]]) -> torch.Tensor:
+    """``(1, 6, 1, n)`` box6 locations of ``n`` cells from their ``[lx, ly, rx, ry]`` boxes
+    (the center channels hold the box centers)."""
+    rows = [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, *b] for b in boxes]
+    return torch.tensor(rows).T.reshape(1, 6, 1, len(boxes))
+
+
+def test_box_giou_loss_is_one_minus_giou_relative_to_the_objects_size() -> None:
+    target = _box_cells([[0.1, 0.1, 0.3, 0.5]])  # 0.2 x 0.4
+    weight = torch.ones(1, 1, 1)
+    assert box_giou_loss(target, target, weight).item() == pytest.approx(0.0, abs=1e-5)
+    wider = _box_cells([[0.1, 0.1, 0.5, 0.5]])  # twice as wide: IoU 1/2, the hull is the union
+    assert box_giou_loss(wider, target, weight).item() == pytest.approx(0.5, rel=1e-5)
+    # relative: the same box error on an object 5x larger costs far less; an axis scaled
+    # alike on both boxes (pixels instead of fractions of W) changes nothing
+    big = _box_cells([[0.1, 0.1, 1.1, 2.1]])
+    big_off = _box_cells([[0.1, 0.1, 1.3, 2.1]])  # 0.2 wider, as above
+    assert box_giou_loss(big_off, big, weight).item() == pytest.approx(1 - 1 / 1.2, rel=1e-5)
+    scale = torch.tensor([3.0, 1.0]).repeat(3).view(1, 6, 1, 1)
+    assert box_giou_loss(wider * scale, target * scale, weight).item() == pytest.approx(
+        0.5, rel=1e-5)
+    # disjoint boxes: IoU 0, and the hull term: hull 0.6 x 0.4, union 0.12 -> GIoU = -0.5
+    apart = _box_cells([[0.6, 0.1, 0.7, 0.5]])
+    assert box_giou_loss(apart, target, weight).item() == pytest.approx(1.5, rel=1e-5)
+
+
+def test_box_giou_loss_of_crossed_corners_is_finite_and_ignores_the_background() -> None:
+    target = _box_cells([[0.1, 0.1, 0.3, 0.5], [0.0, 0.0, 0.2, 0.2]])
+    pred = _box_cells([[0.4, 0.1, 0.35, 0.5], [0.0, 0.0, 0.9, 0.9]])  # cell 0: rx < lx
+    weight = torch.tensor([[[1.0, 0.0]]])  # cell 1 is background
+    pred.requires_grad_(True)
+    loss = box_giou_loss(pred, target, weight)
+    loss.backward()
+    # a crossed box has no area: IoU 0; hull 0.25 x 0.4, union 0.08 -> GIoU -0.2
+    assert loss.item() == pytest.approx(1.2, rel=1e-5)
+    assert torch.isfinite(pred.grad).all()
+    assert (pred.grad[0, :, 0, 1] == 0).all()
+    assert box_giou_loss(pred, target, torch.zeros(1, 1, 2)).item() == 0.0
+
+
+def test_total_loss_adds_the_giou_term_of_every_stream_when_weighted() -> None:
+    target = _box_cells([[0.1, 0.1, 0.3, 0.5], [0.1, 0.1, 0.3, 0.5]])
+    wider = _box_cells([[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5]])
+    out = NetOutputs(locations=target, stream_locations={"fc7": wider, "pool3": target},
+                     counts=torch.zeros(1, 1))
+    batch = {"image": torch.zeros(1, 3, 16, 16), "locations": target,
+             "location_weight": torch.ones(1, 1, 2), "class_map": torch.ones(1, 1, 2).long(),
+             "counts": torch.zeros(1, 1)}
+    plain, parts = total_loss(out, batch, LossConfig(loc_weight=1.0, loc_unit=32.0), "instance")
+    assert "giou" not in parts
+    cfg = LossConfig(loc_weight=1.0, loc_unit=32.0, giou_weight=2.0)
+    loss, parts = total_loss(out, batch, cfg, "instance")
+    # fc7's boxes are twice as wide (0.5 each cell); pool3 and the fused output are exact
+    assert parts["giou"] == pytest.approx(0.5, rel=1e-4)
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * 0.5, rel=1e-4)

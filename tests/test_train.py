@@ -507,13 +507,15 @@ def test_instance_stage_with_size_consistent_heads_and_gated_counts(category_run
 
 def test_instance_stage_logs_the_grouping_terms_and_trains_with_them(category_run, tmp_path,
                                                                      monkeypatch):
-    """``loss.coherence_weight`` / ``loss.separation_weight`` reach the stage's loss: logged as
-    ``coh`` and ``sep``, finite, each term computed on the fused output of every step, and
+    """``loss.coherence_weight`` / ``loss.separation_weight`` / ``loss.giou_weight`` reach the
+    stage's loss: logged as ``coh``, ``sep`` and ``giou``, finite, the first two computed on
+    the fused output of every step, the box term on every stream and the fused output, and
     the stored config keeps them."""
     import pfn_napari.losses as losses_module
 
-    seen = {"coh": 0, "sep": 0}
+    seen = {"coh": 0, "sep": 0, "giou": 0}
     real_coh, real_sep = losses_module.coherence_loss, losses_module.separation_loss
+    real_giou = losses_module.box_giou_loss
 
     def coh(pred, *args, **kwargs):
         seen["coh"] += 1
@@ -523,23 +525,33 @@ def test_instance_stage_logs_the_grouping_terms_and_trains_with_them(category_ru
         seen["sep"] += 1
         return real_sep(pred, *args, **kwargs)
 
+    def giou(pred, *args, **kwargs):
+        seen["giou"] += 1
+        return real_giou(pred, *args, **kwargs)
+
     monkeypatch.setattr(losses_module, "coherence_loss", coh)
     monkeypatch.setattr(losses_module, "separation_loss", sep)
+    monkeypatch.setattr(losses_module, "box_giou_loss", giou)
     _, cat_final = category_run
     cfg = tiny_cfg(tmp_path, "terms", "train.stage=instance", "train.max_steps=3",
                    f"train.init={cat_final}", "model.location_unit=32", "loss.loc_unit=32",
-                   "loss.loc_weight=1", "loss.coherence_weight=1", "loss.separation_weight=0.5")
+                   "loss.loc_weight=1", "loss.coherence_weight=1", "loss.separation_weight=0.5",
+                   "loss.giou_weight=2")
     final = train(cfg, progress=False)
     rows = read_log(final.parent / "log.csv")
-    assert len(rows) == 3 and seen == {"coh": 3, "sep": 3}
+    outputs = len(cfg.model.streams) + (len(cfg.model.streams) > 1)  # streams + fused
+    assert len(rows) == 3 and seen == {"coh": 3, "sep": 3, "giou": 3 * outputs}
     for r in rows:
         assert float(r["coh"]) >= 0 and float(r["sep"]) >= 0
-        assert math.isfinite(float(r["coh"])) and math.isfinite(float(r["sep"]))
+        assert 0 < float(r["giou"]) <= 2 * outputs  # 1 - GIoU lies in [0, 2] per output
+        assert all(math.isfinite(float(r[k])) for k in ("coh", "sep", "giou"))
     _, stored, _ = load_checkpoint(final)
-    assert (stored.loss.coherence_weight, stored.loss.separation_weight) == (1.0, 0.5)
+    assert (stored.loss.coherence_weight, stored.loss.separation_weight,
+            stored.loss.giou_weight) == (1.0, 0.5, 2.0)
     plain = tiny_cfg(tmp_path, "plain", "train.stage=instance", "train.max_steps=1",
                      f"train.init={cat_final}")
-    assert "coh" not in read_log(train(plain, progress=False).parent / "log.csv")[0]
+    plain_row = read_log(train(plain, progress=False).parent / "log.csv")[0]
+    assert "coh" not in plain_row and "giou" not in plain_row
 
 
 def test_instance_stage_refuses_a_category_network_of_another_backbone(category_run, tmp_path):
