@@ -17,7 +17,11 @@ runs.
 An arm is a name and its settings, each ``STAGE:KEY=VALUE`` (a setting of one stage:
 category, instance or counts) or ``KEY=VALUE`` (every stage). Arms without category settings
 share each seed's stage-1 network. A finished stage (its ``final.pt``) is not trained again, so
-a study stopped half-way goes on where it stopped. Writes ``OUT/study.json``.
+a study stopped half-way goes on where it stopped; each arm's folder records its settings
+(``OUT/seedN/NAME/arm.json``), and a later study that gives the name other settings is refused
+rather than handed the old chain. ``OUT/study.json`` keeps every arm's readings per seed: a
+study of seed 2 alone adds to the one of seeds 0 and 1 of the same arm, and the verdict there is
+over every seed read so far.
 """
 
 from __future__ import annotations
@@ -70,6 +74,28 @@ def seed_verdict(per_seed: dict[int, tuple[list[float], list[float]]]
     return [float(x) for x in arm], [float(x) for x in base], bool(np.all(arm > base))
 
 
+def arm_record(settings: dict[str, list[str]], args) -> dict:
+    """What makes an arm's chain: its settings and the study's steps and data."""
+    return {"settings": settings, "steps": list(args.steps), "count_steps": args.count_steps,
+            "channels_last": args.channels_last, "synthetic": args.synthetic}
+
+
+def claim_arm_folder(folder: Path, name: str, record: dict) -> None:
+    """``folder/arm.json`` says which chain ``folder`` holds: written the first time; a record
+    that differs is refused, since the finished stages in ``folder`` would be reused."""
+    path = folder / "arm.json"
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have != record:
+            changed = ", ".join(f"{k}: {have.get(k)} there, {v} now" for k, v in record.items()
+                                if have.get(k) != v)
+            raise PFNError(f"--arm {name}: {folder} holds a chain of other settings ({changed}); "
+                           "name the arm differently, or remove the folder to train it again")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1))
+
+
 def chain(out: Path, spec: str, seed: int, settings: dict[str, list[str]], args,
           category: Path | None) -> Path:
     """One arm's chain for ``seed`` in ``out`` (stage 1 from ``category`` when given)."""
@@ -120,6 +146,40 @@ def seed_means(metrics: list[dict[str, float]]) -> dict[str, float]:
             for key, _, _ in MEAN_COLUMNS}
 
 
+def arm_entry(record: dict, baseline: str, per_seed: dict[str, list], pooled: dict[str, list]
+              ) -> dict:
+    """One arm's entry of ``study.json``: its record, the readings per seed (``{seed: (arm per
+    fold, baseline per fold)}``, ``{seed: (arm pooled metrics, baseline's)}``) and the verdict
+    and pooled means over all of them."""
+    arm_mean, base_mean, wins = seed_verdict(per_seed)
+    return {**record, "baseline": baseline, "per_seed": per_seed, "pooled_per_seed": pooled,
+            "seeds": sorted(per_seed, key=int), "mean": arm_mean, "baseline_mean": base_mean,
+            "wins": wins, "pooled_seed_means": {
+                "arm": seed_means([v[0] for v in pooled.values()]),
+                "baseline": seed_means([v[1] for v in pooled.values()])}}
+
+
+def merge_study(old: dict, new: dict) -> dict:
+    """``study.json`` after a study: ``old``'s arms that this study did not read are kept; an arm
+    read before with the same record and baseline gains this study's seeds (a seed read again
+    takes the new reading) and its verdict is taken again over all its seeds."""
+    arms = dict(old.get("arms", {}))
+    for name, entry in new["arms"].items():
+        prev = arms.get(name, {})
+        same = all(prev.get(k) == entry.get(k) for k in ("settings", "steps", "count_steps",
+                                                          "channels_last", "synthetic",
+                                                          "baseline"))
+        if same and "pooled_per_seed" in prev:
+            record = {k: entry[k] for k in ("settings", "steps", "count_steps", "channels_last",
+                                            "synthetic")}
+            entry = arm_entry(record, entry["baseline"],
+                              {**prev["per_seed"], **entry["per_seed"]},
+                              {**prev["pooled_per_seed"], **entry["pooled_per_seed"]})
+        arms[name] = entry
+    return {"argv": new["argv"], "argv_history": [*old.get("argv_history", []), new["argv"]],
+            "arms": arms}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -165,6 +225,7 @@ def run_study(args, arms: dict[str, dict[str, list[str]]], shared: Path) -> int:
         shared_category = None  # the stage 1 of the first arm without stage-1 settings
         for name, settings in arms.items():
             own = bool(settings["category"])
+            claim_arm_folder(root / name, name, arm_record(settings, args))
             print(f"seed {seed}, {name}: training (or reusing) {root / name}", flush=True)
             finals[name][seed] = chain(root / name, spec, seed, settings, args,
                                        None if own else shared_category)
@@ -177,10 +238,12 @@ def run_study(args, arms: dict[str, dict[str, list[str]]], shared: Path) -> int:
     report: dict = {"argv": sys.argv[1:], "arms": {}}
     for name in list(arms)[1:]:
         per_seed, pooled_metrics = {}, {name: [], baseline: []}
+        pooled_per_seed = {}
         for seed in args.seeds:
             new, old, pooled, metrics = read_pair(finals[name][seed], finals[baseline][seed],
                                                   shared, cache, save, args.folds)
             per_seed[seed] = (new, old)
+            pooled_per_seed[str(seed)] = metrics
             pooled_metrics[name].append(metrics[0])
             pooled_metrics[baseline].append(metrics[1])
             print(f"\n{name} against {baseline}, seed {seed}: held objective per fold "
@@ -197,11 +260,19 @@ def run_study(args, arms: dict[str, dict[str, list[str]]], shared: Path) -> int:
         for arm, row in means.items():
             print(f"| {arm} | " + " | ".join(f"{row[k]:.{d}f}" for k, _, d in MEAN_COLUMNS)
                   + " |")
-        report["arms"][name] = {"per_seed": {str(s): v for s, v in per_seed.items()},
-                                "mean": arm_mean, "baseline_mean": base_mean, "wins": wins,
-                                "pooled_seed_means": means}
-    atomic_write_text(args.out / "study.json", json.dumps(report, indent=1))
-    print(f"\nwrote {args.out / 'study.json'}")
+        report["arms"][name] = arm_entry(arm_record(arms[name], args), baseline,
+                                         {str(s): v for s, v in per_seed.items()},
+                                         pooled_per_seed)
+    path = args.out / "study.json"
+    merged = merge_study(json.loads(path.read_text()) if path.is_file() else {}, report)
+    atomic_write_text(path, json.dumps(merged, indent=1))
+    print(f"\nwrote {path}")
+    for name, entry in merged["arms"].items():
+        if name in report["arms"] and entry["seeds"] != report["arms"][name]["seeds"]:
+            print(f"{name} against {entry['baseline']} over the seeds read so far "
+                  f"{entry['seeds']}: per fold " + ", ".join(
+                      f"{a - b:+.1f}" for a, b in zip(entry["mean"], entry["baseline_mean"]))
+                  + f"; higher on every fold: {'yes' if entry['wins'] else 'no'}")
     return 0
 
 

@@ -66,3 +66,58 @@ def test_the_pooled_numbers_are_averaged_over_the_seeds(study) -> None:
     assert means == pytest.approx({"coco": 4.6, "pennfudan": 39.0, "horses": 99.25,
                                    "mean": 47.65, "precision": 50.15, "false": 0.86})
     assert [c[0] for c in study.MEAN_COLUMNS] == list(means)
+
+
+def _args(**kw):
+    from types import SimpleNamespace
+    base = dict(steps=[740, 661], count_steps=150, channels_last=True, synthetic=300)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_an_arm_folder_keeps_its_settings_and_refuses_others(study, tmp_path) -> None:
+    """A finished stage is reused by name, so the name must not change its settings."""
+    _, clip5 = study.parse_arm(["clip5", "instance:train.grad_clip=5"])
+    folder = tmp_path / "seed0" / "clip5"
+    study.claim_arm_folder(folder, "clip5", study.arm_record(clip5, _args()))
+    assert (folder / "arm.json").is_file()
+    study.claim_arm_folder(folder, "clip5", study.arm_record(clip5, _args()))  # same: fine
+    _, clip3 = study.parse_arm(["clip5", "instance:train.grad_clip=3"])
+    with pytest.raises(PFNError, match="clip5: .* holds a chain of other settings \\(settings: "):
+        study.claim_arm_folder(folder, "clip5", study.arm_record(clip3, _args()))
+    with pytest.raises(PFNError, match="steps: \\[740, 661\\] there, \\[100, 100\\] now"):
+        study.claim_arm_folder(folder, "clip5", study.arm_record(clip5, _args(steps=[100, 100])))
+
+
+def _report(study, name: str, record: dict, seeds: dict) -> dict:
+    """A one-arm study report as run_study makes it from ``{seed: (arm folds, base folds,
+    arm pennfudan, base pennfudan)}``, against the baseline 'recipe'."""
+    per_seed = {str(s): (v[0], v[1]) for s, v in seeds.items()}
+    pooled = {str(s): ({"pennfudan": v[2]}, {"pennfudan": v[3]}) for s, v in seeds.items()}
+    return {"argv": [name], "arms": {name: study.arm_entry(record, "recipe", per_seed, pooled)}}
+
+
+def test_a_study_of_more_seeds_adds_to_the_record_and_keeps_the_other_arms(study) -> None:
+    _, giou = study.parse_arm(["giou1", "instance:loss.giou_weight=1"])
+    record = study.arm_record(giou, _args())
+    old = {"argv_history": [["count3"]],
+           "arms": {"count3": {"mean": [1.0], "note": "an earlier arm"}}}
+    first = study.merge_study(old, _report(study, "giou1", record, {
+        0: ([47.3, 53.0], [52.9, 42.9], 31.6, 32.5), 1: ([28.8, 50.2], [36.4, 51.4], 23.9, 49.9)}))
+    assert first["arms"]["count3"] == old["arms"]["count3"]
+    assert first["arms"]["giou1"]["seeds"] == ["0", "1"]
+    # seed 2 alone, later: the verdict is taken over the three seeds
+    both = study.merge_study(first, _report(study, "giou1", record, {2: ([60.0, 60.0], [40.0, 40.0],
+                                                                  50.0, 40.0)}))
+    entry = both["arms"]["giou1"]
+    assert entry["seeds"] == ["0", "1", "2"]
+    assert entry["mean"] == pytest.approx([(47.3 + 28.8 + 60.0) / 3, (53.0 + 50.2 + 60.0) / 3])
+    assert entry["baseline_mean"] == pytest.approx([(52.9 + 36.4 + 40.0) / 3,
+                                                    (42.9 + 51.4 + 40.0) / 3])
+    assert entry["wins"] is True
+    assert entry["pooled_seed_means"]["arm"]["pennfudan"] == pytest.approx(
+        (31.6 + 23.9 + 50.0) / 3)
+    assert both["argv_history"] == [["count3"], ["giou1"], ["giou1"]]
+    # another baseline (or other steps) is another study: it replaces, it does not mix
+    other = study.merge_study(both, _report(study, "giou1", study.arm_record(giou, _args(
+        count_steps=0)), {2: ([1.0, 1.0], [2.0, 2.0], 1.0, 2.0)}))
+    assert other["arms"]["giou1"]["seeds"] == ["2"] and other["arms"]["giou1"]["wins"] is False
