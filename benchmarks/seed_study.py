@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from pfn_napari.demo import demo_train_spec, find_shared_data, train_stages  # noqa: E402
 from pfn_napari.errors import PFNError  # noqa: E402
-from pfn_napari.output import atomic_write, atomic_write_text  # noqa: E402
+from pfn_napari.output import (FolderBusy, atomic_write, atomic_write_text,  # noqa: E402
+                               lock_file, release_lock_file)
 
 STAGES = ("category", "instance", "counts")
 
@@ -159,6 +160,29 @@ def arm_entry(record: dict, baseline: str, per_seed: dict[str, list], pooled: di
                 "baseline": seed_means([v[1] for v in pooled.values()])}}
 
 
+def write_study(path: Path, report: dict) -> dict:
+    """Merge ``report`` into the study file ``path`` (:func:`merge_study`) under a lock, so two
+    studies of other seeds that end together both land; returns what was written."""
+    import time
+
+    lock = path.with_name(path.name + ".lock")
+    for _ in range(600):
+        try:
+            fh = lock_file(lock)
+            break
+        except FolderBusy:
+            time.sleep(0.1)
+    else:
+        raise PFNError(f"{lock}: another study held it for a minute; its pid is in the file")
+    try:
+        merged = merge_study(json.loads(path.read_text()) if path.is_file() else {}, report)
+        atomic_write_text(path, json.dumps(merged, indent=1))
+    finally:
+        if fh is not None:
+            release_lock_file(lock, fh)
+    return merged
+
+
 def merge_study(old: dict, new: dict) -> dict:
     """``study.json`` after a study: ``old``'s arms that this study did not read are kept; an arm
     read before with the same record and baseline gains this study's seeds (a seed read again
@@ -264,8 +288,7 @@ def run_study(args, arms: dict[str, dict[str, list[str]]], shared: Path) -> int:
                                          {str(s): v for s, v in per_seed.items()},
                                          pooled_per_seed)
     path = args.out / "study.json"
-    merged = merge_study(json.loads(path.read_text()) if path.is_file() else {}, report)
-    atomic_write_text(path, json.dumps(merged, indent=1))
+    merged = write_study(path, report)
     print(f"\nwrote {path}")
     for name, entry in merged["arms"].items():
         if name in report["arms"] and entry["seeds"] != report["arms"][name]["seeds"]:

@@ -121,3 +121,24 @@ def test_a_study_of_more_seeds_adds_to_the_record_and_keeps_the_other_arms(study
     other = study.merge_study(both, _report(study, "giou1", study.arm_record(giou, _args(
         count_steps=0)), {2: ([1.0, 1.0], [2.0, 2.0], 1.0, 2.0)}))
     assert other["arms"]["giou1"]["seeds"] == ["2"] and other["arms"]["giou1"]["wins"] is False
+
+
+def test_the_study_file_is_merged_under_a_lock(study, tmp_path) -> None:
+    import json
+
+    _, giou = study.parse_arm(["giou1", "instance:loss.giou_weight=1"])
+    record = study.arm_record(giou, _args())
+    path = tmp_path / "study.json"
+    study.write_study(path, _report(study, "giou1", record, {0: ([1.0], [2.0], 1.0, 2.0)}))
+    study.write_study(path, _report(study, "giou1", record, {1: ([3.0], [1.0], 3.0, 1.0)}))
+    entry = json.loads(path.read_text())["arms"]["giou1"]
+    assert entry["seeds"] == ["0", "1"] and entry["mean"] == [2.0]
+    assert not (tmp_path / "study.json.lock").exists()
+    held = study.lock_file(tmp_path / "study.json.lock")  # another study is writing
+    try:
+        import threading
+        threading.Timer(0.3, study.release_lock_file, (tmp_path / "study.json.lock", held)).start()
+        study.write_study(path, _report(study, "giou1", record, {2: ([5.0], [1.0], 5.0, 1.0)}))
+    finally:
+        held.close()
+    assert json.loads(path.read_text())["arms"]["giou1"]["seeds"] == ["0", "1", "2"]
