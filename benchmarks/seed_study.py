@@ -16,8 +16,9 @@ runs.
 
 An arm is a name and its settings, each ``STAGE:KEY=VALUE`` (a setting of one stage:
 category, instance or counts) or ``KEY=VALUE`` (every stage). Arms without category settings
-share each seed's stage-1 network. A finished stage (its ``final.pt``) is not trained again, so
-a study stopped half-way goes on where it stopped; each arm's folder records its settings
+share each seed's stage-1 network, and arms with settings for stage 'counts' alone share its
+stage-2 network too (their ``instance`` folder is a link). A finished stage (its ``final.pt``)
+is not trained again, so a study stopped half-way goes on where it stopped; each arm's folder records its settings
 (``OUT/seedN/NAME/arm.json``), and a later study that gives the name other settings is refused
 rather than handed the old chain. ``OUT/study.json`` keeps every arm's readings per seed: a
 study of seed 2 alone adds to the one of seeds 0 and 1 of the same arm, and the verdict there is
@@ -95,6 +96,16 @@ def claim_arm_folder(folder: Path, name: str, record: dict) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1))
+
+
+def share_stage(folder: Path, shared: Path) -> None:
+    """``folder`` (an arm's stage folder) becomes a link to ``shared``, the same stage of an
+    arm with the same settings up to it, so that stage is reused, not trained again; a folder
+    of its own is left alone."""
+    if folder.is_symlink() or folder.exists():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.symlink_to(shared.resolve(), target_is_directory=True)
 
 
 def chain(out: Path, spec: str, seed: int, settings: dict[str, list[str]], args,
@@ -247,14 +258,20 @@ def run_study(args, arms: dict[str, dict[str, list[str]]], shared: Path) -> int:
     for seed in args.seeds:
         root = args.out / f"seed{seed}"
         shared_category = None  # the stage 1 of the first arm without stage-1 settings
+        shared_instance = None  # the stage 2 of the first arm with settings for 'counts' only
         for name, settings in arms.items():
             own = bool(settings["category"])
+            own_instance = own or bool(settings["instance"])
             claim_arm_folder(root / name, name, arm_record(settings, args))
+            if not own_instance and shared_instance is not None:
+                share_stage(root / name / "instance", shared_instance)
             print(f"seed {seed}, {name}: training (or reusing) {root / name}", flush=True)
             finals[name][seed] = chain(root / name, spec, seed, settings, args,
                                        None if own else shared_category)
             if not own and shared_category is None:
                 shared_category = root / name / "category" / "final.pt"
+            if not own_instance and shared_instance is None:
+                shared_instance = root / name / "instance"
     cache = tg.read_cache(args.cache)
     save = None if args.cache is None else \
         (lambda: atomic_write(args.cache, lambda fh: pickle.dump(cache, fh)))

@@ -142,3 +142,16 @@ def test_the_study_file_is_merged_under_a_lock(study, tmp_path) -> None:
     finally:
         held.close()
     assert json.loads(path.read_text())["arms"]["giou1"]["seeds"] == ["0", "1", "2"]
+
+
+def test_an_arm_of_stage_counts_alone_links_the_shared_stage_2(study, tmp_path) -> None:
+    shared = tmp_path / "seed0" / "recipe" / "instance"
+    shared.mkdir(parents=True)
+    (shared / "final.pt").write_bytes(b"stage 2")
+    link = tmp_path / "seed0" / "countsreal" / "instance"
+    study.share_stage(link, shared)
+    assert link.is_symlink() and (link / "final.pt").read_bytes() == b"stage 2"
+    own = tmp_path / "seed0" / "other" / "instance"
+    own.mkdir(parents=True)
+    study.share_stage(own, shared)  # a folder of its own is not replaced
+    assert not own.is_symlink() and not any(own.iterdir())
