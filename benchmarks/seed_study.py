@@ -18,9 +18,9 @@ An arm is a name and its settings, each ``STAGE:KEY=VALUE`` (a setting of one st
 category, instance or counts) or ``KEY=VALUE`` (every stage). Arms without category settings
 share each seed's stage-1 network, and arms with settings for stage 'counts' alone share its
 stage-2 network too (their ``instance`` folder is a link). A finished stage (its ``final.pt``)
-is not trained again, so a study stopped half-way goes on where it stopped; each arm's folder records its settings
-(``OUT/seedN/NAME/arm.json``), and a later study that gives the name other settings is refused
-rather than handed the old chain. ``OUT/study.json`` keeps every arm's readings per seed: a
+is not trained again, so a study stopped half-way goes on where it stopped; each arm's folder
+records its settings (``OUT/seedN/NAME/arm.json``), and a later study that gives the name other
+settings is refused rather than handed the old chain. ``OUT/study.json`` keeps every arm's readings per seed: a
 study of seed 2 alone adds to the one of seeds 0 and 1 of the same arm, and the verdict there is
 over every seed read so far.
 """
