@@ -20,9 +20,9 @@ share each seed's stage-1 network, and arms with settings for stage 'counts' alo
 stage-2 network too (their ``instance`` folder is a link). A finished stage (its ``final.pt``)
 is not trained again, so a study stopped half-way goes on where it stopped; each arm's folder
 records its settings (``OUT/seedN/NAME/arm.json``), and a later study that gives the name other
-settings is refused rather than handed the old chain. ``OUT/study.json`` keeps every arm's readings per seed: a
-study of seed 2 alone adds to the one of seeds 0 and 1 of the same arm, and the verdict there is
-over every seed read so far.
+settings is refused rather than handed the old chain. ``OUT/study.json`` keeps every arm's
+readings per seed: a study of seed 2 alone adds to the one of seeds 0 and 1 of the same arm,
+and the verdict there is over every seed read so far.
 """
 
 from __future__ import annotations
