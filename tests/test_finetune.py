@@ -403,7 +403,9 @@ def test_the_bar_names_each_stage_until_the_end(tiny, tmp_path, capsys) -> None:
     assert shown[0] == "evaluate before" and shown[-1] == "done"
     assert "train" in shown and "evaluate after" in shown and "saving" in shown
     assert all("loss=" not in line for line in lines if "evaluate before" in line)
-    assert any("3/3" in line and "loss=" in line for line in lines if "train" in line)
+    # the bar counts the steps and shows the loss; tqdm prints an update only after its
+    # mininterval, so on a fast machine "3/3" first shows with the next stage's name
+    assert any("3/3" in line and "loss=" in line for line in lines)
 
 
 def test_measured_size_counts_the_objects_of_the_taught_classes_only(tmp_path) -> None:
