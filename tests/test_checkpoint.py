@@ -284,13 +284,10 @@ def test_the_shipped_weights_hold_the_test_time_settings_of_their_yaml() -> None
 def test_the_model_cards_settings_row_is_generated_from_the_yaml() -> None:
     """weights/README.md's test-time settings row is grouping_row of the YAML's settings
     (scripts/train_default_weights.py writes the card from it)."""
-    import importlib.util
+    from script_helpers import import_script
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "train_default_weights", root / "scripts" / "train_default_weights.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = import_script("scripts/train_default_weights.py")
     settings = script.read_settings(root / "weights" / "pfn-lite0-voc.pt")
     row = next(line for line in (root / "weights" / "README.md").read_text().splitlines()
                if line.startswith("| test-time settings |"))
@@ -318,14 +315,9 @@ def test_the_settings_row_says_whether_the_imagenet_step_runs():
 
 
 def _card_script():
-    import importlib.util
+    from script_helpers import import_script
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "train_default_weights", root / "scripts" / "train_default_weights.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return import_script("scripts/train_default_weights.py")
 
 
 def test_the_shown_class_rule_counts_training_instances_of_real_photos():

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from script_helpers import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def carry():
-    spec = importlib.util.spec_from_file_location("device_carry",
-                                                  ROOT / "scripts" / "device_carry.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script("scripts/device_carry.py")
 
 
 def test_pennfudan_is_packed_in_its_layout_with_jpeg_photos(carry, tmp_path) -> None:

@@ -4,22 +4,18 @@ refactor that must not change behaviour)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_helpers import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "tests" / "fingerprints" / "shipped-val.json"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("prediction_fingerprint",
-                                                  ROOT / "scripts" / "prediction_fingerprint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script("scripts/prediction_fingerprint.py")
 
 
 def test_compare_names_every_image_that_differs():

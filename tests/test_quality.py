@@ -168,14 +168,9 @@ def test_the_defaults_score_as_before():
 
 def fit_script():
     """scripts/fit_quality.py as a module."""
-    import importlib.util
-    from pathlib import Path
+    from script_helpers import import_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "fit_quality.py"
-    spec = importlib.util.spec_from_file_location("fit_quality", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return import_script("scripts/fit_quality.py")
 
 
 def test_fit_quality_threshold_fit_and_config_text(tmp_path):

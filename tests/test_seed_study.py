@@ -4,23 +4,15 @@ protocol in test_tune_grouping.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from pfn_napari.errors import PFNError
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_helpers import import_script
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("seed_study", ROOT / "benchmarks" /
-                                                  "seed_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script("benchmarks/seed_study.py")
 
 
 def test_an_arm_names_its_settings_per_stage(study) -> None:

@@ -4,7 +4,6 @@ the cross-validation of --folds (split, choice, the rule) on hand-made photos.""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,13 @@ from pfn_napari.inference import default_weights_path
 from pfn_napari.predictor import Predictor
 from pfn_napari.producers import evaluate_dataset, model_producer
 from pfn_napari.structures import Instances, Sample
+from script_helpers import import_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tune_grouping.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("tune_grouping", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script("scripts/tune_grouping.py")
 
 
 def test_grid_holds_every_combination_over_the_base() -> None:
